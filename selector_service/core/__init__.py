@@ -1,0 +1,27 @@
+"""The PCM algorithm (DESIGN.md section 3): pure NumPy, no I/O, no globals."""
+
+from selector_service.core.batch import ChunkBatch
+from selector_service.core.config import MODES, WEIGHTINGS, RunConfig
+from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
+from selector_service.core.select import Selection, request_rng, select_chunks
+from selector_service.core.state import TaskState
+from selector_service.core.variance import informative_trajectories, success_failure_variance
+from selector_service.core.weights import keep_weights, update_scores
+
+__all__ = [
+    "MODES",
+    "WEIGHTINGS",
+    "ChunkBatch",
+    "RunConfig",
+    "Selection",
+    "TaskState",
+    "budgets",
+    "inclusion_probabilities",
+    "informative_trajectories",
+    "keep_weights",
+    "request_rng",
+    "select_chunks",
+    "success_failure_variance",
+    "systematic_sample",
+    "update_scores",
+]

@@ -1,0 +1,66 @@
+"""Per-(run, task) phase state: online scores and counters. Plain data, JSON-serialisable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class TaskState:
+    """State of one task of a run, over its P phases."""
+
+    scores: np.ndarray  # float64 (P,): s_tp, NaN until phase p is first observed
+    observations: np.ndarray  # int64 (P,): batches in which v_tp was observed
+    chunks_total: np.ndarray  # int64 (P,): chunks submitted in phase p
+    chunks_kept: np.ndarray  # int64 (P,): chunks selected for backward in phase p
+    trajectories: int = 0
+    skipped_trajectories: int = 0
+    version: int = 0  # batches that touched this task
+
+    @classmethod
+    def empty(cls, num_phases: int) -> TaskState:
+        return cls(
+            scores=np.full(num_phases, np.nan),
+            observations=np.zeros(num_phases, dtype=np.int64),
+            chunks_total=np.zeros(num_phases, dtype=np.int64),
+            chunks_kept=np.zeros(num_phases, dtype=np.int64),
+        )
+
+    @property
+    def num_phases(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": [None if math.isnan(s) else float(s) for s in self.scores],
+            "observations": self.observations.tolist(),
+            "chunks_total": self.chunks_total.tolist(),
+            "chunks_kept": self.chunks_kept.tolist(),
+            "trajectories": self.trajectories,
+            "skipped_trajectories": self.skipped_trajectories,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskState:
+        return cls(
+            scores=np.array([np.nan if s is None else s for s in data["scores"]], dtype=float),
+            observations=np.asarray(data["observations"], dtype=np.int64),
+            chunks_total=np.asarray(data["chunks_total"], dtype=np.int64),
+            chunks_kept=np.asarray(data["chunks_kept"], dtype=np.int64),
+            trajectories=int(data["trajectories"]),
+            skipped_trajectories=int(data["skipped_trajectories"]),
+            version=int(data["version"]),
+        )
+
+    def equals(self, other: TaskState) -> bool:
+        return (np.array_equal(self.scores, other.scores, equal_nan=True)
+                and np.array_equal(self.observations, other.observations)
+                and np.array_equal(self.chunks_total, other.chunks_total)
+                and np.array_equal(self.chunks_kept, other.chunks_kept)
+                and (self.trajectories, self.skipped_trajectories, self.version)
+                == (other.trajectories, other.skipped_trajectories, other.version))

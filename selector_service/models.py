@@ -1,0 +1,256 @@
+"""Request and answer models of DESIGN.md section 5: their JSON is the HTTP body.
+
+Array fields hold NumPy arrays (lists are accepted and converted; JSON output is lists), so the
+embedded selector passes a trainer's arrays through without copying them into Python lists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
+
+from selector_service.core.config import MAX_FEATURE_DIM, MAX_PHASES
+
+# Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
+# 512 trajectories x 64 chunks x D 56 (DESIGN.md section 8).
+MAX_TRAJECTORIES = 4096
+MAX_CHUNKS_PER_TRAJECTORY = 2048
+MAX_TOTAL_FLOATS = 32 * 1024 * 1024  # features summed over the batch (128 MiB as float32)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,127}$"  # no braces: keys are hash-tagged
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+Identifier = Annotated[
+    str, Field(pattern=ID_PATTERN, description="1-128 chars: letters, digits, ._:/@+=-")]
+RunId = Annotated[
+    str, Field(pattern=RUN_ID_PATTERN, description="1-64 chars: letters, digits, ._-")]
+
+
+def _to_int_vector(value: Any) -> np.ndarray:
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.ndim != 1:
+        raise ValueError(f"must be a flat list of integers, got shape {arr.shape}")
+    if arr.size and (arr.dtype.kind not in "iu"):
+        raise ValueError(f"must hold integers, got {arr.dtype}")
+    if arr.shape[0] > MAX_CHUNKS_PER_TRAJECTORY:
+        raise ValueError(f"has {arr.shape[0]} chunks, over the limit of "
+                         f"{MAX_CHUNKS_PER_TRAJECTORY} per trajectory")
+    return arr.astype(np.int64, copy=False)
+
+
+def _to_float_matrix(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray) and value.dtype in (np.float32, np.float64):
+        arr = value
+    else:
+        if isinstance(value, list) and any(isinstance(v, bool) for row in value[:1]
+                                           for v in (row if isinstance(row, list) else [])):
+            raise ValueError("must hold numbers, got booleans")
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise ValueError("must be a list of equal-length rows of numbers "
+                             "(ragged rows or non-numbers found)") from None
+    if arr.ndim != 2:
+        raise ValueError(f"must be a 2-D array (chunks x feature_dim), got shape {arr.shape}")
+    if arr.shape[1] > MAX_FEATURE_DIM:
+        raise ValueError(f"rows have {arr.shape[1]} values, over the limit of {MAX_FEATURE_DIM}")
+    return arr
+
+
+def _to_bool_vector(value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1 or (arr.size and arr.dtype != np.bool_):
+        raise ValueError("must be a flat list of booleans")
+    return arr.astype(bool, copy=False)
+
+
+def _to_float_vector(value: Any) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError("must be a flat list of numbers")
+    return arr
+
+
+IntVector = Annotated[
+    np.ndarray,
+    BeforeValidator(_to_int_vector),
+    PlainSerializer(lambda a: a.tolist(), return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "integer"}}),
+]
+FloatMatrix = Annotated[
+    np.ndarray,
+    BeforeValidator(_to_float_matrix),
+    PlainSerializer(lambda a: a.tolist(), return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}),
+]
+BoolVector = Annotated[
+    np.ndarray,
+    BeforeValidator(_to_bool_vector),
+    PlainSerializer(lambda a: a.tolist(), return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "boolean"}}),
+]
+FloatVector = Annotated[
+    np.ndarray,
+    BeforeValidator(_to_float_vector),
+    PlainSerializer(lambda a: a.tolist(), return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+class RunConfigBody(_Model):
+    """`PUT /v1/runs/{run_id}` body; omitted fields take their defaults (or, for an existing run,
+    keep their stored values)."""
+
+    phases: int | None = Field(None, ge=1, le=MAX_PHASES, description="P, default 4")
+    keep_fraction: float | None = Field(None, gt=0, le=1, description="f, default 0.2")
+    eps: float | None = Field(None, ge=0, le=1, description="exploration mix, default 0.1")
+    eta: float | None = Field(None, gt=0, le=1, description="EMA rate, default 0.1")
+    weighting: Literal["ht", "none"] | None = Field(None, description="default ht")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="default 0")
+    feature_dim: int | None = Field(None, ge=1, le=MAX_FEATURE_DIM, description="D, default 56")
+    mode: Literal["pcm", "grpo", "random"] | None = Field(None, description="default pcm")
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class RunConfigOut(_Model):
+    phases: int
+    keep_fraction: float
+    eps: float
+    eta: float
+    weighting: str
+    seed: int
+    feature_dim: int
+    mode: str
+
+
+class TaskStateOut(_Model):
+    scores: list[float | None]  # s_tp; null until phase p was first observed
+    keep_probs: list[float]  # w_tp
+    observations: list[int]
+    chunks_total: list[int]
+    chunks_kept: list[int]
+    trajectories: int
+    skipped_trajectories: int
+    state_version: int  # batches that touched this task
+
+
+class RunInfo(_Model):
+    run_id: str
+    config: RunConfigOut
+    state_version: int  # selects committed on this run
+    outcome_reports: int
+    tasks: dict[str, TaskStateOut]
+
+
+class DeleteAck(_Model):
+    deleted: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Select
+
+
+class TrajectoryIn(_Model):
+    task_id: Identifier
+    group_id: Identifier
+    success: bool
+    phase_ids: IntVector  # (C,)
+    action_features: FloatMatrix  # (C, D)
+
+
+class SelectRequest(_Model):
+    request_id: Identifier
+    trainer_id: Identifier = "trainer"
+    step: int = Field(0, ge=0)
+    keep_fraction: float | None = Field(None, gt=0, le=1, description="overrides the run's f")
+    trajectories: list[TrajectoryIn] = Field(..., min_length=1, max_length=MAX_TRAJECTORIES)
+
+    @model_validator(mode="after")
+    def _total_size(self) -> SelectRequest:
+        total = sum(t.action_features.size for t in self.trajectories)
+        if total > MAX_TOTAL_FLOATS:
+            raise ValueError(f"trajectories: {total} feature values in all, over the limit of "
+                             f"{MAX_TOTAL_FLOATS}; split the batch")
+        return self
+
+
+class SelectResponse(_Model):
+    """Immutable: the service stores it for idempotent replays (its arrays are read-only)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+
+    selection_id: str
+    state_version: int
+    masks: list[BoolVector]  # per trajectory (C_i,)
+    weights: list[FloatVector]  # per trajectory (C_i,), 0 off the mask
+    kept_chunks: int
+    total_chunks: int
+    skipped_trajectories: int
+    keep_probs: dict[str, list[float]]  # task_id -> w_tp over phases
+
+    def same_as(self, other: SelectResponse) -> bool:
+        """Field-by-field equality (arrays compared by value)."""
+        return (
+            (self.selection_id, self.state_version, self.kept_chunks, self.total_chunks,
+             self.skipped_trajectories, self.keep_probs)
+            == (other.selection_id, other.state_version, other.kept_chunks, other.total_chunks,
+                other.skipped_trajectories, other.keep_probs)
+            and len(self.masks) == len(other.masks)
+            and all(np.array_equal(a, b) for a, b in zip(self.masks, other.masks, strict=True))
+            and all(np.array_equal(a, b) for a, b in zip(self.weights, other.weights,
+                                                          strict=True))
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes
+
+
+def _finite(value: float, name: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite")
+    return value
+
+
+class StageTimings(_Model):
+    rollout_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    select_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    backward_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class OutcomeReport(_Model):
+    selection_id: str = Field(..., min_length=1, max_length=256)
+    request_id: Identifier
+    trainer_id: Identifier = "trainer"
+    step: int = Field(0, ge=0)
+    success_rate: float = Field(..., ge=0, le=1, allow_inf_nan=False)
+    loss: float = Field(0.0, allow_inf_nan=False)
+    kept_chunks: int = Field(0, ge=0)
+    timings: StageTimings = Field(default_factory=StageTimings)
+    phase_grad_norms: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
+        None, max_length=MAX_PHASES)
+
+
+class OutcomeAck(_Model):
+    accepted: bool

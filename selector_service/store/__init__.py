@@ -1,0 +1,19 @@
+"""Phase-state stores behind one interface: in-memory (embedded default) and Redis."""
+
+from selector_service.store.base import (
+    CommitResult,
+    CommitStatus,
+    PhaseStore,
+    RequestKind,
+    RunSnapshot,
+)
+from selector_service.store.memory import MemoryStore
+
+__all__ = [
+    "CommitResult",
+    "CommitStatus",
+    "MemoryStore",
+    "PhaseStore",
+    "RequestKind",
+    "RunSnapshot",
+]

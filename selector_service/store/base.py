@@ -1,0 +1,85 @@
+"""The phase-state store interface, shared by the in-memory and Redis stores.
+
+The application layer reads a run's state, lets the core compute the batch's selection and new
+task states, then commits them with a compare-and-set on the run's ``state_version``: a commit
+that lost a race reports CONFLICT and the application retries on fresh state. A commit also
+stores the answer under the request_id, so a replayed request gets the stored answer (REPLAY)
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from selector_service.core import RunConfig, TaskState
+from selector_service.models import OutcomeReport, SelectResponse
+
+RequestKind = Literal["select", "report"]
+
+
+@dataclass
+class RunSnapshot:
+    config: RunConfig
+    state_version: int
+    outcome_reports: int
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+
+
+class CommitStatus(enum.Enum):
+    COMMITTED = "committed"
+    CONFLICT = "conflict"  # state_version moved on: re-read and recompute
+    REPLAY = "replay"  # request_id already committed: `answer` is the stored answer
+
+
+@dataclass
+class CommitResult:
+    status: CommitStatus
+    answer: SelectResponse | None = None
+
+
+class PhaseStore(Protocol):
+    """Every method raises ``StoreUnavailable`` when the backing store cannot be reached."""
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+
+    def put_config(self, run_id: str, config: RunConfig) -> bool:
+        """Create the run (state_version 0) or replace its config, keeping its state.
+        Returns True if the run was created."""
+
+    def get_config(self, run_id: str) -> RunConfig | None: ...
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete config, state, idempotency records and history. True if it existed."""
+
+    def load(self, run_id: str, task_ids: Iterable[str] | None = None) -> RunSnapshot | None:
+        """The run's config, version and the given tasks' states (all tasks if None; tasks
+        never seen are absent). None for an unknown run. Returned objects are copies."""
+
+    def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
+        """What was stored for request_id: ("select", SelectResponse) or ("report", None)."""
+
+    def commit_select(
+        self,
+        run_id: str,
+        request_id: str,
+        expected_version: int,
+        new_states: dict[str, TaskState],
+        answer: SelectResponse,
+        history: dict[str, Any],
+    ) -> CommitResult:
+        """Atomically: if request_id is stored, REPLAY; elif the run's state_version is not
+        expected_version, CONFLICT; else write the states, set state_version to
+        answer.state_version (= expected_version + 1), store the answer under request_id and
+        append the history entry. Raises NotFound if the run was deleted."""
+
+    def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
+                      history: dict[str, Any]) -> bool:
+        """Atomically record an outcome report once: False if request_id was already stored
+        (nothing changes). Raises NotFound for an unknown run."""
+
+    def history(self, run_id: str, count: int = 100) -> list[dict[str, Any]]:
+        """The newest `count` history entries, oldest first."""

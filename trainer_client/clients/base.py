@@ -1,0 +1,37 @@
+"""The one client interface every transport implements (embedded, gRPC, HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from selector_service.models import (
+    DeleteAck,
+    OutcomeAck,
+    OutcomeReport,
+    RunInfo,
+    SelectRequest,
+    SelectResponse,
+)
+
+
+@runtime_checkable
+class SelectorClient(Protocol):
+    """Requests and answers are the pydantic models whose JSON is the HTTP body; a dict of that
+    shape is accepted too, so a trainer switches transport by changing the url alone."""
+
+    url: str
+
+    def put_run(self, run_id: str, **config: Any) -> RunInfo: ...
+
+    def get_run(self, run_id: str) -> RunInfo: ...
+
+    def delete_run(self, run_id: str) -> DeleteAck: ...
+
+    def select(self, run_id: str,
+               request: SelectRequest | Mapping[str, Any]) -> SelectResponse: ...
+
+    def report_outcomes(self, run_id: str,
+                        report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck: ...
+
+    def close(self) -> None: ...

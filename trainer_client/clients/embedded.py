@@ -1,0 +1,50 @@
+"""The embedded selector: the application layer in-process, over the in-memory store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from selector_service.models import (
+    DeleteAck,
+    OutcomeAck,
+    OutcomeReport,
+    RunInfo,
+    SelectRequest,
+    SelectResponse,
+)
+from selector_service.service import SelectorService
+from selector_service.store import MemoryStore
+
+
+class EmbeddedClient:
+    url = "embedded"
+
+    def __init__(self, service: SelectorService | None = None) -> None:
+        self.service = service or SelectorService(MemoryStore())
+
+    def put_run(self, run_id: str, **config: Any) -> RunInfo:
+        return self.service.put_run(run_id, config)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        return self.service.get_run(run_id)
+
+    def delete_run(self, run_id: str) -> DeleteAck:
+        return self.service.delete_run(run_id)
+
+    def select(self, run_id: str,
+               request: SelectRequest | Mapping[str, Any]) -> SelectResponse:
+        return self.service.select(run_id, request)
+
+    def report_outcomes(self, run_id: str,
+                        report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck:
+        return self.service.report_outcomes(run_id, report)
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> EmbeddedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
