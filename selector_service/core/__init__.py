@@ -3,7 +3,13 @@
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.config import MODES, WEIGHTINGS, RunConfig
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
-from selector_service.core.select import Selection, request_rng, select_chunks
+from selector_service.core.select import (
+    Selection,
+    request_rng,
+    sample_chunks,
+    select_chunks,
+    select_with_keep_probs,
+)
 from selector_service.core.state import TaskState
 from selector_service.core.variance import informative_trajectories, success_failure_variance
 from selector_service.core.weights import keep_weights, update_scores
@@ -20,7 +26,9 @@ __all__ = [
     "informative_trajectories",
     "keep_weights",
     "request_rng",
+    "sample_chunks",
     "select_chunks",
+    "select_with_keep_probs",
     "success_failure_variance",
     "systematic_sample",
     "update_scores",

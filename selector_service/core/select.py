@@ -70,6 +70,35 @@ def select_chunks(
     scores = update_scores(prior, v, observed, config.eta)  # (T, P)
     w = keep_weights(scores, config.eps)  # (T, P), rows sum to 1
 
+    # 4-5. Fixed-budget sampling with the phase keep weights, and the loss weights.
+    mask, weight, pi = sample_chunks(config, batch, w, informative, rng, f)
+
+    new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases)
+    return Selection(
+        mask=mask,
+        weight=weight,
+        inclusion=pi,
+        informative=informative,
+        keep_probs={t: w[j] for j, t in enumerate(batch.task_ids)},
+        new_states=new_states,
+        kept_chunks=int(mask.sum()),
+        total_chunks=batch.num_chunks,
+        skipped_trajectories=int((~informative).sum()),
+    )
+
+
+def sample_chunks(
+    config: RunConfig,
+    batch: ChunkBatch,
+    w: np.ndarray,  # (T, P) phase keep weights, rows sum to 1, rows in batch.task_ids order
+    informative: np.ndarray,  # bool (N,)
+    rng: np.random.Generator,
+    f: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 4-5: mask (M,) bool, weight (M,) float64 and inclusion probabilities pi (M,)."""
+    num_phases = config.phases
+    task_of_chunk = batch.task_index[batch.traj_of_chunk]  # (M,)
+    informative_chunk = informative[batch.traj_of_chunk]  # (M,)
     # 4. Fixed-budget sampling: k_i chunks per informative trajectory, chunk weights
     #    q_ic = w_{t_i, phi_ic} / n_i(phi_ic) (the phase's weight shared among its chunks).
     k = np.where(informative, budgets(batch.lengths, f), 0)  # (N,)
@@ -93,19 +122,35 @@ def select_chunks(
         weight = mask.astype(np.float64)
     else:
         raise ValueError(f"unknown weighting {config.weighting!r}")
+    return mask, weight, pi
 
-    new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases)
+
+def select_with_keep_probs(
+    config: RunConfig,
+    batch: ChunkBatch,
+    keep_probs: Mapping[str, np.ndarray | list[float]],
+    request_id: str,
+    keep_fraction: float | None = None,
+) -> Selection:
+    """Steps 1, 4 and 5 with given phase keep weights and no state update: how a client selects
+    locally while the selector is unreachable (tasks without weights sample uniformly)."""
+    num_phases = config.phases
+    f = config.keep_fraction if keep_fraction is None else check_keep_fraction(keep_fraction)
+    if config.mode == "grpo":
+        f = 1.0
+    uniform = np.full(num_phases, 1.0 / num_phases)
+    w = np.stack([np.asarray(keep_probs.get(t, uniform), dtype=np.float64)
+                  for t in batch.task_ids])  # (T, P)
+    if w.shape[1] != num_phases:
+        raise ValueError(f"keep_probs have {w.shape[1]} phases, the run has {num_phases}")
+    informative = informative_trajectories(batch.group_index, batch.success)  # (N,)
+    rng = request_rng(config.seed, request_id)
+    mask, weight, pi = sample_chunks(config, batch, w, informative, rng, f)
     return Selection(
-        mask=mask,
-        weight=weight,
-        inclusion=pi,
-        informative=informative,
-        keep_probs={t: w[j] for j, t in enumerate(batch.task_ids)},
-        new_states=new_states,
-        kept_chunks=int(mask.sum()),
-        total_chunks=batch.num_chunks,
-        skipped_trajectories=int((~informative).sum()),
-    )
+        mask=mask, weight=weight, inclusion=pi, informative=informative,
+        keep_probs={t: w[j] for j, t in enumerate(batch.task_ids)}, new_states={},
+        kept_chunks=int(mask.sum()), total_chunks=batch.num_chunks,
+        skipped_trajectories=int((~informative).sum()))
 
 
 def _state_for(states: Mapping[str, TaskState], task_id: str, num_phases: int) -> TaskState:
@@ -149,3 +194,4 @@ def _next_states(
             version=prev.version + 1,
         )
     return out
+
