@@ -45,9 +45,11 @@ def inclusion_probabilities(
         if zero.any():
             q_free = np.where(free & zero[traj_of_chunk], 1.0, q_free)
             q_free_total = np.bincount(traj_of_chunk, weights=q_free, minlength=n)
+        # Share first, then budget: budget / q_total would overflow for tiny (denormal) q.
+        total_c = q_free_total[traj_of_chunk]
         with np.errstate(invalid="ignore", divide="ignore"):
-            scale = np.where(q_free_total > 0, budget / q_free_total, 0.0)  # (N,)
-        pi = np.where(capped, 1.0, q_free * scale[traj_of_chunk])
+            share = np.where(total_c > 0, q_free / total_c, 0.0)  # (M,)
+        pi = np.where(capped, 1.0, budget[traj_of_chunk] * share)
         newly = free & (pi >= _CAP)
         if not newly.any():
             break

@@ -1,0 +1,168 @@
+"""The application layer over the in-memory store: runs, idempotent select, validation that
+never changes stored state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from selector_service.errors import InvalidArgument, NotFound
+from selector_service.models import MAX_TRAJECTORIES
+from selector_service.service import SelectorService
+from selector_service.store import MemoryStore
+
+
+def _request(request_id: str = "r1", n: int = 8, c: int = 6, d: int = 4,
+             seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    return {
+        "request_id": request_id,
+        "trainer_id": "trainer-0",
+        "step": 3,
+        "trajectories": [
+            {"task_id": "pick", "group_id": f"g{i // 4}", "success": i % 2 == 0,
+             "phase_ids": (np.arange(c) * 4 // c).tolist(),
+             "action_features": rng.normal(size=(c, d)).tolist()}
+            for i in range(n)
+        ],
+    }
+
+
+@pytest.fixture
+def service() -> SelectorService:
+    svc = SelectorService(MemoryStore())
+    svc.put_run("run-a", feature_dim=4)
+    return svc
+
+
+def test_put_get_delete(service: SelectorService) -> None:
+    info = service.get_run("run-a")
+    assert info.config.feature_dim == 4 and info.config.keep_fraction == 0.2
+    assert info.state_version == 0 and info.tasks == {}
+    updated = service.put_run("run-a", keep_fraction=0.5)
+    assert updated.config.keep_fraction == 0.5 and updated.config.feature_dim == 4
+    assert service.delete_run("run-a").deleted
+    with pytest.raises(NotFound):
+        service.get_run("run-a")
+    with pytest.raises(NotFound):
+        service.delete_run("run-a")
+
+
+def test_select_returns_aligned_masks_and_updates_state(service: SelectorService) -> None:
+    req = _request()
+    ans = service.select("run-a", req)
+    assert len(ans.masks) == 8 and all(m.shape == (6,) for m in ans.masks)
+    assert ans.kept_chunks == sum(int(m.sum()) for m in ans.masks) == 8  # k = round(0.2*6) = 1
+    assert ans.total_chunks == 48 and ans.state_version == 1
+    info = service.get_run("run-a")
+    assert info.state_version == 1
+    task = info.tasks["pick"]
+    assert sum(task.chunks_total) == 48 and sum(task.chunks_kept) == 8
+    assert np.isclose(sum(task.keep_probs), 1.0)
+
+
+def test_replayed_request_gets_the_stored_answer_and_changes_nothing(
+        service: SelectorService) -> None:
+    first = service.select("run-a", _request("same"))
+    before = service.get_run("run-a")
+    # Even with a different body, the request_id identifies the request.
+    again = service.select("run-a", _request("same", seed=99))
+    assert again.same_as(first)
+    assert service.get_run("run-a") == before
+    assert service.select("run-a", _request("other")).state_version == 2
+
+
+def test_report_outcomes_is_idempotent(service: SelectorService) -> None:
+    ans = service.select("run-a", _request())
+    report = {"selection_id": ans.selection_id, "request_id": "rep-1", "trainer_id": "t0",
+              "step": 0, "success_rate": 0.5, "loss": 0.1, "kept_chunks": ans.kept_chunks,
+              "timings": {"rollout_s": 1.0, "select_s": 0.01, "backward_s": 2.0}}
+    assert service.report_outcomes("run-a", report).accepted
+    assert service.report_outcomes("run-a", report).accepted
+    assert service.get_run("run-a").outcome_reports == 1
+    with pytest.raises(InvalidArgument) as info:
+        service.report_outcomes("run-a", {**report, "request_id": "r1"})  # a select's id
+    assert info.value.field == "request_id"
+
+
+def _bad(req: dict[str, Any], path: tuple, value: Any) -> dict[str, Any]:
+    import copy
+
+    out = copy.deepcopy(req)
+    target = out
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: _bad(r, ("trajectories", 2, "action_features", 1, 0), float("nan")),
+         "trajectories[2].action_features"),
+        (lambda r: _bad(r, ("trajectories", 2, "action_features", 1, 0), float("inf")),
+         "trajectories[2].action_features"),
+        (lambda r: _bad(r, ("trajectories", 1, "action_features", 3), [1.0, 2.0]),
+         "trajectories[1].action_features"),
+        (lambda r: _bad(r, ("trajectories", 0, "phase_ids", 0), 4),
+         "trajectories[0].phase_ids"),
+        (lambda r: _bad(r, ("trajectories", 3, "action_features"), [[0.0] * 5] * 6),
+         "trajectories[3].action_features"),
+        (lambda r: _bad(r, ("trajectories",), []), "trajectories"),
+        (lambda r: _bad(r, ("keep_fraction",), 0.0), "keep_fraction"),
+        (lambda r: _bad(r, ("keep_fraction",), 1.01), "keep_fraction"),
+        (lambda r: _bad(r, ("trajectories", 0, "success"), "maybe"),
+         "trajectories[0].success"),
+        (lambda r: _bad(r, ("trajectories", 0, "task_id"), "bad{id}"),
+         "trajectories[0].task_id"),
+        (lambda r: _bad(r, ("trajectories",), r["trajectories"][:1] * (MAX_TRAJECTORIES + 1)),
+         "trajectories"),
+        (lambda r: {k: v for k, v in r.items() if k != "request_id"}, "request_id"),
+    ],
+)
+def test_bad_input_is_rejected_and_state_unchanged(service: SelectorService, mutate: Any,
+                                                   field: str) -> None:
+    service.select("run-a", _request("warm-up"))
+    before = service.get_run("run-a")
+    with pytest.raises(InvalidArgument) as info:
+        service.select("run-a", mutate(_request("bad")))
+    assert info.value.field == field, info.value
+    assert service.get_run("run-a") == before
+    # The rejected request_id was not consumed: the same id with a good body works.
+    assert service.select("run-a", _request("bad")).state_version == before.state_version + 1
+
+
+def test_unknown_run_and_bad_run_ids(service: SelectorService) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        service.select("nope", _request())
+    with pytest.raises(InvalidArgument) as info:
+        service.get_run("bad{run}")
+    assert info.value.field == "run_id"
+
+
+@pytest.mark.parametrize(("config", "field"), [({"keep_fraction": 0.0}, "keep_fraction"),
+                                               ({"keep_fraction": 2}, "keep_fraction"),
+                                               ({"phases": 0}, "phases"),
+                                               ({"weighting": "x"}, "weighting"),
+                                               ({"bogus": 1}, "bogus")])
+def test_bad_run_config_is_rejected_and_stored_config_kept(service: SelectorService,
+                                                           config: dict, field: str) -> None:
+    before = service.get_run("run-a")
+    with pytest.raises(InvalidArgument) as info:
+        service.put_run("run-a", config)
+    assert info.value.field == field
+    assert service.get_run("run-a") == before
+
+
+def test_structural_config_is_frozen_once_the_run_has_state(service: SelectorService) -> None:
+    service.select("run-a", _request())
+    before = service.get_run("run-a")
+    for change in ({"phases": 5}, {"feature_dim": 8}):
+        with pytest.raises(InvalidArgument) as info:
+            service.put_run("run-a", change)
+        assert info.value.field in change
+    assert service.get_run("run-a") == before
+    assert service.put_run("run-a", eps=0.3).config.eps == 0.3  # the rest may change

@@ -1,0 +1,23 @@
+"""`pcm-bench core --json PATH` writes one row per shape (structure only: no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from trainer_client.bench.cli import app
+
+
+def test_core_bench_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "core.json"
+    result = CliRunner().invoke(app, ["core", "--repeats", "10", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["shape"] for r in rows] == [
+        {"trajectories": 256, "chunks": 64, "feature_dim": 56},
+        {"trajectories": 512, "chunks": 64, "feature_dim": 56},
+    ]
+    for r in rows:
+        assert 0 < r["median_ms"] <= r["p99_ms"]
