@@ -247,7 +247,8 @@ class OutcomeReport(_Model):
     success_rate: float = Field(..., ge=0, le=1, allow_inf_nan=False)
     loss: float = Field(0.0, allow_inf_nan=False)
     kept_chunks: int = Field(0, ge=0)
-    timings: StageTimings = Field(default_factory=StageTimings)
+    timings: StageTimings = Field(
+        default_factory=lambda: StageTimings(rollout_s=0.0, select_s=0.0, backward_s=0.0))
     phase_grad_norms: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
         None, max_length=MAX_PHASES)
 

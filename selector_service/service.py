@@ -223,7 +223,7 @@ class SelectorService:
         kind, answer = stored
         if kind != "select":
             raise InvalidArgument("request_id", "already used by an outcome report")
-        return answer  # type: ignore[no-any-return]
+        return answer
 
 
 def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
@@ -234,7 +234,7 @@ def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
     total = np.bincount(cell, minlength=size)
     kept = np.bincount(cell, weights=sel.mask, minlength=size).astype(np.int64)
     chunks = {(batch.task_ids[c // num_phases], c % num_phases): (int(total[c]), int(kept[c]))
-              for c in np.flatnonzero(total)}
+              for c in map(int, np.flatnonzero(total))}
     return SelectEvent(
         run_id=run_id, trainer_id=trainer_id, chunks=chunks,
         keep_probs={t: w.tolist() for t, w in sel.keep_probs.items()},

@@ -84,7 +84,7 @@ def systematic_sample(
     upper[ends] = (k - n_certain)[traj_o[ends]]
     lower = np.r_[0.0, upper[:-1]]
     lower[starts] = 0.0
-    u = rng.random(n)[traj_o]  # one offset per trajectory
+    u = np.asarray(rng.random(n))[traj_o]  # one offset per trajectory
     hits = np.ceil(upper - u) - np.ceil(lower - u)  # integers u + j inside [lower, upper)
     keep = np.empty(m, dtype=bool)
     keep[order] = hits > 0

@@ -1,0 +1,393 @@
+"""Redis phase-state store: selectors are stateless over it (DESIGN.md sections 5 and 7).
+
+Same semantics as MemoryStore. Keys, all hash-tagged by run so that a run lives on one Redis
+Cluster slot and every Lua script touches one slot:
+
+- ``pcm:{RUN}:config``          hash: ``config`` (RunConfig JSON), ``state_version``,
+                                ``outcome_reports``
+- ``pcm:{RUN}:tasks``           set: the run's task ids (to find the state keys)
+- ``pcm:{RUN}:state:TASK``      string: TaskState JSON (``TaskState.to_dict``)
+- ``pcm:{RUN}:req:REQUEST_ID``  string with TTL: the idempotency record, kind byte ``S`` + packed
+                                SelectResponse, or ``R`` for an outcome report
+- ``pcm:{RUN}:reqs``            sorted set: request_id -> record expiry (ms), so that delete_run
+                                finds every record without SCAN
+- ``pcm:{RUN}:history``         stream, capped with ``XADD MAXLEN ~``; field ``e`` holds the
+                                entry's JSON
+
+Writes are Lua scripts (selector_service/store/lua.py): compare-and-set on state_version plus
+bookkeeping. Reads of several keys use MULTI/EXEC, so a snapshot's version and states agree.
+Any Redis error (connection refused, timeout, READONLY, OOM, ...) becomes StoreUnavailable
+naming the operation, after ``on_error(op)`` is called (the metrics hook); the client fails fast
+(short socket timeouts, one immediate reconnect attempt, no backoff loops).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from selector_service.core import RunConfig, TaskState
+from selector_service.errors import InvalidArgument, NotFound, StoreUnavailable
+from selector_service.models import OutcomeReport, SelectResponse
+from selector_service.store import lua
+from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DELETE_ATTEMPTS = 32  # delete_run re-reads the run's task and request lists this many times
+LOAD_ATTEMPTS = 32  # load(all tasks) re-reads the task list this many times
+
+_SELECT = b"S"
+_REPORT = b"R"
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+class RunKeys:
+    """The Redis keys of one run, all sharing the hash tag ``{run_id}``."""
+
+    def __init__(self, run_id: str) -> None:
+        self.prefix = f"pcm:{{{run_id}}}:"
+        self.config = self.prefix + "config"
+        self.tasks = self.prefix + "tasks"
+        self.reqs = self.prefix + "reqs"
+        self.history = self.prefix + "history"
+
+    def state(self, task_id: str) -> str:
+        return f"{self.prefix}state:{task_id}"
+
+    def req(self, request_id: str) -> str:
+        return f"{self.prefix}req:{request_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation of the stored answer
+#
+# Layout (little-endian), one bytes value:
+#   0   b"S"                    kind byte of the idempotency record
+#   1   u8 format version (1), 2 zero bytes
+#   4   u32 H, the header length
+#   8   header JSON (H bytes): selection_id, state_version, kept_chunks, total_chunks,
+#       skipped_trajectories, keep_probs, n (trajectories), m (chunks)
+#   W   float64[m] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
+#       int32[n] lengths C_i
+#       uint8[ceil(m / 8)] masks, np.packbits of the concatenated masks
+# Floats travel as raw float64 bits (weights) or Python's shortest round-trip repr (keep_probs in
+# JSON), so the loaded answer is bit-identical to the stored one.
+
+_FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<cB2xI")
+
+
+def encode_answer(answer: SelectResponse) -> bytes:
+    """Pack a SelectResponse into an idempotency record (kind byte included)."""
+    lengths = np.fromiter((len(m) for m in answer.masks), dtype="<i4", count=len(answer.masks))
+    total = int(lengths.sum())
+    masks = np.concatenate(answer.masks) if answer.masks else np.zeros(0, dtype=bool)
+    weights = np.concatenate(answer.weights) if answer.weights else np.zeros(0)
+    if weights.shape != (total,) or masks.shape != (total,):
+        raise ValueError("masks and weights must have one entry per chunk")
+    header = json.dumps({
+        "selection_id": answer.selection_id,
+        "state_version": answer.state_version,
+        "kept_chunks": answer.kept_chunks,
+        "total_chunks": answer.total_chunks,
+        "skipped_trajectories": answer.skipped_trajectories,
+        "keep_probs": answer.keep_probs,
+        "n": len(lengths),
+        "m": total,
+    }, separators=(",", ":")).encode()
+    pad = -(_PREFIX.size + len(header)) % 8
+    return b"".join((
+        _PREFIX.pack(_SELECT, _FORMAT_VERSION, len(header)),
+        header,
+        bytes(pad),
+        weights.astype("<f8", copy=False).tobytes(),
+        lengths.tobytes(),
+        np.packbits(masks.astype(bool, copy=False)).tobytes(),
+    ))
+
+
+def decode_answer(record: bytes) -> SelectResponse:
+    """The SelectResponse of an idempotency record: frozen, its arrays read-only views."""
+    kind, version, header_len = _PREFIX.unpack_from(record)
+    if kind != _SELECT or version != _FORMAT_VERSION:
+        raise ValueError(f"not a version-{_FORMAT_VERSION} select record: {record[:2]!r}")
+    start = _PREFIX.size
+    header = json.loads(record[start:start + header_len])
+    n, m = header.pop("n"), header.pop("m")
+    offset = start + header_len + (-(start + header_len) % 8)
+    weights = np.frombuffer(record, dtype="<f8", count=m, offset=offset)
+    offset += 8 * m
+    lengths = np.frombuffer(record, dtype="<i4", count=n, offset=offset)
+    offset += 4 * n
+    bits = np.frombuffer(record, dtype=np.uint8, count=(m + 7) // 8, offset=offset)
+    masks = np.unpackbits(bits, count=m).view(bool)
+    masks.flags.writeable = False
+    cuts = np.cumsum(lengths[:-1], dtype=np.int64)
+    return SelectResponse(masks=np.split(masks, cuts) if n else [],
+                          weights=np.split(weights, cuts) if n else [], **header)
+
+
+def _record_kind(record: bytes) -> RequestKind:
+    return "select" if record[:1] == _SELECT else "report"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _redis_op(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Map Redis errors of a store method to StoreUnavailable naming `op`, calling on_error."""
+
+    def wrap(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(*args, **kwargs)
+            except redis.RedisError as exc:
+                store = args[0]
+                assert isinstance(store, RedisStore)
+                raise store._unavailable(op, exc) from exc
+
+        return call
+
+    return wrap
+
+
+class RedisStore:
+    """PhaseStore over Redis (standalone, or any Redis reachable by one URL). Thread-safe: one
+    connection pool shared by all threads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        request_ttl_s: int = 86400,
+        history_maxlen: int = 10000,
+        socket_timeout_s: float = 0.5,
+        socket_connect_timeout_s: float = 0.25,
+        max_connections: int | None = None,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if request_ttl_s < 1:
+            raise ValueError("request_ttl_s must be at least 1")
+        if history_maxlen < 1:
+            raise ValueError("history_maxlen must be at least 1")
+        self.url = url
+        self.request_ttl_s = int(request_ttl_s)
+        self.history_maxlen = int(history_maxlen)
+        self._on_error = on_error
+        self._redis = client if client is not None else redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_connect_timeout_s,
+            # One immediate reconnect on a dropped connection; never on a timeout, never a
+            # backoff loop: a down Redis must fail the call fast.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            max_connections=max_connections,
+            health_check_interval=0,
+            client_name="pcm-selector",
+        )
+        self._put_config = self._redis.register_script(lua.PUT_CONFIG)
+        self._commit_select = self._redis.register_script(lua.COMMIT_SELECT)
+        self._record_report = self._redis.register_script(lua.RECORD_REPORT)
+        self._delete_run = self._redis.register_script(lua.DELETE_RUN)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- PhaseStore -------------------------------------------------------------------------------
+
+    @_redis_op("ping")
+    def ping(self) -> None:
+        self._redis.ping()
+
+    @_redis_op("put_config")
+    def put_config(self, run_id: str, config: RunConfig) -> bool:
+        keys = RunKeys(run_id)
+        return bool(self._put_config(keys=[keys.config], args=[_dumps(config.to_dict())]))
+
+    @_redis_op("get_config")
+    def get_config(self, run_id: str) -> RunConfig | None:
+        raw = self._redis.hget(RunKeys(run_id).config, "config")
+        return None if raw is None else RunConfig.from_dict(json.loads(raw))
+
+    @_redis_op("delete_run")
+    def delete_run(self, run_id: str) -> bool:
+        keys = RunKeys(run_id)
+        for _ in range(DELETE_ATTEMPTS):
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.smembers(keys.tasks)
+                pipe.zrange(keys.reqs, 0, -1)
+                raw_tasks, raw_reqs = pipe.execute()
+            tasks = [t.decode() for t in raw_tasks]
+            reqs = [r.decode() for r in raw_reqs]
+            script_keys = [keys.config, keys.tasks, keys.reqs, keys.history,
+                           *(keys.state(t) for t in tasks), *(keys.req(r) for r in reqs)]
+            result = int(self._delete_run(keys=script_keys, args=[len(tasks), *tasks, *reqs]))
+            if result >= 0:
+                return result == 1
+            # A commit added a task or request since we listed them: list again.
+        raise StoreUnavailable(f"redis delete_run: run {run_id!r} kept changing during "
+                               f"{DELETE_ATTEMPTS} attempts; retry")
+
+    @_redis_op("load")
+    def load(self, run_id: str, task_ids: Iterable[str] | None = None) -> RunSnapshot | None:
+        keys = RunKeys(run_id)
+        if task_ids is not None:
+            names = list(dict.fromkeys(task_ids))
+            head, states = self._read_snapshot(keys, names, with_tasks=False)
+        else:
+            head, states = self._load_all(keys, run_id)
+        raw_config, version, reports = head
+        if raw_config is None:
+            return None
+        return RunSnapshot(
+            config=RunConfig.from_dict(json.loads(raw_config)),
+            state_version=int(version),
+            outcome_reports=int(reports),
+            tasks={t: TaskState.from_dict(json.loads(s)) for t, s in states.items()},
+        )
+
+    @_redis_op("get_request")
+    def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
+        record = self._redis.get(RunKeys(run_id).req(request_id))
+        if record is None:
+            return None
+        if _record_kind(record) == "report":
+            return ("report", None)
+        return ("select", decode_answer(record))
+
+    @_redis_op("commit_select")
+    def commit_select(self, run_id: str, request_id: str, expected_version: int,
+                      new_states: dict[str, TaskState], answer: SelectResponse,
+                      history: dict[str, Any]) -> CommitResult:
+        keys = RunKeys(run_id)
+        tasks = list(new_states)
+        result = self._commit_select(
+            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
+                  *(keys.state(t) for t in tasks)],
+            args=[expected_version, answer.state_version, request_id, encode_answer(answer),
+                  self.request_ttl_s, _dumps(history), self.history_maxlen, *tasks,
+                  *(_dumps(new_states[t].to_dict()) for t in tasks)],
+        )
+        status = result[0]
+        if status == b"missing":
+            raise NotFound(f"run {run_id!r} not found")
+        if status == b"conflict":
+            return CommitResult(CommitStatus.CONFLICT)
+        if status == b"replay":
+            record = result[1]
+            if _record_kind(record) != "select":
+                raise InvalidArgument("request_id", "already used by an outcome report")
+            return CommitResult(CommitStatus.REPLAY, decode_answer(record))
+        return CommitResult(CommitStatus.COMMITTED)
+
+    @_redis_op("record_report")
+    def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
+                      history: dict[str, Any]) -> bool:
+        keys = RunKeys(run_id)
+        result = self._record_report(
+            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history],
+            args=[request_id, self.request_ttl_s, _dumps(history), self.history_maxlen],
+        )
+        status = result[0]
+        if status == b"missing":
+            raise NotFound(f"run {run_id!r} not found")
+        if status == b"stored":
+            if _record_kind(result[1]) != "report":
+                raise InvalidArgument("request_id", "already used by a select request")
+            return False
+        return True
+
+    @_redis_op("history")
+    def history(self, run_id: str, count: int = 100) -> list[dict[str, Any]]:
+        keys = RunKeys(run_id)
+        # The stream is trimmed approximately (MAXLEN ~): never show more than the cap.
+        count = min(count, self.history_maxlen)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(keys.config)
+            pipe.xrevrange(keys.history, count=max(count, 1))
+            exists, entries = pipe.execute()
+        if not exists:
+            raise NotFound(f"run {run_id!r} not found")
+        if count <= 0:
+            return []
+        return [json.loads(fields[b"e"]) for _, fields in reversed(entries)]
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _load_all(self, keys: RunKeys,
+                  run_id: str) -> tuple[list[Any], dict[str, bytes]]:
+        """Config, version and every task's state, consistent with one another: the task list is
+        read inside the same MULTI as the states and must match the one the states came from."""
+        names = sorted(t.decode() for t in self._redis.smembers(keys.tasks))
+        for _ in range(LOAD_ATTEMPTS):
+            (head, states), members = self._read_snapshot(keys, names, with_tasks=True)
+            current = sorted(t.decode() for t in members)
+            if current == names:
+                return head, states
+            names = current
+        raise StoreUnavailable(f"redis load: run {run_id!r} kept changing during "
+                               f"{LOAD_ATTEMPTS} attempts; retry")
+
+    def _read_snapshot(self, keys: RunKeys, names: list[str], *, with_tasks: bool) -> Any:
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(keys.config, ["config", "state_version", "outcome_reports"])
+            if names:
+                pipe.mget([keys.state(t) for t in names])
+            if with_tasks:
+                pipe.smembers(keys.tasks)
+            replies = pipe.execute()
+        head = replies[0]
+        raw_states = replies[1] if names else []
+        states = {t: s for t, s in zip(names, raw_states, strict=True) if s is not None}
+        if with_tasks:
+            return (head, states), replies[-1]
+        return head, states
+
+    def _unavailable(self, op: str, exc: Exception) -> StoreUnavailable:
+        log.warning("redis store: %s failed: %s: %s", op, type(exc).__name__, exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(op)
+            except Exception:  # the metrics hook must not mask the store error
+                log.exception("redis store: on_error callback failed")
+        return StoreUnavailable(f"redis store unavailable during {op}: "
+                                f"{type(exc).__name__}: {exc}")
