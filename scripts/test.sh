@@ -2,9 +2,8 @@
 # The project's test command: installs what the suite needs, then runs it.
 #   bash scripts/test.sh [pytest args]
 # System packages: redis-server and prometheus (Prometheus and promtool) for the integration
-# tests, and the
-# EGL/GL libraries MuJoCo renders LIBERO's cameras with on CPU. Python: the CPU build of torch
-# (pinned, so no CUDA packages are pulled) and the project with its dev extras.
+# tests, and the EGL/GL libraries MuJoCo renders LIBERO's cameras with on CPU. Python: the CPU
+# build of torch (pinned, so no CUDA packages are pulled) and the project with its dev extras.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
