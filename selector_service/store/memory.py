@@ -110,7 +110,7 @@ class MemoryStore:
     def history(self, run_id: str, count: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             run = self._require(run_id)
-            return list(run.history)[-count:]
+            return list(run.history)[-count:] if count > 0 else []
 
     def _require(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)

@@ -49,8 +49,7 @@ R = TypeVar("R")
 DELETE_ATTEMPTS = 32  # delete_run re-reads the run's task and request lists this many times
 LOAD_ATTEMPTS = 32  # load(all tasks) re-reads the task list this many times
 
-_SELECT = b"S"
-_REPORT = b"R"
+_SELECT = b"S"  # kind byte of a select record; a report record is b"R"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +81,14 @@ class RunKeys:
 #   1   u8 format version (1), 2 zero bytes
 #   4   u32 H, the header length
 #   8   header JSON (H bytes): selection_id, state_version, kept_chunks, total_chunks,
-#       skipped_trajectories, keep_probs, n (trajectories), m (chunks)
-#   W   float64[m] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
+#       skipped_trajectories, keep_probs, n (trajectories), m (chunks), k (stored weights)
+#   W   float64[k] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
 #       int32[n] lengths C_i
 #       uint8[ceil(m / 8)] masks, np.packbits of the concatenated masks
-# Floats travel as raw float64 bits (weights) or Python's shortest round-trip repr (keep_probs in
-# JSON), so the loaded answer is bit-identical to the stored one.
+# Sparse weights (k = kept chunks, the usual case) when every weight off the mask is +0.0, as
+# the core makes them: a LIBERO step keeps ~20% of its chunks, so records are ~5x smaller.
+# Dense (k = m) otherwise. Floats travel as raw float64 bits (weights) or Python's shortest
+# round-trip repr (keep_probs in JSON): the loaded answer is bit-identical to the stored one.
 
 _FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<cB2xI")
@@ -97,10 +98,12 @@ def encode_answer(answer: SelectResponse) -> bytes:
     """Pack a SelectResponse into an idempotency record (kind byte included)."""
     lengths = np.fromiter((len(m) for m in answer.masks), dtype="<i4", count=len(answer.masks))
     total = int(lengths.sum())
-    masks = np.concatenate(answer.masks) if answer.masks else np.zeros(0, dtype=bool)
-    weights = np.concatenate(answer.weights) if answer.weights else np.zeros(0)
+    masks = _concat(answer.masks, bool)
+    weights = _concat(answer.weights, "<f8")
     if weights.shape != (total,) or masks.shape != (total,):
         raise ValueError("masks and weights must have one entry per chunk")
+    if not weights.view(np.uint64)[~masks].any():  # all +0.0 off the mask: store kept only
+        weights = weights[masks]
     header = json.dumps({
         "selection_id": answer.selection_id,
         "state_version": answer.state_version,
@@ -110,37 +113,53 @@ def encode_answer(answer: SelectResponse) -> bytes:
         "keep_probs": answer.keep_probs,
         "n": len(lengths),
         "m": total,
+        "k": len(weights),
     }, separators=(",", ":")).encode()
     pad = -(_PREFIX.size + len(header)) % 8
     return b"".join((
         _PREFIX.pack(_SELECT, _FORMAT_VERSION, len(header)),
         header,
         bytes(pad),
-        weights.astype("<f8", copy=False).tobytes(),
+        weights.tobytes(),
         lengths.tobytes(),
-        np.packbits(masks.astype(bool, copy=False)).tobytes(),
+        np.packbits(masks).tobytes(),
     ))
 
 
 def decode_answer(record: bytes) -> SelectResponse:
-    """The SelectResponse of an idempotency record: frozen, its arrays read-only views."""
+    """The SelectResponse of an idempotency record: frozen, its arrays read-only."""
     kind, version, header_len = _PREFIX.unpack_from(record)
     if kind != _SELECT or version != _FORMAT_VERSION:
         raise ValueError(f"not a version-{_FORMAT_VERSION} select record: {record[:2]!r}")
     start = _PREFIX.size
     header = json.loads(record[start:start + header_len])
-    n, m = header.pop("n"), header.pop("m")
+    n, m, k = header.pop("n"), header.pop("m"), header.pop("k")
     offset = start + header_len + (-(start + header_len) % 8)
-    weights = np.frombuffer(record, dtype="<f8", count=m, offset=offset)
-    offset += 8 * m
+    stored = np.frombuffer(record, dtype="<f8", count=k, offset=offset)
+    offset += 8 * k
     lengths = np.frombuffer(record, dtype="<i4", count=n, offset=offset)
     offset += 4 * n
     bits = np.frombuffer(record, dtype=np.uint8, count=(m + 7) // 8, offset=offset)
     masks = np.unpackbits(bits, count=m).view(bool)
     masks.flags.writeable = False
-    cuts = np.cumsum(lengths[:-1], dtype=np.int64)
-    return SelectResponse(masks=np.split(masks, cuts) if n else [],
-                          weights=np.split(weights, cuts) if n else [], **header)
+    if k == m:
+        weights = stored  # a read-only view of the record
+    else:
+        weights = np.zeros(m)
+        weights[masks] = stored
+        weights.flags.writeable = False
+    ends = np.cumsum(lengths, dtype=np.int64).tolist()
+    if (ends[-1] if ends else 0) != m:
+        raise ValueError(f"corrupt select record: trajectory lengths do not sum to {m}")
+    spans = list(zip([0, *ends], ends, strict=False))
+    return SelectResponse(masks=[masks[i:j] for i, j in spans],
+                          weights=[weights[i:j] for i, j in spans], **header)
+
+
+def _concat(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
+    if not arrays:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate(arrays).astype(dtype, copy=False)
 
 
 def _record_kind(record: bytes) -> RequestKind:
@@ -272,7 +291,7 @@ class RedisStore:
         keys = RunKeys(run_id)
         if task_ids is not None:
             names = list(dict.fromkeys(task_ids))
-            head, states = self._read_snapshot(keys, names, with_tasks=False)
+            head, states, _ = self._read_snapshot(keys, names, with_tasks=False)
         else:
             head, states = self._load_all(keys, run_id)
         raw_config, version, reports = head
@@ -287,7 +306,8 @@ class RedisStore:
 
     @_redis_op("get_request")
     def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
-        record = self._redis.get(RunKeys(run_id).req(request_id))
+        key = RunKeys(run_id).req(request_id)
+        record: bytes | None = self._redis.get(key)  # type: ignore[assignment]
         if record is None:
             return None
         if _record_kind(record) == "report":
@@ -353,13 +373,13 @@ class RedisStore:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _load_all(self, keys: RunKeys,
-                  run_id: str) -> tuple[list[Any], dict[str, bytes]]:
+    def _load_all(self, keys: RunKeys, run_id: str) -> tuple[list[Any], dict[str, bytes]]:
         """Config, version and every task's state, consistent with one another: the task list is
-        read inside the same MULTI as the states and must match the one the states came from."""
-        names = sorted(t.decode() for t in self._redis.smembers(keys.tasks))
+        read in the same MULTI as the states and must match the list the states were read for."""
+        members: set[bytes] = self._redis.smembers(keys.tasks)  # type: ignore[assignment]
+        names = sorted(t.decode() for t in members)
         for _ in range(LOAD_ATTEMPTS):
-            (head, states), members = self._read_snapshot(keys, names, with_tasks=True)
+            head, states, members = self._read_snapshot(keys, names, with_tasks=True)
             current = sorted(t.decode() for t in members)
             if current == names:
                 return head, states
@@ -367,7 +387,10 @@ class RedisStore:
         raise StoreUnavailable(f"redis load: run {run_id!r} kept changing during "
                                f"{LOAD_ATTEMPTS} attempts; retry")
 
-    def _read_snapshot(self, keys: RunKeys, names: list[str], *, with_tasks: bool) -> Any:
+    def _read_snapshot(self, keys: RunKeys, names: list[str], *,
+                       with_tasks: bool) -> tuple[list[Any], dict[str, bytes], set[bytes]]:
+        """In one MULTI: the config hash's fields, the named tasks' states (absent ones left
+        out) and, if asked, the run's task set."""
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hmget(keys.config, ["config", "state_version", "outcome_reports"])
             if names:
@@ -375,12 +398,9 @@ class RedisStore:
             if with_tasks:
                 pipe.smembers(keys.tasks)
             replies = pipe.execute()
-        head = replies[0]
         raw_states = replies[1] if names else []
         states = {t: s for t, s in zip(names, raw_states, strict=True) if s is not None}
-        if with_tasks:
-            return (head, states), replies[-1]
-        return head, states
+        return replies[0], states, (replies[-1] if with_tasks else set())
 
     def _unavailable(self, op: str, exc: Exception) -> StoreUnavailable:
         log.warning("redis store: %s failed: %s: %s", op, type(exc).__name__, exc)

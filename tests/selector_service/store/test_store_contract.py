@@ -1,0 +1,313 @@
+"""The PhaseStore contract, run against MemoryStore and RedisStore (a real redis-server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from selector_service.core import RunConfig, TaskState
+from selector_service.errors import InvalidArgument, NotFound
+from selector_service.models import OutcomeReport, SelectResponse
+from selector_service.store import CommitStatus, MemoryStore, PhaseStore
+from selector_service.store import memory as memory_module
+from selector_service.store.redis_store import RedisStore
+
+RUN = "run-1"
+StoreFactory = Callable[..., PhaseStore]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreFactory]:
+    """A factory of empty stores of one kind; history_maxlen caps the history."""
+    stores: list[RedisStore] = []
+
+    def make(history_maxlen: int = 10_000) -> PhaseStore:
+        if request.param == "memory":
+            monkeypatch.setattr(memory_module, "MAX_HISTORY", history_maxlen)
+            return MemoryStore()
+        store = RedisStore(request.getfixturevalue("redis_url"), history_maxlen=history_maxlen)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> PhaseStore:
+    return make_store()
+
+
+def task_state(seed: int, phases: int = 4) -> TaskState:
+    rng = np.random.default_rng(seed)
+    scores = rng.random(phases)
+    scores[0] = np.nan  # a phase never observed
+    return TaskState(scores=scores,
+                     observations=rng.integers(0, 9, phases),
+                     chunks_total=rng.integers(0, 99, phases),
+                     chunks_kept=rng.integers(0, 9, phases),
+                     trajectories=int(rng.integers(0, 50)), skipped_trajectories=3,
+                     version=int(rng.integers(1, 9)))
+
+
+def answer(version: int, seed: int = 0, lengths: tuple[int, ...] = (5, 3, 7)) -> SelectResponse:
+    rng = np.random.default_rng(seed)
+    masks, weights = [], []
+    for n in lengths:
+        mask = rng.random(n) < 0.4
+        weight = np.where(mask, 1.0 / rng.random(n), 0.0)
+        mask.flags.writeable = False
+        weight.flags.writeable = False
+        masks.append(mask)
+        weights.append(weight)
+    kept = int(sum(m.sum() for m in masks))
+    return SelectResponse(selection_id=f"sel-{seed}", state_version=version, masks=masks,
+                          weights=weights, kept_chunks=kept, total_chunks=sum(lengths),
+                          skipped_trajectories=1,
+                          keep_probs={"a": [0.1, 0.2, 0.3, 0.4], "b": [0.25] * 4})
+
+
+def report(request_id: str = "rep-1") -> OutcomeReport:
+    return OutcomeReport.model_validate({"selection_id": "sel-0", "request_id": request_id,
+                                         "success_rate": 0.5})
+
+
+def commit(store: PhaseStore, request_id: str, expected: int,
+           states: dict[str, TaskState] | None = None, seed: int = 0) -> Any:
+    states = {"a": task_state(seed), "b": task_state(seed + 1)} if states is None else states
+    return store.commit_select(RUN, request_id, expected, states, answer(expected + 1, seed),
+                               {"type": "select", "request_id": request_id,
+                                "state_version": expected + 1})
+
+
+def created(store: PhaseStore, config: RunConfig | None = None) -> PhaseStore:
+    assert store.put_config(RUN, config or RunConfig(phases=4, feature_dim=8)) is True
+    return store
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def test_put_get_config(store: PhaseStore) -> None:
+    assert store.get_config(RUN) is None
+    created(store)
+    assert store.get_config(RUN) == RunConfig(phases=4, feature_dim=8)
+    changed = RunConfig(phases=4, feature_dim=8, keep_fraction=0.5, seed=7, mode="random")
+    assert store.put_config(RUN, changed) is False
+    assert store.get_config(RUN) == changed
+    assert store.get_config("other") is None
+
+
+def test_new_run_starts_at_version_zero(store: PhaseStore) -> None:
+    created(store)
+    snap = store.load(RUN)
+    assert snap is not None
+    assert (snap.state_version, snap.outcome_reports, snap.tasks) == (0, 0, {})
+
+
+def test_replacing_config_keeps_state(store: PhaseStore) -> None:
+    created(store)
+    assert commit(store, "r1", 0).status is CommitStatus.COMMITTED
+    store.put_config(RUN, RunConfig(phases=4, feature_dim=8, eta=0.5))
+    snap = store.load(RUN)
+    assert snap is not None
+    assert snap.state_version == 1 and snap.config.eta == 0.5
+    assert snap.tasks["a"].equals(task_state(0))
+
+
+# -- load / commit -------------------------------------------------------------------------------
+
+
+def test_commit_stores_states_and_version(store: PhaseStore) -> None:
+    created(store)
+    assert commit(store, "r1", 0).status is CommitStatus.COMMITTED
+    snap = store.load(RUN)
+    assert snap is not None
+    assert snap.state_version == 1
+    assert set(snap.tasks) == {"a", "b"}
+    assert snap.tasks["a"].equals(task_state(0)) and snap.tasks["b"].equals(task_state(1))
+    # a later commit updates only the tasks it names
+    assert commit(store, "r2", 1, {"b": task_state(9)}).status is CommitStatus.COMMITTED
+    snap = store.load(RUN)
+    assert snap is not None and snap.state_version == 2
+    assert snap.tasks["a"].equals(task_state(0)) and snap.tasks["b"].equals(task_state(9))
+
+
+def test_load_subset_and_unknown_tasks(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0)
+    snap = store.load(RUN, ["b", "never-seen"])
+    assert snap is not None and list(snap.tasks) == ["b"]
+    snap = store.load(RUN, [])
+    assert snap is not None and snap.tasks == {} and snap.state_version == 1
+
+
+def test_load_returns_copies(store: PhaseStore) -> None:
+    created(store)
+    states = {"a": task_state(0)}
+    commit(store, "r1", 0, states)
+    states["a"].chunks_total += 100  # the caller's objects are not the stored ones
+    snap = store.load(RUN)
+    assert snap is not None
+    snap.tasks["a"].scores[:] = 42.0
+    snap.tasks["a"].chunks_kept += 1
+    again = store.load(RUN)
+    assert again is not None and again.tasks["a"].equals(task_state(0))
+
+
+def test_cas_conflict_changes_nothing(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0)
+    before = store.load(RUN)
+    result = commit(store, "r2", 0, {"a": task_state(5)})  # stale expected_version
+    assert result.status is CommitStatus.CONFLICT and result.answer is None
+    after = store.load(RUN)
+    assert before is not None and after is not None
+    assert after.state_version == 1 and after.tasks["a"].equals(before.tasks["a"])
+    assert store.get_request(RUN, "r2") is None
+    assert [h["request_id"] for h in store.history(RUN)] == ["r1"]
+    assert commit(store, "r2", 1).status is CommitStatus.COMMITTED  # fresh version: commits
+
+
+def test_replay_returns_identical_answer_and_changes_nothing(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0, seed=3)
+    before = store.load(RUN)
+    # replayed with another version and other states: the stored answer, nothing written
+    result = commit(store, "r1", 7, {"a": task_state(99)}, seed=4)
+    assert result.status is CommitStatus.REPLAY
+    assert result.answer is not None and result.answer.same_as(answer(1, 3))
+    after = store.load(RUN)
+    assert before is not None and after is not None
+    assert after.state_version == 1 and after.tasks["a"].equals(before.tasks["a"])
+    assert len(store.history(RUN)) == 1
+
+
+def test_stored_answer_is_identical_and_immutable(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0, seed=3)
+    stored = store.get_request(RUN, "r1")
+    assert stored is not None
+    kind, got = stored
+    assert kind == "select" and isinstance(got, SelectResponse) and got.same_as(answer(1, 3))
+    for mask, weight, ref in zip(got.masks, got.weights, answer(1, 3).weights, strict=True):
+        assert mask.dtype == bool and weight.dtype == np.float64
+        assert not mask.flags.writeable and not weight.flags.writeable
+        assert weight.tobytes() == ref.tobytes()  # bit-identical
+    with pytest.raises(ValidationError, match="frozen"):
+        got.kept_chunks = 0
+    assert store.get_request(RUN, "nope") is None
+    assert store.get_request("other-run", "r1") is None
+
+
+# -- reports and request kinds ---------------------------------------------------------------------
+
+
+def test_record_report_once(store: PhaseStore) -> None:
+    created(store)
+    assert store.record_report(RUN, "rep-1", report(), {"type": "report", "n": 1}) is True
+    assert store.record_report(RUN, "rep-1", report(), {"type": "report", "n": 2}) is False
+    snap = store.load(RUN)
+    assert snap is not None and snap.outcome_reports == 1 and snap.state_version == 0
+    assert store.get_request(RUN, "rep-1") == ("report", None)
+    assert store.history(RUN) == [{"type": "report", "n": 1}]
+
+
+def test_request_kind_mismatch(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "sel", 0)
+    store.record_report(RUN, "rep", report("rep"), {"type": "report"})
+    with pytest.raises(InvalidArgument, match="already used by a select request") as exc:
+        store.record_report(RUN, "sel", report("sel"), {"type": "report"})
+    assert exc.value.field == "request_id"
+    with pytest.raises(InvalidArgument, match="already used by an outcome report") as exc:
+        commit(store, "rep", 1)
+    assert exc.value.field == "request_id"
+    snap = store.load(RUN)
+    assert snap is not None and (snap.state_version, snap.outcome_reports) == (1, 1)
+    assert len(store.history(RUN)) == 2
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def test_history_ordered_newest_count(store: PhaseStore) -> None:
+    created(store)
+    for v in range(5):
+        commit(store, f"r{v}", v)
+    store.record_report(RUN, "rep", report("rep"), {"type": "report", "request_id": "rep",
+                                                     "loss": 0.25, "nested": {"x": [1, 2]}})
+    history = store.history(RUN)
+    assert [h["request_id"] for h in history] == ["r0", "r1", "r2", "r3", "r4", "rep"]
+    assert history[-1] == {"type": "report", "request_id": "rep", "loss": 0.25,
+                           "nested": {"x": [1, 2]}}
+    assert [h["request_id"] for h in store.history(RUN, count=2)] == ["r4", "rep"]
+
+
+def test_history_capped(make_store: StoreFactory) -> None:
+    store = created(make_store(history_maxlen=5))
+    for v in range(12):
+        commit(store, f"r{v}", v)
+    assert [h["state_version"] for h in store.history(RUN, count=100)] == list(range(8, 13))
+    assert [h["state_version"] for h in store.history(RUN, count=3)] == [10, 11, 12]
+
+
+# -- delete and unknown runs -----------------------------------------------------------------------
+
+
+def test_delete_removes_everything(store: PhaseStore) -> None:
+    created(store)
+    store.put_config("keep", RunConfig())
+    commit(store, "r1", 0)
+    commit(store, "r2", 1, {"c": task_state(7)})
+    store.record_report(RUN, "rep", report("rep"), {"type": "report"})
+    assert store.delete_run(RUN) is True
+    assert store.delete_run(RUN) is False
+    assert store.get_config(RUN) is None and store.load(RUN) is None
+    assert store.get_request(RUN, "r1") is None and store.get_request(RUN, "rep") is None
+    with pytest.raises(NotFound):
+        store.history(RUN)
+    if isinstance(store, RedisStore):
+        assert list(store.client.scan_iter(match=f"pcm:{{{RUN}}}:*")) == []
+        assert store.client.keys("*{run-1}*") == []
+    assert store.get_config("keep") == RunConfig()  # other runs untouched
+    # the id can be used again, from scratch
+    created(store)
+    snap = store.load(RUN)
+    assert snap is not None and (snap.state_version, snap.tasks) == (0, {})
+    assert commit(store, "r1", 0).status is CommitStatus.COMMITTED
+
+
+def test_unknown_run(store: PhaseStore) -> None:
+    assert store.load("ghost") is None
+    assert store.get_config("ghost") is None
+    assert store.get_request("ghost", "r1") is None
+    assert store.delete_run("ghost") is False
+    with pytest.raises(NotFound, match="ghost"):
+        store.commit_select("ghost", "r1", 0, {"a": task_state(0)}, answer(1), {})
+    with pytest.raises(NotFound, match="ghost"):
+        store.record_report("ghost", "rep", report(), {})
+    with pytest.raises(NotFound, match="ghost"):
+        store.history("ghost")
+    if isinstance(store, RedisStore):  # a failed write leaves nothing behind
+        assert store.client.keys("*{ghost}*") == []
+
+
+def test_commit_after_delete_is_not_found(store: PhaseStore) -> None:
+    created(store)
+    snap = store.load(RUN)
+    assert snap is not None
+    store.delete_run(RUN)
+    with pytest.raises(NotFound):
+        commit(store, "r1", snap.state_version)
+
+
+def test_ping(store: PhaseStore) -> None:
+    store.ping()
+
