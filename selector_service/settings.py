@@ -20,29 +20,32 @@ class Settings(BaseSettings):
                                       env_ignore_empty=True, frozen=True)
 
     store: Literal["memory", "redis"] = Field(
-        "memory", description="phase-state store: memory (single process) or redis")
-    redis_url: str = Field("redis://localhost:6379/0", description="used when store=redis",
-                           repr=False)
-    host: str = Field("0.0.0.0", description="interface both servers bind to")
-    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port)")
-    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0: any free port)")
+        default="memory", description="phase-state store: memory (single process) or redis")
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="used when store=redis", repr=False)
+    host: str = Field(default="0.0.0.0", description="interface both servers bind to")
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0: any free")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port; 0: any free")
     auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field(
-        (), description="comma-separated bearer tokens; empty: no auth", repr=False)
-    log_level: str = Field("INFO", description="CRITICAL|ERROR|WARNING|INFO|DEBUG")
+        default=(), description="comma-separated bearer tokens; empty: no auth", repr=False)
+    log_level: str = Field(default="INFO", description="CRITICAL|ERROR|WARNING|INFO|DEBUG")
     max_message_mb: int = Field(
-        256, ge=1, le=2047, description="gRPC max send/receive message size and HTTP max body "
-                                        "size, MiB (a full LIBERO step is ~7.3 MB over gRPC)")
+        default=256, ge=1, le=2047,
+        description="gRPC max send/receive message size and HTTP max body size, MiB (a full "
+                    "LIBERO step is ~7.3 MB over gRPC, ~40 MB as JSON)")
     grace_period_s: float = Field(
-        10.0, ge=0, description="on SIGTERM/SIGINT: how long in-flight calls may finish")
+        default=10.0, ge=0, description="on SIGTERM/SIGINT: how long in-flight calls may finish")
     shutdown_delay_s: float = Field(
-        0.0, ge=0, description="on SIGTERM/SIGINT: how long to answer NOT_SERVING / 503 on "
-                               "readiness while still serving, before draining (lets load "
-                               "balancers take the replica out)")
+        default=0.0, ge=0,
+        description="on SIGTERM/SIGINT: how long to answer NOT_SERVING (gRPC health) and 503 "
+                    "(/readyz) while still serving, before draining, so load balancers take "
+                    "the replica out")
     max_trainers_per_run: int = Field(
-        64, ge=1, description="distinct trainer label values per run in metrics; further "
-                              "trainers are counted as trainer=\"other\"")
+        default=64, ge=1,
+        description="distinct trainer label values per run in metrics; further trainers are "
+                    'counted as trainer="other"')
     worker_threads: int = Field(
-        16, ge=1, description="threads running the blocking application layer")
+        default=16, ge=1, description="threads running the blocking application layer")
 
     @field_validator("auth_tokens", mode="before")
     @classmethod
@@ -75,3 +78,7 @@ def configure_logging(level: str) -> None:
                         force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level)
+    # Library internals stay at INFO or above even when we debug.
+    quiet = max(logging.INFO, logging.getLevelName(level))
+    for name in ("grpc", "asyncio", "httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)

@@ -1,0 +1,122 @@
+"""The ChunkSelector servicer: decode, call the application layer in a thread, encode.
+
+Every blocking step (conversion of a large batch, the selection, the store) runs in the event
+loop's default executor, so one slow call never stalls the loop that also serves HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from selector_service import convert
+from selector_service.errors import InvalidArgument, NotFound, PCMError
+from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
+from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from selector_service.metrics import Metrics
+from selector_service.service import SelectorService
+
+log = logging.getLogger(__name__)
+
+ERROR_FIELD_KEY = "pcm-error-field"  # trailing metadata naming the bad field of INVALID_ARGUMENT
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
+    def __init__(self, service: SelectorService, metrics: Metrics | None = None) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    async def PutRun(self, request: pb.PutRunRequest,
+                     context: grpc.aio.ServicerContext) -> pb.RunInfo:
+        return await _call(context, self._put_run, request)
+
+    async def GetRun(self, request: pb.GetRunRequest,
+                     context: grpc.aio.ServicerContext) -> pb.RunInfo:
+        return await _call(context, self._get_run, request)
+
+    async def DeleteRun(self, request: pb.DeleteRunRequest,
+                        context: grpc.aio.ServicerContext) -> pb.DeleteRunResponse:
+        return await _call(context, self._delete_run, request)
+
+    async def SelectChunks(self, request: pb.SelectChunksRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SelectChunksResponse:
+        return await _call(context, self._select, request)
+
+    async def ReportOutcomes(self, request: pb.ReportOutcomesRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ReportOutcomesResponse:
+        try:
+            return await asyncio.to_thread(self._report, request)
+        except (InvalidArgument, NotFound) as exc:
+            if self.metrics is not None:
+                self.metrics.on_report_rejected(request.run_id)
+            await abort(context, exc)
+        except Exception as exc:
+            await abort(context, exc)
+
+    # -- blocking parts (run in a worker thread) ----------------------------------------------
+
+    def _put_run(self, request: pb.PutRunRequest) -> pb.RunInfo:
+        info = self.service.put_run(request.run_id, convert.run_config_changes(request.config))
+        return convert.run_info_to_proto(info)
+
+    def _get_run(self, request: pb.GetRunRequest) -> pb.RunInfo:
+        return convert.run_info_to_proto(self.service.get_run(request.run_id))
+
+    def _delete_run(self, request: pb.DeleteRunRequest) -> pb.DeleteRunResponse:
+        return pb.DeleteRunResponse(deleted=self.service.delete_run(request.run_id).deleted)
+
+    def _select(self, request: pb.SelectChunksRequest) -> pb.SelectChunksResponse:
+        body = convert.select_request_from_proto(request)
+        log.debug("select run=%s request_id=%s trajectories=%d", request.run_id,
+                  body.request_id, len(body.trajectories))
+        answer = self.service.select(request.run_id, body)
+        return convert.select_response_to_proto(answer)
+
+    def _report(self, request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
+        ack = self.service.report_outcomes(request.run_id,
+                                           convert.outcome_report_from_proto(request))
+        return pb.ReportOutcomesResponse(accepted=ack.accepted)
+
+
+async def _call(context: grpc.aio.ServicerContext, fn: Callable[[Req], Resp],
+                request: Req) -> Resp:
+    try:
+        return await asyncio.to_thread(fn, request)
+    except Exception as exc:
+        await abort(context, exc)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the gRPC status of a project error (INTERNAL for anything else)."""
+    trailing: tuple[tuple[str, str], ...] = ()
+    if isinstance(exc, PCMError):
+        code = grpc.StatusCode[exc.grpc_code]
+        details = str(exc)
+        if isinstance(exc, InvalidArgument):
+            trailing = ((ERROR_FIELD_KEY, exc.field),)
+    else:
+        log.exception("internal error", exc_info=exc)
+        code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+    await context.abort(code, details, trailing_metadata=trailing)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def status_name(context: Any) -> str:
+    """The status name of a finished (or aborted) call, for metrics."""
+    try:
+        code = context.code()
+    except Exception:  # pragma: no cover - older grpc without ServicerContext.code()
+        code = None
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):
+        for member in grpc.StatusCode:
+            if member.value[0] == code:
+                return str(member.name)
+    return "INTERNAL"

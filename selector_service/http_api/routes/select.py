@@ -1,0 +1,31 @@
+"""`POST /v1/runs/{run_id}/select`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from selector_service.http_api.body import body_schema, parse_body, read_body
+from selector_service.http_api.deps import ServiceDep, SettingsDep, require_auth
+from selector_service.http_api.errors import ERROR_RESPONSES
+from selector_service.models import SelectRequest, SelectResponse
+from selector_service.service import SelectorService
+
+router = APIRouter(prefix="/v1/runs", tags=["select"], dependencies=[Depends(require_auth)],
+                   responses=ERROR_RESPONSES)
+
+
+@router.post("/{run_id}/select", response_model=SelectResponse,
+             openapi_extra=body_schema(SelectRequest))
+async def select(run_id: str, request: Request, service: ServiceDep,
+                 settings: SettingsDep) -> Response:
+    """Score a rollout batch, update the run's phase state and answer chunk masks and weights.
+    Idempotent on request_id: a replay gets the stored answer and changes nothing."""
+    raw = await read_body(request, settings.max_message_bytes)
+    return await asyncio.to_thread(_select, service, run_id, raw)
+
+
+def _select(service: SelectorService, run_id: str, raw: bytes) -> Response:
+    answer = service.select(run_id, parse_body(SelectRequest, raw))
+    return Response(answer.model_dump_json(), media_type="application/json")
