@@ -1,0 +1,27 @@
+"""`run_selector_bench` (what `pcm-bench selector --json PATH` writes): a tiny run, structure
+only (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from trainer_client.bench.selector import ROW_FIELDS, run_selector_bench
+
+
+def test_selector_bench_rows() -> None:
+    result = run_selector_bench(transports=("grpc", "http"), stores=("memory", "redis"),
+                                clients=(1, 2), shapes=("small",), requests=4, warmup=1,
+                                time_cap_s=20, step_time_s=2.0)
+    json.dumps(result)  # serialisable as is
+    assert result["benchmark"] == "selector"
+    rows = result["rows"]
+    cells = {(r["transport"], r["store"], r["clients"], r["shape"]) for r in rows}
+    assert cells == {(t, s, c, "small") for t in ("grpc", "http") for s in ("memory", "redis")
+                     for c in (1, 2)}
+    for row in rows:
+        assert set(ROW_FIELDS) <= set(row)
+        assert row["dims"] == "64x32x56"
+        assert row["errors"] == 0 and row["requests"] == 4
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["rps"] > 0
+        assert math.isclose(row["select_share_of_step"], row["p50_ms"] / 1e3 / 2.0)

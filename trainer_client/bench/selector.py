@@ -1,0 +1,215 @@
+"""`pcm-bench selector`: Select latency (p50/p99) and throughput of a real `pcm-selector serve`
+over gRPC and HTTP, on the memory and Redis stores, with 1..16 concurrent trainers (threads,
+each with its own client), on two batch shapes (DESIGN.md section 8):
+
+- small: 64 trajectories x 32 chunks, D 56;
+- libero: one full LIBERO GRPO step, 512 trajectories (64 initial states x group 8) x 64 chunks,
+  D 56 (1.8 M features, ~7.3 MB over gRPC).
+
+It starts its own redis-server and selector processes on free 127.0.0.1 ports. A timed call is
+the trainer's whole `client.select(run_id, request)`: encoding, transport, the server's decoding,
+validation, selection, the store's round trips, and decoding the answer into NumPy arrays.
+Each trainer selects on its own run unless `shared_run` (then all contend on one run's state).
+Every cell is bounded: `requests` timed selects in all (split across the clients) and a
+`time_cap_s` wall-clock cap.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack, closing
+from typing import Any
+
+import numpy as np
+
+from selector_service.models import SelectRequest
+from trainer_client.bench.core import Shape, synthetic_request
+from trainer_client.bench.processes import RedisProcess, SelectorProcess
+
+SHAPES: dict[str, Shape] = {"small": Shape(64, 32, 56), "libero": Shape(512, 64, 56)}
+DEFAULT_REQUESTS = {"small": 400, "libero": 48}
+TARGETS = {
+    "grpc_redis_small_16_clients_p99_ms": 20.0,
+    "grpc_libero_p50_ms": 150.0,
+    "select_share_of_step": 0.02,
+}
+ROW_FIELDS = ("transport", "store", "clients", "shape", "p50_ms", "p99_ms", "rps")
+
+
+def run_selector_bench(
+    *,
+    transports: Sequence[str] = ("grpc", "http"),
+    stores: Sequence[str] = ("memory", "redis"),
+    clients: Sequence[int] = (1, 4, 16),
+    shapes: Sequence[str] = ("small", "libero"),
+    requests: int | None = None,
+    warmup: int = 2,
+    time_cap_s: float = 30.0,
+    step_time_s: float | None = None,
+    shared_run: bool = False,
+    interval_s: float = 0.0,
+    selector_env: Mapping[str, str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every (transport, store, clients, shape) cell; returns
+    ``{"benchmark": "selector", "settings": {...}, "targets": {...}, "rows": [...]}``.
+
+    Rows hold ``transport, store, clients, shape, p50_ms, p99_ms, rps`` and also ``dims``
+    (NxCxD), ``requests`` (timed selects completed), ``errors``, ``mean_ms``, ``capped`` (the
+    time cap cut the cell short) and ``select_share_of_step`` (p50 / `step_time_s`; None when
+    no step time is given). `requests` is per cell (default 400 small, 48 libero); each client
+    also makes `warmup` untimed selects first. `interval_s` 0 (default) is a closed loop: each
+    trainer selects again as soon as it has its answer, so with many clients the cell measures
+    the selector at saturation (latency ~ clients / throughput). `interval_s` > 0 paces each
+    trainer to one select per interval (random phase), like trainers selecting once per RL
+    step. `selector_env` adds environment variables to the selector processes (e.g.
+    ``{"OPENBLAS_NUM_THREADS": "1"}``). `progress` is called with each row.
+    """
+    for name in transports:
+        if name not in ("grpc", "http"):
+            raise ValueError(f"unknown transport {name!r}: grpc or http")
+    for name in stores:
+        if name not in ("memory", "redis"):
+            raise ValueError(f"unknown store {name!r}: memory or redis")
+    for name in shapes:
+        if name not in SHAPES:
+            raise ValueError(f"unknown shape {name!r}: {', '.join(SHAPES)}")
+    if step_time_s is not None and step_time_s <= 0:
+        raise ValueError("step_time_s must be positive")
+    if interval_s < 0:
+        raise ValueError("interval_s must be >= 0")
+
+    templates = {name: SelectRequest.model_validate(synthetic_request(SHAPES[name]))
+                 for name in shapes}
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        selectors: dict[str, SelectorProcess] = {}
+        for store in stores:
+            redis_url = None
+            if store == "redis":
+                redis_url = stack.enter_context(RedisProcess()).url
+            selectors[store] = stack.enter_context(
+                SelectorProcess(store=store, redis_url=redis_url, env=selector_env))
+        cell = 0
+        for shape in shapes:
+            total = requests if requests is not None else DEFAULT_REQUESTS[shape]
+            for store in stores:
+                for transport in transports:
+                    for n_clients in clients:
+                        selector = selectors[store]
+                        url = selector.grpc_url if transport == "grpc" else selector.http_url
+                        cell += 1
+                        row = {"transport": transport, "store": store, "clients": n_clients,
+                               "shape": shape, "dims": SHAPES[shape].label(),
+                               **_measure_cell(url, f"bench{cell}", templates[shape],
+                                               n_clients, total, warmup, time_cap_s,
+                                               shared_run, interval_s)}
+                        row["select_share_of_step"] = (
+                            None if step_time_s is None
+                            else row["p50_ms"] / 1e3 / step_time_s)
+                        rows.append(row)
+                        if progress is not None:
+                            progress(row)
+    return {
+        "benchmark": "selector",
+        "settings": {"transports": list(transports), "stores": list(stores),
+                     "clients": list(clients), "shapes": {s: SHAPES[s].label() for s in shapes},
+                     "requests": requests if requests is not None else
+                     {s: DEFAULT_REQUESTS[s] for s in shapes},
+                     "warmup": warmup, "time_cap_s": time_cap_s, "step_time_s": step_time_s,
+                     "shared_run": shared_run, "interval_s": interval_s,
+                     "selector_env": dict(selector_env or {})},
+        "targets": TARGETS,
+        "rows": rows,
+    }
+
+
+def _measure_cell(url: str, prefix: str, template: SelectRequest, n_clients: int, total: int,
+                  warmup: int, time_cap_s: float, shared_run: bool,
+                  interval_s: float) -> dict[str, Any]:
+    from trainer_client import connect
+
+    per_client = max(1, math.ceil(total / n_clients))
+    run_ids = [prefix] if shared_run else [f"{prefix}-{k}" for k in range(n_clients)]
+    feature_dim = template.trajectories[0].action_features.shape[1]
+    with closing(connect(url)) as admin:
+        for run_id in run_ids:
+            admin.put_run(run_id, feature_dim=feature_dim)
+
+    latencies: list[list[float]] = [[] for _ in range(n_clients)]
+    errors = [0] * n_clients
+    ready = threading.Barrier(n_clients + 1, timeout=600)
+    capped = threading.Event()
+
+    def trainer(k: int) -> None:
+        run_id = run_ids[0] if shared_run else run_ids[k]
+        with closing(connect(url, timeout_s=max(30.0, time_cap_s))) as client:
+            try:
+                for w in range(warmup):
+                    client.select(run_id,
+                                  template.model_copy(update={"request_id": f"w{k}-{w}"}))
+            except Exception:
+                errors[k] += 1
+            finally:
+                ready.wait()
+            begin = time.perf_counter()
+            deadline = begin + time_cap_s
+            offset = random.Random(k).uniform(0, interval_s)
+            for r in range(per_client):
+                if interval_s > 0:
+                    time.sleep(max(0.0, begin + offset + r * interval_s - time.perf_counter()))
+                if time.perf_counter() > deadline:
+                    capped.set()
+                    break
+                request = template.model_copy(update={"request_id": f"c{k}-r{r}"})
+                t0 = time.perf_counter()
+                try:
+                    client.select(run_id, request)
+                except Exception:
+                    errors[k] += 1
+                    continue
+                latencies[k].append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=trainer, args=(k,), daemon=True)
+               for k in range(n_clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+
+    with closing(connect(url)) as admin:
+        for run_id in run_ids:
+            admin.delete_run(run_id)
+    samples = np.asarray([x for per in latencies for x in per]) * 1e3
+    done = int(samples.size)
+    return {
+        "p50_ms": float(np.percentile(samples, 50)) if done else math.nan,
+        "p99_ms": float(np.percentile(samples, 99)) if done else math.nan,
+        "mean_ms": float(samples.mean()) if done else math.nan,
+        "rps": done / wall if wall > 0 else math.nan,
+        "requests": done,
+        "errors": int(sum(errors)),
+        "capped": capped.is_set(),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Table cells for printing: the row fields, then requests/errors."""
+    out = []
+    for r in rows:
+        out.append([r["transport"], r["store"], str(r["clients"]), f"{r['shape']} ({r['dims']})",
+                    f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}",
+                    f"{r['requests']}{' capped' if r['capped'] else ''}",
+                    str(r["errors"])])
+    return out
+
+
+TABLE_COLUMNS = ("transport", "store", "clients", "shape", "p50 ms", "p99 ms", "rps",
+                 "requests", "errors")
