@@ -9,8 +9,8 @@ Malformed arrays raise `InvalidArgument` naming the proto field; the rest of the
 (limits, NaN, phase range, feature_dim) is the models' and the core's, whose messages name
 `trajectories[i].FIELD`.
 
-The server widens float32 features to float64, so a batch scores exactly as the same values
-sent as JSON over HTTP (or as float64 arrays to the embedded selector).
+Features stay float32: the core computes on float32 whatever the transport (JSON numbers and
+float64 arrays are cast to it), so a batch scores the same over gRPC, HTTP and embedded.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _features(data: bytes, m: int, feature_dim: int) -> np.ndarray:
     if feature_dim == 0:
         raise InvalidArgument("feature_dim", "rows must have at least one value")
     flat = np.frombuffer(data, dtype="<f4")
-    return flat.astype(np.float64).reshape(m, feature_dim)
+    return flat.astype(np.float32, copy=False).reshape(m, feature_dim)
 
 
 def select_request_to_proto(run_id: str, request: SelectRequest) -> pb.SelectChunksRequest:

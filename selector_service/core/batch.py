@@ -23,7 +23,7 @@ class ChunkBatch:
     lengths: np.ndarray  # int64 (N,): C_i
     offsets: np.ndarray  # int64 (N+1,)
     phase: np.ndarray  # int64 (M,): phi_ic
-    features: np.ndarray  # float32 or float64 (M, D): x_ic
+    features: np.ndarray  # float32 (M, D): x_ic (the canonical dtype, whatever was submitted)
     traj_of_chunk: np.ndarray  # int64 (M,)
 
     @property
@@ -79,7 +79,9 @@ class ChunkBatch:
 
         lengths = np.fromiter((p.shape[0] for p in phases_list), dtype=np.int64, count=n)
         phase = np.concatenate(phases_list)
-        features = np.concatenate(features_list, axis=0)
+        # One canonical dtype: float32, as trainers produce actions and gRPC carries them, so a
+        # batch selects the same whether it came in-process, over gRPC or as JSON numbers.
+        features = np.concatenate(features_list, axis=0, dtype=np.float32)
 
         # Range and finiteness checks on the flat arrays (vectorised), then locate the culprit.
         bad_phase = (phase < 0) | (phase >= num_phases)
@@ -92,7 +94,8 @@ class ChunkBatch:
         if not finite.all():
             i, c = _locate(int(np.argmin(finite)), lengths)
             raise InvalidArgument(f"trajectories[{i}].action_features",
-                                  f"chunk {c} has a NaN or infinite value")
+                                  f"chunk {c} has a NaN or infinite value (or one beyond "
+                                  "float32 range, about 3.4e38)")
 
         task_index, task_list = _index(task_ids, "task_id")
         group_index, _ = _index(group_ids, "group_id")

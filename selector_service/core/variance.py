@@ -58,7 +58,9 @@ def success_failure_variance(
 def _segment_sums(key: np.ndarray, features: np.ndarray, num_segments: int) -> np.ndarray:
     """(num_segments, D) float64: sum of the feature rows of each segment id."""
     if num_segments <= _MATMUL_MAX_CELLS * 2 + 1:
-        # One-hot (S, M) @ (M, D): a single BLAS call, far faster than a scatter-add.
+        # One-hot (S, M) @ (M, D): a single BLAS call, far faster than a scatter-add. The
+        # batch's features are float32 whatever the transport (ChunkBatch makes them so), so
+        # embedded, gRPC and HTTP selections compute the same sums.
         one_hot = np.zeros((num_segments, key.shape[0]), dtype=features.dtype)
         one_hot[key, np.arange(key.shape[0])] = 1.0
         return (one_hot @ features).astype(np.float64)

@@ -58,5 +58,43 @@ def core(
     _write(json_path, {"benchmark": "core", "machine": _machine(), "results": rows})
 
 
+def _csv(value: str, cast: type = str) -> tuple:
+    return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+
+
+@app.command()
+def selector(
+    json_path: JsonPath = None,
+    transports: Annotated[str, typer.Option(help="comma-separated: grpc,http")] = "grpc,http",
+    stores: Annotated[str, typer.Option(help="comma-separated: memory,redis")] = "memory,redis",
+    clients: Annotated[str, typer.Option(help="concurrent clients per cell")] = "1,4,16",
+    shapes: Annotated[str, typer.Option(help="small (64x32x56), libero (512x64x56)")] = (
+        "small,libero"),
+    requests: Annotated[int | None, typer.Option(help="timed selects per cell")] = None,
+    interval_s: Annotated[float, typer.Option(
+        help="0: closed loop (saturation); >0: each client selects once per interval")] = 0.0,
+    time_cap_s: Annotated[float, typer.Option(help="time cap per cell")] = 30.0,
+    step_time_s: Annotated[float | None, typer.Option(
+        help="an RL step's duration, to report selection's share of it")] = None,
+) -> None:
+    """Select latency p50/p99 and throughput over gRPC and HTTP, memory and Redis stores,
+    1/4/16 concurrent clients, small and full-LIBERO batch shapes. Starts its own redis-server
+    and selector processes on free 127.0.0.1 ports."""
+    from trainer_client.bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
+
+    table = Table(title="pcm-bench selector")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="right")
+    result = run_selector_bench(
+        transports=_csv(transports), stores=_csv(stores), clients=_csv(clients, int),
+        shapes=_csv(shapes), requests=requests, interval_s=interval_s, time_cap_s=time_cap_s,
+        step_time_s=step_time_s,
+        progress=lambda row: console.print(" ".join(format_rows([row])[0])))
+    for cells in format_rows(result["rows"]):
+        table.add_row(*cells)
+    console.print(table)
+    _write(json_path, {**result, "machine": _machine()})
+
+
 if __name__ == "__main__":
     app()

@@ -2,11 +2,10 @@
 over httpx connection pools. Thin: bodies are the models' JSON (DESIGN.md section 5); retries
 and the local fallback are `trainer_client.clients.fallback`'s.
 
-A Select body is serialised with orjson straight from the NumPy arrays when orjson is installed
-(measured on a full LIBERO step, 1.8 M features: ~80 ms, against ~150 ms for pydantic's
-serialiser, the fallback here, and ~950 ms for json over lists; the small shape 3.8 / 5.9 /
-55 ms). float32 features are widened to float64 first, so the server reads exactly the values
-gRPC sends (the JSON is the same as pydantic's).
+A Select body is serialised with orjson straight from the NumPy arrays (measured on a full
+LIBERO step, 1.8 M features: ~80 ms, against ~150 ms for pydantic's serialiser and ~950 ms for
+json over lists). float32 features are written in their shortest float32 form, which the server
+parses and casts back to the same float32 values the core computes on (as gRPC sends them).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 
 from selector_service.errors import (
     InvalidArgument,
@@ -40,24 +40,17 @@ from trainer_client.clients.fallback import (
     SelectorUnreachable,
 )
 
-try:
-    import orjson
-except ImportError:  # pragma: no cover - orjson is optional
-    orjson = None  # type: ignore[assignment]
-
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
 
 
 def select_body(request: SelectRequest) -> bytes:
-    if orjson is None:
-        return request.model_dump_json(exclude_none=True).encode()
     body: dict[str, Any] = {
         "request_id": request.request_id, "trainer_id": request.trainer_id,
         "step": request.step,
         "trajectories": [
             {"task_id": t.task_id, "group_id": t.group_id, "success": t.success,
              "phase_ids": np.ascontiguousarray(t.phase_ids, dtype=np.int64),
-             "action_features": np.ascontiguousarray(t.action_features, dtype=np.float64)}
+             "action_features": np.ascontiguousarray(t.action_features)}
             for t in request.trajectories],
     }
     if request.keep_fraction is not None:
@@ -66,7 +59,7 @@ def select_body(request: SelectRequest) -> bytes:
 
 
 def loads(content: bytes) -> Any:
-    return orjson.loads(content) if orjson is not None else json.loads(content)
+    return orjson.loads(content)
 
 
 def select_answer(content: bytes) -> SelectResponse:
