@@ -1,0 +1,75 @@
+"""`pcm-bench grad` on a tiny model: structure and sanity of the figures (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from trainer_client.bench.grad import (
+    SavedTensorMeter,
+    print_table,
+    run_grad_bench,
+    select_masks,
+    synthetic_batch,
+)
+from trainer_client.policy import PolicyConfig, VLAPolicy
+
+TINY = PolicyConfig.preset("tiny")
+
+
+def test_grad_bench_structure_and_ratios():
+    result = run_grad_bench(
+        keep_fractions=(0.2, 0.5),
+        num_trajectories=4,
+        num_chunks=10,
+        group_size=2,
+        rows_micro_batch=4,
+        repeats=1,
+        policy_config=TINY,
+    )
+    json.dumps(result)  # JSON-serialisable as is
+    assert result["model"]["params"] == VLAPolicy(TINY).num_params()
+    assert result["batch"]["rows"] == 40 and result["batch"]["trajectories"] == 4
+    assert result["row_cost_ms"]["forward_backward"] > 0
+    assert result["grpo_results"]["kept_rows"] == 40
+    assert result["grpo_results_rows"]["micro_batch"] == "rows:4"
+    for key in ("results", "results_rows"):
+        assert [r["keep_fraction"] for r in result[key]] == [0.2, 0.5]
+        for r in result[key]:
+            assert r["update_time_ratio"] > 0 and r["activation_memory_ratio"] > 0
+    traj_02 = result["results"][0]
+    assert traj_02["kept_rows"] == 8 and traj_02["micro_batches"] == 4
+    # one trajectory per micro-batch: the peak follows the kept rows per trajectory (2 of 10)
+    assert traj_02["activation_memory_ratio"] < 0.3
+    assert result["results"][1]["activation_memory_ratio"] < 1.0
+
+    console = Console(record=True, width=200)
+    print_table(result, console)
+    text = console.export_text()
+    assert "rows:4" in text and "trajectory" in text
+
+
+def test_select_masks_fixed_budget_with_ht_weights():
+    policy = VLAPolicy(TINY)
+    trajectories = synthetic_batch(policy, num_trajectories=4, num_chunks=7, group_size=2)
+    for f, k in ((0.2, 1), (0.5, 4), (0.01, 1), (1.0, 7)):
+        masks, weights = select_masks(trajectories, f, seed=0)
+        for m, w in zip(masks, weights, strict=True):
+            assert m.sum() == k
+            np.testing.assert_allclose(w[m], 7 / k)
+            assert np.all(w[~m] == 0)
+
+
+def test_saved_tensor_meter_counts_storages_once_and_excludes_parameters():
+    lin = torch.nn.Linear(64, 64)
+    x = torch.randn(32, 64, requires_grad=True)
+    with SavedTensorMeter(exclude=lin.parameters()) as meter:
+        h = lin(x)  # saves x (8 KiB) and the weight (a parameter: excluded)
+        y = (h * h).sum()  # saves h twice: one storage (8 KiB)
+    assert meter.peak_bytes == 2 * 32 * 64 * 4
+    y.backward()
+    del h, y
+    assert meter.current_bytes == 0

@@ -1,0 +1,387 @@
+"""`pcm-bench grad`: actor-update time and peak activation memory, full GRPO vs PCM.
+
+DESIGN.md section 8. One synthetic GRPO batch (every group mixed, so every trajectory is
+informative), one policy; full GRPO (all chunks, weight 1) and PCM masks at each keep fraction
+run the *same* `grpo_update` with the same micro-batching, measured side by side in one process:
+repeats are interleaved (the order rotates each repeat) and medians reported. After every
+measured update the policy and optimizer state are restored, so each update sees the same
+weights and the same batch.
+
+- Actor update = what `trainer_client.grpo.grpo_update` times: zero_grad, gathering the kept
+  chunks' inputs, micro-batched forward + backward, grad-norm clip and the AdamW step (the step
+  is a fixed cost that both sides pay; it is reported separately too).
+- Activation memory = peak over the update of the bytes of tensors saved for backward, measured
+  with `torch.autograd.graph.saved_tensors_hooks`: each saved tensor's storage is counted once
+  while any saved reference to it is alive; parameter storages (weights saved by matmuls) are
+  not activations and are excluded. Works the same on CPU and GPU.
+- The process CPU time of each update is reported too (`update_cpu_s`, `update_cpu_time_ratio`):
+  on a shared machine it is far less disturbed by other processes than wall-clock time, provided
+  OpenMP threads sleep rather than spin while waiting (run with OMP_WAIT_POLICY=PASSIVE).
+
+The masks come from `select_masks` (a local fixed-budget uniform draw with Horvitz-Thompson
+weights; the selector service answers with the same shapes).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from trainer_client.grpo import GRPOConfig, grpo_update, make_optimizer
+from trainer_client.policy import PolicyConfig, VLAPolicy
+from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
+
+Masks = tuple[list[np.ndarray], list[np.ndarray]]
+
+LIBERO_POLICY = PolicyConfig(num_cameras=2, image_size=128, state_dim=9, action_dim=7)
+
+INSTRUCTIONS = (
+    "pick up the red block and place it in the bowl",
+    "open the top drawer of the cabinet",
+    "push the button on the wall",
+    "put the mug on the left plate",
+)
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+
+
+def synthetic_batch(
+    policy: VLAPolicy,
+    num_trajectories: int = 16,
+    num_chunks: int = 48,
+    group_size: int = 4,
+    num_phases: int = 4,
+    seed: int = 0,
+) -> list[Trajectory]:
+    """A GRPO batch with random observations, actions sampled from `policy` (so old_logp is the
+    policy's own log-prob, rho = 1) and half of each group successful (all informative)."""
+    if num_trajectories % group_size or group_size < 2:
+        raise ValueError(
+            f"num_trajectories={num_trajectories} must be a multiple of group_size={group_size} "
+            ">= 2 (groups need both outcomes)"
+        )
+    cfg = policy.config
+    rng = np.random.default_rng(seed)
+    policy.set_seed(seed)
+    trajectories = []
+    for i in range(num_trajectories):
+        group = i // group_size
+        obs: dict[str, np.ndarray] = {}
+        if cfg.state_dim:
+            obs[OBS_STATE] = rng.standard_normal((num_chunks, cfg.state_dim)).astype(np.float32)
+        if cfg.num_cameras:
+            shape = (num_chunks, cfg.num_cameras, cfg.image_size, cfg.image_size, 3)
+            obs[OBS_IMAGES] = rng.integers(0, 256, shape, dtype=np.uint8)
+        instruction = INSTRUCTIONS[group % len(INSTRUCTIONS)]
+        actions, old_logp = policy.act(obs, [instruction] * num_chunks)
+        trajectories.append(
+            Trajectory(
+                task_id=f"synthetic:{group % len(INSTRUCTIONS)}",
+                group_id=f"group{group}",
+                instruction=instruction,
+                obs=obs,
+                actions=actions,
+                old_logp=old_logp,
+                phase_ids=(np.arange(num_chunks) * num_phases // num_chunks).astype(np.int64),
+                success=bool(i % group_size < group_size // 2),
+                num_steps=num_chunks * cfg.chunk_size,
+            )
+        )
+    return trajectories
+
+
+def select_masks(trajectories: Sequence[Trajectory], keep_fraction: float, seed: int) -> Masks:
+    """The mask source. A fixed budget per trajectory, k_i = clamp(round(f C_i), 1, C_i) chunks
+    drawn uniformly without replacement (pi = k_i / C_i, the selector's `random` mode), with
+    Horvitz-Thompson weights C_i / k_i. Returns (masks, weights), each a list of (C_i,)."""
+    rng = np.random.default_rng(seed)
+    masks, weights = [], []
+    for traj in trajectories:
+        c_i = traj.num_chunks
+        k_i = int(min(max(int(np.floor(keep_fraction * c_i + 0.5)), 1), c_i))
+        mask = np.zeros(c_i, dtype=bool)
+        mask[rng.choice(c_i, size=k_i, replace=False)] = True
+        masks.append(mask)
+        weights.append(np.where(mask, c_i / k_i, 0.0))
+    return masks, weights
+
+
+# ---- activation memory ------------------------------------------------------------------------
+
+
+class _Saved:
+    """What autograd keeps instead of a saved tensor while the meter is on."""
+
+    __slots__ = ("key", "meter", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter) -> None:
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Context manager: peak bytes of tensors saved for backward, each storage counted once while
+    any saved reference to it is alive. Storages of `exclude` (the parameters) are not counted."""
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self._live: dict[int, list[int]] = {}  # storage ptr -> [nbytes, saved references]
+        self.current_bytes = 0
+        self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    def _pack(self, tensor: torch.Tensor) -> Any:
+        storage = tensor.untyped_storage()
+        key, nbytes = storage.data_ptr(), storage.nbytes()
+        if nbytes == 0 or key in self._exclude:
+            return tensor
+        entry = self._live.get(key)
+        if entry is None:
+            self._live[key] = [nbytes, 1]
+            self.current_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        else:
+            entry[1] += 1
+        return _Saved(tensor, key, self)
+
+    @staticmethod
+    def _unpack(saved: Any) -> torch.Tensor:
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def _release(self, key: int) -> None:
+        entry = self._live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current_bytes -= entry[0]
+            del self._live[key]
+
+
+# ---- the measurement --------------------------------------------------------------------------
+
+
+def run_grad_bench(
+    *,
+    keep_fractions: Sequence[float] = (0.1, 0.2, 0.5),
+    num_trajectories: int = 16,
+    num_chunks: int = 48,
+    group_size: int = 4,
+    rows_micro_batch: int = 32,
+    repeats: int = 3,
+    images: bool = False,
+    policy_config: PolicyConfig | None = None,
+    grpo_config: GRPOConfig | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Full GRPO vs PCM on one batch, for micro-batching 'trajectory' (results) and
+    'rows:{rows_micro_batch}' (results_rows). Ratios: update_time_ratio = grpo / pcm time,
+    activation_memory_ratio = pcm / grpo bytes. images=True uses LIBERO-like observations
+    (LIBERO_POLICY: two 128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row);
+    policy_config overrides both."""
+    if repeats < 1 or not keep_fractions or not all(0 < f <= 1 for f in keep_fractions):
+        raise ValueError("need repeats >= 1 and keep fractions in (0, 1]")
+    say = log or (lambda _msg: None)
+    torch.manual_seed(seed)
+    policy = VLAPolicy(policy_config or (LIBERO_POLICY if images else PolicyConfig()))
+    base_cfg = grpo_config or GRPOConfig()
+    optimizer = make_optimizer(policy, base_cfg)
+    say(f"policy {policy.num_params() / 1e6:.2f} M params; building the synthetic batch")
+    trajectories = synthetic_batch(policy, num_trajectories, num_chunks, group_size, seed=seed)
+    total_rows = sum(t.num_chunks for t in trajectories)
+
+    # side "grpo" is full GRPO; side f is PCM at keep fraction f
+    sides: dict[Any, Masks | tuple[None, None]] = {"grpo": (None, None)}
+    for j, f in enumerate(keep_fractions):
+        sides[f] = select_masks(trajectories, f, seed + 1 + j)
+
+    params = list(policy.parameters())
+    saved_params = [p.detach().clone() for p in params]
+    optimizer.zero_grad(set_to_none=True)
+
+    def run(side: Any, cfg: GRPOConfig, meter: SavedTensorMeter | None = None) -> dict[str, Any]:
+        opt_state = copy.deepcopy(optimizer.state_dict())
+        masks, weights = sides[side]
+        cpu_start = time.process_time()
+        if meter is None:
+            stats = grpo_update(policy, optimizer, trajectories, masks, weights, config=cfg)
+        else:
+            with meter:
+                stats = grpo_update(policy, optimizer, trajectories, masks, weights, config=cfg)
+        cpu_s = time.process_time() - cpu_start
+        with torch.no_grad():  # restore: every update starts from the same weights and state
+            for p, p0 in zip(params, saved_params, strict=True):
+                p.copy_(p0)
+        optimizer.load_state_dict(opt_state)
+        optimizer.zero_grad(set_to_none=True)
+        return {**stats.as_dict(), "cpu_s": cpu_s}
+
+    result: dict[str, Any] = {
+        "model": {
+            "params": policy.num_params(),
+            **{
+                k: getattr(policy.config, k)
+                for k in ("width", "depth", "heads", "state_dim", "num_cameras", "image_size")
+            },
+            "tokens_per_row": _tokens_per_row(policy, trajectories[0]),
+        },
+        "batch": {
+            "trajectories": num_trajectories,
+            "chunks_per_trajectory": num_chunks,
+            "rows": total_rows,
+            "group_size": group_size,
+            "chunk_size": policy.chunk_size,
+            "action_dim": policy.action_dim,
+            "images": bool(policy.config.num_cameras),
+        },
+        "actor_update": "zero_grad + gather kept chunks + micro-batched forward/backward "
+        "+ grad clip + AdamW step (grpo_update)",
+        "activation_memory": "peak bytes of tensors saved for backward (saved_tensors_hooks), "
+        "each storage once while alive, parameters excluded",
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "row_cost_ms": {"rollout_forward": _act_cost_ms(policy, trajectories)},
+    }
+    for micro_batch, key in (
+        ("trajectory", "results"),
+        (f"rows:{rows_micro_batch}", "results_rows"),
+    ):
+        cfg = dataclasses.replace(base_cfg, micro_batch=micro_batch)
+        say(f"micro-batching {micro_batch}: warm-up")
+        for side in sides:
+            run(side, cfg)
+        times: dict[Any, list[dict[str, Any]]] = {side: [] for side in sides}
+        order = list(sides)
+        for r in range(repeats):
+            for side in order[r % len(order) :] + order[: r % len(order)]:
+                times[side].append(run(side, cfg))
+            say(f"micro-batching {micro_batch}: repeat {r + 1}/{repeats} done")
+        peak = {}
+        for side in sides:
+            meter = SavedTensorMeter(exclude=params)
+            run(side, cfg, meter)
+            peak[side] = meter.peak_bytes
+        summary = {side: _summarise(times[side], peak[side]) for side in sides}
+        grpo = summary.pop("grpo")
+        if micro_batch == "trajectory":
+            result["row_cost_ms"]["forward_backward"] = (
+                1e3 * grpo["forward_backward_s"] / grpo["kept_rows"]
+            )
+        result[f"grpo_{key}"] = {"micro_batch": micro_batch, **grpo}
+        result[key] = [
+            {
+                "keep_fraction": f,
+                "update_time_ratio": grpo["update_s"] / s["update_s"],
+                "update_cpu_time_ratio": grpo["update_cpu_s"] / s["update_cpu_s"],
+                "activation_memory_ratio": s["activation_bytes"] / grpo["activation_bytes"],
+                "kept_fraction_actual": s["kept_rows"] / grpo["kept_rows"],
+                "micro_batch": micro_batch,
+                **s,
+            }
+            for f, s in summary.items()
+        ]
+    return result
+
+
+def _summarise(runs: list[dict[str, Any]], activation_bytes: int) -> dict[str, Any]:
+    def med(name: str) -> float:
+        return statistics.median(r[name] for r in runs)
+
+    return {
+        "update_s": med("update_s"),
+        "forward_backward_s": med("forward_backward_s"),
+        "optimizer_s": med("optimizer_s"),
+        "update_cpu_s": med("cpu_s"),
+        "activation_bytes": activation_bytes,
+        "update_s_runs": [r["update_s"] for r in runs],
+        "kept_rows": runs[0]["kept_rows"],
+        "micro_batches": runs[0]["micro_batches"],
+    }
+
+
+def _tokens_per_row(policy: VLAPolicy, traj: Trajectory) -> int:
+    obs = {k: traj.obs[k][:1] for k in policy.obs_keys}
+    with torch.no_grad():
+        tokens, _ = policy.encode(obs, [traj.instruction])
+    return int(tokens.shape[1])
+
+
+def _act_cost_ms(policy: VLAPolicy, trajectories: Sequence[Trajectory], batch: int = 32) -> float:
+    """No-grad rollout forward (policy.act) per chunk row, batch rows at a time, median of 3."""
+    traj = trajectories[0]
+    b = min(batch, traj.num_chunks)
+    obs = {k: traj.obs[k][:b] for k in policy.obs_keys}
+    instructions = [traj.instruction] * b
+    costs = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        policy.act(obs, instructions)
+        costs.append(1e3 * (time.perf_counter() - t0) / b)
+    return statistics.median(costs[1:])
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+def print_table(result: dict[str, Any], console: Console | None = None) -> None:
+    """Rich table of a `run_grad_bench` result."""
+    console = console or Console()
+    model, batch = result["model"], result["batch"]
+    row_cost = result["row_cost_ms"]
+    console.print(
+        f"policy {model['params'] / 1e6:.2f} M params (width {model['width']}, depth "
+        f"{model['depth']}, {model['tokens_per_row']} tokens/row); batch {batch['trajectories']} "
+        f"trajectories x {batch['chunks_per_trajectory']} chunks = {batch['rows']} rows; "
+        f"per row: {row_cost.get('forward_backward', float('nan')):.2f} ms forward+backward, "
+        f"{row_cost['rollout_forward']:.2f} ms rollout forward; {result['torch_threads']} threads"
+    )
+    table = Table(title="actor update: full GRPO vs PCM (medians of interleaved repeats)")
+    for col in (
+        "micro-batch",
+        "keep f",
+        "kept rows",
+        "GRPO s",
+        "PCM s",
+        "speed-up",
+        "CPU-time speed-up",
+        "limit 1/f",
+        "GRPO act. MB",
+        "PCM act. MB",
+        "memory ratio",
+    ):
+        table.add_column(col, justify="right")
+    for key in ("results", "results_rows"):
+        grpo = result[f"grpo_{key}"]
+        for r in result[key]:
+            table.add_row(
+                r["micro_batch"],
+                f"{r['keep_fraction']:.2f}",
+                f"{r['kept_rows']}/{grpo['kept_rows']}",
+                f"{grpo['update_s']:.3f}",
+                f"{r['update_s']:.3f}",
+                f"{r['update_time_ratio']:.2f}x",
+                f"{r['update_cpu_time_ratio']:.2f}x",
+                f"{1 / r['kept_fraction_actual']:.2f}x",
+                f"{grpo['activation_bytes'] / 2**20:.1f}",
+                f"{r['activation_bytes'] / 2**20:.1f}",
+                f"{r['activation_memory_ratio']:.3f}",
+            )
+    console.print(table)

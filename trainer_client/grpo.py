@@ -1,0 +1,458 @@
+"""GRPO loss and the selective (masked) backward of PCM. DESIGN.md section 4.
+
+Notation (paper names): trajectory i with outcome y_i, group g(i), C_i chunks; chunk c has the
+observation o_ic, actions a_ic (K x A) and the rollout log-prob logp_old_ic.
+
+    A_i   = (y_i - mean_g y) / (std_g y + 1e-6)          std: population std (ddof=0) of the group
+    rho   = exp(logp_ic - logp_old_ic)
+    l_ic  = -min(rho A_i, clip(rho, 1 - clip_coef_low, 1 + clip_coef_high) A_i)    (+ KL, off)
+
+Only *informative* trajectories (their group's outcomes are not all equal; A_i != 0) take part;
+the others have zero advantage, the selector gives them all-false masks, and they cost nothing.
+With kept-chunk masks m_ic and weights w_ic (Horvitz-Thompson 1/pi_ic, or 1), the loss is
+
+    aggregation "chunk" (DESIGN.md, default):
+        L = sum_{i inf} sum_{c kept} w_ic l_ic / N_chunks        N_chunks = sum_{i inf} C_i
+    aggregation "trajectory" (SimpleVLA-RL: chunk-mean in a trajectory, mean over trajectories):
+        L = (1 / N_traj) sum_{i inf} (1 / C_i) sum_{c kept} w_ic l_ic
+
+Both divide by what the *full* loss divides by (C_i, not the kept count), so under HT weights
+E[L_masked] = L_full for either aggregation; with all masks true and w = 1 they are exactly the
+full GRPO losses. Both are linear in l_ic, L = sum_r coef_r l_r over kept rows r, which makes the
+selective backward exact under any micro-batching: each micro-batch backpropagates
+sum_{r in mb} coef_r l_r and the accumulated gradient is dL/dtheta.
+
+The saving is real because only kept chunks are ever gathered, forwarded and backpropagated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainer_client.types import Trajectory
+
+AGGREGATIONS = ("chunk", "trajectory")
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO / PCM actor-update hyper-parameters."""
+
+    clip_coef_low: float = field(
+        default=0.2, metadata={"help": "lower PPO clip: rho is clipped at 1 - clip_coef_low"}
+    )
+    clip_coef_high: float = field(
+        default=0.28,
+        metadata={"help": "upper PPO clip (clip-higher, DAPO): rho is clipped at 1 + this"},
+    )
+    aggregation: str = field(
+        default="chunk",
+        metadata={
+            "help": "'chunk': sum of w*l over kept chunks / number of chunks of informative "
+            "trajectories (DESIGN.md); 'trajectory': per-trajectory sum of w*l / C_i, then mean "
+            "over informative trajectories (SimpleVLA-RL)"
+        },
+    )
+    micro_batch: str = field(
+        default="trajectory",
+        metadata={
+            "help": "'trajectory': one trajectory's kept chunks per micro-batch (SimpleVLA-RL); "
+            "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf)"
+        },
+    )
+    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "clip the global gradient norm to this; None = no clip"}
+    )
+    ppo_epochs: int = field(
+        default=1,
+        metadata={"help": "optimizer steps per batch, each a full pass over the kept chunks"},
+    )
+    kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "weight of the k3 KL estimate to a reference policy; 0 = no KL term"},
+    )
+    adv_eps: float = field(default=1e-6, metadata={"help": "A = (y - mean) / (std + adv_eps)"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.clip_coef_low < 1.0:
+            raise ValueError(f"clip_coef_low={self.clip_coef_low}: must be in [0, 1)")
+        if self.clip_coef_high < 0.0:
+            raise ValueError(f"clip_coef_high={self.clip_coef_high}: must be >= 0")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation={self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
+            )
+        micro_batch_rows(self.micro_batch)  # validates
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: must be > 0")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm}: must be > 0, or None for none")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs={self.ppo_epochs}: must be >= 1")
+        if self.kl_coef < 0:
+            raise ValueError(f"kl_coef={self.kl_coef}: must be >= 0 (0 disables the KL term)")
+        if self.adv_eps <= 0:
+            raise ValueError(f"adv_eps={self.adv_eps}: must be > 0")
+
+
+def micro_batch_rows(spec: str) -> int | None:
+    """'trajectory' -> None; 'rows:N' -> N."""
+    if spec == "trajectory":
+        return None
+    elif spec.startswith("rows:"):
+        n = spec.removeprefix("rows:")
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"micro_batch={spec!r}: N in 'rows:N' must be an integer >= 1")
+        return int(n)
+    else:
+        raise ValueError(f"micro_batch={spec!r}: use 'trajectory' or 'rows:N' (e.g. 'rows:32')")
+
+
+class LogProbPolicy(Protocol):
+    """What the update needs from a policy (`trainer_client.policy.VLAPolicy` is one)."""
+
+    def log_prob(
+        self, obs: dict[str, np.ndarray], instructions: list[str], actions: np.ndarray
+    ) -> Tensor:
+        """(B,) differentiable log pi(actions | obs) over the whole chunk."""
+        ...
+
+
+# ---- advantages -----------------------------------------------------------------------------
+
+
+def group_advantages(
+    success: Sequence[float] | np.ndarray, group_ids: Sequence[str], eps: float = 1e-6
+) -> np.ndarray:
+    """A_i = (y_i - mean_g y) / (std_g y + eps), std the population std (ddof=0) of the group.
+    success (N,), group_ids (N,) -> float64 (N,). All-equal groups (incl. singletons) get exactly
+    0. (Sample std, as torch.std in veRL, only rescales a group of size G by sqrt((G-1)/G).)"""
+    y = np.asarray(success, dtype=np.float64)  # (N,)
+    if y.ndim != 1 or len(group_ids) != len(y):
+        raise ValueError(f"success {y.shape} and group_ids ({len(group_ids)}) must be (N,) each")
+    _, g = np.unique(np.array([str(gid) for gid in group_ids]), return_inverse=True)
+    count = np.bincount(g)  # (G,)
+    mean = np.bincount(g, weights=y) / count  # (G,)
+    std = np.sqrt(np.bincount(g, weights=(y - mean[g]) ** 2) / count)  # (G,) population
+    adv = (y - mean[g]) / (std[g] + eps)  # (N,)
+    adv[std[g] == 0.0] = 0.0
+    return adv
+
+
+def informative_trajectories(advantages: np.ndarray) -> np.ndarray:
+    """bool (N,): trajectories whose group's outcomes differ (A_i != 0)."""
+    return np.asarray(advantages) != 0.0
+
+
+# ---- per-chunk loss terms -------------------------------------------------------------------
+
+
+def ppo_clip_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    clip_coef_low: float = 0.2,
+    clip_coef_high: float = 0.28,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-chunk l = -min(rho A, clip(rho, 1 - low, 1 + high) A). All inputs (B,).
+    Returns l (B,), rho (B,), log rho (B,)."""
+    logratio = logp - old_logp  # (B,)
+    ratio = logratio.exp()  # (B,) rho
+    pg_loss1 = -advantages * ratio  # (B,)
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_coef_low, 1.0 + clip_coef_high)
+    return torch.max(pg_loss1, pg_loss2), ratio, logratio
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """k3 estimate of KL(pi || pi_ref) per chunk: exp(r) - r - 1 with r = ref_logp - logp. (B,)."""
+    r = ref_logp - logp  # (B,)
+    return r.exp() - r - 1.0
+
+
+# ---- which rows are computed, with what coefficient -----------------------------------------
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """The compact batch: kept chunks of informative trajectories, trajectory-major order.
+    The loss is sum_r coef[r] * l_r over these R rows, exactly."""
+
+    traj: np.ndarray  # int64 (R,) trajectory index
+    chunk: np.ndarray  # int64 (R,) chunk index within the trajectory
+    coef: np.ndarray  # float64 (R,) loss coefficient (weight / aggregation denominator)
+    advantage: np.ndarray  # float64 (R,) A_i of the row's trajectory
+    old_logp: np.ndarray  # float64 (R,) rollout log-prob
+    total_rows: int  # chunks of informative trajectories (what full GRPO computes)
+    informative: int  # informative trajectories
+    skipped: int  # non-informative trajectories (never computed)
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.traj)
+
+
+def plan_kept_rows(
+    trajectories: Sequence[Trajectory],
+    advantages: np.ndarray,
+    masks: Sequence[np.ndarray] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    aggregation: str = "chunk",
+) -> KeptRows:
+    """masks: per trajectory bool (C_i,) (None = all chunks: full GRPO); weights: per trajectory
+    float (C_i,) (None = 1). Rows of non-informative trajectories are dropped (A_i = 0)."""
+    n = len(trajectories)
+    num_chunks = np.array([t.num_chunks for t in trajectories], dtype=np.int64)  # (N,)
+    if masks is None:
+        masks = [np.ones(c, dtype=bool) for c in num_chunks]
+    if weights is None:
+        weights = [np.ones(c, dtype=np.float64) for c in num_chunks]
+    if len(masks) != n or len(weights) != n or len(advantages) != n:
+        raise ValueError(
+            f"{n} trajectories but {len(masks)} masks, {len(weights)} weights, "
+            f"{len(advantages)} advantages"
+        )
+    informative = informative_trajectories(advantages)  # (N,)
+    total_rows = int(num_chunks[informative].sum())
+    num_informative = int(informative.sum())
+    # L = sum coef * l with coef = w / denom: "chunk" divides by all informative chunks,
+    # "trajectory" by C_i and the number of informative trajectories; never by the kept count,
+    # so that HT-weighted masked losses stay unbiased
+    if aggregation == "chunk":
+        denom = np.full(n, total_rows, dtype=np.float64)  # (N,)
+    elif aggregation == "trajectory":
+        denom = (num_chunks * num_informative).astype(np.float64)  # (N,)
+    else:
+        raise ValueError(f"aggregation={aggregation!r}: use one of {', '.join(AGGREGATIONS)}")
+
+    traj, chunk, coef, old_logp = [], [], [], []
+    for i, (m, w, c_i) in enumerate(zip(masks, weights, num_chunks, strict=True)):
+        m = np.asarray(m)
+        w = np.asarray(w, dtype=np.float64)
+        if m.dtype != np.bool_ or m.shape != (c_i,):
+            raise ValueError(f"masks[{i}]: need bool ({c_i},), got {m.dtype} {m.shape}")
+        if w.shape != (c_i,) or not np.all(np.isfinite(w)):
+            raise ValueError(f"weights[{i}]: need finite float ({c_i},), got {w.shape}")
+        if not informative[i] or not m.any():
+            continue
+        kept = np.flatnonzero(m)  # (k_i,)
+        traj.append(np.full(len(kept), i, dtype=np.int64))
+        chunk.append(kept)
+        coef.append(w[kept] / denom[i])
+        old_logp.append(np.asarray(trajectories[i].old_logp, dtype=np.float64)[kept])
+
+    traj_a = np.concatenate(traj) if traj else np.zeros(0, dtype=np.int64)  # (R,)
+    chunk_a = np.concatenate(chunk) if chunk else np.zeros(0, dtype=np.int64)  # (R,)
+    return KeptRows(
+        traj=traj_a,
+        chunk=chunk_a,
+        coef=np.concatenate(coef) if coef else np.zeros(0),
+        advantage=np.asarray(advantages, dtype=np.float64)[traj_a],
+        old_logp=np.concatenate(old_logp) if old_logp else np.zeros(0),
+        total_rows=total_rows,
+        informative=num_informative,
+        skipped=n - num_informative,
+    )
+
+
+def split_micro_batches(rows: KeptRows, micro_batch: str = "trajectory") -> list[np.ndarray]:
+    """Index arrays into the R kept rows, one per micro-batch, in order."""
+    n_rows = micro_batch_rows(micro_batch)
+    if rows.num_rows == 0:
+        return []
+    if n_rows is None:  # one trajectory's kept chunks per micro-batch
+        starts = np.flatnonzero(np.diff(rows.traj)) + 1
+        return np.split(np.arange(rows.num_rows), starts)
+    return [np.arange(s, min(s + n_rows, rows.num_rows)) for s in range(0, rows.num_rows, n_rows)]
+
+
+def gather_rows(
+    trajectories: Sequence[Trajectory],
+    rows: KeptRows,
+    idx: np.ndarray,
+    obs_keys: Sequence[str] | None = None,
+) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
+    """Copies only the selected kept chunks' inputs: obs key -> (b, ...), instructions (b,),
+    actions (b, K, A). obs_keys limits the observation keys (None = all)."""
+    traj, chunk = rows.traj[idx], rows.chunk[idx]  # (b,), (b,)
+    seg_starts = np.flatnonzero(np.diff(traj)) + 1
+    segments = [
+        (int(t[0]), c)
+        for t, c in zip(np.split(traj, seg_starts), np.split(chunk, seg_starts), strict=True)
+    ]
+    keys = list(obs_keys) if obs_keys is not None else list(trajectories[segments[0][0]].obs)
+
+    def take(get: object) -> np.ndarray:
+        parts = [get(trajectories[t])[c] for t, c in segments]  # type: ignore[operator]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    obs = {k: take(lambda tr, k=k: tr.obs[k]) for k in keys}
+    actions = take(lambda tr: tr.actions)  # (b, K, A)
+    instructions = [trajectories[t].instruction for t, c in segments for _ in range(len(c))]
+    return obs, instructions, actions
+
+
+# ---- the update -----------------------------------------------------------------------------
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0  # the aggregated loss L (last epoch)
+    kept_rows: int = 0  # chunk rows forwarded and backpropagated (per epoch)
+    total_rows: int = 0  # chunks of informative trajectories (full GRPO's rows)
+    informative_trajectories: int = 0
+    skipped_trajectories: int = 0
+    micro_batches: int = 0  # per epoch
+    clip_frac: float = 0.0  # fraction of kept rows with rho outside the clip range
+    approx_kl: float = 0.0  # mean over kept rows of (rho - 1) - log rho (old -> new)
+    kl_ref: float = 0.0  # mean k3 KL to the reference policy (when kl_coef > 0)
+    grad_norm: float | None = None  # global grad norm before clipping (grpo_update only)
+    forward_backward_s: float = 0.0  # gather + forward + backward, all epochs
+    optimizer_s: float = 0.0  # grad clip + optimizer step, all epochs
+    update_s: float = 0.0  # the whole actor update
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def selective_backward(
+    policy: LogProbPolicy,
+    trajectories: Sequence[Trajectory],
+    masks: Sequence[np.ndarray] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    *,
+    config: GRPOConfig | None = None,
+    advantages: np.ndarray | None = None,
+    ref_policy: LogProbPolicy | None = None,
+) -> UpdateStats:
+    """Accumulates dL/dtheta into the policy's .grad, computing only the kept chunks.
+
+    masks / weights: per trajectory (C_i,) bool / float, e.g. the selector's answer; None = full
+    GRPO (every chunk, weight 1), which runs through the same micro-batching. Does not zero the
+    gradients and does not step: `grpo_update` does both."""
+    cfg = config or GRPOConfig()
+    t_start = time.perf_counter()
+    if advantages is None:
+        advantages = group_advantages(
+            [t.success for t in trajectories], [t.group_id for t in trajectories], cfg.adv_eps
+        )
+    if cfg.kl_coef > 0 and ref_policy is None:
+        raise ValueError("kl_coef > 0 needs ref_policy (the frozen reference policy)")
+    rows = plan_kept_rows(trajectories, advantages, masks, weights, cfg.aggregation)
+    batches = split_micro_batches(rows, cfg.micro_batch)
+    obs_keys = getattr(policy, "obs_keys", None)
+
+    loss_sum, clipped, approx_kl, kl_ref = 0.0, 0.0, 0.0, 0.0
+    for idx in batches:
+        obs, instructions, actions = gather_rows(trajectories, rows, idx, obs_keys)
+        logp = policy.log_prob(obs, instructions, actions)  # (b,)
+        dtype, device = logp.dtype, logp.device
+        old_logp = torch.as_tensor(rows.old_logp[idx], dtype=dtype, device=device)  # (b,)
+        adv = torch.as_tensor(rows.advantage[idx], dtype=dtype, device=device)  # (b,)
+        coef = torch.as_tensor(rows.coef[idx], dtype=dtype, device=device)  # (b,)
+
+        l_ic, ratio, logratio = ppo_clip_loss(
+            logp, old_logp, adv, cfg.clip_coef_low, cfg.clip_coef_high
+        )  # (b,) each
+        if ref_policy is not None and cfg.kl_coef > 0:
+            with torch.no_grad():
+                ref_logp = ref_policy.log_prob(obs, instructions, actions)  # (b,)
+                ref_logp = ref_logp.to(device=device, dtype=dtype)
+            kl = kl_k3(logp, ref_logp)  # (b,)
+            l_ic = l_ic + cfg.kl_coef * kl
+            kl_ref += float(kl.detach().sum())
+        mb_loss = (coef * l_ic).sum()  # this micro-batch's share of L
+        mb_loss.backward()
+
+        with torch.no_grad():
+            loss_sum += float(mb_loss)
+            clipped += float(
+                ((ratio < 1.0 - cfg.clip_coef_low) | (ratio > 1.0 + cfg.clip_coef_high)).sum()
+            )
+            approx_kl += float(((ratio - 1.0) - logratio).sum())
+
+    r = max(rows.num_rows, 1)
+    elapsed = time.perf_counter() - t_start
+    return UpdateStats(
+        loss=loss_sum,
+        kept_rows=rows.num_rows,
+        total_rows=rows.total_rows,
+        informative_trajectories=rows.informative,
+        skipped_trajectories=rows.skipped,
+        micro_batches=len(batches),
+        clip_frac=clipped / r,
+        approx_kl=approx_kl / r,
+        kl_ref=kl_ref / r,
+        forward_backward_s=elapsed,
+        update_s=elapsed,
+    )
+
+
+def make_optimizer(policy: nn.Module, config: GRPOConfig | None = None) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all parameters: on CPU the default per-tensor loop costs
+    several times more, a fixed cost per update that both GRPO and PCM pay)."""
+    cfg = config or GRPOConfig()
+    return torch.optim.AdamW(
+        policy.parameters(),
+        lr=cfg.lr,
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+        fused=True,
+    )
+
+
+def grpo_update(
+    policy: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trajectories: Sequence[Trajectory],
+    masks: Sequence[np.ndarray] | None = None,
+    weights: Sequence[np.ndarray] | None = None,
+    *,
+    config: GRPOConfig | None = None,
+    advantages: np.ndarray | None = None,
+    ref_policy: LogProbPolicy | None = None,
+) -> UpdateStats:
+    """The actor update: per epoch, zero grads, selective backward, clip, optimizer step.
+    Loss and ratio stats are the last epoch's; times are summed over epochs. With no kept rows
+    (no informative trajectory) nothing is computed and the optimizer does not step."""
+    cfg = config or GRPOConfig()
+    t_start = time.perf_counter()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    fb_s, opt_s = 0.0, 0.0
+    stats = UpdateStats()
+    for _ in range(cfg.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        stats = selective_backward(
+            policy,  # type: ignore[arg-type]
+            trajectories,
+            masks,
+            weights,
+            config=cfg,
+            advantages=advantages,
+            ref_policy=ref_policy,
+        )
+        fb_s += stats.forward_backward_s
+        if stats.kept_rows == 0:
+            break
+        t_opt = time.perf_counter()
+        grads = [p.grad for p in params if p.grad is not None]
+        if cfg.max_grad_norm is not None:
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            grad_norm = nn.utils.get_total_norm(grads)
+        stats.grad_norm = float(grad_norm)
+        optimizer.step()
+        opt_s += time.perf_counter() - t_opt
+    stats.forward_backward_s = fb_s
+    stats.optimizer_s = opt_s
+    stats.update_s = time.perf_counter() - t_start
+    return stats
