@@ -69,6 +69,65 @@ def test_libero_object_group_rollout() -> None:
     np.testing.assert_array_equal(trajs[0].obs[OBS_IMAGES][0], trajs[1].obs[OBS_IMAGES][0])
 
     # ---------------------------------------------------------------------------------------
-    # HOOK: selection + one masked update on `trajs`, to be added once trainer_client.policy
-    # exists (embedded selector -> masks/weights -> selective backward -> optimizer step).
+    # HOOK: selection + one masked update on `trajs`, with the camera images through the policy
+    # (embedded selector -> masks/weights -> selective backward -> optimizer step).
     # ---------------------------------------------------------------------------------------
+    import dataclasses
+
+    import torch
+
+    from trainer_client.clients import connect
+    from trainer_client.grpo import GRPOConfig, grpo_update
+    from trainer_client.policy import PolicyConfig
+    from trainer_client.train.distributed import Dist
+    from trainer_client.train.model import TrainPolicy, param_vector
+    from trainer_client.train.selection import select_global
+
+    torch.manual_seed(0)
+    policy = TrainPolicy(
+        PolicyConfig.preset(
+            "tiny", action_dim=7, state_dim=8, num_cameras=2, image_size=128, patch_size=32
+        )
+    )
+    # Real observations and actions; the outcome of one episode is set to success so that the
+    # group is informative, and the old log-probs are those of this policy (as if it had acted).
+    batch = []
+    for i, t in enumerate(trajs):
+        with torch.no_grad():
+            old = policy.log_prob(t.obs, [t.instruction] * t.num_chunks, t.actions)
+        batch.append(dataclasses.replace(t, success=i == 0, old_logp=old.numpy()))
+    client = connect("embedded")
+    client.put_run("libero-hook", feature_dim=K * 7, phases=4, keep_fraction=0.34)
+    sel = select_global(
+        Dist(),
+        client,
+        "libero-hook",
+        batch,
+        request_id="libero-hook/t/step0",
+        trainer_id="t",
+        step=0,
+    )
+    assert sel.informative_chunks == 6 and sel.kept_chunks == 2  # one of 3 chunks each
+    assert all(m.shape == (3,) and int(m.sum()) == 1 for m in sel.masks)
+
+    rows_seen: list[int] = []
+    images_seen: list[int] = []
+    policy.trunk.register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[0]))
+    policy.patch_embed.register_forward_hook(lambda m, i, o: images_seen.append(i[0].shape[0]))
+    before = param_vector(policy)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    stats = grpo_update(
+        policy,
+        optimizer,
+        batch,
+        sel.masks,
+        sel.weights,
+        config=GRPOConfig(micro_batch="trajectory"),
+    )
+    assert stats.kept_rows == 2 and stats.total_rows == 6
+    assert stats.grad_norm is not None and stats.grad_norm > 0
+    assert rows_seen == [1, 1]  # only the kept chunks went through the trunk
+    assert images_seen == [2, 2]  # ... with their 2 camera images each
+    assert not torch.equal(param_vector(policy), before)
+    assert policy.patch_embed.weight.grad is not None
+    assert policy.patch_embed.weight.grad.abs().sum() > 0  # the image encoder was trained

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from trainer_client.bench.learning import learning_command
+
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
 
@@ -94,6 +96,29 @@ def selector(
         table.add_row(*cells)
     console.print(table)
     _write(json_path, {**result, "machine": _machine()})
+
+
+@app.command()
+def grad(
+    json_path: JsonPath = None,
+    keep_fractions: Annotated[str, typer.Option(help="comma-separated")] = "0.1,0.2,0.5",
+    trajectories: Annotated[int, typer.Option(min=2, help="trajectories in the batch")] = 16,
+    chunks: Annotated[int, typer.Option(min=1, help="chunks per trajectory")] = 48,
+    repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats per side")] = 3,
+    images: Annotated[bool, typer.Option(help="camera images through the policy")] = False,
+) -> None:
+    """Actor-update time and peak activation memory of full GRPO vs PCM on the same batch,
+    side by side, micro-batched the same way (per trajectory, and fixed-size rows)."""
+    from trainer_client.bench.grad import print_table, run_grad_bench
+
+    result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
+                            num_trajectories=trajectories, num_chunks=chunks, repeats=repeats,
+                            images=images, log=console.print)
+    print_table(result, console)
+    _write(json_path, {**result, "machine": _machine()})
+
+
+app.command("learning")(learning_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,331 @@
+"""Configuration of the training commands: one dataclass per command, each field with its help
+text (the `pcm-train` flags are generated from these fields) and checks that say how to fix a bad
+value.
+
+- `TrainConfig`: `pcm-train rl` (GRPO / PCM post-training against a selector)
+- `SFTConfig`: `pcm-train sft` (behaviour cloning on MetaWorld's noisy scripted expert)
+- `EvalConfig`: `pcm-train eval`
+
+Init states. MetaWorld has unboundedly many initial states: RL training draws each step's from
+[0, TRAIN_INIT_POOL), evaluation uses the held-out EVAL_INIT_OFFSET + i, and the SFT demos use
+`trainer_client.expert.DEMO_INIT_STATE_OFFSET + e`, so the three never overlap. LIBERO has 50
+bundled initial states per task: training draws from all of them and evaluation uses 0..N-1
+(there is no held-out set).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from trainer_client.envs import parse_env_spec
+from trainer_client.expert import DEMO_MAX_STEPS, DEMO_NOISE_STD, DEMO_TASK
+from trainer_client.grpo import AGGREGATIONS, micro_batch_rows
+from trainer_client.phases import SEGMENTERS
+from trainer_client.policy import PRESETS
+
+ALGOS = ("pcm", "grpo", "random")
+WEIGHTINGS = ("ht", "none")
+TRAIN_INIT_POOL = 50_000  # MetaWorld RL training draws init states from [0, TRAIN_INIT_POOL)
+EVAL_INIT_OFFSET = 50_000  # MetaWorld evaluation uses init states EVAL_INIT_OFFSET + i
+DEMO_ENV = f"metaworld:{DEMO_TASK}"
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # the selector's run id pattern
+_ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._:/@+=-]")
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field with CLI metadata: help, and optionally flag / envvar / cli=False."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+# ---- RL ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """`pcm-train rl`: GRPO post-training with chunk selection by a PCM selector."""
+
+    # what to train, where
+    env: str = opt(DEMO_ENV, "environment: metaworld:TASK or libero:SUITE:TASK_INDEX")
+    algo: str = opt("pcm", "pcm | grpo (every chunk) | random (same budget, phase-blind)")
+    selector: str = opt("embedded", "embedded | grpc://HOST:PORT | http://HOST:PORT")
+    run_id: str | None = opt(
+        None, "selector run id (letters, digits, ._-); default: ALGO-TASK-sSEED"
+    )
+    out: str = opt("runs/rl", "output dir: metrics.jsonl, checkpoints/, final.pt, PNG")
+    init: str | None = opt(None, "policy checkpoint to start from (e.g. the SFT's sft.pt)")
+    resume: bool = opt(False, "continue from the latest checkpoint in --out")
+    steps: int = opt(60, "RL steps (each: rollout, select, selective backward, report)")
+    seed: int = opt(0, "seed of init-state draws, action sampling and a fresh policy")
+    # the batch
+    group_size: int = opt(8, "G: rollouts per initial state (a GRPO group)")
+    init_states: int = opt(4, "initial states per step (all ranks together); batch = this x G")
+    max_steps: int | None = opt(
+        None,
+        "env step limit of an episode; default: 120 for MetaWorld (as the SFT demos), the "
+        "suite's limit for LIBERO; 0 = the env's own default",
+        show_default=False,
+    )
+    # chunk selection (the selector run config)
+    keep_fraction: float = opt(0.2, "f: fraction of each trajectory's chunks backpropagated")
+    phases: int = opt(4, "P: phases per task")
+    segmenter: str = opt("progress", "phase labels: progress | gripper | env")
+    eps: float = opt(0.1, "selector exploration mix")
+    eta: float = opt(0.1, "selector EMA rate of the phase scores")
+    weighting: str = opt("ht", "ht (1/pi, unbiased) | none")
+    trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
+    token: str | None = opt(
+        None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
+    )
+    # the update
+    lr: float = opt(1e-5, "AdamW learning rate of the network")
+    log_std_lr: float = opt(
+        1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
+    )
+    lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps")
+    micro_batch: str = opt("rows:32", "trajectory | rows:N (micro-batches of gathered rows)")
+    aggregation: str = opt("chunk", "loss aggregation: chunk | trajectory")
+    max_grad_norm: float = opt(1.0, "gradient-norm clip")
+    # a fresh policy (ignored with --init)
+    preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
+    chunk_size: int = opt(8, "K: actions per chunk (a fresh policy)")
+    init_log_std: float = opt(-1.0, "initial action log-std (a fresh policy)")
+    # bookkeeping
+    checkpoint_every: int = opt(10, "save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = opt(2, "step checkpoints kept on disk (older ones are deleted)")
+    eval_every: int = opt(0, "evaluate on held-out init states every N steps; 0 = never")
+    eval_episodes: int = opt(32, "episodes of each evaluation (one per held-out init state)")
+    time_budget_s: float = opt(0.0, "stop after the step that passes this many seconds; 0 = off")
+    num_workers: int = opt(-1, "env worker processes; -1 = auto (2, or 0 under torchrun)")
+    threads: int = opt(0, "torch threads; 0 = auto (cores / ranks)")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        spec = _check_env(self.env)
+        _choice("algo", self.algo, ALGOS)
+        _choice("segmenter", self.segmenter, SEGMENTERS)
+        _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("preset", self.preset, tuple(PRESETS))
+        if not self.selector == "embedded" and not self.selector.startswith(
+            ("grpc://", "http://", "https://")
+        ):
+            raise ValueError(
+                f"--selector {self.selector!r}: use 'embedded', 'grpc://HOST:PORT' or "
+                "'http://HOST:PORT'"
+            )
+        if self.run_id is None:
+            self.run_id = f"{self.algo}-{spec.task}-s{self.seed}".replace(":", "-")[:64]
+        if not RUN_ID_RE.match(self.run_id):
+            raise ValueError(
+                f"--run-id {self.run_id!r}: use 1-64 letters, digits or ._- (starting with a "
+                "letter or digit)"
+            )
+        if self.trainer_id is None:
+            self.trainer_id = default_trainer_id()
+        self.trainer_id = sanitize_id(self.trainer_id)
+        if self.token is None:
+            self.token = os.environ.get("PCM_AUTH_TOKEN") or None
+        self.max_steps = _default_max_steps(self.max_steps, spec.family)
+        _positive("steps", self.steps, minimum=1)
+        _positive("group_size", self.group_size, minimum=2, why="GRPO compares within a group")
+        _positive("init_states", self.init_states, minimum=1)
+        if spec.family == "libero" and self.init_states > 50:
+            raise ValueError(f"--init-states {self.init_states}: LIBERO tasks have 50")
+        _positive("phases", self.phases, minimum=1)
+        _positive("chunk_size", self.chunk_size, minimum=1)
+        _positive("checkpoint_every", self.checkpoint_every, minimum=1)
+        _positive("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        _positive("eval_episodes", self.eval_episodes, minimum=1)
+        _positive("eval_every", self.eval_every, minimum=0)
+        _positive("threads", self.threads, minimum=0)
+        _positive("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps, minimum=1)
+        if not 0.0 < self.keep_fraction <= 1.0:
+            raise ValueError(f"--keep-fraction {self.keep_fraction}: must be in (0, 1]")
+        if not 0.0 <= self.eps <= 1.0 or not 0.0 < self.eta <= 1.0:
+            raise ValueError(f"--eps {self.eps} must be in [0, 1] and --eta {self.eta} in (0, 1]")
+        if self.lr <= 0 or self.max_grad_norm <= 0 or self.log_std_lr < 0:
+            raise ValueError(
+                f"--lr {self.lr} and --max-grad-norm {self.max_grad_norm} must be > 0, "
+                f"--log-std-lr {self.log_std_lr} >= 0 (0 = same as --lr)"
+            )
+        if self.time_budget_s < 0:
+            raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+        try:
+            micro_batch_rows(self.micro_batch)
+        except ValueError as exc:
+            raise ValueError(f"--micro-batch: {exc}") from None
+        if self.algo == "grpo" and self.keep_fraction != 1.0:
+            self.keep_fraction = 1.0  # grpo keeps every chunk: record what actually runs
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["token"] = "***" if self.token else None  # never written to disk
+        return d
+
+
+# ---- SFT --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTConfig:
+    """`pcm-train sft`: behaviour cloning on MetaWorld's scripted expert with action noise."""
+
+    env: str = opt(DEMO_ENV, "MetaWorld task with a scripted expert: metaworld:TASK")
+    out: str = opt("runs/sft", "output dir: sft.pt and sft.json")
+    episodes: int = opt(200, "expert episodes to collect")
+    noise_std: float = opt(DEMO_NOISE_STD, "std of the Gaussian noise on the expert's actions")
+    labels: str = opt("noisy", "BC targets: noisy (executed; partial success) | expert (clean)")
+    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit of an episode (demos and evaluation)")
+    iters: int = opt(300, "gradient steps")
+    batch_size: int = opt(64, "chunks per gradient step")
+    lr: float = opt(3e-4, "AdamW peak learning rate (5% warm-up, cosine decay to 10%)")
+    preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
+    width: int | None = opt(None, "override the preset's trunk width")
+    depth: int | None = opt(None, "override the preset's trunk depth")
+    chunk_size: int = opt(8, "K: actions per chunk")
+    init_log_std: float = opt(
+        -1.0, "action log-std of the policy (BC fits the mean only): sets the sampled success"
+    )
+    seed: int = opt(0, "seed of the demo noise, the init and the batches")
+    eval_episodes: int = opt(32, "held-out episodes to evaluate the SFT policy; 0 = skip")
+    num_workers: int = opt(-1, "env worker processes for evaluation; -1 = auto")
+    threads: int = opt(0, "torch threads; 0 = all cores")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        spec = _check_env(self.env)
+        if spec.family != "metaworld":
+            raise ValueError(
+                f"--env {self.env}: SFT uses MetaWorld's scripted experts; pass metaworld:TASK"
+            )
+        _choice("labels", self.labels, ("noisy", "expert"))
+        _choice("preset", self.preset, tuple(PRESETS))
+        _positive("episodes", self.episodes, minimum=1)
+        _positive("iters", self.iters, minimum=1)
+        _positive("batch_size", self.batch_size, minimum=1)
+        _positive("max_steps", self.max_steps, minimum=1)
+        _positive("chunk_size", self.chunk_size, minimum=1)
+        _positive("eval_episodes", self.eval_episodes, minimum=0)
+        _positive("threads", self.threads, minimum=0)
+        if self.noise_std < 0:
+            raise ValueError(f"--noise-std {self.noise_std}: must be >= 0")
+        if self.lr <= 0:
+            raise ValueError(f"--lr {self.lr}: must be > 0")
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+
+    @property
+    def task(self) -> str:
+        return parse_env_spec(self.env).task
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- eval -------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalConfig:
+    """`pcm-train eval`: success rate of a checkpoint over N initial states."""
+
+    checkpoint: str = opt("runs/demo/rl/final.pt", "policy checkpoint (sft.pt, final.pt, ...)")
+    env: str = opt(DEMO_ENV, "environment: metaworld:TASK or libero:SUITE:TASK_INDEX")
+    episodes: int = opt(50, "episodes, one per initial state")
+    mode: str = opt("both", "sampled (what RL optimises) | deterministic (the mean) | both")
+    max_steps: int | None = opt(
+        None,
+        "env step limit; default: as `pcm-train rl`; 0 = the env's own default",
+        show_default=False,
+    )
+    init_offset: int | None = opt(
+        None, "first initial state; default: the held-out range (MetaWorld), 0 (LIBERO)"
+    )
+    seed: int = opt(0, "seed of the action sampling")
+    num_workers: int = opt(-1, "env worker processes; -1 = auto")
+    json_path: str | None = opt(None, "also write the figures here as JSON", flag="--json")
+
+    def __post_init__(self) -> None:
+        spec = _check_env(self.env)
+        _choice("mode", self.mode, ("sampled", "deterministic", "both"))
+        _positive("episodes", self.episodes, minimum=1)
+        self.max_steps = _default_max_steps(self.max_steps, spec.family)
+        if self.init_offset is None:
+            self.init_offset = EVAL_INIT_OFFSET if spec.family == "metaworld" else 0
+        if spec.family == "libero" and self.init_offset + self.episodes > 50:
+            raise ValueError(
+                f"--episodes {self.episodes} from --init-offset {self.init_offset}: LIBERO "
+                "tasks have 50 initial states"
+            )
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def default_trainer_id() -> str:
+    """The hostname (distinct per docker replica), as a valid selector id."""
+    return sanitize_id(socket.gethostname() or "trainer")
+
+
+def sanitize_id(value: str) -> str:
+    """Make `value` a valid selector identifier (letters, digits, ._:/@+=-; <= 48 chars)."""
+    cleaned = _ID_BAD_CHARS.sub("-", value.strip())[:48].lstrip("._:/@+=-")
+    return cleaned or "trainer"
+
+
+def request_id(run_id: str, trainer_id: str, step: int) -> str:
+    """Deterministic per (run, trainer, step): a resumed or retried step replays, not recounts."""
+    return f"{run_id}/{trainer_id}/step{step}"
+
+
+def auto_workers(requested: int, world_size: int = 1) -> int:
+    """-1 -> 2 env worker processes (0 under torchrun: the ranks already fill the cores)."""
+    if requested >= 0:
+        return requested
+    return 0 if world_size > 1 else min(2, os.cpu_count() or 1)
+
+
+def config_help(cls: type) -> dict[str, str]:
+    """field name -> help text."""
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _default_max_steps(max_steps: int | None, family: str) -> int | None:
+    """None -> 120 for MetaWorld (the SFT demos' limit), the suite's own for LIBERO; 0 -> the
+    env's own default."""
+    if max_steps is None:
+        return DEMO_MAX_STEPS if family == "metaworld" else None
+    if max_steps == 0:
+        return None
+    if max_steps < 0:
+        raise ValueError(f"--max-steps {max_steps}: must be >= 0 (0 = the env's default)")
+    return max_steps
+
+
+def _check_env(env: str) -> Any:
+    try:
+        return parse_env_spec(env)
+    except ValueError as exc:
+        raise ValueError(f"--env: {exc}") from None
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} {value!r}: use one of {' | '.join(choices)}")
+
+
+def _positive(name: str, value: int, minimum: int, why: str = "") -> None:
+    if value < minimum:
+        flag = "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} {value}: must be >= {minimum}" + (f" ({why})" if why else ""))
