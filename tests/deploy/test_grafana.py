@@ -261,34 +261,3 @@ def test_metric_name_extraction(promql) -> None:
     )
     with pytest.raises(ValueError, match="__unknown"):
         promql.substitute_variables("m[$__unknown]")
-
-
-def _design_md() -> Path | None:
-    for candidate in (
-        REPO_ROOT / "shared" / "DESIGN.md",
-        REPO_ROOT.parent / "shared" / "DESIGN.md",
-        REPO_ROOT / "DESIGN.md",
-        REPO_ROOT / "docs" / "DESIGN.md",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def test_metric_table_matches_design_md(promql) -> None:
-    """promql.DESIGN_METRICS is DESIGN.md section 5's list, names, labels and histograms."""
-    design = _design_md()
-    if design is None:
-        pytest.skip("DESIGN.md not found beside the checkout")
-    text = design.read_text(encoding="utf-8")
-    start = text.index("Prometheus metrics (prefix")
-    paragraph = text[start : text.index("\n\n", start)]
-    found = {}
-    for m in re.finditer(r"`(pcm_\w+)\{([\w,]+)\}`(\s*\(histogram)?", paragraph):
-        kind = "histogram" if m.group(3) else "other"
-        found[m.group(1)] = (kind, frozenset(m.group(2).split(",")))
-    expected = {
-        name: ("histogram" if kind == "histogram" else "other", labels)
-        for name, (kind, labels) in promql.DESIGN_METRICS.items()
-    }
-    assert found == expected
