@@ -59,7 +59,11 @@ class TrainConfig:
     init: str | None = opt(None, "policy checkpoint to start from (e.g. the SFT's sft.pt)")
     resume: bool = opt(False, "continue from the latest checkpoint in --out")
     steps: int = opt(60, "RL steps (each: rollout, select, selective backward, report)")
-    seed: int = opt(0, "seed of init-state draws, action sampling and a fresh policy")
+    seed: int = opt(
+        0,
+        "seed of init-state draws, action sampling and a fresh policy; -1 = derived from the "
+        "trainer id, so scaled replicas sharing a run roll out different initial states",
+    )
     # the batch
     group_size: int = opt(8, "G: rollouts per initial state (a GRPO group)")
     init_states: int = opt(4, "initial states per step (all ranks together); batch = this x G")
@@ -117,6 +121,14 @@ class TrainConfig:
                 f"--selector {self.selector!r}: use 'embedded', 'grpc://HOST:PORT' or "
                 "'http://HOST:PORT'"
             )
+        if self.trainer_id is None:
+            self.trainer_id = default_trainer_id()
+        self.trainer_id = sanitize_id(self.trainer_id)
+        if self.seed == -1:
+            self.seed = seed_from_trainer_id(self.trainer_id)
+        elif self.seed < 0:
+            raise ValueError(f"--seed {self.seed}: use a seed >= 0, or -1 to derive one from the "
+                             "trainer id")
         if self.run_id is None:
             self.run_id = f"{self.algo}-{spec.task}-s{self.seed}".replace(":", "-")[:64]
         if not RUN_ID_RE.match(self.run_id):
@@ -124,9 +136,6 @@ class TrainConfig:
                 f"--run-id {self.run_id!r}: use 1-64 letters, digits or ._- (starting with a "
                 "letter or digit)"
             )
-        if self.trainer_id is None:
-            self.trainer_id = default_trainer_id()
-        self.trainer_id = sanitize_id(self.trainer_id)
         if self.token is None:
             self.token = os.environ.get("PCM_AUTH_TOKEN") or None
         self.max_steps = _default_max_steps(self.max_steps, spec.family)
@@ -270,6 +279,14 @@ class EvalConfig:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def seed_from_trainer_id(trainer_id: str) -> int:
+    """A stable seed in [0, 2**31) from a trainer id (the same id gives the same seed)."""
+    import hashlib
+
+    digest = hashlib.blake2b(trainer_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def default_trainer_id() -> str:
