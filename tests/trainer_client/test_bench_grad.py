@@ -21,6 +21,7 @@ TINY = PolicyConfig.preset("tiny")
 
 
 def test_grad_bench_structure_and_ratios():
+    threads = torch.get_num_threads()
     result = run_grad_bench(
         keep_fractions=(0.2, 0.5),
         num_trajectories=4,
@@ -29,7 +30,10 @@ def test_grad_bench_structure_and_ratios():
         rows_micro_batch=4,
         repeats=1,
         policy_config=TINY,
+        threads=1,
     )
+    assert torch.get_num_threads() == threads  # restored
+    assert result["torch_threads"] == 1
     json.dumps(result)  # JSON-serialisable as is
     assert result["model"]["params"] == VLAPolicy(TINY).num_params()
     assert result["batch"]["rows"] == 40 and result["batch"]["trajectories"] == 4
@@ -40,6 +44,7 @@ def test_grad_bench_structure_and_ratios():
         assert [r["keep_fraction"] for r in result[key]] == [0.2, 0.5]
         for r in result[key]:
             assert r["update_time_ratio"] > 0 and r["activation_memory_ratio"] > 0
+            assert r["update_cpu_time_ratio"] > 0 and r["update_s_min"] <= r["update_s"]
     traj_02 = result["results"][0]
     assert traj_02["kept_rows"] == 8 and traj_02["micro_batches"] == 4
     # one trajectory per micro-batch: the peak follows the kept rows per trajectory (2 of 10)

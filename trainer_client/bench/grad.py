@@ -190,19 +190,50 @@ def run_grad_bench(
     policy_config: PolicyConfig | None = None,
     grpo_config: GRPOConfig | None = None,
     seed: int = 0,
+    threads: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Full GRPO vs PCM on one batch, for micro-batching 'trajectory' (results) and
     'rows:{rows_micro_batch}' (results_rows). Ratios: update_time_ratio = grpo / pcm time,
     activation_memory_ratio = pcm / grpo bytes. images=True uses LIBERO-like observations
     (LIBERO_POLICY: two 128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row);
-    policy_config overrides both."""
+    policy_config overrides both. threads: torch intra-op threads for the run (None: as set)."""
     if repeats < 1 or not keep_fractions or not all(0 < f <= 1 for f in keep_fractions):
         raise ValueError("need repeats >= 1 and keep fractions in (0, 1]")
-    say = log or (lambda _msg: None)
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(
+            keep_fractions,
+            num_trajectories,
+            num_chunks,
+            group_size,
+            rows_micro_batch,
+            repeats,
+            policy_config or (LIBERO_POLICY if images else PolicyConfig()),
+            grpo_config or GRPOConfig(),
+            seed,
+            log or (lambda _msg: None),
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure(
+    keep_fractions: Sequence[float],
+    num_trajectories: int,
+    num_chunks: int,
+    group_size: int,
+    rows_micro_batch: int,
+    repeats: int,
+    policy_config: PolicyConfig,
+    base_cfg: GRPOConfig,
+    seed: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     torch.manual_seed(seed)
-    policy = VLAPolicy(policy_config or (LIBERO_POLICY if images else PolicyConfig()))
-    base_cfg = grpo_config or GRPOConfig()
+    policy = VLAPolicy(policy_config)
     optimizer = make_optimizer(policy, base_cfg)
     say(f"policy {policy.num_params() / 1e6:.2f} M params; building the synthetic batch")
     trajectories = synthetic_batch(policy, num_trajectories, num_chunks, group_size, seed=seed)
@@ -307,6 +338,7 @@ def _summarise(runs: list[dict[str, Any]], activation_bytes: int) -> dict[str, A
 
     return {
         "update_s": med("update_s"),
+        "update_s_min": min(r["update_s"] for r in runs),
         "forward_backward_s": med("forward_backward_s"),
         "optimizer_s": med("optimizer_s"),
         "update_cpu_s": med("cpu_s"),
