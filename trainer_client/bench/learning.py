@@ -55,6 +55,7 @@ def run_learning_bench(
     env: str = DEMO_ENV,
     algos: Sequence[str] = ALGOS,
     max_seeds: int = 3,
+    first_seed: int = 0,
     steps: int = 30,
     budget_s: float = 1500.0,
     init_states: int = 4,
@@ -102,7 +103,7 @@ def run_learning_bench(
 
     runs: list[dict[str, Any]] = []
     seeds_run = 0
-    for seed in range(max_seeds):
+    for seed in range(first_seed, first_seed + max_seeds):
         t_round = time.perf_counter()
         for algo in algos:
             cfg = TrainConfig(
@@ -209,6 +210,19 @@ def _run_record(
         ],
         "summary": summarize(rows, cfg),
     }
+
+
+def merge_results(results: Sequence[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """Combine the runs of several `run_learning_bench` results (e.g. seeds run as separate jobs
+    with --first-seed) into one result; writes path (JSON) and its PNG beside it."""
+    merged = dict(results[0])
+    merged["runs"] = [run for r in results for run in r["runs"]]
+    merged["seeds_run"] = len({run["seed"] for run in merged["runs"]})
+    merged["elapsed_s"] = sum(r["elapsed_s"] for r in results)
+    merged["algos"] = aggregate(merged["runs"])
+    merged["plot"] = str(plot_learning(merged, path.with_suffix(".png")))
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,6 +378,7 @@ def learning_command(
     env: Annotated[str, typer.Option(help="metaworld:TASK")] = DEMO_ENV,
     steps: Annotated[int, typer.Option(min=1, help="RL steps per run")] = 30,
     max_seeds: Annotated[int, typer.Option(min=1, help="seeds at most (budget permitting)")] = 3,
+    first_seed: Annotated[int, typer.Option(min=0, help="the first seed (0, 1, ...)")] = 0,
     budget_s: Annotated[float, typer.Option(min=1, help="time budget of the whole job (s)")] = (
         1500.0
     ),
@@ -372,6 +387,9 @@ def learning_command(
     keep_fraction: Annotated[float, typer.Option(help="pcm / random keep fraction")] = 0.2,
     eval_every: Annotated[int, typer.Option(min=0, help="held-out evaluation every N steps")] = 10,
     eval_episodes: Annotated[int, typer.Option(min=1, help="episodes per evaluation")] = 32,
+    lr: Annotated[
+        float | None, typer.Option(help="network learning rate; default: pcm-train rl's")
+    ] = None,
 ) -> None:
     """Success vs wall-clock and vs step for grpo, pcm and random from one SFT checkpoint."""
     result = run_learning_bench(
@@ -379,6 +397,7 @@ def learning_command(
         init=init,
         env=env,
         max_seeds=max_seeds,
+        first_seed=first_seed,
         steps=steps,
         budget_s=budget_s,
         init_states=init_states,
@@ -386,6 +405,7 @@ def learning_command(
         keep_fraction=keep_fraction,
         eval_every=eval_every,
         eval_episodes=eval_episodes,
+        rl_overrides={"lr": lr} if lr is not None else None,
     )
     print_table(result)
     if json_path is not None:

@@ -85,7 +85,11 @@ class TrainConfig:
         None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
     )
     # the update
-    lr: float = opt(1e-5, "AdamW learning rate of the network")
+    lr: float = opt(
+        3e-6,
+        "AdamW learning rate of the network (base trunk: pcm/random diverged at 1e-5, see "
+        "docs/BENCHMARKS.md; the demo's compact trunk uses 3e-5)",
+    )
     log_std_lr: float = opt(
         1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
     )
@@ -127,8 +131,9 @@ class TrainConfig:
         if self.seed == -1:
             self.seed = seed_from_trainer_id(self.trainer_id)
         elif self.seed < 0:
-            raise ValueError(f"--seed {self.seed}: use a seed >= 0, or -1 to derive one from the "
-                             "trainer id")
+            raise ValueError(
+                f"--seed {self.seed}: use a seed >= 0, or -1 to derive one from the trainer id"
+            )
         if self.run_id is None:
             self.run_id = f"{self.algo}-{spec.task}-s{self.seed}".replace(":", "-")[:64]
         if not RUN_ID_RE.match(self.run_id):

@@ -507,6 +507,7 @@ def summarize(rows: list[dict[str, Any]], cfg: TrainConfig | None = None) -> dic
     staged = totals["rollout_s"] + totals["select_s"] + totals["backward_s"]
     success = [r["success_rate"] for r in steps]
     evals = [r for r in rows if r.get("kind") == "eval"]
+    informative = sum(r["informative_chunks"] for r in steps)
     return {
         "algo": cfg.algo if cfg else None,
         "env": cfg.env if cfg else None,
@@ -519,7 +520,10 @@ def summarize(rows: list[dict[str, Any]], cfg: TrainConfig | None = None) -> dic
             "select": totals["select_s"] / staged,
             "backward": totals["backward_s"] / staged,
         },
-        "kept_fraction": float(np.mean([r["kept_fraction"] for r in steps])),
+        # kept chunks / chunks of informative trajectories, over the whole run
+        "kept_fraction": (
+            sum(r["kept_chunks"] for r in steps) / informative if informative else 0.0
+        ),
         "success_first10": float(np.mean(success[:10])),
         "success_last10": float(np.mean(success[-10:])),
         "success_mean": float(np.mean(success)),

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer_client.train.conftest import MAX_STEPS, TASK
-from trainer_client.bench.learning import print_table, run_learning_bench
+from trainer_client.bench.learning import merge_results, print_table, run_learning_bench
 
 
 def test_learning_bench_writes_figures_and_plot(sft_checkpoint: Path, tmp_path: Path) -> None:
@@ -41,3 +41,8 @@ def test_learning_bench_writes_figures_and_plot(sft_checkpoint: Path, tmp_path: 
     assert saved["algos"].keys() == result["algos"].keys()
     assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
     print_table(result)
+
+    # seeds run as separate jobs merge into one result
+    merged = merge_results([result, result], tmp_path / "merged.json")
+    assert len(merged["runs"]) == 6 and merged["algos"]["pcm"]["runs"] == 2
+    assert (tmp_path / "merged.png").is_file()
