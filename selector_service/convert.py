@@ -36,7 +36,7 @@ from selector_service.models import (
 from selector_service.service import invalid_from_validation
 
 _CONFIG_FIELDS = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim",
-                  "mode")
+                  "mode", "score", "budget")
 DEFAULT_TRAINER = "trainer"
 
 # ---------------------------------------------------------------------------------------------

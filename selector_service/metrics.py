@@ -26,6 +26,8 @@ Semantics:
   accepted outcome report (stage rollout|select|backward from its timings). At most
   `max_trainers_per_run` trainer label values per run; later trainers count as "other".
 - `pcm_store_errors_total{op}`: store operations that failed (op: the PhaseStore method).
+- `pcm_run_config_info{run,mode,score,weighting}`: 1 for the configuration the run's last
+  committed selection used (which phase score and loss weighting it runs); one series per run.
 
 Deleting a run removes every series labelled with it.
 """
@@ -95,8 +97,12 @@ class Metrics:
             "pcm_keep_probability", "Phase keep weight w_tp after the last selection.",
             ["run", "task", "phase"], registry=r)
         self.phase_score = Gauge(
-            "pcm_phase_score", "Online phase score s_tp (EMA of success-failure variance).",
+            "pcm_phase_score", "Online phase score s_tp (EMA of the run's score: learning "
+            "signal or success-failure action variance).",
             ["run", "task", "phase"], registry=r)
+        self.run_config = Gauge(
+            "pcm_run_config_info", "1 for the mode, phase score and weighting of the run's last "
+            "selection.", ["run", "mode", "score", "weighting"], registry=r)
         self.selection_rate = Gauge(
             "pcm_selection_rate", "kept_chunks / total_chunks of the run's last selection.",
             ["run"], registry=r)
@@ -120,6 +126,7 @@ class Metrics:
         # run -> [(metric, label values)] of every series labelled with the run
         self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}
         self._trainers: dict[str, set[str]] = {}
+        self._run_config: dict[str, tuple[str, str, str]] = {}
         for transport in TRANSPORTS:
             self.select_latency.labels(transport)
             self.select_requests.labels(transport, "OK")
@@ -167,6 +174,15 @@ class Metrics:
                 self._child(run, self.selection_rate, run).set(
                     event.kept_chunks / event.total_chunks)
             self._child(run, self.skipped_trajectories, run).inc(event.skipped_trajectories)
+            config = (event.mode, event.score, event.weighting)
+            previous = self._run_config.get(run)
+            if previous != config:
+                if previous is not None:
+                    with contextlib.suppress(KeyError):
+                        self.run_config.remove(run, *previous)
+                    self._series[run].discard((self.run_config, (run, *previous)))
+                self._run_config[run] = config
+                self._child(run, self.run_config, run, *config).set(1)
 
     def on_report(self, run_id: str, report: OutcomeReport, accepted: bool) -> None:
         run = run_id
@@ -189,6 +205,7 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     metric.remove(*labels)
             self._trainers.pop(run_id, None)
+            self._run_config.pop(run_id, None)
 
     # -- helpers (call with the lock held) ----------------------------------------------------
 

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from selector_service.core.config import MAX_FEATURE_DIM, MAX_PHASES
+from selector_service.core.config import MAX_BUDGET, MAX_FEATURE_DIM, MAX_PHASES
 
 # Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
 # 512 trajectories x 64 chunks x D 56 (DESIGN.md section 8).
@@ -124,10 +124,16 @@ class RunConfigBody(_Model):
     keep_fraction: float | None = Field(None, gt=0, le=1, description="f, default 0.2")
     eps: float | None = Field(None, ge=0, le=1, description="exploration mix, default 0.1")
     eta: float | None = Field(None, gt=0, le=1, description="EMA rate, default 0.1")
-    weighting: Literal["ht", "none"] | None = Field(None, description="default ht")
+    weighting: Literal["mean", "ht", "none"] | None = Field(
+        None, description="mean (default: loss averaged over kept chunks) | ht (1/pi) | none")
     seed: int | None = Field(None, ge=0, lt=2**63, description="default 0")
     feature_dim: int | None = Field(None, ge=1, le=MAX_FEATURE_DIM, description="D, default 56")
     mode: Literal["pcm", "grpo", "random"] | None = Field(None, description="default pcm")
+    score: Literal["signal", "action"] | None = Field(
+        None, description="phase score of pcm: signal (default; features are gradient "
+                          "sketches) | action (the paper's success-failure action variance)")
+    budget: int | None = Field(None, ge=0, le=MAX_BUDGET,
+                               description="B chunks per trajectory; 0 (default) = keep_fraction")
 
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -142,6 +148,8 @@ class RunConfigOut(_Model):
     seed: int
     feature_dim: int
     mode: str
+    score: str
+    budget: int
 
 
 class TaskStateOut(_Model):

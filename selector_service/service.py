@@ -52,6 +52,9 @@ class SelectEvent:
     kept_chunks: int
     total_chunks: int
     skipped_trajectories: int
+    mode: str = "pcm"
+    score: str = "signal"
+    weighting: str = "mean"
 
 
 class ServiceObserver(Protocol):
@@ -179,7 +182,7 @@ class SelectorService:
             if result.status is CommitStatus.COMMITTED:
                 if self.observer is not None:
                     self.observer.on_select(_select_event(run_id, req.trainer_id, batch, sel,
-                                                          config.phases))
+                                                          config))
                 return answer
             if result.status is CommitStatus.REPLAY:
                 assert result.answer is not None
@@ -227,7 +230,8 @@ class SelectorService:
 
 
 def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
-                  num_phases: int) -> SelectEvent:
+                  config: RunConfig) -> SelectEvent:
+    num_phases = config.phases
     task_of_chunk = batch.task_index[batch.traj_of_chunk]
     cell = task_of_chunk * num_phases + batch.phase
     size = len(batch.task_ids) * num_phases
@@ -240,7 +244,8 @@ def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
         keep_probs={t: w.tolist() for t, w in sel.keep_probs.items()},
         scores={t: _scores_out(s.scores) for t, s in sel.new_states.items()},
         kept_chunks=sel.kept_chunks, total_chunks=sel.total_chunks,
-        skipped_trajectories=sel.skipped_trajectories)
+        skipped_trajectories=sel.skipped_trajectories, mode=config.mode, score=config.score,
+        weighting=config.weighting)
 
 
 def _scores_out(scores: np.ndarray) -> list[float | None]:

@@ -9,18 +9,22 @@ observation o_ic, actions a_ic (K x A) and the rollout log-prob logp_old_ic.
 
 Only *informative* trajectories (their group's outcomes are not all equal; A_i != 0) take part;
 the others have zero advantage, the selector gives them all-false masks, and they cost nothing.
-With kept-chunk masks m_ic and weights w_ic (Horvitz-Thompson 1/pi_ic, or 1), the loss is
+With kept-chunk masks m_ic and weights w_ic (1, or Horvitz-Thompson 1/pi_ic), the loss is
 
-    aggregation "chunk" (DESIGN.md, default):
-        L = sum_{i inf} sum_{c kept} w_ic l_ic / N_chunks        N_chunks = sum_{i inf} C_i
-    aggregation "trajectory" (SimpleVLA-RL: chunk-mean in a trajectory, mean over trajectories):
-        L = (1 / N_traj) sum_{i inf} (1 / C_i) sum_{c kept} w_ic l_ic
+    loss_denominator "kept" (the selector's `mean` weighting, the paper's and veRL's masked mean):
+        aggregation "chunk":       L = sum_{i inf} sum_{c kept} w_ic l_ic / R       R kept chunks
+        aggregation "trajectory":  L = (1 / N_traj) sum_{i inf} (1 / k_i) sum_{c kept} w_ic l_ic
+    loss_denominator "full" (weightings `ht` and `none`):
+        aggregation "chunk":       L = sum_{i inf} sum_{c kept} w_ic l_ic / N_chunks,
+                                   N_chunks = sum_{i inf} C_i
+        aggregation "trajectory" (SimpleVLA-RL: chunk-mean in a trajectory, mean over
+        trajectories):             L = (1 / N_traj) sum_{i inf} (1 / C_i) sum_{c kept} w_ic l_ic
 
-Both divide by what the *full* loss divides by (C_i, not the kept count), so under HT weights
-E[L_masked] = L_full for either aggregation; with all masks true and w = 1 they are exactly the
-full GRPO losses. Both are linear in l_ic, L = sum_r coef_r l_r over kept rows r, which makes the
-selective backward exact under any micro-batching: each micro-batch backpropagates
-sum_{r in mb} coef_r l_r and the accumulated gradient is dL/dtheta.
+"full" divides by what the *full* loss divides by, so under HT weights E[L_masked] = L_full;
+"kept" is the biased masked mean, lower in variance. With all masks true and w = 1 every variant
+is exactly the full GRPO loss. All are linear in l_ic, L = sum_r coef_r l_r over kept rows r,
+which makes the selective backward exact under any micro-batching: each micro-batch
+backpropagates sum_{r in mb} coef_r l_r and the accumulated gradient is dL/dtheta.
 
 The saving is real because only kept chunks are ever gathered, forwarded and backpropagated.
 """
@@ -39,6 +43,7 @@ from torch import Tensor, nn
 from trainer_client.types import Trajectory
 
 AGGREGATIONS = ("chunk", "trajectory")
+DENOMINATORS = ("kept", "full")
 
 
 @dataclass
@@ -58,6 +63,14 @@ class GRPOConfig:
             "help": "'chunk': sum of w*l over kept chunks / number of chunks of informative "
             "trajectories (DESIGN.md); 'trajectory': per-trajectory sum of w*l / C_i, then mean "
             "over informative trajectories (SimpleVLA-RL)"
+        },
+    )
+    loss_denominator: str = field(
+        default="kept",
+        metadata={
+            "help": "'kept': the loss is averaged over the kept chunks (the selector's `mean` "
+            "weighting, the paper's); 'full': divided by the chunks of informative trajectories "
+            "(weightings `ht`, `none`); the same for full GRPO"
         },
     )
     micro_batch: str = field(
@@ -91,6 +104,11 @@ class GRPOConfig:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"aggregation={self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
+            )
+        if self.loss_denominator not in DENOMINATORS:
+            raise ValueError(
+                f"loss_denominator={self.loss_denominator!r}: use one of {', '.join(DENOMINATORS)}"
+                " ('kept' for the selector weighting 'mean', 'full' for 'ht' and 'none')"
             )
         micro_batch_rows(self.micro_batch)  # validates
         if self.lr <= 0:
@@ -207,9 +225,11 @@ def plan_kept_rows(
     masks: Sequence[np.ndarray] | None = None,
     weights: Sequence[np.ndarray] | None = None,
     aggregation: str = "chunk",
+    denominator: str = "full",
 ) -> KeptRows:
     """masks: per trajectory bool (C_i,) (None = all chunks: full GRPO); weights: per trajectory
-    float (C_i,) (None = 1). Rows of non-informative trajectories are dropped (A_i = 0)."""
+    float (C_i,) (None = 1). Rows of non-informative trajectories are dropped (A_i = 0).
+    denominator: "full" (divide by the full loss's counts) or "kept" (by the kept counts)."""
     n = len(trajectories)
     num_chunks = np.array([t.num_chunks for t in trajectories], dtype=np.int64)  # (N,)
     if masks is None:
@@ -224,13 +244,18 @@ def plan_kept_rows(
     informative = informative_trajectories(advantages)  # (N,)
     total_rows = int(num_chunks[informative].sum())
     num_informative = int(informative.sum())
-    # L = sum coef * l with coef = w / denom: "chunk" divides by all informative chunks,
-    # "trajectory" by C_i and the number of informative trajectories; never by the kept count,
-    # so that HT-weighted masked losses stay unbiased
+    if denominator == "full":
+        counts = num_chunks  # (N,) C_i: the full loss's counts (HT stays unbiased)
+    elif denominator == "kept":
+        counts = np.array([int(np.count_nonzero(m)) for m in masks], dtype=np.int64)  # (N,) k_i
+    else:
+        raise ValueError(f"denominator={denominator!r}: use one of {', '.join(DENOMINATORS)}")
+    # L = sum coef * l with coef = w / denom: "chunk" divides by the informative trajectories'
+    # (kept or all) chunks, "trajectory" by each one's count and the number of them
     if aggregation == "chunk":
-        denom = np.full(n, total_rows, dtype=np.float64)  # (N,)
+        denom = np.full(n, max(int(counts[informative].sum()), 1), dtype=np.float64)  # (N,)
     elif aggregation == "trajectory":
-        denom = (num_chunks * num_informative).astype(np.float64)  # (N,)
+        denom = (np.maximum(counts, 1) * num_informative).astype(np.float64)  # (N,)
     else:
         raise ValueError(f"aggregation={aggregation!r}: use one of {', '.join(AGGREGATIONS)}")
 
@@ -347,7 +372,9 @@ def selective_backward(
         )
     if cfg.kl_coef > 0 and ref_policy is None:
         raise ValueError("kl_coef > 0 needs ref_policy (the frozen reference policy)")
-    rows = plan_kept_rows(trajectories, advantages, masks, weights, cfg.aggregation)
+    rows = plan_kept_rows(
+        trajectories, advantages, masks, weights, cfg.aggregation, cfg.loss_denominator
+    )
     batches = split_micro_batches(rows, cfg.micro_batch)
     obs_keys = getattr(policy, "obs_keys", None)
 

@@ -281,15 +281,49 @@ class VLAPolicy(nn.Module):
             logp.float().cpu().numpy(),
         )
 
+    @torch.no_grad()
+    def act_with_head_grad(
+        self, obs: dict[str, np.ndarray], instructions: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sampled `act` plus each chunk's action-head gradient of log pi, from the activations
+        the query computes anyway (no backward pass). The head is mu_k = W h_k + b, so with
+        a_k = mu_k + sigma_k z_k:
+
+            d log pi / dW = sum_k (z_k / sigma_k) outer h_k       (A, d)
+            d log pi / db = sum_k  z_k / sigma_k                  (A,)
+
+        Returns actions (B, K, A), log-probs (B,) and the gradient [dW | db] flattened to
+        (B, A * (d + 1)), all float32."""
+        mean, log_std, h = self._heads(obs, instructions)  # (B, K, A), (K, A), (B, K, d)
+        noise = torch.randn(
+            mean.shape, generator=self._generator, dtype=mean.dtype, device=mean.device
+        )  # z (B, K, A)
+        actions = (mean + log_std.exp() * noise).float().to(mean.dtype)
+        logp = gaussian_log_prob(actions, mean, log_std)  # (B,)
+        u = (actions - mean) * torch.exp(-2.0 * log_std)  # z / sigma = d log pi / d mu (B, K, A)
+        grad_w = torch.einsum("bka,bkd->bad", u, h)  # (B, A, d)
+        grad = torch.cat([grad_w, u.sum(dim=1, keepdim=True).transpose(1, 2)], dim=2)
+        return (
+            actions.float().cpu().numpy(),
+            logp.float().cpu().numpy(),
+            grad.flatten(1).float().cpu().numpy(),  # (B, A * (d + 1))
+        )
+
     # ---- differentiable API ---------------------------------------------------------------
 
     def forward(self, obs: ObsBatch, instructions: list[str]) -> tuple[Tensor, Tensor]:
         """Returns the Gaussian mean (B, K, A) and the clamped log-std (K, A)."""
-        tokens, pad = self.encode(obs, instructions)  # (B, L, d), (B, L) or None
-        h = self.trunk(tokens, src_key_padding_mask=pad)  # (B, L, d)
-        mean = self.action_head(h[:, -self.config.chunk_size :])  # (B, K, A)
-        log_std = self.log_std.clamp(self.config.min_log_std, self.config.max_log_std)
+        mean, log_std, _ = self._heads(obs, instructions)
         return mean, log_std
+
+    def _heads(self, obs: ObsBatch, instructions: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean (B, K, A), clamped log-std (K, A) and the action-query activations entering the
+        head, h (B, K, d)."""
+        tokens, pad = self.encode(obs, instructions)  # (B, L, d), (B, L) or None
+        h = self.trunk(tokens, src_key_padding_mask=pad)[:, -self.config.chunk_size :]  # (B,K,d)
+        mean = self.action_head(h)  # (B, K, A)
+        log_std = self.log_std.clamp(self.config.min_log_std, self.config.max_log_std)
+        return mean, log_std, h
 
     def log_prob(
         self, obs: ObsBatch, instructions: list[str], actions: np.ndarray | Tensor

@@ -252,6 +252,7 @@ class _Episode:
     obs: list[dict[str, np.ndarray]] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
     logp: list[float] = field(default_factory=list)
+    head_grad: list[np.ndarray] = field(default_factory=list)
     gripper: list[np.ndarray] = field(default_factory=list)
     env_phase: list[int | None] = field(default_factory=list)
     reward: float = 0.0
@@ -322,6 +323,7 @@ class RolloutCollector:
         seed: int | None = None,
         step: int | None = None,
         deterministic: bool = False,
+        head_grads: bool = False,
     ) -> list[Trajectory]:
         """Roll out `group_size` episodes from each initial state.
 
@@ -329,7 +331,9 @@ class RolloutCollector:
         sharing group_id "{task_id}/init{i}/step{step}" (step defaults to this collector's call
         count). seed, if given, seeds torch's and numpy's global RNGs first (the policy's
         sampling). segmenter: a name for `make_segmenter` (the gripper segmenter gets the env's
-        gripper threshold) or a ready `Segmenter`.
+        gripper threshold) or a ready `Segmenter`. head_grads: also record each chunk's
+        action-head gradient of log pi (`VLAPolicy.act_with_head_grad`; the `signal` phase
+        score's input) in `Trajectory.head_grad`.
         """
         t_start = time.perf_counter()
         init_list = [int(i) for i in init_states]
@@ -342,6 +346,9 @@ class RolloutCollector:
         k = int(policy.chunk_size)
         if chunk_size is not None and int(chunk_size) != k:
             raise ValueError(f"chunk_size {chunk_size} != policy.chunk_size {k}")
+        if head_grads and (deterministic or not hasattr(policy, "act_with_head_grad")):
+            raise ValueError("head_grads needs sampled actions from a policy with "
+                             "act_with_head_grad (e.g. VLAPolicy)")
         if seed is not None:
             _seed_global_rngs(seed)
         step_tag = self._calls if step is None else int(step)
@@ -396,9 +403,14 @@ class RolloutCollector:
                 key: np.stack([current[s].obs[key] for s in slots]) for key in info.obs_keys
             }
             t = time.perf_counter()
-            actions, logp = policy.act(
-                obs_batch, [info.instruction] * len(slots), deterministic=deterministic
-            )
+            instructions = [info.instruction] * len(slots)
+            head_grad = None
+            if head_grads:
+                actions, logp, head_grad = policy.act_with_head_grad(  # type: ignore[attr-defined]
+                    obs_batch, instructions
+                )
+            else:
+                actions, logp = policy.act(obs_batch, instructions, deterministic=deterministic)
             stats.policy_s += time.perf_counter() - t
             actions = np.asarray(actions, dtype=np.float32)
             logp = np.asarray(logp, dtype=np.float32)
@@ -414,6 +426,8 @@ class RolloutCollector:
                 ep.env_phase.append(current[slot].env_phase)
                 ep.actions.append(actions[i])
                 ep.logp.append(float(logp[i]))
+                if head_grad is not None:
+                    ep.head_grad.append(head_grad[i])
                 ops.append((slot, "step", actions[i]))
             t = time.perf_counter()
             results = self._bank.run(ops)
@@ -499,6 +513,7 @@ def _to_trajectory(
         num_steps=int(ep.num_steps),
         gripper=gripper,
         env_phase_ids=env_phase,
+        head_grad=np.stack(ep.head_grad).astype(np.float32) if ep.head_grad else None,
         info={
             "init_state": float(ep.init_state),
             "return": float(ep.reward),
@@ -523,6 +538,7 @@ def collect_groups(
     *,
     step: int | None = None,
     deterministic: bool = False,
+    head_grads: bool = False,
     num_envs: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
     collector: RolloutCollector | None = None,
@@ -547,6 +563,7 @@ def collect_groups(
             seed=seed,
             step=step,
             deterministic=deterministic,
+            head_grads=head_grads,
         )
     with RolloutCollector(
         env_spec,
@@ -565,4 +582,5 @@ def collect_groups(
             seed=seed,
             step=step,
             deterministic=deterministic,
+            head_grads=head_grads,
         )

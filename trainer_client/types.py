@@ -37,6 +37,9 @@ class Trajectory:
     num_steps: int  # env steps executed
     gripper: np.ndarray | None = None  # float32 (C, K): gripper command per action, if any
     env_phase_ids: np.ndarray | None = None  # int64 (C,): phases the env itself provides
+    # float32 (C, A * (d + 1)): d log pi / d (action head) per chunk, recorded at rollout time
+    # when asked for (the `signal` phase score's input; see VLAPolicy.act_with_head_grad)
+    head_grad: np.ndarray | None = None
     info: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -1,7 +1,7 @@
 """The PCM algorithm (DESIGN.md section 3): pure NumPy, no I/O, no globals."""
 
 from selector_service.core.batch import ChunkBatch
-from selector_service.core.config import MODES, WEIGHTINGS, RunConfig
+from selector_service.core.config import MODES, SCORES, WEIGHTINGS, RunConfig
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.select import (
     Selection,
@@ -16,6 +16,7 @@ from selector_service.core.weights import keep_weights, update_scores
 
 __all__ = [
     "MODES",
+    "SCORES",
     "WEIGHTINGS",
     "ChunkBatch",
     "RunConfig",

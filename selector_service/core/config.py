@@ -9,9 +9,11 @@ from typing import Any
 from selector_service.errors import InvalidArgument
 
 MODES = ("pcm", "grpo", "random")
-WEIGHTINGS = ("ht", "none")
+WEIGHTINGS = ("mean", "ht", "none")
+SCORES = ("action", "signal")
 MAX_PHASES = 64
 MAX_FEATURE_DIM = 4096
+MAX_BUDGET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,23 @@ class RunConfig:
     """Exploration mix: each phase keeps at least eps / P of the budget weight."""
     eta: float = 0.1
     """EMA rate of the online phase scores."""
-    weighting: str = "ht"
-    """`ht`: kept chunks weighted 1/pi (Horvitz-Thompson, unbiased); `none`: weight 1."""
+    weighting: str = "mean"
+    """`mean` (the paper's): weight 1, the loss averaged over the kept chunks; `ht`: kept chunks
+    weighted 1/pi (Horvitz-Thompson, unbiased for the full loss); `none`: weight 1, the full
+    loss's denominator."""
     seed: int = 0
     """Run seed; selection is deterministic given (seed, request_id) and the stored state."""
     feature_dim: int = 56
     """D: length of every chunk's action feature vector (e.g. K actions x A dims)."""
     mode: str = "pcm"
     """`pcm` (phase-weighted), `grpo` (keep every chunk) or `random` (same budget, uniform)."""
+    score: str = "signal"
+    """Phase score of `pcm`: `signal` (learning signal from the advantage-weighted action-head
+    gradient sketches sent as features) or `action` (the paper's success-failure action
+    variance of the features)."""
+    budget: int = 0
+    """B: a fixed number of chunks per trajectory (k_i = min(B, C_i)) instead of the keep
+    fraction (the paper: B = 12 of ~64 chunks); 0 uses keep_fraction."""
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, message: str) -> None:
@@ -56,6 +67,10 @@ class RunConfig:
               "feature_dim",
               f"must be an integer in [1, {MAX_FEATURE_DIM}], got {self.feature_dim!r}")
         check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check(self.score in SCORES, "score", f"must be one of {SCORES}, got {self.score!r}")
+        check(_is_int(self.budget) and 0 <= self.budget <= MAX_BUDGET, "budget",
+              f"must be an integer in [0, {MAX_BUDGET}] (chunks per trajectory; 0 = use "
+              f"keep_fraction), got {self.budget!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ import numpy as np
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.config import RunConfig, check_keep_fraction
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
+from selector_service.core.signal import group_phase_sums, signal_scores
 from selector_service.core.state import TaskState
 from selector_service.core.variance import informative_trajectories, success_failure_variance
 from selector_service.core.weights import keep_weights, update_scores
@@ -49,9 +50,7 @@ def select_chunks(
 ) -> Selection:
     num_phases = config.phases
     num_tasks = len(batch.task_ids)
-    f = config.keep_fraction if keep_fraction is None else check_keep_fraction(keep_fraction)
-    if config.mode == "grpo":
-        f = 1.0
+    f = _fraction(config, keep_fraction)
     rng = request_rng(config.seed, request_id)
 
     task_of_chunk = batch.task_index[batch.traj_of_chunk]  # (M,)
@@ -61,19 +60,41 @@ def select_chunks(
     informative = informative_trajectories(batch.group_index, batch.success)  # (N,)
     informative_chunk = informative[batch.traj_of_chunk]  # (M,)
 
-    # 2. Success-failure action variance per (task, phase), from the informative chunks.
-    v, observed = success_failure_variance(
-        task_of_chunk, batch.phase, batch.success[batch.traj_of_chunk], batch.features,
-        informative_chunk, num_tasks, num_phases)  # (T, P), (T, P)
+    # 2. Phase scores from the informative chunks: the success-failure action variance
+    #    (`action`, the paper's) or the learning signal of the gradient sketches (`signal`).
+    signal_ref = None
+    if config.score == "action":
+        v, observed = success_failure_variance(
+            task_of_chunk, batch.phase, batch.success[batch.traj_of_chunk], batch.features,
+            informative_chunk, num_tasks, num_phases)  # (T, P), (T, P)
+    elif config.score == "signal":
+        num_groups = int(batch.group_index.max()) + 1
+        group_of_chunk = batch.group_index[batch.traj_of_chunk]  # (M,)
+        task_of_group = np.zeros(num_groups, dtype=np.int64)
+        task_of_group[batch.group_index] = batch.task_index  # a group belongs to one task
+        sums, phase_counts = group_phase_sums(task_of_chunk, group_of_chunk, batch.phase,
+                                        batch.features, informative_chunk, num_groups,
+                                        num_phases)  # (G, P, D), (G, P)
+        reference = np.stack([_signal_ref_for(states, t, num_phases, config.feature_dim)
+                              for t in batch.task_ids])  # (T, P, D)
+        v, observed, signal_ref = signal_scores(task_of_group, sums, phase_counts, reference,
+                                                num_tasks, config.eta)
+    else:
+        raise ValueError(f"unknown score {config.score!r}")
 
-    # 3. Online phase scores (EMA) and phase keep weights w_tp.
-    scores = update_scores(prior, v, observed, config.eta)  # (T, P)
+    # 3. Online phase scores (EMA; bias-corrected for `signal`) and phase keep weights w_tp.
+    counts: np.ndarray | None = None
+    if config.score == "signal":
+        counts = np.stack([_state_for(states, t, num_phases).observations
+                           for t in batch.task_ids])  # (T, P)
+    scores = update_scores(prior, v, observed, config.eta, counts)  # (T, P)
     w = keep_weights(scores, config.eps)  # (T, P), rows sum to 1
 
     # 4-5. Fixed-budget sampling with the phase keep weights, and the loss weights.
     mask, weight, pi = sample_chunks(config, batch, w, informative, rng, f)
 
-    new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases)
+    new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases,
+                              signal_ref)
     return Selection(
         mask=mask,
         weight=weight,
@@ -93,15 +114,18 @@ def sample_chunks(
     w: np.ndarray,  # (T, P) phase keep weights, rows sum to 1, rows in batch.task_ids order
     informative: np.ndarray,  # bool (N,)
     rng: np.random.Generator,
-    f: float,
+    f: float | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps 4-5: mask (M,) bool, weight (M,) float64 and inclusion probabilities pi (M,)."""
+    """Steps 4-5: mask (M,) bool, weight (M,) float64 and inclusion probabilities pi (M,).
+    f: the keep fraction, or None for the run's fixed budget B chunks per trajectory."""
     num_phases = config.phases
     task_of_chunk = batch.task_index[batch.traj_of_chunk]  # (M,)
     informative_chunk = informative[batch.traj_of_chunk]  # (M,)
     # 4. Fixed-budget sampling: k_i chunks per informative trajectory, chunk weights
     #    q_ic = w_{t_i, phi_ic} / n_i(phi_ic) (the phase's weight shared among its chunks).
-    k = np.where(informative, budgets(batch.lengths, f), 0)  # (N,)
+    # (N,): the fixed budget B, or round(f C_i)
+    k_all = np.minimum(config.budget, batch.lengths) if f is None else budgets(batch.lengths, f)
+    k = np.where(informative, k_all, 0)  # (N,)
     if config.mode == "pcm":
         n = batch.num_trajectories
         cell = batch.traj_of_chunk * num_phases + batch.phase  # (M,)
@@ -114,11 +138,13 @@ def sample_chunks(
     pi = inclusion_probabilities(q, batch.traj_of_chunk, k)  # (M,), sums to k_i per trajectory
     mask = systematic_sample(pi, batch.traj_of_chunk, k, rng) & informative_chunk
 
-    # 5. Weights: Horvitz-Thompson 1 / pi (unbiased for the full GRPO loss), or 1.
+    # 5. Weights: 1 on kept chunks (`mean`: the trainer averages the loss over them, the
+    #    paper's estimator; `none`: it divides by the full loss's count), or Horvitz-Thompson
+    #    1 / pi (`ht`: unbiased for the full GRPO loss).
     if config.weighting == "ht":
         weight = np.zeros(batch.num_chunks)
         np.divide(1.0, pi, out=weight, where=mask)
-    elif config.weighting == "none":
+    elif config.weighting in ("mean", "none"):
         weight = mask.astype(np.float64)
     else:
         raise ValueError(f"unknown weighting {config.weighting!r}")
@@ -135,9 +161,7 @@ def select_with_keep_probs(
     """Steps 1, 4 and 5 with given phase keep weights and no state update: how a client selects
     locally while the selector is unreachable (tasks without weights sample uniformly)."""
     num_phases = config.phases
-    f = config.keep_fraction if keep_fraction is None else check_keep_fraction(keep_fraction)
-    if config.mode == "grpo":
-        f = 1.0
+    f = _fraction(config, keep_fraction)
     uniform = np.full(num_phases, 1.0 / num_phases)
     w = np.stack([np.asarray(keep_probs.get(t, uniform), dtype=np.float64)
                   for t in batch.task_ids])  # (T, P)
@@ -151,6 +175,25 @@ def select_with_keep_probs(
         keep_probs={t: w[j] for j, t in enumerate(batch.task_ids)}, new_states={},
         kept_chunks=int(mask.sum()), total_chunks=batch.num_chunks,
         skipped_trajectories=int((~informative).sum()))
+
+
+def _fraction(config: RunConfig, keep_fraction: float | None) -> float | None:
+    """The keep fraction of this selection, or None for the run's fixed budget: a request's
+    keep_fraction overrides the run's budget B, which overrides the run's keep_fraction."""
+    if config.mode == "grpo":
+        return 1.0
+    if keep_fraction is not None:
+        return check_keep_fraction(keep_fraction)
+    return None if config.budget else config.keep_fraction
+
+
+def _signal_ref_for(states: Mapping[str, TaskState], task_id: str, num_phases: int,
+                    feature_dim: int) -> np.ndarray:
+    state = states.get(task_id)
+    ref = None if state is None else state.signal_ref
+    if ref is None or ref.shape != (num_phases, feature_dim):
+        return np.full((num_phases, feature_dim), np.nan)
+    return ref
 
 
 def _state_for(states: Mapping[str, TaskState], task_id: str, num_phases: int) -> TaskState:
@@ -171,6 +214,7 @@ def _next_states(
     mask: np.ndarray,  # (M,)
     informative: np.ndarray,  # (N,)
     num_phases: int,
+    signal_ref: np.ndarray | None,  # (T, P, D) or None (score `action`)
 ) -> dict[str, TaskState]:
     num_tasks = len(batch.task_ids)
     task_of_chunk = batch.task_index[batch.traj_of_chunk]
@@ -192,6 +236,7 @@ def _next_states(
             trajectories=prev.trajectories + int(trajs[j]),
             skipped_trajectories=prev.skipped_trajectories + int(skipped[j]),
             version=prev.version + 1,
+            signal_ref=prev.signal_ref if signal_ref is None else signal_ref[j].copy(),
         )
     return out
 

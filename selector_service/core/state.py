@@ -20,6 +20,9 @@ class TaskState:
     trajectories: int = 0
     skipped_trajectories: int = 0
     version: int = 0  # batches that touched this task
+    # score `signal` only: R_tp (P, D), the EMA of earlier batches' mean group phase sums
+    # (core/signal.py); NaN rows for phases without one; None until the first such batch
+    signal_ref: np.ndarray | None = None
 
     @classmethod
     def empty(cls, num_phases: int) -> TaskState:
@@ -43,6 +46,8 @@ class TaskState:
             "trajectories": self.trajectories,
             "skipped_trajectories": self.skipped_trajectories,
             "version": self.version,
+            "signal_ref": None if self.signal_ref is None else [
+                None if math.isnan(row[0]) else row.tolist() for row in self.signal_ref],
         }
 
     @classmethod
@@ -55,6 +60,7 @@ class TaskState:
             trajectories=int(data["trajectories"]),
             skipped_trajectories=int(data["skipped_trajectories"]),
             version=int(data["version"]),
+            signal_ref=_signal_ref_from(data.get("signal_ref")),
         )
 
     def equals(self, other: TaskState) -> bool:
@@ -63,4 +69,14 @@ class TaskState:
                 and np.array_equal(self.chunks_total, other.chunks_total)
                 and np.array_equal(self.chunks_kept, other.chunks_kept)
                 and (self.trajectories, self.skipped_trajectories, self.version)
-                == (other.trajectories, other.skipped_trajectories, other.version))
+                == (other.trajectories, other.skipped_trajectories, other.version)
+                and (self.signal_ref is None) == (other.signal_ref is None)
+                and (self.signal_ref is None or other.signal_ref is None
+                     or np.array_equal(self.signal_ref, other.signal_ref, equal_nan=True)))
+
+
+def _signal_ref_from(rows: list[list[float] | None] | None) -> np.ndarray | None:
+    if rows is None:
+        return None
+    dim = next((len(r) for r in rows if r is not None), 1)
+    return np.array([[np.nan] * dim if r is None else r for r in rows], dtype=np.float64)

@@ -6,23 +6,36 @@ import numpy as np
 
 
 def update_scores(scores: np.ndarray, v: np.ndarray, observed: np.ndarray,
-                  eta: float) -> np.ndarray:
+                  eta: float, observations: np.ndarray | None = None) -> np.ndarray:
     """s_tp <- (1 - eta) s_tp + eta v_tp where observed; the first observation initialises.
+
+    With `observations` (n_tp, the batches that observed (t, p) before this one) the EMA is
+    bias-corrected as Adam's moments are: m_n = (1 - eta) m_{n-1} + eta v_n from m_0 = 0 and
+    s_n = m_n / (1 - (1 - eta)^n), so early scores are plain running means (every batch
+    weighs alike) instead of leaning on the first batch (weight (1 - eta)^(n-1), 0.39 after 10
+    batches at eta 0.1). The `signal` score uses it: its per-batch estimates are noisy.
 
     scores: (..., P) with NaN for never observed; v, observed: (..., P). Returns a new array.
     """
     first = observed & np.isnan(scores)
-    ema = (1.0 - eta) * scores + eta * v
+    if observations is None:
+        ema = (1.0 - eta) * scores + eta * v
+    else:
+        decay_prev = 1.0 - (1.0 - eta) ** observations  # c_{n-1}
+        decay_new = 1.0 - (1.0 - eta) ** (observations + 1)  # c_n
+        ema = ((1.0 - eta) * scores * decay_prev + eta * v) / decay_new
     return np.where(first, v, np.where(observed, ema, scores))
 
 
 def keep_weights(scores: np.ndarray, eps: float) -> np.ndarray:
-    """w_tp = eps / P + (1 - eps) s_tp / sum_q s_tq; uniform while no score exists.
+    """w_tp = eps / P + (1 - eps) s+_tp / sum_q s+_tq with s+ = max(s, 0); uniform while no
+    positive score exists.
 
-    scores: (..., P) with NaN for unobserved phases (they count as 0). Rows sum to 1.
+    scores: (..., P) with NaN for unobserved phases (they count as 0); the `signal` score's
+    estimates can be negative (noise) and count as 0 too. Rows sum to 1.
     """
     num_phases = scores.shape[-1]
-    s = np.nan_to_num(scores, nan=0.0)
+    s = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0)
     total = s.sum(axis=-1, keepdims=True)
     uniform = np.full_like(s, 1.0 / num_phases)
     with np.errstate(invalid="ignore", divide="ignore"):

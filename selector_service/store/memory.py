@@ -29,7 +29,8 @@ class _Run:
 
 def _copy_state(state: TaskState) -> TaskState:
     return replace(state, scores=state.scores.copy(), observations=state.observations.copy(),
-                   chunks_total=state.chunks_total.copy(), chunks_kept=state.chunks_kept.copy())
+                   chunks_total=state.chunks_total.copy(), chunks_kept=state.chunks_kept.copy(),
+                   signal_ref=None if state.signal_ref is None else state.signal_ref.copy())
 
 
 class MemoryStore:

@@ -83,8 +83,10 @@ def ht_masks(seed: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return masks, weights
 
 
-def naive_loss(policy, trajectories, masks, weights, aggregation, kl_coef=0.0, ref=None):
-    """Full GRPO written out directly: ONE batch over every chunk of every trajectory."""
+def naive_loss(policy, trajectories, masks, weights, aggregation, kl_coef=0.0, ref=None,
+               denominator="full"):
+    """Full GRPO written out directly: ONE batch over every chunk of every trajectory.
+    denominator "full" divides by chunk counts, "kept" by kept-chunk counts (masked mean)."""
     adv = group_advantages([t.success for t in trajectories], [t.group_id for t in trajectories])
     obs = {OBS_STATE: np.concatenate([t.obs[OBS_STATE] for t in trajectories])}
     if policy.config.num_cameras:
@@ -103,7 +105,10 @@ def naive_loss(policy, trajectories, masks, weights, aggregation, kl_coef=0.0, r
     mw = torch.as_tensor(np.concatenate(masks) * np.concatenate(weights), dtype=logp.dtype)
     informative = adv != 0
     per_traj = torch.stack([s.sum() for s in torch.split(mw * l_ic, list(CHUNKS))])
-    c = torch.as_tensor(CHUNKS, dtype=logp.dtype)
+    if denominator == "kept":
+        c = torch.as_tensor([int(np.sum(m)) for m in masks], dtype=logp.dtype)
+    else:
+        c = torch.as_tensor(CHUNKS, dtype=logp.dtype)
     inf = torch.as_tensor(informative)
     if aggregation == "chunk":
         return per_traj[inf].sum() / c[inf].sum()
@@ -119,24 +124,28 @@ def grads(policy) -> torch.Tensor:
     )
 
 
+@pytest.mark.parametrize("denominator", ["full", "kept"])
 @pytest.mark.parametrize("images", [False, True], ids=["state", "images"])
 @pytest.mark.parametrize("masked", [False, True], ids=["all-chunks", "ht-mask"])
 @pytest.mark.parametrize("micro_batch", ["trajectory", "rows:3", "rows:1000"])
 @pytest.mark.parametrize("aggregation", ["chunk", "trajectory"])
-def test_selective_gradient_equals_naive_full_batch(aggregation, micro_batch, masked, images):
+def test_selective_gradient_equals_naive_full_batch(aggregation, micro_batch, masked, images,
+                                                     denominator):
     policy = make_policy(images)
     trajectories = make_batch(policy)
     masks, weights = ht_masks() if masked else ([np.ones(c, bool) for c in CHUNKS], None)
     ref_w = weights if weights is not None else [np.ones(c) for c in CHUNKS]
 
     policy.zero_grad()
-    expected_loss = naive_loss(policy, trajectories, masks, ref_w, aggregation)
+    expected_loss = naive_loss(policy, trajectories, masks, ref_w, aggregation,
+                               denominator=denominator)
     expected_loss.backward()
     expected = grads(policy).clone()
     assert expected.abs().max() > 1e-6  # a real gradient, not a vacuous comparison
 
     policy.zero_grad()
-    cfg = GRPOConfig(aggregation=aggregation, micro_batch=micro_batch)
+    cfg = GRPOConfig(aggregation=aggregation, micro_batch=micro_batch,
+                     loss_denominator=denominator)
     stats = selective_backward(policy, trajectories, masks, weights, config=cfg)
     assert (grads(policy) - expected).abs().max().item() <= 1e-9
     assert stats.loss == pytest.approx(expected_loss.item(), abs=1e-12)
@@ -146,6 +155,32 @@ def test_selective_gradient_equals_naive_full_batch(aggregation, micro_batch, ma
         policy.zero_grad()
         selective_backward(policy, trajectories, config=cfg)
         assert (grads(policy) - expected).abs().max().item() <= 1e-9
+
+
+@pytest.mark.parametrize(
+    "aggregation,denominator,expected",
+    [
+        ("chunk", "kept", [2 / 3, 4 / 3, 5 / 3]),  # mean: sum w l / 3 kept chunks
+        ("chunk", "full", [2 / 5, 4 / 5, 5 / 5]),  # ht / none: sum w l / 5 chunks
+        ("trajectory", "kept", [2 / 4, 4 / 4, 5 / 2]),  # per traj / k_i, mean over 2 trajs
+        ("trajectory", "full", [2 / 6, 4 / 6, 5 / 4]),  # per traj / C_i, mean over 2 trajs
+    ],
+)
+def test_loss_coefficients_by_hand(aggregation, denominator, expected):
+    """L = sum_r coef_r l_r over kept rows: two informative trajectories of 3 and 2 chunks,
+    masks [1 0 1] and [0 1], weights 2, 4 and 5 on the kept chunks."""
+    trajs = [
+        Trajectory(task_id="t", group_id="g", instruction="x", obs={},
+                   actions=np.zeros((c, 1, 1), np.float32), old_logp=np.zeros(c, np.float32),
+                   phase_ids=np.zeros(c, np.int64), success=y, num_steps=c)
+        for c, y in ((3, True), (2, False))
+    ]
+    masks = [np.array([True, False, True]), np.array([False, True])]
+    weights = [np.array([2.0, 0.0, 4.0]), np.array([0.0, 5.0])]
+    adv = group_advantages([True, False], ["g", "g"])
+    rows = plan_kept_rows(trajs, adv, masks, weights, aggregation, denominator)
+    np.testing.assert_allclose(rows.coef, expected, rtol=1e-12)
+    assert rows.traj.tolist() == [0, 0, 1] and rows.chunk.tolist() == [0, 2, 1]
 
 
 def test_kl_term_gradient_equals_naive():
@@ -160,7 +195,7 @@ def test_kl_term_gradient_equals_naive():
     naive_loss(policy, trajectories, masks, weights, "chunk", kl_coef=0.1, ref=ref).backward()
     expected = grads(policy).clone()
     policy.zero_grad()
-    cfg = GRPOConfig(kl_coef=0.1, micro_batch="rows:4")
+    cfg = GRPOConfig(kl_coef=0.1, micro_batch="rows:4", loss_denominator="full")
     stats = selective_backward(policy, trajectories, masks, weights, config=cfg, ref_policy=ref)
     assert (grads(policy) - expected).abs().max().item() <= 1e-9
     assert stats.kl_ref > 0
@@ -321,6 +356,7 @@ def test_micro_batch_split_and_plan():
         ({"ppo_epochs": 0}, "ppo_epochs"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"kl_coef": -1.0}, "kl_coef"),
+        ({"loss_denominator": "kept_chunks"}, "loss_denominator"),
     ],
 )
 def test_config_checks(kwargs, match):

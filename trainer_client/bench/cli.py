@@ -121,5 +121,70 @@ def grad(
 app.command("learning")(learning_command)
 
 
+@app.command()
+def estimator(
+    init: Annotated[Path, typer.Option(
+        help="policy checkpoint to measure (any MetaWorld task: `pcm-train sft --env "
+             "metaworld:TASK --out runs/sft-TASK` writes runs/sft-TASK/sft.pt)",
+        exists=True, dir_okay=False)],
+    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
+    batches: Annotated[int, typer.Option(min=3, help="K rollout batches")] = 10,
+    init_states: Annotated[int, typer.Option(min=1, help="initial states per batch")] = 4,
+    group_size: Annotated[int, typer.Option(min=2, help="G rollouts per initial state")] = 8,
+    keep_fraction: Annotated[float, typer.Option(help="f: the common chunk budget")] = 0.2,
+    phases: Annotated[int, typer.Option(min=1, help="P phases")] = 4,
+    segmenter: Annotated[str, typer.Option(help="progress | gripper")] = "progress",
+    eps: Annotated[float, typer.Option(help="exploration floor of pcm and oracle")] = 0.1,
+    signal_dim: Annotated[int, typer.Option(min=1, help="sketch size the trainer sends")] = 128,
+    sketch_dim: Annotated[int, typer.Option(
+        min=64, help="S: size of the exact-gradient sketch")] = 2**17,
+    draws: Annotated[int, typer.Option(min=2, help="mask draws per batch and estimator")] = 32,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    max_steps: Annotated[int, typer.Option(min=1, help="env step limit")] = 120,
+    out: Annotated[Path, typer.Option(
+        help="cache of rollouts and gradient sketches, and the plot")] = Path(
+        "runs/bench-estimator"),
+    json_path: JsonPath = None,
+) -> None:
+    """Where the learning signal is per phase, and how well each chunk selection and loss
+    weighting (grpo, random, pcm action/signal x mean/ht, an oracle) aligns with the expected
+    gradient at equal budget, from exact per-chunk gradients. Rollouts and gradients are cached
+    in --out: re-runs with other selection settings take seconds."""
+    from trainer_client.bench.estimator import plot_estimator, run_estimator_bench
+
+    result = run_estimator_bench(
+        init, env=env, batches=batches, init_states=init_states, group_size=group_size,
+        keep_fraction=keep_fraction, phases=phases, segmenter=segmenter, eps=eps,
+        signal_dim=signal_dim, sketch_dim=sketch_dim, draws=draws, seed=seed,
+        max_steps=max_steps, out=out, log=console.print)
+    table = Table(title=f"pcm-bench estimator: {env}, {batches} batches, "
+                        f"{result['informative_chunks']} informative chunks, {segmenter} phases")
+    for col in ("phase", "chunks", "energy", "signal", "share"):
+        table.add_column(col, justify="right")
+    for p in result["phases"]:
+        table.add_row(str(p["phase"]), str(p["chunks"]), f"{p['energy']:.4g}",
+                      f"{p['signal']:.4g}", f"{p['share']:.3f}")
+    console.print(table)
+    table = Table(title=f"estimators at keep {keep_fraction} (default: {result['default']})")
+    for col in ("estimator", "alignment", "+-se", "- grpo (paired)", "- random", "cosine",
+                "rel. variance", "max weight", "keep weights"):
+        table.add_column(col, justify="right")
+    for r in result["estimators"]:
+        w = result["keep_weights"][r["name"]]
+        table.add_row(r["name"] + (" *" if r["variant"] else ""), f"{r['alignment']:.3f}",
+                      f"{r['alignment_se']:.3f}",
+                      f"{r['alignment_vs_grpo']:+.3f} +-{r['alignment_vs_grpo_se']:.3f}",
+                      f"{r['alignment_vs_random']:+.3f} +-{r['alignment_vs_random_se']:.3f}",
+                      f"{r['cosine']:.3f}",
+                      f"{r['relative_variance']:.2f}", f"{r['max_weight']:.1f}",
+                      " ".join(f"{x:.2f}" for x in w))
+    console.print(table)
+    console.print("* a tried variant")
+    png = plot_estimator(result, (json_path.with_suffix(".png") if json_path
+                                  else out / "estimator.png"))
+    console.print(f"wrote {png}")
+    _write(json_path, {**result, "machine": _machine()})
+
+
 if __name__ == "__main__":
     app()

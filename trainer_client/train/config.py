@@ -28,7 +28,8 @@ from trainer_client.phases import SEGMENTERS
 from trainer_client.policy import PRESETS
 
 ALGOS = ("pcm", "grpo", "random")
-WEIGHTINGS = ("ht", "none")
+WEIGHTINGS = ("mean", "ht", "none")
+SCORES = ("signal", "action")
 TRAIN_INIT_POOL = 50_000  # MetaWorld RL training draws init states from [0, TRAIN_INIT_POOL)
 EVAL_INIT_OFFSET = 50_000  # MetaWorld evaluation uses init states EVAL_INIT_OFFSET + i
 DEMO_ENV = f"metaworld:{DEMO_TASK}"
@@ -79,7 +80,17 @@ class TrainConfig:
     segmenter: str = opt("progress", "phase labels: progress | gripper | env")
     eps: float = opt(0.1, "selector exploration mix")
     eta: float = opt(0.1, "selector EMA rate of the phase scores")
-    weighting: str = opt("ht", "ht (1/pi, unbiased) | none")
+    weighting: str = opt(
+        "mean",
+        "mean (the paper's: loss averaged over kept chunks) | ht (1/pi, unbiased) | none",
+    )
+    score: str = opt(
+        "signal",
+        "phase score: signal (learning signal of action-head gradient sketches) | action (the "
+        "paper's success-failure action variance)",
+    )
+    signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches")
+    budget: int = opt(0, "B: fixed chunks per trajectory instead of --keep-fraction; 0 = off")
     trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
     token: str | None = opt(
         None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
@@ -116,6 +127,9 @@ class TrainConfig:
         _choice("algo", self.algo, ALGOS)
         _choice("segmenter", self.segmenter, SEGMENTERS)
         _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("score", self.score, SCORES)
+        _positive("signal_dim", self.signal_dim, minimum=1)
+        _positive("budget", self.budget, minimum=0)
         _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("preset", self.preset, tuple(PRESETS))
         if not self.selector == "embedded" and not self.selector.startswith(

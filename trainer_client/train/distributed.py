@@ -167,6 +167,7 @@ def distributed_update(
     dist: Dist,
     global_informative_chunks: int,
     global_informative_trajectories: int,
+    global_kept_chunks: int | None = None,
 ) -> UpdateStats:
     """One actor update on this rank's trajectories whose summed gradient over ranks equals the
     single-process gradient of the global masked loss (see the module docstring)."""
@@ -178,7 +179,14 @@ def distributed_update(
     )
     informative = informative_trajectories(advantages)
     # rescale: plan_kept_rows divides by the rank-local count; we want the global one
-    if config.aggregation == "chunk":
+    if config.aggregation == "chunk" and config.loss_denominator == "kept":
+        if global_kept_chunks is None:
+            raise ValueError("loss_denominator 'kept' needs global_kept_chunks")
+        local = sum(
+            int(np.count_nonzero(m)) for m, inf in zip(masks, informative, strict=True) if inf
+        )
+        scale = local / global_kept_chunks if local else 1.0
+    elif config.aggregation == "chunk":
         local = sum(t.num_chunks for t, inf in zip(trajectories, informative, strict=True) if inf)
         scale = local / global_informative_chunks if local else 1.0
     elif config.aggregation == "trajectory":

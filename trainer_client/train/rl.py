@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from trainer_client.clients import SelectorClient, connect
+from trainer_client.features import feature_dim_for
 from trainer_client.grpo import GRPOConfig, UpdateStats, grpo_update
 from trainer_client.rollout import RolloutCollector
 from trainer_client.train.checkpoint import (
@@ -135,6 +136,7 @@ def _train(
         lr=cfg.lr,
         micro_batch=cfg.micro_batch,
         aggregation=cfg.aggregation,
+        loss_denominator="kept" if cfg.weighting == "mean" else "full",
         max_grad_norm=cfg.max_grad_norm,
     )
 
@@ -176,6 +178,7 @@ def _train(
                 old.unlink()
         dist.broadcast_parameters(policy)  # identical start on every rank
         k, a = policy.chunk_size, policy.action_dim
+        feature_dim = feature_dim_for(cfg.score, k, a, cfg.signal_dim)
 
         # ---- 2. the selector run (rank 0 talks to the selector) ---------------------------------
         metrics: MetricsLog | None = None
@@ -191,8 +194,10 @@ def _train(
                 eta=cfg.eta,
                 weighting=cfg.weighting,
                 seed=cfg.seed,
-                feature_dim=k * a,
+                feature_dim=feature_dim,
                 mode=cfg.algo,
+                score=cfg.score,
+                budget=cfg.budget,
             )
             if run.state_version and ckpt_path is None:
                 say(
@@ -262,6 +267,7 @@ def _train(
                 num_phases=cfg.phases,
                 seed=step_seed(cfg, step, dist.rank),
                 step=step,
+                head_grads=cfg.score == "signal",
             )
             rollout_s = time.perf_counter() - t0
             env_steps = dist.all_sum([sum(t.num_steps for t in trajectories)])[0]
@@ -276,6 +282,8 @@ def _train(
                 request_id=request_id(cfg.run_id, cfg.trainer_id, step),
                 trainer_id=cfg.trainer_id,
                 step=step,
+                score=cfg.score,
+                feature_dim=feature_dim,
             )
             select_s = time.perf_counter() - t0
 
@@ -419,6 +427,7 @@ def _update(
         dist=dist,
         global_informative_chunks=sel.informative_chunks,
         global_informative_trajectories=sel.informative_trajectories,
+        global_kept_chunks=sel.kept_chunks,
     )
 
 

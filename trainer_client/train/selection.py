@@ -2,7 +2,9 @@
 against the batch, and the global selection split over torchrun ranks.
 
 A trajectory's selector input is (task_id, group_id, success, phase_ids, action_features) with
-action_features = the chunk's flattened actions (C, K*A), so the run's feature_dim is K*A.
+action_features the chunk features of the run's phase score (`trainer_client.features`): the
+flattened actions (C, K*A) for `action`, advantage-weighted action-head gradient sketches
+(C, signal_dim) for `signal`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from selector_service.models import SelectResponse
 from trainer_client.clients import SelectorClient
+from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages
 from trainer_client.train.distributed import Dist
 from trainer_client.types import Trajectory
@@ -24,17 +27,23 @@ from trainer_client.types import Trajectory
 log = logging.getLogger(__name__)
 
 
-def selector_inputs(trajectories: Sequence[Trajectory]) -> list[dict[str, Any]]:
-    """The Select request's trajectory entries (NumPy arrays; the clients serialise them)."""
+def selector_inputs(
+    trajectories: Sequence[Trajectory], score: str = "action", feature_dim: int = 0
+) -> list[dict[str, Any]]:
+    """The Select request's trajectory entries (NumPy arrays; the clients serialise them).
+    Groups never span ranks, so advantages from this rank's trajectories are the global ones."""
+    advantages = group_advantages([t.success for t in trajectories],
+                                  [t.group_id for t in trajectories])
+    features = chunk_features(trajectories, advantages, score, feature_dim)
     return [
         {
             "task_id": t.task_id,
             "group_id": t.group_id,
             "success": bool(t.success),
             "phase_ids": np.asarray(t.phase_ids, dtype=np.int64),
-            "action_features": t.action_features(),
+            "action_features": x,
         }
-        for t in trajectories
+        for t, x in zip(trajectories, features, strict=True)
     ]
 
 
@@ -120,10 +129,12 @@ def select_global(
     request_id: str,
     trainer_id: str,
     step: int,
+    score: str = "action",
+    feature_dim: int = 0,
 ) -> StepSelection:
     """Gather every rank's selector inputs to rank 0, select the global batch once, send each
     rank its own masks and weights (single process: just the Select call)."""
-    gathered = dist.gather_to_main(selector_inputs(trajectories))
+    gathered = dist.gather_to_main(selector_inputs(trajectories, score, feature_dim))
     parts: list[StepSelection] | None = None
     if dist.is_main:
         assert gathered is not None and client is not None

@@ -15,7 +15,8 @@ def test_horvitz_thompson_weights_are_unbiased() -> None:
     fixed and X = mask * weight has mean 1 and variance (1 - pi) / pi; the tolerance is 5
     standard errors of the mean over R draws (per-chunk false-alarm rate about 6e-7)."""
     rng = np.random.default_rng(0)
-    config = RunConfig(phases=4, keep_fraction=0.2, feature_dim=4, eps=0.1)
+    config = RunConfig(phases=4, keep_fraction=0.2, feature_dim=4, eps=0.1, weighting="ht",
+                       score="action")
     batch = diverging_batch(rng, config, groups=2, group_size=4, chunks=12)
     draws = 4000
     total = np.zeros(batch.num_chunks)
@@ -35,10 +36,11 @@ def test_horvitz_thompson_weights_are_unbiased() -> None:
 
 
 def test_concentrates_on_the_diverging_phase() -> None:
-    """4 phases; successful and failed rollouts differ only in phase 2. After 20 batches phase 2
-    has the largest keep weight (>= 0.5) and at least half the kept chunks are phase-2 chunks."""
+    """Score `action` (the paper's): 4 phases; successful and failed rollouts differ only in
+    phase 2. After 20 batches phase 2 has the largest keep weight (>= 0.5) and at least half the
+    kept chunks are phase-2 chunks."""
     rng = np.random.default_rng(1)
-    config = RunConfig(phases=4, keep_fraction=0.2, feature_dim=8)
+    config = RunConfig(phases=4, keep_fraction=0.2, feature_dim=8, score="action")
     states: dict = {}
     for step in range(20):
         batch = diverging_batch(rng, config, diverging_phase=2)
@@ -56,7 +58,8 @@ def test_concentrates_on_the_diverging_phase() -> None:
 def test_random_mode_spreads_in_proportion_to_chunk_counts() -> None:
     """`random` is blind to phases: kept chunks follow chunk counts (phases of 2, 4, 6, 4)."""
     rng = np.random.default_rng(2)
-    config = RunConfig(phases=4, keep_fraction=0.25, feature_dim=8, mode="random")
+    config = RunConfig(phases=4, keep_fraction=0.25, feature_dim=8, mode="random",
+                       score="action")
     lengths_per_phase = np.array([2, 4, 6, 4])
     phase = np.repeat(np.arange(4), lengths_per_phase)
     states: dict = {}

@@ -23,7 +23,9 @@ def batches(draw: st.DrawFn) -> tuple[RunConfig, ChunkBatch, dict]:
         keep_fraction=draw(st.floats(0.01, 1.0)),
         eps=draw(st.floats(0.0, 1.0)),
         eta=draw(st.floats(0.01, 1.0)),
-        weighting=draw(st.sampled_from(["ht", "none"])),
+        weighting=draw(st.sampled_from(["mean", "ht", "none"])),
+        score=draw(st.sampled_from(["action", "signal"])),
+        budget=draw(st.sampled_from([0, 0, 1, 3, 50])),
         seed=draw(st.integers(0, 2**32)),
         feature_dim=draw(st.integers(1, 5)),
         mode=draw(st.sampled_from(["pcm", "random", "grpo"])),
@@ -70,6 +72,7 @@ def test_selection_invariants(case: tuple[RunConfig, ChunkBatch, dict]) -> None:
     config, batch, extra = case
     sel = select_chunks(config, batch, {}, extra["request_id"])
     f = 1.0 if config.mode == "grpo" else config.keep_fraction
+    fixed_budget = config.mode != "grpo" and config.budget > 0
     informative = _informative(batch)
     np.testing.assert_array_equal(sel.informative, informative)
 
@@ -82,7 +85,7 @@ def test_selection_invariants(case: tuple[RunConfig, ChunkBatch, dict]) -> None:
             # All-equal groups: advantage 0, nothing kept, nothing computed.
             assert not mask.any() and not weight.any()
             continue
-        k = min(max(round(f * c), 1), c)
+        k = min(config.budget, c) if fixed_budget else min(max(round(f * c), 1), c)
         assert mask.sum() == k, (mask.sum(), k)
         assert np.isclose(pi.sum(), k, rtol=0, atol=1e-9)
         assert ((pi > 0) & (pi <= 1)).all() or config.eps == 0

@@ -139,6 +139,25 @@ def test_commit_stores_states_and_version(store: PhaseStore) -> None:
     assert snap.tasks["a"].equals(task_state(0)) and snap.tasks["b"].equals(task_state(9))
 
 
+def test_signal_state_round_trips(store: PhaseStore) -> None:
+    """The `signal` score's reference sums (P, D) with never-observed phases (NaN rows) come
+    back exactly, and a later commit without them keeps none."""
+    created(store)
+    state = task_state(3)
+    ref = np.random.default_rng(3).normal(size=(4, 16))
+    ref[1] = np.nan
+    state.signal_ref = ref
+    assert commit(store, "r1", 0, {"a": state}).status is CommitStatus.COMMITTED
+    snap = store.load(RUN)
+    assert snap is not None
+    loaded = snap.tasks["a"]
+    assert loaded.signal_ref is not None and loaded.equals(state)
+    np.testing.assert_array_equal(loaded.signal_ref, ref)
+    loaded.signal_ref[0, 0] = 99.0  # a copy: the stored state is unchanged
+    again = store.load(RUN)
+    assert again is not None and again.tasks["a"].equals(state)
+
+
 def test_load_subset_and_unknown_tasks(store: PhaseStore) -> None:
     created(store)
     commit(store, "r1", 0)

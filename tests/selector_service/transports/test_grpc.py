@@ -222,13 +222,20 @@ def test_health_and_reflection(grpc_client: Grpc) -> None:
     assert answers[1].file_descriptor_response.file_descriptor_proto
 
 
+@pytest.mark.parametrize("score,weighting", [("signal", "mean"), ("signal", "ht"),
+                                             ("action", "ht")])
 def test_same_answers_as_embedded_and_http(server: ServerThread, grpc_client: Grpc,
-                                           http: httpx.Client) -> None:
+                                           http: httpx.Client, score: str,
+                                           weighting: str) -> None:
     """A fresh run with the same config gets the same masks and weights, select after select,
-    through the embedded selector, HTTP JSON and gRPC float32 bytes."""
-    config = {"feature_dim": 4, "seed": 11, "keep_fraction": 0.3}
+    through the embedded selector, HTTP JSON and gRPC float32 bytes, with either phase score
+    (the signal score's reference sums included)."""
+    config = {"feature_dim": 4, "seed": 11, "keep_fraction": 0.3, "score": score,
+              "weighting": weighting}
     embedded = EmbeddedClient()
     embedded.put_run("parity", **config)
+    for run in ("parity-http", "parity-grpc"):
+        server.service.store.delete_run(run)
     http.put("/v1/runs/parity-http", json=config)
     grpc_client.stub.PutRun(pb.PutRunRequest(run_id="parity-grpc",
                                              config=pb.RunConfig(**config)))
@@ -242,8 +249,19 @@ def test_same_answers_as_embedded_and_http(server: ServerThread, grpc_client: Gr
             assert np.array_equal(want.masks[i], got_http["masks"][i])
             assert np.array_equal(want.weights[i], weights[i])
             assert np.array_equal(want.weights[i], got_http["weights"][i])
-    assert embedded.get_run("parity").tasks == server.service.get_run("parity-http").tasks
-    assert embedded.get_run("parity").tasks == server.service.get_run("parity-grpc").tasks
+    want_info = embedded.get_run("parity")
+    assert want_info.config.score == score and want_info.config.weighting == weighting
+    # the phase scores moved the keep weights off uniform: the score really ran
+    assert any(np.ptp(t.keep_probs) > 1e-3 for t in want_info.tasks.values())
+    assert want_info.tasks == server.service.get_run("parity-http").tasks
+    assert want_info.tasks == server.service.get_run("parity-grpc").tasks
+    want_state = embedded.service.store.load("parity")
+    for run in ("parity-http", "parity-grpc"):
+        got_state = server.service.store.load(run)
+        assert want_state is not None and got_state is not None
+        for task, state in want_state.tasks.items():
+            assert state.equals(got_state.tasks[task])
+            assert (state.signal_ref is not None) == (score == "signal")
 
 
 def test_convert_round_trips(server: ServerThread, grpc_client: Grpc) -> None:

@@ -38,6 +38,7 @@ DESIGN_METRICS = {
     "pcm_success_rate": ("gauge", {"run", "trainer"}),
     "pcm_trainer_stage_seconds": ("histogram", {"run", "trainer", "stage"}),
     "pcm_store_errors_total": ("counter", {"op"}),
+    "pcm_run_config_info": ("gauge", {"run", "mode", "score", "weighting"}),
 }
 RUN = "metrics-run"
 
@@ -138,6 +139,24 @@ def test_values_agree_with_the_answers(http: httpx.Client,
                  stage="backward") == pytest.approx(6 * 0.75)
     assert value(samples, "pcm_trainer_stage_seconds_bucket", run=RUN, trainer="trainer-0",
                  stage="select", le="0.01") == 2
+    # which score and weighting the run uses: the defaults, one series
+    config = [lab for lab, v in samples["pcm_run_config_info"] if lab["run"] == RUN]
+    assert config == [{"run": RUN, "mode": "pcm", "score": "signal", "weighting": "mean"}]
+
+
+def test_run_config_info_follows_a_config_change(http: httpx.Client) -> None:
+    run = "metrics-config"
+    http.delete(f"/v1/runs/{run}")
+    http.put(f"/v1/runs/{run}", json={"feature_dim": 4, "score": "action", "weighting": "ht"})
+    assert http.post(f"/v1/runs/{run}/select", json=batch("c-1")).status_code == 200
+    http.put(f"/v1/runs/{run}", json={"score": "signal"})
+    assert http.post(f"/v1/runs/{run}/select", json=batch("c-2", seed=1)).status_code == 200
+    samples, _ = scrape(http)
+    config = [(lab, v) for lab, v in samples["pcm_run_config_info"] if lab["run"] == run]
+    assert config == [({"run": run, "mode": "pcm", "score": "signal", "weighting": "ht"}, 1.0)]
+    http.delete(f"/v1/runs/{run}")
+    samples, _ = scrape(http)
+    assert not [lab for lab, _ in samples["pcm_run_config_info"] if lab["run"] == run]
 
 
 def test_select_requests_by_transport_and_status(http: httpx.Client, grpc_client: Grpc) -> None:

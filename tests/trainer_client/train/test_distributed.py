@@ -88,6 +88,9 @@ def _worker(rank: int, store: str, aggregation: str, out: str) -> None:
         dist=Dist(rank, 2),
         global_informative_chunks=sum(GROUPS[g][0] * GROUPS[g][1] for g in informative),
         global_informative_trajectories=sum(GROUPS[g][0] for g in informative),
+        global_kept_chunks=sum(
+            int(masks[i].sum()) for i, t in enumerate(flat) if int(t.group_id[1:]) in informative
+        ),
     )
     torch.save(param_vector(policy), f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunConfig(_message.Message):
-    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode")
+    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class RunConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     phases: int
     keep_fraction: float
     eps: float
@@ -24,7 +26,9 @@ class RunConfig(_message.Message):
     seed: int
     feature_dim: int
     mode: str
-    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    score: str
+    budget: int
+    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ...) -> None: ...
 
 class PutRunRequest(_message.Message):
     __slots__ = ("run_id", "config")

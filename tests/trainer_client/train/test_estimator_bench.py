@@ -1,0 +1,105 @@
+"""`pcm-bench estimator` at toy sizes: the JSON fields, exact facts of the estimators, the cache
+and determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainer_client.train.conftest import MAX_STEPS, TASK
+from trainer_client.bench.estimator import (
+    SignFoldSketch,
+    cross_batch_signal,
+    plot_estimator,
+    run_estimator_bench,
+)
+
+PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
+ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "cosine", "relative_variance",
+                    "max_weight"}
+
+
+@pytest.fixture(scope="module")
+def bench(sft_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("estimator")
+    result = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+                                 group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
+                                 num_workers=0, out=out, log=lambda _m: None)
+    return result, out
+
+
+def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
+    result, _ = bench
+    assert result["task"] == TASK and result["batches"] == 3
+    assert result["informative_chunks"] > 0, "the toy policy must give mixed groups"
+    assert result["default"] == "pcm signal mean"
+    assert [p["phase"] for p in result["phases"]] == [0, 1, 2, 3]
+    for p in result["phases"]:
+        assert set(p) >= PHASE_FIELDS and p["energy"] >= 0 and 0 <= p["share"] <= 1
+    assert sum(p["share"] for p in result["phases"]) == pytest.approx(1.0)
+    rows = {r["name"]: r for r in result["estimators"]}
+    for name in ("grpo", "random mean", "pcm action mean", "pcm action ht", "pcm signal mean",
+                 "pcm signal ht", "oracle mean", result["default"]):
+        assert set(rows[name]) >= ESTIMATOR_FIELDS
+    # GRPO is the batch gradient itself: cosine 1, no mask variance
+    assert rows["grpo"]["cosine"] == pytest.approx(1.0)
+    assert rows["grpo"]["relative_variance"] == 0.0
+    # paired differences over the same batches
+    assert rows["grpo"]["alignment_vs_grpo"] == 0.0 and rows["grpo"]["alignment_vs_grpo_se"] == 0
+    assert rows["random mean"]["alignment_vs_random"] == 0.0
+    assert rows["oracle mean"]["alignment_vs_grpo"] == pytest.approx(
+        rows["oracle mean"]["alignment"] - rows["grpo"]["alignment"])
+    # mean weighting answers weight 1; HT weights are 1/pi >= 1 and exceed 1 when f < 1
+    assert rows["pcm signal mean"]["max_weight"] == 1.0
+    assert rows["random ht"]["max_weight"] > 1.0
+    # masks at 20% of the chunks are noisier than the full batch
+    assert rows["random mean"]["relative_variance"] > 0
+    assert rows["random mean"]["cosine"] < 1.0
+
+
+def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
+                                                sft_checkpoint: Path) -> None:
+    result, out = bench
+    again = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+                                group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
+                                num_workers=0, out=out, log=lambda _m: None)
+    assert again["estimators"] == result["estimators"] and again["phases"] == result["phases"]
+    assert again["elapsed_s"] < result["elapsed_s"]
+    # another segmenter relabels the cached batches
+    gripper = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+                                  group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
+                                  segmenter="gripper", num_workers=0, out=out,
+                                  log=lambda _m: None)
+    assert gripper["config"]["segmenter"] == "gripper"
+    assert sum(p["chunks"] for p in gripper["phases"]) == result["informative_chunks"]
+    png = plot_estimator(result, out / "estimator.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    json.dumps(result)  # serialisable as written by --json
+
+
+def test_sign_fold_sketch_preserves_inner_products() -> None:
+    torch.manual_seed(0)
+    params = [torch.zeros(300, 40), torch.zeros(17)]
+    x = [torch.randn(300, 40), torch.randn(17)]
+    y = [x[0] + 0.5 * torch.randn(300, 40), torch.randn(17)]
+    exact = float(sum((a * b).sum() for a, b in zip(x, y, strict=True)))
+    estimates = []
+    for seed in range(200):
+        sketch = SignFoldSketch(params, 256, seed)
+        estimates.append(float(sketch(x) @ sketch(y)))
+    # unbiased: the mean over independent sign draws is within 5 standard errors
+    se = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - exact) < 5 * se
+
+
+def test_cross_batch_signal_removes_the_noise_term() -> None:
+    rng = np.random.default_rng(0)
+    mean = np.zeros((2, 64))
+    mean[0, :4] = 1.0  # phase 0 has expected part of squared norm 4, phase 1 none
+    parts = mean[None] + rng.normal(0, 1.0, size=(400, 2, 64))  # noise norm^2 ~ 64 per draw
+    signal = cross_batch_signal(parts)
+    assert signal[0] == pytest.approx(4.0, abs=0.5) and abs(signal[1]) < 0.5

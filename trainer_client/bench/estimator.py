@@ -1,0 +1,562 @@
+"""`pcm-bench estimator`: where is the learning signal, and which chunk selection finds it?
+
+The instrument behind PCM's phase score and loss weighting (docs/BENCHMARKS.md, "estimator").
+From one checkpoint and one task:
+
+1. Collect K rollout batches (init_states x group_size each, the training pool's initial states,
+   seeded), recording each chunk's action-head gradient as `pcm-train rl` does for the `signal`
+   score.
+2. Exact per-chunk gradients of the GRPO objective, g_ic = A_i d log pi(a_ic | o_ic) / d theta
+   (every network parameter but the action log-std, which has its own optimizer group), by a
+   single-row backward each, sketched to S dims by a random-sign fold (E <Sx, Sy> = <x, y>).
+   The first PPO epoch has rho = 1, so these are the exact per-chunk loss gradients.
+3. Per phase p: energy E||g_ic||^2 over its chunks, and the signal ||E G_p||^2 with
+   G_bp = sum_{c in p} g_ic / N_b the phase's part of batch b's GRPO gradient (N_b informative
+   chunks), estimated without the noise term from inner products across batches,
+   mean_{b != b'} <G_bp, G_b'p>; share = signal / total signal (negatives count as 0).
+4. Per estimator at equal budget (k_i = round(f C_i) kept chunks per informative trajectory),
+   R mask draws per batch, each giving g_hat = sum_c coef_c g_ic:
+   - `grpo`: every chunk, coef 1 / N_b (the batch gradient g_b itself);
+   - `random`: uniform masks; `pcm` with score `action` or `signal`: masks from the selector
+     core run over the K batches in order (its online state carried, as in training); `oracle`:
+     phase keep weights from the measured signal shares of the *other* batches, with the same
+     exploration floor;
+   - weighting `mean`: coef 1 / (kept chunks), the masked mean; `ht`: coef (1 / pi) / N_b;
+     (`none`: coef 1 / N_b, the same direction as `mean` since the kept count is fixed, so it is
+     not listed).
+   Reported per estimator, averaged over batches: `alignment`, the cosine of g_hat with the
+   held-out expected gradient mean_{b' != b} g_b' (leave-one-batch-out; what an update should
+   move along); `cosine` with its own batch's GRPO gradient g_b; `relative_variance`,
+   E||g_hat - E g_hat||^2 / ||E g_hat||^2 over the mask draws; `max_weight`, the largest loss
+   weight the selector answered (1 / pi under `ht`).
+
+Gradient-norm clipping at 1.0 is active on every step at these sizes, so the direction of an
+update, which these cosines measure, is what an estimator changes.
+
+Deterministic given --seed (rollouts, sketch signs, selections and draws are all seeded). The
+per-batch rollouts and gradient sketches are cached in --out, so a re-run with other estimator
+settings (--segmenter, --keep-fraction, --signal-dim, ...) reuses them (same checkpoint, task,
+seed, batch shape and sketch size) and costs seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selector_service.core import ChunkBatch, RunConfig, TaskState, select_chunks
+from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
+from selector_service.core.select import request_rng
+from trainer_client.features import chunk_features
+from trainer_client.grpo import group_advantages
+from trainer_client.phases import label_trajectory, make_segmenter
+from trainer_client.policy import VLAPolicy
+from trainer_client.rollout import RolloutCollector
+from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers
+from trainer_client.train.model import load_policy
+from trainer_client.types import Trajectory
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One row of the table: a chunk selection and a loss weighting at the common budget."""
+
+    name: str
+    kind: str  # grpo | random | pcm | oracle
+    score: str = "-"  # pcm: action | signal
+    weighting: str = "mean"  # mean | ht
+    eps: float = 0.1
+    transform: str = "none"  # pcm: none | sqrt (of the score before the keep weights)
+    signal_dim: int = 128
+    variant: bool = False  # a tried variant (beyond the issue's required rows)
+
+
+def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
+    rows = [Estimator("grpo", "grpo", weighting="mean", eps=eps),
+            Estimator("random mean", "random", weighting="mean", eps=eps),
+            Estimator("random ht", "random", weighting="ht", eps=eps)]
+    for score in ("action", "signal"):
+        for weighting in ("mean", "ht"):
+            rows.append(Estimator(f"pcm {score} {weighting}", "pcm", score, weighting, eps,
+                                  signal_dim=signal_dim))
+    rows.append(Estimator("oracle mean", "oracle", weighting="mean", eps=eps))
+    rows.append(Estimator("oracle ht", "oracle", weighting="ht", eps=eps))
+    # variants tried for the default (issue: exploration floor, sqrt of the score, sketch size)
+    rows += [
+        Estimator("pcm signal mean eps0", "pcm", "signal", "mean", 0.0, signal_dim=signal_dim,
+                  variant=True),
+        Estimator("pcm signal mean eps0.3", "pcm", "signal", "mean", 0.3,
+                  signal_dim=signal_dim, variant=True),
+        Estimator("pcm signal mean sqrt", "pcm", "signal", "mean", eps, "sqrt",
+                  signal_dim=signal_dim, variant=True),
+        Estimator("pcm signal mean D32", "pcm", "signal", "mean", eps, signal_dim=32,
+                  variant=True),
+        Estimator("pcm signal mean D256", "pcm", "signal", "mean", eps, signal_dim=256,
+                  variant=True),
+        Estimator("pcm signal mean D512", "pcm", "signal", "mean", eps, signal_dim=512,
+                  variant=True),
+        Estimator("pcm action mean sqrt", "pcm", "action", "mean", eps, "sqrt", variant=True),
+    ]
+    return rows
+
+
+@dataclass
+class BatchData:
+    """One rollout batch, reduced to what the analysis needs."""
+
+    trajectories: list[Trajectory]  # obs dropped after the gradients are taken
+    advantages: np.ndarray  # (N,)
+    rows: np.ndarray  # int64 (R, 2): (trajectory, chunk) of every informative chunk
+    grads: np.ndarray  # float32 (R, S): sketched A_i d log pi / d theta per informative chunk
+    success_rate: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- 1-2. rollouts and per-chunk gradient sketches --------------------------------------------
+
+
+class SignFoldSketch:
+    """x (n,) -> S-dim sketch: sum over j = i mod S of s_j x_j with fixed random signs s.
+    Unbiased for inner products (E <Sx, Sy> = <x, y>), one multiply and one fold per vector."""
+
+    def __init__(self, params: Sequence[torch.Tensor], dim: int, seed: int) -> None:
+        self.dim = dim
+        n = sum(p.numel() for p in params)
+        self.padded = -(-n // dim) * dim
+        gen = torch.Generator().manual_seed(seed)
+        self.signs = torch.randint(0, 2, (self.padded,), generator=gen).float().mul_(2).sub_(1)
+        self.buffer = torch.zeros(self.padded)
+
+    def __call__(self, grads: Sequence[torch.Tensor]) -> np.ndarray:
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            self.buffer[offset:offset + n] = g.reshape(-1)
+            offset += n
+        return (self.buffer * self.signs).view(-1, self.dim).sum(0).numpy()
+
+
+def chunk_gradients(policy: VLAPolicy, trajectories: Sequence[Trajectory],
+                    advantages: np.ndarray, sketch: SignFoldSketch) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    """rows (R, 2) and sketched gradients (R, S) of every chunk of informative trajectories."""
+    params = [p for name, p in policy.named_parameters() if name != "log_std"]
+    obs_keys = policy.obs_keys
+    rows, out = [], []
+    for i, (traj, adv) in enumerate(zip(trajectories, advantages, strict=True)):
+        if adv == 0.0:
+            continue
+        for c in range(traj.num_chunks):
+            obs = {k: traj.obs[k][c:c + 1] for k in obs_keys}
+            logp = policy.log_prob(obs, [traj.instruction], traj.actions[c:c + 1])  # (1,)
+            grads = torch.autograd.grad(float(adv) * logp.sum(), params, allow_unused=True)
+            out.append(sketch([g if g is not None else torch.zeros_like(p)
+                               for g, p in zip(grads, params, strict=True)]))
+            rows.append((i, c))
+    rows_a = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+    grads_a = (np.stack(out).astype(np.float32) if out
+               else np.zeros((0, sketch.dim), np.float32))
+    return rows_a, grads_a
+
+
+def _cache_key(init: Path, env: str, seed: int, init_states: int, group_size: int,
+               max_steps: int, sketch_dim: int) -> str:
+    digest = hashlib.blake2b(init.read_bytes(), digest_size=8).hexdigest()
+    return (f"v{CACHE_VERSION}-{digest}-{env.replace(':', '_')}-s{seed}-{init_states}x"
+            f"{group_size}-m{max_steps}-S{sketch_dim}")
+
+
+def _save_batch(path: Path, data: BatchData) -> None:
+    trajs = [{
+        "task_id": t.task_id, "group_id": t.group_id, "instruction": t.instruction,
+        "success": t.success, "num_steps": t.num_steps,
+    } for t in data.trajectories]
+    arrays: dict[str, np.ndarray] = {"advantages": data.advantages, "rows": data.rows,
+                                     "grads": data.grads}
+    for i, t in enumerate(data.trajectories):
+        arrays[f"actions_{i}"] = t.actions
+        arrays[f"old_logp_{i}"] = t.old_logp
+        arrays[f"phase_ids_{i}"] = t.phase_ids
+        if t.gripper is not None:
+            arrays[f"gripper_{i}"] = t.gripper
+        if t.head_grad is not None:
+            arrays[f"head_grad_{i}"] = t.head_grad
+    tmp = path.with_suffix(".tmp.npz")
+    arrays["meta"] = np.array(json.dumps({"trajectories": trajs, **data.meta}))
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
+
+
+def _load_batch(path: Path) -> BatchData:
+    z = np.load(path, allow_pickle=False)
+    meta = json.loads(str(z["meta"]))
+    trajs = []
+    for i, t in enumerate(meta.pop("trajectories")):
+        trajs.append(Trajectory(
+            task_id=t["task_id"], group_id=t["group_id"], instruction=t["instruction"], obs={},
+            actions=z[f"actions_{i}"], old_logp=z[f"old_logp_{i}"],
+            phase_ids=z[f"phase_ids_{i}"], success=bool(t["success"]),
+            num_steps=int(t["num_steps"]),
+            gripper=z.get(f"gripper_{i}"), head_grad=z.get(f"head_grad_{i}")))
+    return BatchData(trajectories=trajs, advantages=z["advantages"], rows=z["rows"],
+                     grads=z["grads"], success_rate=float(np.mean([t.success for t in trajs])),
+                     meta=meta)
+
+
+def collect_batches(
+    init: Path, env: str, *, batches: int, init_states: int, group_size: int, max_steps: int,
+    sketch_dim: int, seed: int, cache_dir: Path, num_workers: int,
+    log: Callable[[str], None],
+) -> list[BatchData]:
+    """K batches with their gradient sketches, from the cache where present (appended per
+    batch, so an interrupted run resumes)."""
+    key = _cache_key(init, env, seed, init_states, group_size, max_steps, sketch_dim)
+    cache = cache_dir / key
+    cache.mkdir(parents=True, exist_ok=True)
+    out: list[BatchData | None] = [None] * batches
+    missing = []
+    for b in range(batches):
+        path = cache / f"batch{b:03d}.npz"
+        if path.exists():
+            out[b] = _load_batch(path)
+        else:
+            missing.append(b)
+    if missing:
+        policy = load_policy(init)
+        policy.eval()
+        policy.set_seed(seed)
+        params = [p for name, p in policy.named_parameters() if name != "log_std"]
+        sketch = SignFoldSketch(params, sketch_dim, seed)
+        log(f"estimator: {len(missing)} batch(es) to collect ({len(out) - len(missing)} "
+            f"cached in {cache}); policy {policy.num_params() / 1e6:.1f} M params, sketch "
+            f"{sketch_dim} dims")
+        with RolloutCollector(env, num_workers=num_workers, max_steps=max_steps) as collector:
+            for b in missing:
+                t0 = time.perf_counter()
+                rng = np.random.default_rng([seed, b, 0xE57])
+                states = sorted(int(i) for i in rng.choice(TRAIN_INIT_POOL, init_states,
+                                                           replace=False))
+                trajs = collector.collect(
+                    policy, states, group_size=group_size, segmenter="progress", num_phases=4,
+                    seed=int(np.random.SeedSequence([seed, b]).generate_state(1)[0]), step=b,
+                    head_grads=True)
+                t1 = time.perf_counter()
+                adv = group_advantages([t.success for t in trajs], [t.group_id for t in trajs])
+                rows, grads = chunk_gradients(policy, trajs, adv, sketch)
+                data = BatchData(trajectories=trajs, advantages=adv, rows=rows, grads=grads,
+                                 success_rate=float(np.mean([t.success for t in trajs])),
+                                 meta={"init_states": states, "max_steps": max_steps,
+                                       "gripper_threshold": collector.info.gripper_threshold})
+                _save_batch(cache / f"batch{b:03d}.npz", data)
+                for t in trajs:
+                    t.obs = {}
+                out[b] = data
+                log(f"estimator: batch {b + 1}/{batches}: success {data.success_rate:.2f}, "
+                    f"{len(rows)} informative chunks; rollout {t1 - t0:.1f}s, gradients "
+                    f"{time.perf_counter() - t1:.1f}s")
+    return [d for d in out if d is not None]
+
+
+# ---- 3. phases: energy, signal, share ---------------------------------------------------------
+
+
+def phase_of_rows(data: BatchData, segmenter: str, num_phases: int,
+                  max_steps: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per trajectory phase ids under `segmenter` (relabelled from the recorded gripper
+    commands), and the phase of each informative row."""
+    kw = ({"threshold": float(data.meta["gripper_threshold"])} if segmenter == "gripper"
+          else {})
+    seg = make_segmenter(segmenter, num_phases, **kw)
+    phases = [np.asarray(label_trajectory(seg, t, max_steps), dtype=np.int64)
+              for t in data.trajectories]
+    row_phase = np.array([phases[i][c] for i, c in data.rows], dtype=np.int64)
+    return phases, row_phase
+
+
+def phase_table(data: Sequence[BatchData], row_phases: Sequence[np.ndarray],
+                num_phases: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Per phase: chunks, energy, signal, share; and G (K, P, S): each batch's phase parts of
+    its GRPO gradient."""
+    k = len(data)
+    s_dim = data[0].grads.shape[1]
+    parts = np.zeros((k, num_phases, s_dim))
+    energy_sum = np.zeros(num_phases)
+    chunks = np.zeros(num_phases, dtype=np.int64)
+    for b, (d, rp) in enumerate(zip(data, row_phases, strict=True)):
+        n_b = max(len(d.rows), 1)
+        for p in range(num_phases):
+            g = d.grads[rp == p].astype(np.float64)
+            parts[b, p] = g.sum(0) / n_b
+            energy_sum[p] += float(np.einsum("rs,rs->", g, g))
+            chunks[p] += len(g)
+    signal = cross_batch_signal(parts)  # (P,)
+    share = _shares(signal)
+    rows = [{"phase": p, "chunks": int(chunks[p]),
+             "energy": float(energy_sum[p] / max(chunks[p], 1)),
+             "signal": float(signal[p]), "share": float(share[p])} for p in range(num_phases)]
+    return rows, parts
+
+
+def cross_batch_signal(parts: np.ndarray, exclude: int | None = None) -> np.ndarray:
+    """||E G_p||^2 per phase from parts (K, P, S): mean over ordered pairs b != b' of
+    <G_bp, G_b'p>, leaving out batch `exclude`."""
+    idx = [b for b in range(parts.shape[0]) if b != exclude]
+    x = parts[idx]  # (K', P, S)
+    k = len(idx)
+    if k < 2:
+        return np.zeros(parts.shape[1])
+    total = x.sum(0)
+    return (np.einsum("ps,ps->p", total, total) - np.einsum("kps,kps->p", x, x)) / (k * (k - 1))
+
+
+def _shares(signal: np.ndarray) -> np.ndarray:
+    pos = np.maximum(signal, 0.0)
+    return pos / pos.sum() if pos.sum() > 0 else np.full_like(pos, 1.0 / len(pos))
+
+
+# ---- 4. estimators ----------------------------------------------------------------------------
+
+
+def _batch_for_core(data: BatchData, phases: list[np.ndarray], features: list[np.ndarray],
+                    num_phases: int) -> ChunkBatch:
+    t = data.trajectories
+    return ChunkBatch.from_trajectories(
+        [x.task_id for x in t], [x.group_id for x in t], np.array([x.success for x in t]),
+        phases, features, num_phases, features[0].shape[1])
+
+
+def _keep_weights_per_batch(est: Estimator, data: Sequence[BatchData],
+                            phases: Sequence[list[np.ndarray]], parts: np.ndarray,
+                            num_phases: int, keep_fraction: float,
+                            seed: int) -> list[np.ndarray]:
+    """The phase keep weights (P,) each batch is sampled with."""
+    if est.kind in ("grpo", "random"):
+        return [np.full(num_phases, 1.0 / num_phases) for _ in data]
+    if est.kind == "oracle":
+        out = []
+        for b in range(len(data)):
+            share = _shares(cross_batch_signal(parts, exclude=b))
+            out.append(est.eps / num_phases + (1.0 - est.eps) * share)
+        return out
+    config = RunConfig(phases=num_phases, keep_fraction=keep_fraction, eps=est.eps,
+                       weighting=est.weighting, seed=seed, score=est.score,
+                       feature_dim=est.signal_dim if est.score == "signal" else 1, mode="pcm")
+    states: dict[str, TaskState] = {}
+    out = []
+    for b, (d, ph) in enumerate(zip(data, phases, strict=True)):
+        feats = chunk_features(d.trajectories, d.advantages, est.score, est.signal_dim)
+        config = replace(config, feature_dim=feats[0].shape[1])
+        batch = _batch_for_core(d, ph, feats, num_phases)
+        sel = select_chunks(config, batch, states, f"estimator/{b}")
+        states = sel.new_states
+        if est.transform == "sqrt":
+            task = d.trajectories[0].task_id
+            s = np.sqrt(np.maximum(np.nan_to_num(states[task].scores), 0.0))
+            w = (est.eps / num_phases + (1.0 - est.eps) * s / s.sum() if s.sum() > 0
+                 else np.full(num_phases, 1.0 / num_phases))
+        elif est.transform == "none":
+            w = next(iter(sel.keep_probs.values()))
+        else:
+            raise ValueError(f"unknown transform {est.transform!r}")
+        out.append(np.asarray(w, dtype=np.float64))
+    return out
+
+
+def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
+                       w: np.ndarray, keep_fraction: float, draws: int,
+                       seed: int, b: int) -> tuple[np.ndarray, float]:
+    """coef (draws, R) over the batch's informative rows, and the largest selector weight."""
+    rows = data.rows
+    n_rows = len(rows)
+    if est.kind == "grpo":
+        return np.full((1, n_rows), 1.0 / max(n_rows, 1)), 1.0
+    lengths = np.array([t.num_chunks for t in data.trajectories], dtype=np.int64)
+    traj_of_chunk = np.repeat(np.arange(len(lengths)), lengths)
+    phase = np.concatenate(traj_phases)
+    inf = data.advantages != 0.0
+    k = np.where(inf, budgets(lengths, keep_fraction), 0)
+    if est.kind == "random":
+        q = np.ones(len(phase))
+    else:
+        cell = traj_of_chunk * len(w) + phase
+        n_in_phase = np.bincount(cell, minlength=len(lengths) * len(w))[cell]
+        q = w[phase] / n_in_phase
+    pi = inclusion_probabilities(q, traj_of_chunk, k)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    flat = offsets[rows[:, 0]] + rows[:, 1]  # informative rows' flat chunk index
+    coef = np.zeros((draws, n_rows))
+    max_weight = 0.0
+    for r in range(draws):
+        rng = request_rng(seed, f"draw/{est.name}/{b}/{r}")
+        mask = systematic_sample(pi, traj_of_chunk, k, rng)[flat]
+        if est.weighting == "mean":
+            coef[r] = mask / max(mask.sum(), 1)
+            max_weight = max(max_weight, 1.0)
+        elif est.weighting == "ht":
+            weight = np.where(mask, 1.0 / np.maximum(pi[flat], 1e-300), 0.0)
+            coef[r] = weight / max(n_rows, 1)
+            max_weight = max(max_weight, float(weight.max(initial=0.0)))
+        else:
+            raise ValueError(f"unknown weighting {est.weighting!r}")
+    return coef, max_weight
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of a (R, S) with b (S,)."""
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((na > 0) & (nb > 0), a @ b / (na * nb), 0.0)
+
+
+def evaluate_estimators(
+    estimators: Sequence[Estimator], data: Sequence[BatchData],
+    phases: Sequence[list[np.ndarray]], parts: np.ndarray, num_phases: int,
+    keep_fraction: float, draws: int, seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    """The estimator table and each estimator's mean keep weights over the batches."""
+    full = [d.grads.astype(np.float64).sum(0) / max(len(d.rows), 1) for d in data]  # g_b
+    total = np.sum(full, axis=0)
+    rows: list[dict[str, Any]] = []
+    weights_out: dict[str, list[float]] = {}
+    per_batch: dict[str, list[float]] = {}
+    for est in estimators:
+        ws = _keep_weights_per_batch(est, data, phases, parts, num_phases, keep_fraction, seed)
+        weights_out[est.name] = np.mean(ws, axis=0).tolist()
+        align, cosine, relvar, max_w = [], [], [], 0.0
+        for b, d in enumerate(data):
+            if len(d.rows) == 0:
+                continue
+            coef, mw = _draw_coefficients(est, d, phases[b], ws[b], keep_fraction, draws, seed,
+                                          b)
+            max_w = max(max_w, mw)
+            g_hat = coef @ d.grads.astype(np.float64)  # (R, S)
+            held_out = (total - full[b]) / (len(data) - 1)
+            align.append(float(_cos(g_hat, held_out).mean()))
+            cosine.append(float(_cos(g_hat, full[b]).mean()))
+            if len(g_hat) > 1:
+                mean = g_hat.mean(0)
+                spread = np.sum((g_hat - mean) ** 2, axis=1).mean() * len(g_hat) / (len(g_hat) - 1)
+                relvar.append(float(spread / max(float(mean @ mean), 1e-300)))
+            else:
+                relvar.append(0.0)
+        per_batch[est.name] = align
+        rows.append({
+            "name": est.name, "kind": est.kind, "score": est.score, "weighting": est.weighting,
+            "eps": est.eps, "transform": est.transform,
+            "signal_dim": est.signal_dim if est.score == "signal" else None,
+            "variant": est.variant,
+            "alignment": float(np.mean(align)), "alignment_se": _se(align),
+            "cosine": float(np.mean(cosine)),
+            "relative_variance": float(np.mean(relvar)),
+            "max_weight": max_w,
+        })
+    # paired over the same batches: the difference to grpo and to random (mean), with its SE
+    for row in rows:
+        for ref in ("grpo", "random mean"):
+            if ref in per_batch:
+                diff = np.subtract(per_batch[row["name"]], per_batch[ref])
+                key = "vs_" + ref.split()[0]
+                row[f"alignment_{key}"] = float(diff.mean())
+                row[f"alignment_{key}_se"] = _se(diff.tolist())
+    return rows, weights_out
+
+
+def _se(values: Sequence[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+# ---- the whole bench --------------------------------------------------------------------------
+
+
+def run_estimator_bench(
+    init: Path, *, env: str = DEMO_ENV, batches: int = 10, init_states: int = 4,
+    group_size: int = 8, keep_fraction: float = 0.2, phases: int = 4,
+    segmenter: str = "progress", eps: float = 0.1, signal_dim: int = 128,
+    sketch_dim: int = 2**17, draws: int = 32, seed: int = 0, max_steps: int = 120,
+    out: Path = Path("runs/bench-estimator"), num_workers: int = -1,
+    estimators: Sequence[Estimator] | None = None, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    if batches < 3:
+        raise ValueError(f"--batches {batches}: need >= 3 (leave-one-out needs two others)")
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"--keep-fraction {keep_fraction}: must be in (0, 1]")
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    data = collect_batches(init, env, batches=batches, init_states=init_states,
+                           group_size=group_size, max_steps=max_steps, sketch_dim=sketch_dim,
+                           seed=seed, cache_dir=out / "cache",
+                           num_workers=auto_workers(num_workers), log=log)
+    traj_phases, row_phases = [], []
+    for d in data:
+        tp, rp = phase_of_rows(d, segmenter, phases, max_steps)
+        traj_phases.append(tp)
+        row_phases.append(rp)
+    phase_rows, parts = phase_table(data, row_phases, phases)
+    ests = list(estimators) if estimators is not None else default_estimators(eps, signal_dim)
+    table, keep_weights = evaluate_estimators(ests, data, traj_phases, parts, phases,
+                                              keep_fraction, draws, seed)
+    defaults = RunConfig()
+    default_name = f"pcm {defaults.score} {defaults.weighting}"
+    return {
+        "benchmark": "estimator",
+        "task": env,
+        "checkpoint": str(init),
+        "batches": batches,
+        "default": default_name,
+        "config": {"init_states": init_states, "group_size": group_size,
+                   "keep_fraction": keep_fraction, "phases": phases, "segmenter": segmenter,
+                   "eps": eps, "signal_dim": signal_dim, "sketch_dim": sketch_dim,
+                   "draws": draws, "seed": seed, "max_steps": max_steps},
+        "success_rate": float(np.mean([d.success_rate for d in data])),
+        "informative_chunks": int(sum(len(d.rows) for d in data)),
+        "phases": phase_rows,
+        "estimators": table,
+        "keep_weights": keep_weights,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def plot_estimator(result: dict[str, Any], path: Path) -> Path:
+    """Per phase: the measured signal share beside the mean keep weights of the selections."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [r["phase"] for r in result["phases"]]
+    series = {"signal share (measured)": [r["share"] for r in result["phases"]]}
+    for name in ("pcm action mean", "pcm signal mean", "oracle mean"):
+        if name in result["keep_weights"]:
+            series[f"keep weight: {name}"] = result["keep_weights"][name]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / len(series)
+    for j, (label, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(phases)) + (j - (len(series) - 1) / 2) * width, values, width,
+               label=label)
+    ax.set_xticks(range(len(phases)), [f"phase {p}" for p in phases])
+    ax.set_ylabel("share of the budget / of the signal")
+    cfg = result["config"]
+    ax.set_title(f"{result['task']}: signal vs keep weights ({cfg['segmenter']} phases)")
+    ax.legend(fontsize=8)
+    rows = [r for r in result["estimators"] if not r["variant"]]
+    ax2.barh([r["name"] for r in rows], [r["alignment"] for r in rows],
+             xerr=[r["alignment_se"] for r in rows], color="tab:blue")
+    ax2.invert_yaxis()
+    ax2.set_xlabel("alignment: cosine with the held-out expected gradient")
+    ax2.set_title(f"keep {cfg['keep_fraction']}, {result['batches']} batches")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
