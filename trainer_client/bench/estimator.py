@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from selector_service.core import ChunkBatch, RunConfig, TaskState, select_chunks
+from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.select import request_rng
 from trainer_client.features import chunk_features
@@ -361,9 +361,8 @@ def _keep_weights_per_batch(est: Estimator, data: Sequence[BatchData],
         states = sel.new_states
         if est.transform == "sqrt":
             task = d.trajectories[0].task_id
-            s = np.sqrt(np.maximum(np.nan_to_num(states[task].scores), 0.0))
-            w = (est.eps / num_phases + (1.0 - est.eps) * s / s.sum() if s.sum() > 0
-                 else np.full(num_phases, 1.0 / num_phases))
+            w = keep_weights(np.sqrt(np.maximum(np.nan_to_num(states[task].scores), 0.0)),
+                             est.eps)
         elif est.transform == "none":
             w = next(iter(sel.keep_probs.values()))
         else:
