@@ -1,9 +1,11 @@
-"""`pcm-selector`: the selector's command line (flags mirror the PCM_* settings)."""
+"""`pcm-selector`: the selector's command line (one flag per PCM_* setting, defaults shown)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import typing
 from typing import Annotated, Any
 
 import typer
@@ -21,53 +23,50 @@ app = typer.Typer(name="pcm-selector", help="PCM chunk selector service.",
                   no_args_is_help=True, add_completion=False)
 log = logging.getLogger("selector_service")
 
+# Settings without a plain default to show.
+_SHOWN_DEFAULTS = {"auth_tokens": "unset: no auth"}
+_EXTRA_HELP = {"auth_tokens": " Prefer the environment: flags show in process listings.",
+               "redis_url": ""}
+
 
 @app.callback()
 def main() -> None:
     """PCM chunk selector: gRPC (pcm.v1.ChunkSelector) and HTTP in one process."""
 
 
-@app.command()
-def serve(
-    store: Annotated[str | None, typer.Option(
-        help="Phase-state store: memory or redis [env PCM_STORE; default memory]")] = None,
-    redis_url: Annotated[str | None, typer.Option(
-        help="Redis URL when --store redis [env PCM_REDIS_URL]")] = None,
-    host: Annotated[str | None, typer.Option(
-        help="Interface to bind [env PCM_HOST; default 0.0.0.0]")] = None,
-    grpc_port: Annotated[int | None, typer.Option(
-        help="gRPC port, 0 = any free [env PCM_GRPC_PORT; default 50051]")] = None,
-    http_port: Annotated[int | None, typer.Option(
-        help="HTTP port, 0 = any free [env PCM_HTTP_PORT; default 8000]")] = None,
-    auth_tokens: Annotated[str | None, typer.Option(
-        help="Comma-separated bearer tokens; unset = no auth [env PCM_AUTH_TOKENS]. Prefer "
-             "the environment: flags show in process listings.")] = None,
-    log_level: Annotated[str | None, typer.Option(
-        help="CRITICAL|ERROR|WARNING|INFO|DEBUG [env PCM_LOG_LEVEL; default INFO]")] = None,
-    max_message_mb: Annotated[int | None, typer.Option(
-        help="Max gRPC message / HTTP body, MiB [env PCM_MAX_MESSAGE_MB; default 256]")] = None,
-    grace_period_s: Annotated[float | None, typer.Option(
-        help="Seconds in-flight calls may take to finish on shutdown "
-             "[env PCM_GRACE_PERIOD_S; default 10]")] = None,
-    shutdown_delay_s: Annotated[float | None, typer.Option(
-        help="Seconds to report NOT_SERVING before draining on shutdown "
-             "[env PCM_SHUTDOWN_DELAY_S; default 0]")] = None,
-    max_trainers_per_run: Annotated[int | None, typer.Option(
-        help="Trainer label values per run in metrics [env PCM_MAX_TRAINERS_PER_RUN; "
-             "default 64]")] = None,
-    worker_threads: Annotated[int | None, typer.Option(
-        help="Threads for the blocking application layer [env PCM_WORKER_THREADS; "
-             "default 16]")] = None,
-) -> None:
-    """Serve gRPC and HTTP (/v1/runs/..., /healthz, /readyz, /metrics) until SIGTERM/SIGINT."""
-    overrides: dict[str, Any] = {
-        k: v for k, v in {
-            "store": store, "redis_url": redis_url, "host": host, "grpc_port": grpc_port,
-            "http_port": http_port, "auth_tokens": auth_tokens, "log_level": log_level,
-            "max_message_mb": max_message_mb, "grace_period_s": grace_period_s,
-            "shutdown_delay_s": shutdown_delay_s, "max_trainers_per_run": max_trainers_per_run,
-            "worker_threads": worker_threads,
-        }.items() if v is not None}
+def _flag_type(annotation: Any) -> type:
+    """The CLI type of a setting: str for literals and token lists, else its own type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal or annotation is str:
+        return str
+    if annotation in (int, float, bool):
+        return typing.cast(type, annotation)
+    return str
+
+
+def _parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per Settings field: `--name-with-dashes`, default None (= the
+    environment, else the setting's default, which the help shows)."""
+    params = []
+    for name, info in Settings.model_fields.items():
+        kind = _flag_type(info.annotation)
+        default = _SHOWN_DEFAULTS.get(name, info.default)
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        description = info.description or name
+        help_text = (f"{description[0].upper()}{description[1:]} "
+                     f"(env PCM_{name.upper()}).{_EXTRA_HELP.get(name, '')}")
+        option = typer.Option(f"--{name.replace('_', '-')}", help=help_text,
+                              show_default=str(default), rich_help_panel=None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, option]))
+    return params
+
+
+def serve(**flags: Any) -> None:
+    """Serve gRPC and HTTP (/v1/runs/..., /healthz, /readyz, /metrics) until SIGTERM/SIGINT.
+    Flags override the PCM_* environment."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -80,6 +79,11 @@ def serve(
     from selector_service.server import serve as run_server  # heavy imports after parsing
 
     run_server(settings)
+
+
+serve.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in _parameters()}
+app.command()(serve)
 
 
 if __name__ == "__main__":

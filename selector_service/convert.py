@@ -55,7 +55,8 @@ def run_config_to_proto(config: Mapping[str, Any]) -> pb.RunConfig:
 
 def run_info_to_proto(info: RunInfo) -> pb.RunInfo:
     out = pb.RunInfo(run_id=info.run_id, config=run_config_to_proto(info.config.model_dump()),
-                     state_version=info.state_version, outcome_reports=info.outcome_reports)
+                     state_version=info.state_version, outcome_reports=info.outcome_reports,
+                     store_epoch=info.store_epoch)
     for task_id, state in info.tasks.items():
         out.tasks[task_id].CopyFrom(pb.TaskState(
             scores=[math.nan if s is None else s for s in state.scores],
@@ -87,7 +88,7 @@ def run_info_from_proto(info: pb.RunInfo) -> RunInfo:
     config = {name: getattr(info.config, name) for name in _CONFIG_FIELDS}
     return RunInfo(run_id=info.run_id, config=RunConfigOut(**config),
                    state_version=info.state_version, outcome_reports=info.outcome_reports,
-                   tasks=tasks)
+                   tasks=tasks, store_epoch=info.store_epoch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +127,10 @@ def select_request_from_proto(msg: pb.SelectChunksRequest) -> SelectRequest:
                             "step": msg.step, "trajectories": trajectories}
     if msg.HasField("keep_fraction"):
         body["keep_fraction"] = msg.keep_fraction
+    if msg.trained_masks or msg.trained_weights:
+        masks, weights = _trained(msg.trained_masks, msg.trained_weights, m)
+        body["trained_masks"] = [masks[offsets[i]:offsets[i + 1]] for i in range(n)]
+        body["trained_weights"] = [weights[offsets[i]:offsets[i + 1]] for i in range(n)]
     try:
         return SelectRequest.model_validate(body)
     except ValidationError as exc:
@@ -154,6 +159,19 @@ def _features(data: bytes, m: int, feature_dim: int) -> np.ndarray:
     return flat.astype(np.float32, copy=False).reshape(m, feature_dim)
 
 
+def _trained(masks: bytes, weights: bytes, m: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(masks) != m:
+        raise InvalidArgument("trained_masks", f"has {len(masks)} bytes for {m} chunks "
+                                               "(one byte per chunk, 0 or 1)")
+    if len(weights) != 8 * m:
+        raise InvalidArgument("trained_weights", f"has {len(weights)} bytes for {m} chunks "
+                                                 "(little-endian float64 per chunk)")
+    raw = np.frombuffer(masks, dtype=np.uint8)
+    if (raw > 1).any():
+        raise InvalidArgument("trained_masks", "bytes must be 0 or 1")
+    return raw.astype(bool), np.frombuffer(weights, dtype="<f8").astype(np.float64)
+
+
 def select_request_to_proto(run_id: str, request: SelectRequest) -> pb.SelectChunksRequest:
     """Flatten a (validated) SelectRequest for the wire; features are sent as float32."""
     trajs = request.trajectories
@@ -177,7 +195,16 @@ def select_request_to_proto(run_id: str, request: SelectRequest) -> pb.SelectChu
         action_features=data, feature_dim=feature_dim)
     if request.keep_fraction is not None:
         msg.keep_fraction = request.keep_fraction
+    if request.trained_masks is not None and request.trained_weights is not None:
+        msg.trained_masks = _concat(request.trained_masks, np.uint8).tobytes()
+        msg.trained_weights = _concat(request.trained_weights, "<f8").tobytes()
     return msg
+
+
+def _concat(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
+    if not arrays:
+        return np.zeros(0, dtype=dtype)
+    return np.ascontiguousarray(np.concatenate(arrays), dtype=dtype)
 
 
 def select_response_to_proto(answer: SelectResponse) -> pb.SelectChunksResponse:
@@ -189,7 +216,7 @@ def select_response_to_proto(answer: SelectResponse) -> pb.SelectChunksResponse:
         chunk_counts=counts, masks=masks.astype(np.uint8).tobytes(),
         weights=np.ascontiguousarray(weights, dtype="<f8").tobytes(),
         kept_chunks=answer.kept_chunks, total_chunks=answer.total_chunks,
-        skipped_trajectories=answer.skipped_trajectories)
+        skipped_trajectories=answer.skipped_trajectories, store_epoch=answer.store_epoch)
     for task_id, probs in answer.keep_probs.items():
         out.keep_probs[task_id].values.extend(probs)
     return out
@@ -207,7 +234,8 @@ def select_response_from_proto(msg: pb.SelectChunksResponse) -> SelectResponse:
         masks=np.split(masks, splits), weights=np.split(weights, splits),
         kept_chunks=msg.kept_chunks, total_chunks=msg.total_chunks,
         skipped_trajectories=msg.skipped_trajectories,
-        keep_probs={t: list(msg.keep_probs[t].values) for t in msg.keep_probs})
+        keep_probs={t: list(msg.keep_probs[t].values) for t in msg.keep_probs},
+        store_epoch=msg.store_epoch)
 
 
 # ---------------------------------------------------------------------------------------------

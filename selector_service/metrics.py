@@ -6,9 +6,10 @@ the application layer's `ServiceObserver`; `pcm_store_errors_total` by the store
 
 Semantics:
 - `pcm_select_requests_total{transport,status}`: transport `grpc`|`http`; status the gRPC code
-  name of the outcome on both transports: OK, INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED,
-  UNAVAILABLE, INTERNAL (HTTP statuses map 200->OK, 422/400/413->INVALID_ARGUMENT,
-  404->NOT_FOUND, 401->UNAUTHENTICATED, 503->UNAVAILABLE, else INTERNAL).
+  name of the outcome on both transports: OK, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+  UNAUTHENTICATED, DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL (HTTP statuses map 200->OK,
+  422/400/413->INVALID_ARGUMENT, 404->NOT_FOUND, 409->ALREADY_EXISTS, 401->UNAUTHENTICATED,
+  408->DEADLINE_EXCEEDED, 503->UNAVAILABLE, else INTERNAL).
 - `pcm_select_latency_seconds{transport}`: server-side time of a Select call, body receipt and
   decoding to answer encoding, whatever its status.
 - `pcm_chunks_total{run,task,phase,kept}`: chunks of committed (not replayed) selections,
@@ -21,7 +22,8 @@ Semantics:
   `pcm_chunks_total` rates).
 - `pcm_skipped_trajectories_total{run}`: trajectories of all-equal-outcome GRPO groups.
 - `pcm_outcome_reports_total{run,status}`: accepted | replayed (same request_id again) |
-  rejected (invalid report or unknown run; run="unknown" unless this process has seen the run).
+  rejected (invalid report, unknown run or selection, or a request_id reused for another
+  report; run="unknown" unless this process has seen the run).
 - `pcm_success_rate{run,trainer}` and `pcm_trainer_stage_seconds{run,trainer,stage}`: from each
   accepted outcome report (stage rollout|select|backward from its timings). At most
   `max_trainers_per_run` trainer label values per run; later trainers count as "other".
@@ -29,13 +31,23 @@ Semantics:
 - `pcm_run_config_info{run,mode,score,weighting}`: 1 for the configuration the run's last
   committed selection used (which phase score and loss weighting it runs); one series per run.
 
-Deleting a run removes every series labelled with it.
+Label values are bounded, so no request can make the exposition grow without limit: at most
+`max_runs` run values (`PCM_MAX_RUNS`) and `max_tasks_per_run` task values per run
+(`PCM_MAX_TASKS_PER_RUN`); further runs and tasks are counted under `other` in the counters
+(`pcm_chunks_total`, `pcm_skipped_trajectories_total`, `pcm_outcome_reports_total`,
+`pcm_trainer_stage_seconds`) and have no gauge series. Deleting a run removes every series
+labelled with it (and frees its slot); so does this process learning that the run is gone (a
+NOT_FOUND for it, e.g. after a DELETE through another selector), and so does not seeing the run
+for `run_ttl_s` (`PCM_METRICS_RUN_TTL_S`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import (
@@ -49,6 +61,7 @@ from prometheus_client import (
 
 from selector_service.models import OutcomeReport
 from selector_service.service import SelectEvent
+from selector_service.settings import Settings
 
 TRANSPORTS = ("grpc", "http")
 SELECT_STATUSES = ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNAUTHENTICATED", "UNAVAILABLE",
@@ -57,12 +70,24 @@ REPORT_STATUSES = ("accepted", "replayed", "rejected")
 STAGES = ("rollout", "select", "backward")
 # The PhaseStore methods: the `op` values stores report through on_error (pre-set to 0).
 STORE_OPS = ("ping", "put_config", "get_config", "delete_run", "load", "get_request",
-             "commit_select", "record_report", "history")
+             "commit_select", "reconcile_select", "record_report", "history")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                  120.0, 300.0, 600.0)
-OTHER_TRAINER = "other"
+OTHER = "other"  # the label value of runs, tasks and trainers over their caps
+OTHER_TRAINER = OTHER
 UNKNOWN_RUN = "unknown"
+
+
+@dataclass
+class _RunSeries:
+    """The series this process exports for one run label value."""
+
+    last_seen: float
+    series: set[tuple[Any, tuple[str, ...]]] = field(default_factory=set)
+    trainers: set[str] = field(default_factory=set)
+    tasks: set[str] = field(default_factory=set)
+    config: tuple[str, str, str] | None = None
 
 
 def status_of_http(code: int) -> str:
@@ -70,8 +95,8 @@ def status_of_http(code: int) -> str:
     if 200 <= code < 300:
         return "OK"
     return {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND",
-            413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT",
-            503: "UNAVAILABLE"}.get(code, "INTERNAL")
+            408: "DEADLINE_EXCEEDED", 409: "ALREADY_EXISTS", 413: "INVALID_ARGUMENT",
+            422: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}.get(code, "INTERNAL")
 
 
 class Metrics:
@@ -80,9 +105,15 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, registry: CollectorRegistry | None = None,
-                 max_trainers_per_run: int = 64) -> None:
+                 max_trainers_per_run: int = 64, *, max_tasks_per_run: int = 32,
+                 max_runs: int = 32, run_ttl_s: float = 3600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.max_trainers_per_run = max_trainers_per_run
+        self.max_tasks_per_run = max_tasks_per_run
+        self.max_runs = max_runs
+        self.run_ttl_s = run_ttl_s
+        self._clock = clock
         r = self.registry
         self.select_requests = Counter(
             "pcm_select_requests_total", "Select calls by transport and status (gRPC code name).",
@@ -123,20 +154,32 @@ class Metrics:
             "pcm_store_errors_total", "Failed phase-state store operations.", ["op"], registry=r)
 
         self._lock = threading.Lock()
-        # run -> [(metric, label values)] of every series labelled with the run
-        self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = {}
-        self._trainers: dict[str, set[str]] = {}
-        self._run_config: dict[str, tuple[str, str, str]] = {}
+        # run label value -> its series (every (metric, label values) labelled with it)
+        self._runs: dict[str, _RunSeries] = {}
         for transport in TRANSPORTS:
             self.select_latency.labels(transport)
             self.select_requests.labels(transport, "OK")
         for op in STORE_OPS:
             self.store_errors.labels(op)
 
+    @classmethod
+    def from_settings(cls, settings: Settings,
+                      registry: CollectorRegistry | None = None) -> Metrics:
+        return cls(registry, settings.max_trainers_per_run,
+                   max_tasks_per_run=settings.max_tasks_per_run, max_runs=settings.max_runs,
+                   run_ttl_s=settings.metrics_run_ttl_s)
+
     # -- exposition ---------------------------------------------------------------------------
 
     def render(self) -> bytes:
+        with self._lock:
+            self._expire()
         return generate_latest(self.registry)
+
+    def run_labels(self) -> list[str]:
+        """The run label values exported now (tests, debugging)."""
+        with self._lock:
+            return sorted(self._runs)
 
     # -- transports ---------------------------------------------------------------------------
 
@@ -150,81 +193,126 @@ class Metrics:
 
     def on_report_rejected(self, run_id: str) -> None:
         with self._lock:
-            run = run_id if run_id in self._series else UNKNOWN_RUN
-            self._child(run, self.outcome_reports, run, "rejected").inc()
+            self._expire()
+            run = run_id if run_id in self._runs else UNKNOWN_RUN
+            entry = self._entry(run)
+            self._child(entry, self.outcome_reports, run, "rejected").inc()
 
     # -- ServiceObserver ----------------------------------------------------------------------
 
     def on_select(self, event: SelectEvent) -> None:
-        run = event.run_id
         with self._lock:
-            self._touch(run)
+            self._expire()
+            run = self._run_label(event.run_id)
+            entry = self._entry(run)
+            gauges = run != OTHER
+            chunks: dict[tuple[str, int], list[int]] = {}
             for (task, phase), (total, kept) in event.chunks.items():
+                counts = chunks.setdefault((self._task_label(entry, task), phase), [0, 0])
+                counts[0] += total
+                counts[1] += kept
+            for (task, phase), (total, kept) in chunks.items():
                 p = str(phase)
-                self._child(run, self.chunks, run, task, p, "true").inc(kept)
-                self._child(run, self.chunks, run, task, p, "false").inc(total - kept)
+                self._child(entry, self.chunks, run, task, p, "true").inc(kept)
+                self._child(entry, self.chunks, run, task, p, "false").inc(total - kept)
+            self._child(entry, self.skipped_trajectories, run).inc(event.skipped_trajectories)
+            if not gauges:
+                return
             for task, probs in event.keep_probs.items():
+                if self._task_label(entry, task) == OTHER:
+                    continue
                 for phase, value in enumerate(probs):
-                    self._child(run, self.keep_probability, run, task, str(phase)).set(value)
+                    self._child(entry, self.keep_probability, run, task, str(phase)).set(value)
             for task, scores in event.scores.items():
+                if self._task_label(entry, task) == OTHER:
+                    continue
                 for phase, score in enumerate(scores):
                     if score is not None:
-                        self._child(run, self.phase_score, run, task, str(phase)).set(score)
+                        self._child(entry, self.phase_score, run, task, str(phase)).set(score)
             if event.total_chunks:
-                self._child(run, self.selection_rate, run).set(
+                self._child(entry, self.selection_rate, run).set(
                     event.kept_chunks / event.total_chunks)
-            self._child(run, self.skipped_trajectories, run).inc(event.skipped_trajectories)
             config = (event.mode, event.score, event.weighting)
-            previous = self._run_config.get(run)
+            previous = entry.config
             if previous != config:
                 if previous is not None:
                     with contextlib.suppress(KeyError):
                         self.run_config.remove(run, *previous)
-                    self._series[run].discard((self.run_config, (run, *previous)))
-                self._run_config[run] = config
-                self._child(run, self.run_config, run, *config).set(1)
+                    entry.series.discard((self.run_config, (run, *previous)))
+                entry.config = config
+                self._child(entry, self.run_config, run, *config).set(1)
 
     def on_report(self, run_id: str, report: OutcomeReport, accepted: bool) -> None:
-        run = run_id
         with self._lock:
-            self._touch(run)
+            self._expire()
+            run = self._run_label(run_id)
+            entry = self._entry(run)
             status = "accepted" if accepted else "replayed"
-            self._child(run, self.outcome_reports, run, status).inc()
+            self._child(entry, self.outcome_reports, run, status).inc()
             if not accepted:
                 return
-            trainer = self._trainer_label(run, report.trainer_id)
-            self._child(run, self.success_rate, run, trainer).set(report.success_rate)
+            trainer = self._trainer_label(entry, report.trainer_id)
+            if run != OTHER:
+                self._child(entry, self.success_rate, run, trainer).set(report.success_rate)
             timings = report.timings
             for stage, seconds in zip(STAGES, (timings.rollout_s, timings.select_s,
                                               timings.backward_s), strict=True):
-                self._child(run, self.trainer_stage, run, trainer, stage).observe(seconds)
+                self._child(entry, self.trainer_stage, run, trainer, stage).observe(seconds)
 
     def on_run_deleted(self, run_id: str) -> None:
         with self._lock:
-            for metric, labels in self._series.pop(run_id, set()):
-                with contextlib.suppress(KeyError):
-                    metric.remove(*labels)
-            self._trainers.pop(run_id, None)
-            self._run_config.pop(run_id, None)
+            self._drop(run_id)
 
     # -- helpers (call with the lock held) ----------------------------------------------------
 
-    def _touch(self, run: str) -> None:
-        if run not in self._series:
-            self._series[run] = set()
-            for status in REPORT_STATUSES:  # zero-initialised, so increase() sees the first
-                self._child(run, self.outcome_reports, run, status)
+    def _run_label(self, run_id: str) -> str:
+        if run_id in (OTHER, UNKNOWN_RUN):  # reserved label values
+            return OTHER
+        if run_id in self._runs:
+            return run_id
+        labelled = sum(1 for r in self._runs if r not in (OTHER, UNKNOWN_RUN))
+        return run_id if labelled < self.max_runs else OTHER
 
-    def _child(self, run: str, metric: Any, *labels: str) -> Any:
-        self._series.setdefault(run, set()).add((metric, labels))
+    def _entry(self, run: str) -> _RunSeries:
+        entry = self._runs.get(run)
+        now = self._clock()
+        if entry is None:
+            entry = self._runs[run] = _RunSeries(last_seen=now)
+            if run != UNKNOWN_RUN:
+                for status in REPORT_STATUSES:  # zero-initialised, so increase() sees the first
+                    self._child(entry, self.outcome_reports, run, status)
+        entry.last_seen = now
+        return entry
+
+    def _task_label(self, entry: _RunSeries, task: str) -> str:
+        if task in entry.tasks:
+            return task
+        if len(entry.tasks) < self.max_tasks_per_run and task != OTHER:
+            entry.tasks.add(task)
+            return task
+        return OTHER
+
+    def _trainer_label(self, entry: _RunSeries, trainer: str) -> str:
+        if trainer in entry.trainers:
+            return trainer
+        if len(entry.trainers) < self.max_trainers_per_run and trainer != OTHER:
+            entry.trainers.add(trainer)
+            return trainer
+        return OTHER
+
+    def _child(self, entry: _RunSeries, metric: Any, *labels: str) -> Any:
+        entry.series.add((metric, labels))
         return metric.labels(*labels)
 
-    def _trainer_label(self, run: str, trainer: str) -> str:
-        known = self._trainers.setdefault(run, set())
-        if trainer in known:
-            return trainer
-        if len(known) < self.max_trainers_per_run:
-            known.add(trainer)
-            return trainer
-        return OTHER_TRAINER
+    def _drop(self, run: str) -> None:
+        entry = self._runs.pop(run, None)
+        if entry is None:
+            return
+        for metric, labels in entry.series:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
 
+    def _expire(self) -> None:
+        horizon = self._clock() - self.run_ttl_s
+        for run in [r for r, e in self._runs.items() if e.last_seen < horizon]:
+            self._drop(run)

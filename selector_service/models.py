@@ -7,6 +7,7 @@ embedded selector passes a trainer's arrays through without copying them into Py
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -16,11 +17,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     WithJsonSchema,
     model_validator,
 )
 
 from selector_service.core.config import MAX_BUDGET, MAX_FEATURE_DIM, MAX_PHASES
+from selector_service.errors import InvalidArgument
 
 # Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
 # 512 trajectories x 64 chunks x D 56 (DESIGN.md section 8).
@@ -28,13 +31,40 @@ MAX_TRAJECTORIES = 4096
 MAX_CHUNKS_PER_TRAJECTORY = 2048
 MAX_TOTAL_FLOATS = 32 * 1024 * 1024  # features summed over the batch (128 MiB as float32)
 
+# Anchored for JSON Schema / OpenAPI (whose `$` is the end of input); Python code matches them
+# with `fullmatch` (`valid_run_id`), since Python's `$` also matches before a final newline.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,127}$"  # no braces: keys are hash-tagged
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SELECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,255}$"
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+# selection_id of a client's local selection (trainer_client.clients.fallback): the prefix and
+# the request_id. The service registers it when the client replays that batch.
+LOCAL_SELECTION_PREFIX = "local-"
+RUN_ID_DESCRIPTION = "1-64 chars: letters, digits, ._- (first a letter or digit)"
 
 Identifier = Annotated[
     str, Field(pattern=ID_PATTERN, description="1-128 chars: letters, digits, ._:/@+=-")]
-RunId = Annotated[
-    str, Field(pattern=RUN_ID_PATTERN, description="1-64 chars: letters, digits, ._-")]
+RunId = Annotated[str, Field(pattern=RUN_ID_PATTERN, description=RUN_ID_DESCRIPTION)]
+SelectionId = Annotated[
+    str, Field(pattern=SELECTION_ID_PATTERN,
+               description="a selection_id the service answered (`sel-...`), or `local-` + the "
+                           "request_id of a client's local selection")]
+
+
+def valid_run_id(value: object) -> bool:
+    return isinstance(value, str) and _RUN_ID_RE.fullmatch(value) is not None
+
+
+def _scalar(value: Any) -> Any:
+    """NumPy scalars as Python scalars (a trainer's np.bool_ / np.int64), nothing else."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# Strict scalars: a bool is a bool and a number is a number (no "yes", 1, "3", true -> 1).
+# Integers are accepted where a float is expected; NumPy scalars are unwrapped first.
+StrictBool = Annotated[bool, BeforeValidator(_scalar), Strict()]
+StrictInt = Annotated[int, BeforeValidator(_scalar), Strict()]
+StrictFloat = Annotated[float, BeforeValidator(_scalar), Strict()]
 
 
 def _to_int_vector(value: Any) -> np.ndarray:
@@ -69,14 +99,22 @@ def _to_float_matrix(value: Any) -> np.ndarray:
 
 
 def _to_bool_vector(value: Any) -> np.ndarray:
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise ValueError("must be a flat list of booleans") from None
     if arr.ndim != 1 or (arr.size and arr.dtype != np.bool_):
         raise ValueError("must be a flat list of booleans")
     return arr.astype(bool, copy=False)
 
 
 def _to_float_vector(value: Any) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+    if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+        raise ValueError("must hold numbers, got booleans")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise ValueError("must be a flat list of numbers") from None
     if arr.ndim != 1:
         raise ValueError("must be a flat list of numbers")
     return arr
@@ -120,20 +158,22 @@ class RunConfigBody(_Model):
     """`PUT /v1/runs/{run_id}` body; omitted fields take their defaults (or, for an existing run,
     keep their stored values)."""
 
-    phases: int | None = Field(None, ge=1, le=MAX_PHASES, description="P, default 4")
-    keep_fraction: float | None = Field(None, gt=0, le=1, description="f, default 0.2")
-    eps: float | None = Field(None, ge=0, le=1, description="exploration mix, default 0.1")
-    eta: float | None = Field(None, gt=0, le=1, description="EMA rate, default 0.1")
+    phases: StrictInt | None = Field(None, ge=1, le=MAX_PHASES, description="P, default 4")
+    keep_fraction: StrictFloat | None = Field(None, gt=0, le=1, description="f, default 0.2")
+    eps: StrictFloat | None = Field(None, ge=0, le=1, description="exploration mix, default 0.1")
+    eta: StrictFloat | None = Field(None, gt=0, le=1, description="EMA rate, default 0.1")
     weighting: Literal["mean", "ht", "none"] | None = Field(
         None, description="mean (default: loss averaged over kept chunks) | ht (1/pi) | none")
-    seed: int | None = Field(None, ge=0, lt=2**63, description="default 0")
-    feature_dim: int | None = Field(None, ge=1, le=MAX_FEATURE_DIM, description="D, default 56")
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63, description="default 0")
+    feature_dim: StrictInt | None = Field(None, ge=1, le=MAX_FEATURE_DIM,
+                                          description="D, default 56")
     mode: Literal["pcm", "grpo", "random"] | None = Field(None, description="default pcm")
     score: Literal["signal", "action"] | None = Field(
         None, description="phase score of pcm: signal (default; features are gradient "
                           "sketches) | action (the paper's success-failure action variance)")
-    budget: int | None = Field(None, ge=0, le=MAX_BUDGET,
-                               description="B chunks per trajectory; 0 (default) = keep_fraction")
+    budget: StrictInt | None = Field(
+        None, ge=0, le=MAX_BUDGET,
+        description="B chunks per trajectory; 0 (default) = keep_fraction")
 
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -163,12 +203,19 @@ class TaskStateOut(_Model):
     state_version: int  # batches that touched this task
 
 
+STORE_EPOCH_DESCRIPTION = (
+    "identifies the phase-state store's current incarnation (it changes when the store restarts; "
+    "clients replay what was acknowledged shortly before such a change, as a restart may lose "
+    "the last second of writes)")
+
+
 class RunInfo(_Model):
     run_id: str
     config: RunConfigOut
     state_version: int  # selects committed on this run
     outcome_reports: int
     tasks: dict[str, TaskStateOut]
+    store_epoch: str = Field(default="", description=STORE_EPOCH_DESCRIPTION)
 
 
 class DeleteAck(_Model):
@@ -182,17 +229,42 @@ class DeleteAck(_Model):
 class TrajectoryIn(_Model):
     task_id: Identifier
     group_id: Identifier
-    success: bool
+    success: StrictBool
     phase_ids: IntVector  # (C,)
     action_features: FloatMatrix  # (C, D)
 
 
+_SELECT_EXAMPLE: Any = {
+    "request_id": "trainer-0/step-1", "trainer_id": "trainer-0", "step": 1,
+    "trajectories": [
+        {"task_id": "pick-place", "group_id": "init-0", "success": success,
+         "phase_ids": [0, 1, 2, 3],
+         "action_features": [[0.5, -0.25, 0.0, 1.0]] * 4}
+        for success in (True, False)],
+}
+
+
 class SelectRequest(_Model):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid",
+                              json_schema_extra={"examples": [_SELECT_EXAMPLE]})
+
     request_id: Identifier
     trainer_id: Identifier = "trainer"
-    step: int = Field(0, ge=0)
-    keep_fraction: float | None = Field(None, gt=0, le=1, description="overrides the run's f")
+    step: StrictInt = Field(0, ge=0, lt=2**63)
+    keep_fraction: StrictFloat | None = Field(None, gt=0, le=1,
+                                              description="overrides the run's f")
     trajectories: list[TrajectoryIn] = Field(..., min_length=1, max_length=MAX_TRAJECTORIES)
+    # A client's replay of a batch it selected locally (or of an answer it trained on): the
+    # masks and weights it trained with. The service counts the batch with these masks, once
+    # (docs/design.md, "Phantom commits"). Not part of the request's idempotency digest.
+    trained_masks: list[BoolVector] | None = Field(
+        None, max_length=MAX_TRAJECTORIES,
+        description="per trajectory (C_i,): the masks the client trained on (replay of a local "
+                    "or acknowledged selection); the run counts the batch with these")
+    trained_weights: list[FloatVector] | None = Field(
+        None, max_length=MAX_TRAJECTORIES,
+        description="per trajectory (C_i,): the weights the client trained with; required "
+                    "with trained_masks, 0 off the mask")
 
     @model_validator(mode="after")
     def _total_size(self) -> SelectRequest:
@@ -201,6 +273,29 @@ class SelectRequest(_Model):
             raise ValueError(f"trajectories: {total} feature values in all, over the limit of "
                              f"{MAX_TOTAL_FLOATS}; split the batch")
         return self
+
+
+def check_trained(request: SelectRequest) -> None:
+    """trained_masks / trained_weights line up with the trajectories (raises InvalidArgument)."""
+    masks, weights = request.trained_masks, request.trained_weights
+    if masks is None and weights is None:
+        return
+    if masks is None or weights is None:
+        raise InvalidArgument("trained_masks" if masks is None else "trained_weights",
+                              "trained_masks and trained_weights go together")
+    n = len(request.trajectories)
+    for name, arrays in (("trained_masks", masks), ("trained_weights", weights)):
+        if len(arrays) != n:
+            raise InvalidArgument(name, f"has {len(arrays)} entries for {n} trajectories")
+    for i, (t, m, w) in enumerate(zip(request.trajectories, masks, weights, strict=True)):
+        chunks = t.phase_ids.shape[0]
+        for name, arr in (("trained_masks", m), ("trained_weights", w)):
+            if arr.shape != (chunks,):
+                raise InvalidArgument(f"{name}[{i}]", f"has {arr.shape[0]} entries for the "
+                                                      f"trajectory's {chunks} chunks")
+        if not np.isfinite(w).all() or (w < 0).any() or (w[~m] != 0).any():
+            raise InvalidArgument(f"trained_weights[{i}]",
+                                  "must be finite, >= 0, and 0 off the mask")
 
 
 class SelectResponse(_Model):
@@ -216,9 +311,11 @@ class SelectResponse(_Model):
     total_chunks: int
     skipped_trajectories: int
     keep_probs: dict[str, list[float]]  # task_id -> w_tp over phases
+    store_epoch: str = Field(default="", description=STORE_EPOCH_DESCRIPTION)
 
     def same_as(self, other: SelectResponse) -> bool:
-        """Field-by-field equality (arrays compared by value)."""
+        """Field-by-field equality (arrays compared by value; store_epoch, which says where the
+        answer was read from, is not compared)."""
         return (
             (self.selection_id, self.state_version, self.kept_chunks, self.total_chunks,
              self.skipped_trajectories, self.keep_probs)
@@ -242,24 +339,25 @@ def _finite(value: float, name: str) -> float:
 
 
 class StageTimings(_Model):
-    rollout_s: float = Field(0.0, ge=0, allow_inf_nan=False)
-    select_s: float = Field(0.0, ge=0, allow_inf_nan=False)
-    backward_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    rollout_s: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
+    select_s: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
+    backward_s: StrictFloat = Field(0.0, ge=0, allow_inf_nan=False)
 
 
 class OutcomeReport(_Model):
-    selection_id: str = Field(..., min_length=1, max_length=256)
+    selection_id: SelectionId
     request_id: Identifier
     trainer_id: Identifier = "trainer"
-    step: int = Field(0, ge=0)
-    success_rate: float = Field(..., ge=0, le=1, allow_inf_nan=False)
-    loss: float = Field(0.0, allow_inf_nan=False)
-    kept_chunks: int = Field(0, ge=0)
+    step: StrictInt = Field(0, ge=0, lt=2**63)
+    success_rate: StrictFloat = Field(..., ge=0, le=1, allow_inf_nan=False)
+    loss: StrictFloat = Field(0.0, allow_inf_nan=False)
+    kept_chunks: StrictInt = Field(0, ge=0, lt=2**63)
     timings: StageTimings = Field(
         default_factory=lambda: StageTimings(rollout_s=0.0, select_s=0.0, backward_s=0.0))
-    phase_grad_norms: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
-        None, max_length=MAX_PHASES)
+    phase_grad_norms: list[Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]] | None = (
+        Field(None, max_length=MAX_PHASES))
 
 
 class OutcomeAck(_Model):
     accepted: bool
+    store_epoch: str = Field(default="", description=STORE_EPOCH_DESCRIPTION)

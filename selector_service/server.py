@@ -23,6 +23,7 @@ import uvicorn
 from selector_service.auth import TokenAuth
 from selector_service.grpc_api import GrpcServer, build_grpc_server
 from selector_service.http_api import create_app
+from selector_service.http_api.limits import guarded_protocol
 from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
@@ -69,8 +70,7 @@ class SelectorServer:
     def __init__(self, settings: Settings, *, service: SelectorService | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else Metrics(
-            max_trainers_per_run=settings.max_trainers_per_run)
+        self.metrics = metrics if metrics is not None else Metrics.from_settings(settings)
         if service is None:
             service = SelectorService(build_store(settings, self.metrics), self.metrics)
         self.service = service
@@ -94,14 +94,17 @@ class SelectorServer:
         self._sock = _bind(s.host, s.http_port)
         self.http_port = self._sock.getsockname()[1]
         self.grpc = build_grpc_server(self.service, host=s.host, port=s.grpc_port,
-                                      metrics=self.metrics, auth=self.auth,
-                                      max_message_bytes=s.max_message_bytes)
+                                      metrics=self.metrics, auth=self.auth, settings=s)
         self.grpc_port = self.grpc.port
         await self.grpc.start()
         config = uvicorn.Config(
             self.app, log_config=None, access_log=s.log_level == "DEBUG", lifespan="off",
             ws="none", timeout_graceful_shutdown=max(1, round(s.grace_period_s)),
-            server_header=False)
+            server_header=False,
+            # header timeout and connection cap (body size and time: GuardMiddleware)
+            http=guarded_protocol(s.header_timeout_s, s.max_connections),
+            limit_concurrency=s.max_connections, timeout_keep_alive=s.keep_alive_s,
+            h11_max_incomplete_event_size=64 * 1024)
         self.http = _Uvicorn(config)
         self._http_task = loop.create_task(self.http.serve(sockets=[self._sock]))
         while not self.http.started:

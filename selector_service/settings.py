@@ -23,7 +23,9 @@ class Settings(BaseSettings):
         default="memory", description="phase-state store: memory (single process) or redis")
     redis_url: str = Field(
         default="redis://localhost:6379/0", description="used when store=redis", repr=False)
-    host: str = Field(default="0.0.0.0", description="interface both servers bind to")
+    host: str = Field(
+        default="127.0.0.1",
+        description="interface both servers bind to (the container image sets 0.0.0.0)")
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC port; 0: any free")
     http_port: int = Field(default=8000, ge=0, le=65535, description="HTTP port; 0: any free")
     auth_tokens: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -31,8 +33,43 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", description="CRITICAL|ERROR|WARNING|INFO|DEBUG")
     max_message_mb: int = Field(
         default=256, ge=1, le=2047,
-        description="gRPC max send/receive message size and HTTP max body size, MiB (a full "
-                    "LIBERO step is ~7.3 MB over gRPC, ~40 MB as JSON)")
+        description="gRPC max send/receive message size, MiB (a full LIBERO step is ~7.3 MB)")
+    max_body_mb: int = Field(
+        default=64, ge=1, le=2047,
+        description="HTTP max Select body, MiB (a full LIBERO step is ~40 MB as JSON); a larger "
+                    "body is answered 413 before it is read")
+    max_small_body_kb: int = Field(
+        default=64, ge=1, le=1024 * 1024,
+        description="HTTP max body of every other route (PUT run, outcomes), KiB")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="HTTP: a connection must send a request's headers within this many seconds "
+                    "of opening (or of its previous answer), else it is closed")
+    body_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="HTTP: a request body must arrive within this many seconds (408 after)")
+    keep_alive_s: int = Field(
+        default=5, ge=1, description="HTTP: idle keep-alive connections are closed after this")
+    max_connections: int = Field(
+        default=1024, ge=1,
+        description="HTTP and gRPC: open connections at most (each); further connections are "
+                    "closed at once (HTTP requests beyond it get 503)")
+    max_concurrent_rpcs: int = Field(
+        default=256, ge=1,
+        description="gRPC: calls in progress at most; further calls get RESOURCE_EXHAUSTED")
+    grpc_keepalive_s: float = Field(
+        default=60.0, gt=0,
+        description="gRPC: ping an idle client connection after this many seconds (dead peers "
+                    "are dropped when the ping is not answered within 20 s)")
+    grpc_max_connection_idle_s: float = Field(
+        default=300.0, gt=0, description="gRPC: close a connection idle this long")
+    grpc_max_connection_age_s: float = Field(
+        default=3600.0, gt=0,
+        description="gRPC: close a connection this old (clients reconnect; calls in flight get "
+                    "30 s to finish)")
+    grpc_handshake_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="gRPC: a new connection must finish its HTTP/2 handshake within this")
     grace_period_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM/SIGINT: how long in-flight calls may finish")
     shutdown_delay_s: float = Field(
@@ -44,8 +81,24 @@ class Settings(BaseSettings):
         default=64, ge=1,
         description="distinct trainer label values per run in metrics; further trainers are "
                     'counted as trainer="other"')
+    max_tasks_per_run: int = Field(
+        default=32, ge=1,
+        description="distinct task label values per run in metrics; further tasks are counted "
+                    'as task="other" (counters only)')
+    max_runs: int = Field(
+        default=32, ge=1,
+        description="distinct run label values in metrics; further runs are counted as "
+                    'run="other" (counters only)')
+    metrics_run_ttl_s: float = Field(
+        default=3600.0, gt=0,
+        description="metrics series of a run not seen for this long are dropped (e.g. a run "
+                    "deleted through another selector)")
     worker_threads: int = Field(
         default=16, ge=1, description="threads running the blocking application layer")
+    docs_ui: bool = Field(
+        default=False,
+        description="serve Swagger UI at /docs (it loads its scripts from a CDN, so it is off "
+                    "by default; /openapi.json is always served)")
 
     @field_validator("auth_tokens", mode="before")
     @classmethod
@@ -66,6 +119,14 @@ class Settings(BaseSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_mb * 1024 * 1024
+
+    @property
+    def max_small_body_bytes(self) -> int:
+        return self.max_small_body_kb * 1024
 
     @property
     def auth_enabled(self) -> bool:

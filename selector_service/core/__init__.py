@@ -5,6 +5,8 @@ from selector_service.core.config import MODES, SCORES, WEIGHTINGS, RunConfig
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.select import (
     Selection,
+    kept_counts,
+    recount_kept,
     request_rng,
     sample_chunks,
     select_chunks,
@@ -26,6 +28,8 @@ __all__ = [
     "inclusion_probabilities",
     "informative_trajectories",
     "keep_weights",
+    "kept_counts",
+    "recount_kept",
     "request_rng",
     "sample_chunks",
     "select_chunks",

@@ -16,6 +16,9 @@ MAX_FEATURE_DIM = 4096
 MAX_BUDGET = 1_000_000
 
 
+MIN_EPS = 1e-9  # the smallest positive exploration floor (eps / P must not underflow)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Configuration of one training run's chunk selection."""
@@ -55,8 +58,9 @@ class RunConfig:
               f"must be an integer in [1, {MAX_PHASES}], got {self.phases!r}")
         check(_is_real(self.keep_fraction) and 0.0 < self.keep_fraction <= 1.0, "keep_fraction",
               f"must be in (0, 1], got {self.keep_fraction!r}; use 1.0 to keep every chunk")
-        check(_is_real(self.eps) and 0.0 <= self.eps <= 1.0, "eps",
-              f"must be in [0, 1], got {self.eps!r}")
+        check(_is_real(self.eps) and (self.eps == 0.0 or MIN_EPS <= self.eps <= 1.0), "eps",
+              f"must be 0 or in [{MIN_EPS:g}, 1], got {self.eps!r} (a smaller floor underflows: "
+              "phases would get keep weight 0 although eps > 0)")
         check(_is_real(self.eta) and 0.0 < self.eta <= 1.0, "eta",
               f"must be in (0, 1], got {self.eta!r}")
         check(self.weighting in WEIGHTINGS, "weighting",

@@ -240,3 +240,31 @@ def _next_states(
         )
     return out
 
+
+
+def kept_counts(batch: ChunkBatch, mask: np.ndarray, num_phases: int) -> np.ndarray:
+    """(T, P) int64: kept chunks of the batch per (task in batch.task_ids order, phase)."""
+    num_tasks = len(batch.task_ids)
+    cell = batch.task_index[batch.traj_of_chunk] * num_phases + batch.phase
+    kept = np.bincount(cell, weights=mask, minlength=num_tasks * num_phases)
+    return kept.astype(np.int64).reshape(num_tasks, num_phases)
+
+
+def recount_kept(
+    states: Mapping[str, TaskState],
+    batch: ChunkBatch,
+    counted_mask: np.ndarray,  # bool (M,): the mask the states' chunks_kept include
+    trained_mask: np.ndarray,  # bool (M,): the mask to count instead
+    num_phases: int,
+) -> dict[str, TaskState]:
+    """The batch's task states with its kept chunks counted by `trained_mask` instead of
+    `counted_mask`. Only chunks_kept depends on the mask (scores, observations, totals and the
+    signal reference come from the batch itself), so this is the whole difference between
+    committing a batch with one mask or the other."""
+    delta = (kept_counts(batch, trained_mask, num_phases)
+             - kept_counts(batch, counted_mask, num_phases))  # (T, P)
+    out = {}
+    for j, task_id in enumerate(batch.task_ids):
+        prev = _state_for(states, task_id, num_phases)
+        out[task_id] = replace(prev, chunks_kept=prev.chunks_kept + delta[j])
+    return out

@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from selector_service import convert
-from selector_service.errors import InvalidArgument, NotFound, PCMError
+from selector_service.errors import Conflict, InvalidArgument, NotFound, PCMError, clip_message
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.metrics import Metrics
@@ -52,7 +52,7 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
                              context: grpc.aio.ServicerContext) -> pb.ReportOutcomesResponse:
         try:
             return await asyncio.to_thread(self._report, request)
-        except (InvalidArgument, NotFound) as exc:
+        except (InvalidArgument, NotFound, Conflict) as exc:
             if self.metrics is not None:
                 self.metrics.on_report_rejected(request.run_id)
             await abort(context, exc)
@@ -81,7 +81,7 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
     def _report(self, request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
         ack = self.service.report_outcomes(request.run_id,
                                            convert.outcome_report_from_proto(request))
-        return pb.ReportOutcomesResponse(accepted=ack.accepted)
+        return pb.ReportOutcomesResponse(accepted=ack.accepted, store_epoch=ack.store_epoch)
 
 
 async def _call(context: grpc.aio.ServicerContext, fn: Callable[[Req], Resp],
@@ -93,18 +93,25 @@ async def _call(context: grpc.aio.ServicerContext, fn: Callable[[Req], Resp],
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
-    """End the call with the gRPC status of a project error (INTERNAL for anything else)."""
+    """End the call with the gRPC status of a project error (INTERNAL for anything else).
+    Details are cut short, and the field goes in trailing metadata as printable ASCII, so an
+    error never overflows the metadata limit whatever the input."""
     trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, PCMError):
         code = grpc.StatusCode[exc.grpc_code]
-        details = str(exc)
-        if isinstance(exc, InvalidArgument):
-            trailing = ((ERROR_FIELD_KEY, exc.field),)
+        details = clip_message(str(exc))
+        if exc.field:
+            trailing = ((ERROR_FIELD_KEY, _metadata_value(exc.field)),)
     else:
         log.exception("internal error", exc_info=exc)
         code, details = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
     await context.abort(code, details, trailing_metadata=trailing)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _metadata_value(text: str, limit: int = 128) -> str:
+    """Printable ASCII only (gRPC rejects other bytes in a text metadata value), cut short."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 def status_name(context: Any) -> str:

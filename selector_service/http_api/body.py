@@ -1,8 +1,12 @@
-"""Raw JSON bodies validated by pydantic in one pass (`model_validate_json`).
+"""Request bodies: read within a size limit, then validated by the models.
 
-The big Select body (a full LIBERO step is ~40 MB of JSON) is read and validated inside the
-route instead of by FastAPI, which would build Python objects twice; `body_schema` keeps the
-OpenAPI document exact, and `add_body_schemas` adds the models to its components.
+Every body is read inside its route (after authentication), never by FastAPI, which would read
+and parse it before the route's dependencies run, and turn a parse failure into a 400 without
+a field. The size limits are enforced before this by `limits.GuardMiddleware` (413 by
+Content-Length, before reading, or as the stream passes the limit); `read_body` checks again.
+The big Select body (a full LIBERO step is ~40 MB of JSON) is parsed by `jsonarrays`, which
+reads its numeric arrays straight into NumPy; the small bodies by pydantic in one pass.
+`body_schema` keeps the OpenAPI document exact, `add_body_schemas` adds the models to it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 
-from selector_service.errors import InvalidArgument
+from selector_service.errors import InvalidArgument, PayloadTooLarge
+from selector_service.http_api.jsonarrays import parse_select
+from selector_service.models import SelectRequest
 from selector_service.service import invalid_from_validation
 
 M = TypeVar("M", bound=BaseModel)
@@ -20,18 +26,16 @@ REF = "#/components/schemas/{model}"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (422, field `body`) one over `limit` bytes."""
+    """The request body, refusing (413, field `body`) one over `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidArgument("body", f"{declared} bytes, over the limit of {limit} "
-                                      "(PCM_MAX_MESSAGE_MB); split the batch")
+        raise PayloadTooLarge(f"{declared} bytes, over the limit of {limit}; split the batch")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise InvalidArgument("body", f"over the limit of {limit} bytes "
-                                          "(PCM_MAX_MESSAGE_MB); split the batch")
+            raise PayloadTooLarge(f"over the limit of {limit} bytes; split the batch")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -43,6 +47,18 @@ def parse_body(model: type[M], raw: bytes) -> M:
         raise InvalidArgument("body", "a JSON object is required")
     try:
         return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def parse_select_body(raw: bytes) -> SelectRequest:
+    """A Select body, its arrays read into NumPy (see `jsonarrays`); InvalidArgument naming the
+    first bad field."""
+    if not raw.strip():
+        raise InvalidArgument("body", "a JSON object is required")
+    value = parse_select(raw)
+    try:
+        return SelectRequest.model_validate(value)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
 

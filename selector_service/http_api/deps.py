@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from selector_service.auth import TokenAuth
 from selector_service.metrics import Metrics
+from selector_service.models import RUN_ID_DESCRIPTION, RUN_ID_PATTERN
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 
@@ -32,6 +33,8 @@ ServiceDep = Annotated[SelectorService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics | None, Depends(get_metrics)]
 AuthDep = Annotated[TokenAuth, Depends(get_auth)]
+# The run id, its pattern in the OpenAPI document (a mismatch is 422 naming `run_id`).
+RunIdPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description=RUN_ID_DESCRIPTION)]
 
 
 def require_auth(request: Request, auth: AuthDep) -> None:

@@ -5,6 +5,17 @@ task states, then commits them with a compare-and-set on the run's ``state_versi
 that lost a race reports CONFLICT and the application retries on fresh state. A commit also
 stores the answer under the request_id, so a replayed request gets the stored answer (REPLAY)
 and changes nothing.
+
+Idempotency records carry a digest of the canonical request (``digest``): a replay whose digest
+differs from the stored one raises ``Conflict`` naming ``request_id`` (an empty digest, on
+either side, is not compared). Every write of a run's task states (a commit, or a reconcile of
+a replayed batch to the masks its client trained on) increments the run's ``revision``;
+``expected_revision`` makes a write compare-and-set on it. A commit also registers the answer's
+selection_id (and ``aliases``) so that outcome reports can be checked against it.
+
+``epoch`` names the store's current incarnation: it changes when the backing store restarts
+(a restarted Redis may have lost the last second of acknowledged writes, with AOF everysec), so
+clients know to replay what they were acknowledged shortly before.
 """
 
 from __future__ import annotations
@@ -26,12 +37,14 @@ class RunSnapshot:
     state_version: int
     outcome_reports: int
     tasks: dict[str, TaskState] = field(default_factory=dict)
+    revision: int = 0  # writes of the run's task states (commits and reconciles)
 
 
 class CommitStatus(enum.Enum):
     COMMITTED = "committed"
     CONFLICT = "conflict"  # state_version moved on: re-read and recompute
     REPLAY = "replay"  # request_id already committed: `answer` is the stored answer
+    GONE = "gone"  # reconcile: no record for request_id (it expired or was never stored)
 
 
 @dataclass
@@ -42,6 +55,10 @@ class CommitResult:
 
 class PhaseStore(Protocol):
     """Every method raises ``StoreUnavailable`` when the backing store cannot be reached."""
+
+    @property
+    def epoch(self) -> str:
+        """The store's current incarnation (changes when the backing store restarts)."""
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the store answers."""
@@ -59,8 +76,10 @@ class PhaseStore(Protocol):
         """The run's config, version and the given tasks' states (all tasks if None; tasks
         never seen are absent). None for an unknown run. Returned objects are copies."""
 
-    def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
-        """What was stored for request_id: ("select", SelectResponse) or ("report", None)."""
+    def get_request(self, run_id: str, request_id: str,
+                    digest: str = "") -> tuple[RequestKind, Any] | None:
+        """What was stored for request_id: ("select", SelectResponse) or ("report", None).
+        Raises Conflict if `digest` and the stored digest differ."""
 
     def commit_select(
         self,
@@ -70,16 +89,41 @@ class PhaseStore(Protocol):
         new_states: dict[str, TaskState],
         answer: SelectResponse,
         history: dict[str, Any],
+        *,
+        digest: str = "",
+        expected_revision: int | None = None,
+        aliases: tuple[str, ...] = (),
     ) -> CommitResult:
-        """Atomically: if request_id is stored, REPLAY; elif the run's state_version is not
-        expected_version, CONFLICT; else write the states, set state_version to
-        answer.state_version (= expected_version + 1), store the answer under request_id and
-        append the history entry. Raises NotFound if the run was deleted."""
+        """Atomically: if request_id is stored, REPLAY (Conflict if the digests differ); elif
+        the run's state_version is not expected_version (or its revision not
+        expected_revision), CONFLICT; else write the states, set state_version to
+        answer.state_version (= expected_version + 1), increment the revision, store the answer
+        and digest under request_id, register answer.selection_id and `aliases` and append the
+        history entry. Raises NotFound if the run was deleted."""
+
+    def reconcile_select(
+        self,
+        run_id: str,
+        request_id: str,
+        expected_revision: int,
+        new_states: dict[str, TaskState],
+        answer: SelectResponse,
+        history: dict[str, Any],
+        *,
+        aliases: tuple[str, ...] = (),
+    ) -> CommitResult:
+        """Atomically replace the stored answer of a committed request_id (keeping its digest)
+        and write the given task states, if the run's revision is expected_revision: COMMITTED
+        (revision incremented, state_version unchanged, `aliases` registered), CONFLICT, or
+        GONE (no record for request_id). Raises NotFound if the run was deleted."""
 
     def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
-                      history: dict[str, Any]) -> bool:
+                      history: dict[str, Any], *, digest: str = "",
+                      require_selection: bool = False) -> bool:
         """Atomically record an outcome report once: False if request_id was already stored
-        (nothing changes). Raises NotFound for an unknown run."""
+        (nothing changes; Conflict if the digests differ). With require_selection, raises
+        NotFound (field selection_id) unless report.selection_id was registered by a commit.
+        Raises NotFound for an unknown run."""
 
     def history(self, run_id: str, count: int = 100) -> list[dict[str, Any]]:
         """The newest `count` history entries, oldest first."""

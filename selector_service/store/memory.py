@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import InvalidArgument, NotFound
+from selector_service.errors import Conflict, NotFound, clip
 from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
 
 MAX_REQUESTS_PER_RUN = 100_000  # idempotency records kept per run, oldest dropped first
 MAX_HISTORY = 10_000
+
+# (kind, answer or None, digest of the request)
+_Record = tuple[RequestKind, Any, str]
 
 
 @dataclass
@@ -22,8 +26,10 @@ class _Run:
     config: RunConfig
     state_version: int = 0
     outcome_reports: int = 0
+    revision: int = 0
     tasks: dict[str, TaskState] = field(default_factory=dict)
-    requests: OrderedDict[str, tuple[RequestKind, Any]] = field(default_factory=OrderedDict)
+    requests: OrderedDict[str, _Record] = field(default_factory=OrderedDict)
+    selections: OrderedDict[str, None] = field(default_factory=OrderedDict)
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
 
 
@@ -33,11 +39,23 @@ def _copy_state(state: TaskState) -> TaskState:
                    signal_ref=None if state.signal_ref is None else state.signal_ref.copy())
 
 
+def check_digest(request_id: str, stored: str, digest: str) -> None:
+    """Conflict unless the digests agree (an empty one is not compared)."""
+    if stored and digest and stored != digest:
+        raise Conflict("request_id", f"{clip(request_id)} was already used for a different "
+                                     "request; use a new request_id for a new request")
+
+
 class MemoryStore:
     def __init__(self, max_requests_per_run: int = MAX_REQUESTS_PER_RUN) -> None:
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._max_requests = max_requests_per_run
+        self._epoch = f"memory-{uuid.uuid4().hex[:16]}"  # this process's store
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
 
     def ping(self) -> None:
         return None
@@ -67,44 +85,76 @@ class MemoryStore:
                 return None
             names = run.tasks.keys() if task_ids is None else task_ids
             tasks = {t: _copy_state(run.tasks[t]) for t in names if t in run.tasks}
-            return RunSnapshot(run.config, run.state_version, run.outcome_reports, tasks)
+            return RunSnapshot(run.config, run.state_version, run.outcome_reports, tasks,
+                               revision=run.revision)
 
-    def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
+    def get_request(self, run_id: str, request_id: str,
+                    digest: str = "") -> tuple[RequestKind, Any] | None:
         with self._lock:
             run = self._runs.get(run_id)
             if run is None or request_id not in run.requests:
                 return None
-            return run.requests[request_id]  # answers are immutable (frozen, read-only arrays)
+            kind, answer, stored = run.requests[request_id]
+            check_digest(request_id, stored, digest)
+            return kind, answer  # answers are immutable (frozen, read-only arrays)
 
     def commit_select(self, run_id: str, request_id: str, expected_version: int,
                       new_states: dict[str, TaskState], answer: SelectResponse,
-                      history: dict[str, Any]) -> CommitResult:
+                      history: dict[str, Any], *, digest: str = "",
+                      expected_revision: int | None = None,
+                      aliases: tuple[str, ...] = ()) -> CommitResult:
         with self._lock:
             run = self._require(run_id)
             stored = run.requests.get(request_id)
             if stored is not None:
                 if stored[0] != "select":
-                    raise InvalidArgument("request_id", "already used by an outcome report")
+                    raise Conflict("request_id", "already used by an outcome report")
+                check_digest(request_id, stored[2], digest)
                 return CommitResult(CommitStatus.REPLAY, stored[1])
-            if run.state_version != expected_version:
+            if run.state_version != expected_version or (
+                    expected_revision is not None and run.revision != expected_revision):
                 return CommitResult(CommitStatus.CONFLICT)
             run.tasks.update({t: _copy_state(s) for t, s in new_states.items()})
             run.state_version = answer.state_version
-            self._remember(run, request_id, ("select", answer))
+            run.revision += 1
+            self._remember(run, request_id, ("select", answer, digest))
+            self._register(run, (answer.selection_id, *aliases))
+            run.history.append(history)
+            return CommitResult(CommitStatus.COMMITTED)
+
+    def reconcile_select(self, run_id: str, request_id: str, expected_revision: int,
+                         new_states: dict[str, TaskState], answer: SelectResponse,
+                         history: dict[str, Any], *,
+                         aliases: tuple[str, ...] = ()) -> CommitResult:
+        with self._lock:
+            run = self._require(run_id)
+            stored = run.requests.get(request_id)
+            if stored is None or stored[0] != "select":
+                return CommitResult(CommitStatus.GONE)
+            if run.revision != expected_revision:
+                return CommitResult(CommitStatus.CONFLICT)
+            run.tasks.update({t: _copy_state(s) for t, s in new_states.items()})
+            run.revision += 1
+            run.requests[request_id] = ("select", answer, stored[2])
+            self._register(run, (answer.selection_id, *aliases))
             run.history.append(history)
             return CommitResult(CommitStatus.COMMITTED)
 
     def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
-                      history: dict[str, Any]) -> bool:
+                      history: dict[str, Any], *, digest: str = "",
+                      require_selection: bool = False) -> bool:
         with self._lock:
             run = self._require(run_id)
             stored = run.requests.get(request_id)
             if stored is not None:
                 if stored[0] != "report":
-                    raise InvalidArgument("request_id", "already used by a select request")
+                    raise Conflict("request_id", "already used by a select request")
+                check_digest(request_id, stored[2], digest)
                 return False
+            if require_selection and report.selection_id not in run.selections:
+                raise unknown_selection(run_id, report.selection_id)
             run.outcome_reports += 1
-            self._remember(run, request_id, ("report", None))
+            self._remember(run, request_id, ("report", None, digest))
             run.history.append(history)
             return True
 
@@ -116,10 +166,23 @@ class MemoryStore:
     def _require(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)
         if run is None:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {clip(run_id)} not found")
         return run
 
-    def _remember(self, run: _Run, request_id: str, record: tuple[RequestKind, Any]) -> None:
+    def _remember(self, run: _Run, request_id: str, record: _Record) -> None:
         run.requests[request_id] = record
         while len(run.requests) > self._max_requests:
             run.requests.popitem(last=False)
+
+    def _register(self, run: _Run, selection_ids: Iterable[str]) -> None:
+        for selection_id in selection_ids:
+            run.selections[selection_id] = None
+            run.selections.move_to_end(selection_id)
+        while len(run.selections) > self._max_requests:
+            run.selections.popitem(last=False)
+
+
+def unknown_selection(run_id: str, selection_id: str) -> NotFound:
+    return NotFound(f"selection_id {clip(selection_id)} is not a selection of run "
+                    f"{clip(run_id)} (unknown, or older than the idempotency records)",
+                    field="selection_id")

@@ -4,13 +4,16 @@ Same semantics as MemoryStore. Keys, all hash-tagged by run so that a run lives 
 Cluster slot and every Lua script touches one slot:
 
 - ``pcm:{RUN}:config``          hash: ``config`` (RunConfig JSON), ``state_version``,
-                                ``outcome_reports``
+                                ``outcome_reports``, ``revision`` (writes of task states)
 - ``pcm:{RUN}:tasks``           set: the run's task ids (to find the state keys)
 - ``pcm:{RUN}:state:TASK``      string: TaskState JSON (``TaskState.to_dict``)
 - ``pcm:{RUN}:req:REQUEST_ID``  string with TTL: the idempotency record, kind byte ``S`` + packed
-                                SelectResponse, or ``R`` for an outcome report
+                                SelectResponse (with the request digest), or ``R`` + the
+                                digest of an outcome report
 - ``pcm:{RUN}:reqs``            sorted set: request_id -> record expiry (ms), so that delete_run
                                 finds every record without SCAN
+- ``pcm:{RUN}:sels``            sorted set: selection_id -> expiry (ms), the selections the
+                                run answered (outcome reports must name one)
 - ``pcm:{RUN}:history``         stream, capped with ``XADD MAXLEN ~``; field ``e`` holds the
                                 entry's JSON
 
@@ -19,6 +22,9 @@ bookkeeping. Reads of several keys use MULTI/EXEC, so a snapshot's version and s
 Any Redis error (connection refused, timeout, READONLY, OOM, ...) becomes StoreUnavailable
 naming the operation, after ``on_error(op)`` is called (the metrics hook); the client fails fast
 (short socket timeouts, one immediate reconnect attempt, no backoff loops).
+
+The store's ``epoch`` is the Redis server's ``run_id`` (``INFO server``), read on every new
+connection: a restarted Redis gets a new one, and every pooled connection reconnects to it.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import InvalidArgument, NotFound, StoreUnavailable
+from selector_service.errors import Conflict, NotFound, StoreUnavailable, clip
 from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store import lua
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
+from selector_service.store.memory import check_digest, unknown_selection
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class RunKeys:
         self.tasks = self.prefix + "tasks"
         self.reqs = self.prefix + "reqs"
         self.history = self.prefix + "history"
+        self.sels = self.prefix + "sels"
 
     def state(self, task_id: str) -> str:
         return f"{self.prefix}state:{task_id}"
@@ -81,7 +89,8 @@ class RunKeys:
 #   1   u8 format version (1), 2 zero bytes
 #   4   u32 H, the header length
 #   8   header JSON (H bytes): selection_id, state_version, kept_chunks, total_chunks,
-#       skipped_trajectories, keep_probs, n (trajectories), m (chunks), k (stored weights)
+#       skipped_trajectories, keep_probs, n (trajectories), m (chunks), k (stored weights),
+#       digest (of the request; absent in records written before digests)
 #   W   float64[k] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
 #       int32[n] lengths C_i
 #       uint8[ceil(m / 8)] masks, np.packbits of the concatenated masks
@@ -94,8 +103,9 @@ _FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<cB2xI")
 
 
-def encode_answer(answer: SelectResponse) -> bytes:
-    """Pack a SelectResponse into an idempotency record (kind byte included)."""
+def encode_answer(answer: SelectResponse, digest: str = "") -> bytes:
+    """Pack a SelectResponse (and its request's digest) into an idempotency record (kind byte
+    included). store_epoch is not stored: it says where an answer is read from."""
     lengths = np.fromiter((len(m) for m in answer.masks), dtype="<i4", count=len(answer.masks))
     total = int(lengths.sum())
     masks = _concat(answer.masks, bool)
@@ -114,6 +124,7 @@ def encode_answer(answer: SelectResponse) -> bytes:
         "n": len(lengths),
         "m": total,
         "k": len(weights),
+        "digest": digest,
     }, separators=(",", ":")).encode()
     pad = -(_PREFIX.size + len(header)) % 8
     return b"".join((
@@ -128,12 +139,26 @@ def encode_answer(answer: SelectResponse) -> bytes:
 
 def decode_answer(record: bytes) -> SelectResponse:
     """The SelectResponse of an idempotency record: frozen, its arrays read-only."""
+    return _decode(record)[0]
+
+
+def record_digest(record: bytes) -> str:
+    """The request digest stored in an idempotency record ("" if none)."""
+    if record[:1] != _SELECT:
+        return record[1:].decode("ascii", "replace")
+    _, _, header_len = _PREFIX.unpack_from(record)
+    header = json.loads(record[_PREFIX.size:_PREFIX.size + header_len])
+    return str(header.get("digest", ""))
+
+
+def _decode(record: bytes) -> tuple[SelectResponse, str]:
     kind, version, header_len = _PREFIX.unpack_from(record)
     if kind != _SELECT or version != _FORMAT_VERSION:
         raise ValueError(f"not a version-{_FORMAT_VERSION} select record: {record[:2]!r}")
     start = _PREFIX.size
     header = json.loads(record[start:start + header_len])
     n, m, k = header.pop("n"), header.pop("m"), header.pop("k")
+    digest = str(header.pop("digest", ""))
     offset = start + header_len + (-(start + header_len) % 8)
     stored = np.frombuffer(record, dtype="<f8", count=k, offset=offset)
     offset += 8 * k
@@ -152,8 +177,9 @@ def decode_answer(record: bytes) -> SelectResponse:
     if (ends[-1] if ends else 0) != m:
         raise ValueError(f"corrupt select record: trajectory lengths do not sum to {m}")
     spans = list(zip([0, *ends], ends, strict=False))
-    return SelectResponse(masks=[masks[i:j] for i, j in spans],
-                          weights=[weights[i:j] for i, j in spans], **header)
+    answer = SelectResponse(masks=[masks[i:j] for i, j in spans],
+                            weights=[weights[i:j] for i, j in spans], **header)
+    return answer, digest
 
 
 def _concat(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -222,6 +248,7 @@ class RedisStore:
         self.request_ttl_s = int(request_ttl_s)
         self.history_maxlen = int(history_maxlen)
         self._on_error = on_error
+        self._epoch = "redis-unknown"
         self._redis = client if client is not None else redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout_s,
@@ -232,15 +259,42 @@ class RedisStore:
             max_connections=max_connections,
             health_check_interval=0,
             client_name="pcm-selector",
+            redis_connect_func=self._on_connect,
         )
         self._put_config = self._redis.register_script(lua.PUT_CONFIG)
         self._commit_select = self._redis.register_script(lua.COMMIT_SELECT)
         self._record_report = self._redis.register_script(lua.RECORD_REPORT)
+        self._reconcile_select = self._redis.register_script(lua.RECONCILE_SELECT)
         self._delete_run = self._redis.register_script(lua.DELETE_RUN)
 
     @property
     def client(self) -> redis.Redis:
         return self._redis
+
+    @property
+    def epoch(self) -> str:
+        """The Redis server's run_id as of the newest connection (changes on a restart)."""
+        return self._epoch
+
+    def _on_connect(self, connection: Any) -> None:
+        """redis-py's hook on every new connection: the usual handshake, then INFO server for
+        the server's run_id (a restarted server has a new one)."""
+        connection.on_connect()
+        try:
+            connection.send_command("INFO", "server")
+            info = connection.read_response()
+        except redis.ResponseError:  # INFO renamed or denied: no restart detection
+            return
+        text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+        for line in text.splitlines():
+            if line.startswith("run_id:"):
+                epoch = "redis-" + line.partition(":")[2].strip()
+                if epoch != self._epoch:
+                    if self._epoch != "redis-unknown":
+                        log.warning("redis store: connected to a new Redis incarnation (%s)",
+                                    epoch)
+                    self._epoch = epoch
+                return
 
     def close(self) -> None:
         self._redis.close()
@@ -277,13 +331,13 @@ class RedisStore:
                 raw_tasks, raw_reqs = pipe.execute()
             tasks = [t.decode() for t in raw_tasks]
             reqs = [r.decode() for r in raw_reqs]
-            script_keys = [keys.config, keys.tasks, keys.reqs, keys.history,
+            script_keys = [keys.config, keys.tasks, keys.reqs, keys.history, keys.sels,
                            *(keys.state(t) for t in tasks), *(keys.req(r) for r in reqs)]
             result = int(self._delete_run(keys=script_keys, args=[len(tasks), *tasks, *reqs]))
             if result >= 0:
                 return result == 1
             # A commit added a task or request since we listed them: list again.
-        raise StoreUnavailable(f"redis delete_run: run {run_id!r} kept changing during "
+        raise StoreUnavailable(f"redis delete_run: run {clip(run_id)} kept changing during "
                                f"{DELETE_ATTEMPTS} attempts; retry")
 
     @_redis_op("load")
@@ -294,7 +348,7 @@ class RedisStore:
             head, states, _ = self._read_snapshot(keys, names, with_tasks=False)
         else:
             head, states = self._load_all(keys, run_id)
-        raw_config, version, reports = head
+        raw_config, version, reports, revision = head
         if raw_config is None:
             return None
         return RunSnapshot(
@@ -302,58 +356,104 @@ class RedisStore:
             state_version=int(version),
             outcome_reports=int(reports),
             tasks={t: TaskState.from_dict(json.loads(s)) for t, s in states.items()},
+            revision=int(revision or 0),
         )
 
     @_redis_op("get_request")
-    def get_request(self, run_id: str, request_id: str) -> tuple[RequestKind, Any] | None:
+    def get_request(self, run_id: str, request_id: str,
+                    digest: str = "") -> tuple[RequestKind, Any] | None:
         key = RunKeys(run_id).req(request_id)
         record: bytes | None = self._redis.get(key)  # type: ignore[assignment]
         if record is None:
             return None
         if _record_kind(record) == "report":
+            check_digest(request_id, record_digest(record), digest)
             return ("report", None)
-        return ("select", decode_answer(record))
+        answer, stored = _decode(record)
+        check_digest(request_id, stored, digest)
+        return ("select", answer)
 
     @_redis_op("commit_select")
     def commit_select(self, run_id: str, request_id: str, expected_version: int,
                       new_states: dict[str, TaskState], answer: SelectResponse,
-                      history: dict[str, Any]) -> CommitResult:
+                      history: dict[str, Any], *, digest: str = "",
+                      expected_revision: int | None = None,
+                      aliases: tuple[str, ...] = ()) -> CommitResult:
         keys = RunKeys(run_id)
         tasks = list(new_states)
+        selections = [answer.selection_id, *aliases]
         result = self._commit_select(
             keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
-                  *(keys.state(t) for t in tasks)],
-            args=[expected_version, answer.state_version, request_id, encode_answer(answer),
-                  self.request_ttl_s, _dumps(history), self.history_maxlen, *tasks,
+                  keys.sels, *(keys.state(t) for t in tasks)],
+            args=[expected_version, answer.state_version, request_id,
+                  encode_answer(answer, digest), self.request_ttl_s, _dumps(history),
+                  self.history_maxlen, "" if expected_revision is None else expected_revision,
+                  len(selections), *selections, *tasks,
                   *(_dumps(new_states[t].to_dict()) for t in tasks)],
         )
         status = result[0]
         if status == b"missing":
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {clip(run_id)} not found")
         if status == b"conflict":
             return CommitResult(CommitStatus.CONFLICT)
         if status == b"replay":
             record = result[1]
             if _record_kind(record) != "select":
-                raise InvalidArgument("request_id", "already used by an outcome report")
-            return CommitResult(CommitStatus.REPLAY, decode_answer(record))
+                raise Conflict("request_id", "already used by an outcome report")
+            stored_answer, stored = _decode(record)
+            check_digest(request_id, stored, digest)
+            return CommitResult(CommitStatus.REPLAY, stored_answer)
+        return CommitResult(CommitStatus.COMMITTED)
+
+    @_redis_op("reconcile_select")
+    def reconcile_select(self, run_id: str, request_id: str, expected_revision: int,
+                         new_states: dict[str, TaskState], answer: SelectResponse,
+                         history: dict[str, Any], *,
+                         aliases: tuple[str, ...] = ()) -> CommitResult:
+        keys = RunKeys(run_id)
+        record: bytes | None = self._redis.get(keys.req(request_id))  # type: ignore[assignment]
+        if record is None or _record_kind(record) != "select":
+            return CommitResult(CommitStatus.GONE)
+        tasks = list(new_states)
+        selections = [answer.selection_id, *aliases]
+        result = self._reconcile_select(
+            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.sels,
+                  *(keys.state(t) for t in tasks)],
+            args=[expected_revision, request_id, encode_answer(answer, record_digest(record)),
+                  self.request_ttl_s, _dumps(history), self.history_maxlen, len(selections),
+                  *selections, *(_dumps(new_states[t].to_dict()) for t in tasks)],
+        )
+        status = result[0]
+        if status == b"missing":
+            raise NotFound(f"run {clip(run_id)} not found")
+        if status == b"gone":
+            return CommitResult(CommitStatus.GONE)
+        if status == b"conflict":
+            return CommitResult(CommitStatus.CONFLICT)
         return CommitResult(CommitStatus.COMMITTED)
 
     @_redis_op("record_report")
     def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
-                      history: dict[str, Any]) -> bool:
+                      history: dict[str, Any], *, digest: str = "",
+                      require_selection: bool = False) -> bool:
         keys = RunKeys(run_id)
         result = self._record_report(
-            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history],
-            args=[request_id, self.request_ttl_s, _dumps(history), self.history_maxlen],
+            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.sels],
+            args=[request_id, self.request_ttl_s, _dumps(history), self.history_maxlen,
+                  report.selection_id if require_selection else "",
+                  b"R" + digest.encode("ascii")],
         )
         status = result[0]
         if status == b"missing":
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {clip(run_id)} not found")
         if status == b"stored":
-            if _record_kind(result[1]) != "report":
-                raise InvalidArgument("request_id", "already used by a select request")
+            record = result[1]
+            if _record_kind(record) != "report":
+                raise Conflict("request_id", "already used by a select request")
+            check_digest(request_id, record_digest(record), digest)
             return False
+        if status == b"no_selection":
+            raise unknown_selection(run_id, report.selection_id)
         return True
 
     @_redis_op("history")
@@ -366,7 +466,7 @@ class RedisStore:
             pipe.xrevrange(keys.history, count=max(count, 1))
             exists, entries = pipe.execute()
         if not exists:
-            raise NotFound(f"run {run_id!r} not found")
+            raise NotFound(f"run {clip(run_id)} not found")
         if count <= 0:
             return []
         return [json.loads(fields[b"e"]) for _, fields in reversed(entries)]
@@ -384,7 +484,7 @@ class RedisStore:
             if current == names:
                 return head, states
             names = current
-        raise StoreUnavailable(f"redis load: run {run_id!r} kept changing during "
+        raise StoreUnavailable(f"redis load: run {clip(run_id)} kept changing during "
                                f"{LOAD_ATTEMPTS} attempts; retry")
 
     def _read_snapshot(self, keys: RunKeys, names: list[str], *,
@@ -392,7 +492,7 @@ class RedisStore:
         """In one MULTI: the config hash's fields, the named tasks' states (absent ones left
         out) and, if asked, the run's task set."""
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys.config, ["config", "state_version", "outcome_reports"])
+            pipe.hmget(keys.config, ["config", "state_version", "outcome_reports", "revision"])
             if names:
                 pipe.mget([keys.state(t) for t in names])
             if with_tasks:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from selector_service.errors import InvalidArgument, NotFound
+from selector_service.errors import Conflict, InvalidArgument, NotFound
 from selector_service.models import MAX_TRAJECTORIES
 from selector_service.service import SelectorService
 from selector_service.store import MemoryStore
@@ -67,9 +67,13 @@ def test_replayed_request_gets_the_stored_answer_and_changes_nothing(
         service: SelectorService) -> None:
     first = service.select("run-a", _request("same"))
     before = service.get_run("run-a")
-    # Even with a different body, the request_id identifies the request.
-    again = service.select("run-a", _request("same", seed=99))
+    again = service.select("run-a", _request("same"))
     assert again.same_as(first)
+    assert service.get_run("run-a") == before
+    # The same request_id with another body is a conflict (issue 10, defect 3).
+    with pytest.raises(Conflict) as exc:
+        service.select("run-a", _request("same", seed=99))
+    assert exc.value.field == "request_id"
     assert service.get_run("run-a") == before
     assert service.select("run-a", _request("other")).state_version == 2
 
@@ -82,7 +86,7 @@ def test_report_outcomes_is_idempotent(service: SelectorService) -> None:
     assert service.report_outcomes("run-a", report).accepted
     assert service.report_outcomes("run-a", report).accepted
     assert service.get_run("run-a").outcome_reports == 1
-    with pytest.raises(InvalidArgument) as info:
+    with pytest.raises(Conflict) as info:
         service.report_outcomes("run-a", {**report, "request_id": "r1"})  # a select's id
     assert info.value.field == "request_id"
 

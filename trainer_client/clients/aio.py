@@ -37,6 +37,16 @@ class AsyncSelectorClient(Protocol):
     async def report_outcomes(self, run_id: str,
                               report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck: ...
 
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def pending_reports(self) -> int: ...
+
+    async def flush(self) -> int: ...
+
+    async def settle(self, run_id: str) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -64,6 +74,15 @@ class AsyncEmbeddedClient:
     async def report_outcomes(self, run_id: str,
                               report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck:
         return await asyncio.to_thread(self.sync.report_outcomes, run_id, report)
+
+    pending = 0  # nothing is ever pending in-process
+    pending_reports = 0
+
+    async def flush(self) -> int:
+        return 0
+
+    async def settle(self, run_id: str) -> None:
+        return None
 
     async def close(self) -> None:
         self.sync.close()

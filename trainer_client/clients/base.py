@@ -34,6 +34,25 @@ class SelectorClient(Protocol):
     def report_outcomes(self, run_id: str,
                         report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck: ...
 
+    @property
+    def pending(self) -> int:
+        """Selects and reports waiting to be (re)delivered to the service (0 embedded)."""
+        ...
+
+    @property
+    def pending_reports(self) -> int:
+        """Outcome reports waiting to be delivered to the service (0 embedded)."""
+        ...
+
+    def flush(self) -> int:
+        """Deliver what is pending, in order; the number of outcome reports delivered."""
+        ...
+
+    def settle(self, run_id: str) -> None:
+        """Before exiting: wait until what the service acknowledged is durable, replaying
+        whatever its store lost (fallback.py). A no-op embedded."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> SelectorClient: ...

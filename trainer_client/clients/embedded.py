@@ -40,6 +40,15 @@ class EmbeddedClient:
                         report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck:
         return self.service.report_outcomes(run_id, report)
 
+    pending = 0  # nothing is ever pending in-process
+    pending_reports = 0
+
+    def flush(self) -> int:
+        return 0
+
+    def settle(self, run_id: str) -> None:
+        return None
+
     def close(self) -> None:
         return None
 

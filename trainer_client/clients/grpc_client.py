@@ -12,6 +12,7 @@ import grpc
 
 from selector_service import convert
 from selector_service.errors import (
+    Conflict,
     InvalidArgument,
     NotFound,
     PCMError,
@@ -29,6 +30,7 @@ from selector_service.models import (
     SelectResponse,
 )
 from trainer_client.clients.fallback import (
+    DURABLE_AFTER_S,
     AsyncRemoteClient,
     RemoteClient,
     SelectorTimeout,
@@ -61,13 +63,17 @@ def error_from_rpc(exc: grpc.RpcError) -> PCMError:
     """The project exception for a failed call (a grpc.Call)."""
     code = exc.code() if hasattr(exc, "code") else None
     details = (exc.details() if hasattr(exc, "details") else None) or str(code)
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    named = dict(trailing or ()).get(ERROR_FIELD_KEY)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
-        field = dict(trailing or ()).get(ERROR_FIELD_KEY) or details.partition(":")[0]
+        field = named or details.partition(":")[0]
         message = details.removeprefix(f"{field}: ")
         return InvalidArgument(str(field), message)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        field = named or "request_id"
+        return Conflict(str(field), details.removeprefix(f"{field}: "))
     if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(details)
+        return NotFound(details, field=str(named or "run_id"))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(details)
     if code == grpc.StatusCode.UNAVAILABLE:  # server down/unreachable, or its store down
@@ -102,9 +108,11 @@ class GrpcClient(_GrpcOptions, RemoteClient):
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 10.0,
                  max_message_mb: int = 256, retries: int = 4, backoff_s: float = 0.1,
                  max_backoff_s: float = 2.0, fallback: bool = False,
-                 queue_path: str | os.PathLike[str] | None = None) -> None:
+                 queue_path: str | os.PathLike[str] | None = None,
+                 durable_after_s: float = DURABLE_AFTER_S) -> None:
         super().__init__(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
-                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path)
+                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path,
+                         durable_after_s=durable_after_s)
         self._setup(url, token, max_message_mb)
         self._channel = grpc.insecure_channel(self.target, channel_options(max_message_mb))
         self._stub = pb_grpc.ChunkSelectorStub(self._channel)
@@ -133,7 +141,8 @@ class GrpcClient(_GrpcOptions, RemoteClient):
 
     def _report(self, run_id: str, report: OutcomeReport) -> OutcomeAck:
         msg = convert.outcome_report_to_proto(run_id, report)
-        return OutcomeAck(accepted=self._call(self._stub.ReportOutcomes, msg).accepted)
+        reply = self._call(self._stub.ReportOutcomes, msg)
+        return OutcomeAck(accepted=reply.accepted, store_epoch=reply.store_epoch)
 
     def close(self) -> None:
         self._channel.close()
@@ -146,9 +155,11 @@ class AsyncGrpcClient(_GrpcOptions, AsyncRemoteClient):
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 10.0,
                  max_message_mb: int = 256, retries: int = 4, backoff_s: float = 0.1,
                  max_backoff_s: float = 2.0, fallback: bool = False,
-                 queue_path: str | os.PathLike[str] | None = None) -> None:
+                 queue_path: str | os.PathLike[str] | None = None,
+                 durable_after_s: float = DURABLE_AFTER_S) -> None:
         super().__init__(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
-                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path)
+                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path,
+                         durable_after_s=durable_after_s)
         self._setup(url, token, max_message_mb)
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.ChunkSelectorStub | None = None
@@ -185,7 +196,8 @@ class AsyncGrpcClient(_GrpcOptions, AsyncRemoteClient):
 
     async def _report(self, run_id: str, report: OutcomeReport) -> OutcomeAck:
         msg = convert.outcome_report_to_proto(run_id, report)
-        return OutcomeAck(accepted=(await self._call("ReportOutcomes", msg)).accepted)
+        reply = await self._call("ReportOutcomes", msg)
+        return OutcomeAck(accepted=reply.accepted, store_epoch=reply.store_epoch)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from selector_service.errors import (
+    Conflict,
     InvalidArgument,
     NotFound,
     PCMError,
@@ -34,6 +35,7 @@ from selector_service.models import (
     SelectResponse,
 )
 from trainer_client.clients.fallback import (
+    DURABLE_AFTER_S,
     AsyncRemoteClient,
     RemoteClient,
     SelectorTimeout,
@@ -55,6 +57,11 @@ def select_body(request: SelectRequest) -> bytes:
     }
     if request.keep_fraction is not None:
         body["keep_fraction"] = request.keep_fraction
+    if request.trained_masks is not None and request.trained_weights is not None:
+        body["trained_masks"] = [np.ascontiguousarray(m, dtype=bool)
+                                 for m in request.trained_masks]
+        body["trained_weights"] = [np.ascontiguousarray(w, dtype=np.float64)
+                                   for w in request.trained_weights]
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -81,15 +88,21 @@ def error_from_response(response: httpx.Response) -> PCMError:
     if not isinstance(detail, str):
         detail = json.dumps(detail)
     status = response.status_code
-    if status in (400, 422):
-        field = body.get("field") or detail.partition(":")[0] or "body"
+    field = body.get("field")
+    if status in (400, 413, 422):
+        field = field or detail.partition(":")[0] or "body"
         return InvalidArgument(str(field), detail.removeprefix(f"{field}: "))
+    if status == 409:
+        field = field or "request_id"
+        return Conflict(str(field), detail.removeprefix(f"{field}: "))
     if status == 404:
-        return NotFound(detail)
+        return NotFound(detail, field=str(field or "run_id"))
     if status == 401:
         return Unauthenticated(detail)
     if status == 503:
         return StoreUnavailable(detail)
+    if status == 408:  # the server did not get the whole body in time
+        return SelectorTimeout(detail)
     return PCMError(f"HTTP {status}: {detail}")
 
 
@@ -122,9 +135,10 @@ class HttpClient(_HttpOptions, RemoteClient):
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 10.0,
                  retries: int = 4, backoff_s: float = 0.1, max_backoff_s: float = 2.0,
                  fallback: bool = False, queue_path: str | os.PathLike[str] | None = None,
-                 max_connections: int = 16) -> None:
+                 max_connections: int = 16, durable_after_s: float = DURABLE_AFTER_S) -> None:
         super().__init__(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
-                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path)
+                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path,
+                         durable_after_s=durable_after_s)
         self._http = httpx.Client(**self._client_args(url, token, timeout_s, max_connections))
 
     def _send(self, method: str, path: str, content: bytes | None = None) -> bytes:
@@ -164,9 +178,10 @@ class AsyncHttpClient(_HttpOptions, AsyncRemoteClient):
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 10.0,
                  retries: int = 4, backoff_s: float = 0.1, max_backoff_s: float = 2.0,
                  fallback: bool = False, queue_path: str | os.PathLike[str] | None = None,
-                 max_connections: int = 16) -> None:
+                 max_connections: int = 16, durable_after_s: float = DURABLE_AFTER_S) -> None:
         super().__init__(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
-                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path)
+                         max_backoff_s=max_backoff_s, fallback=fallback, queue_path=queue_path,
+                         durable_after_s=durable_after_s)
         self._http = httpx.AsyncClient(**self._client_args(url, token, timeout_s,
                                                            max_connections))
 

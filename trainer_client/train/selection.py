@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from selector_service.errors import Conflict
 from selector_service.models import SelectResponse
 from trainer_client.clients import SelectorClient
 from trainer_client.features import chunk_features
@@ -75,8 +76,12 @@ def select(
         "step": step,
         "trajectories": entries,
     }
-    response = client.select(run_id, request)
-    if not _fits(response, entries):
+    response: SelectResponse | None
+    try:
+        response = client.select(run_id, request)
+    except Conflict:  # the request_id is stored with another batch (a re-run step, say)
+        response = None
+    if response is None or not _fits(response, entries):
         retry_id = request_id + ".r1"
         log.warning(
             "selector answer for %s does not fit this batch (a stored answer of an earlier "

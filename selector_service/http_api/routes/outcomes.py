@@ -6,9 +6,15 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
-from selector_service.errors import InvalidArgument, NotFound
+from selector_service.errors import Conflict, InvalidArgument, NotFound
 from selector_service.http_api.body import body_schema, parse_body, read_body
-from selector_service.http_api.deps import MetricsDep, ServiceDep, SettingsDep, require_auth
+from selector_service.http_api.deps import (
+    MetricsDep,
+    RunIdPath,
+    ServiceDep,
+    SettingsDep,
+    require_auth,
+)
 from selector_service.http_api.errors import ERROR_RESPONSES
 from selector_service.models import OutcomeAck, OutcomeReport
 from selector_service.service import SelectorService
@@ -19,13 +25,14 @@ router = APIRouter(prefix="/v1/runs", tags=["outcomes"], dependencies=[Depends(r
 
 @router.post("/{run_id}/outcomes", response_model=OutcomeAck,
              openapi_extra=body_schema(OutcomeReport))
-async def report_outcomes(run_id: str, request: Request, service: ServiceDep,
+async def report_outcomes(run_id: RunIdPath, request: Request, service: ServiceDep,
                           settings: SettingsDep, metrics: MetricsDep) -> OutcomeAck:
-    """Report a trained step's outcomes and timings. Idempotent on request_id."""
-    raw = await read_body(request, settings.max_message_bytes)
+    """Report a trained step's outcomes and timings. Idempotent on request_id (409 if it was
+    used for a different report); 404 naming selection_id if no selection of the run has it."""
+    raw = await read_body(request, settings.max_small_body_bytes)
     try:
         return await asyncio.to_thread(_report, service, run_id, raw)
-    except (InvalidArgument, NotFound):
+    except (InvalidArgument, NotFound, Conflict):
         if metrics is not None:
             metrics.on_report_rejected(run_id)
         raise

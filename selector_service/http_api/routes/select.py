@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from selector_service.http_api.body import body_schema, parse_body, read_body
-from selector_service.http_api.deps import ServiceDep, SettingsDep, require_auth
+from selector_service.http_api.body import body_schema, parse_select_body, read_body
+from selector_service.http_api.deps import RunIdPath, ServiceDep, SettingsDep, require_auth
 from selector_service.http_api.errors import ERROR_RESPONSES
 from selector_service.models import SelectRequest, SelectResponse
 from selector_service.service import SelectorService
@@ -18,14 +18,15 @@ router = APIRouter(prefix="/v1/runs", tags=["select"], dependencies=[Depends(req
 
 @router.post("/{run_id}/select", response_model=SelectResponse,
              openapi_extra=body_schema(SelectRequest))
-async def select(run_id: str, request: Request, service: ServiceDep,
+async def select(run_id: RunIdPath, request: Request, service: ServiceDep,
                  settings: SettingsDep) -> Response:
     """Score a rollout batch, update the run's phase state and answer chunk masks and weights.
-    Idempotent on request_id: a replay gets the stored answer and changes nothing."""
-    raw = await read_body(request, settings.max_message_bytes)
+    Idempotent on request_id: a replay of the same request gets the stored answer and changes
+    nothing; the same request_id with a different request is 409."""
+    raw = await read_body(request, settings.max_body_bytes)
     return await asyncio.to_thread(_select, service, run_id, raw)
 
 
 def _select(service: SelectorService, run_id: str, raw: bytes) -> Response:
-    answer = service.select(run_id, parse_body(SelectRequest, raw))
+    answer = service.select(run_id, parse_select_body(raw))
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,8 @@ from selector_service.core import (
     select_chunks,
     systematic_sample,
 )
+from selector_service.core.config import MIN_EPS
+from selector_service.errors import InvalidArgument
 
 
 @st.composite
@@ -21,7 +24,7 @@ def batches(draw: st.DrawFn) -> tuple[RunConfig, ChunkBatch, dict]:
     config = RunConfig(
         phases=draw(st.integers(1, 6)),
         keep_fraction=draw(st.floats(0.01, 1.0)),
-        eps=draw(st.floats(0.0, 1.0)),
+        eps=draw(st.one_of(st.just(0.0), st.floats(MIN_EPS, 1.0))),
         eta=draw(st.floats(0.01, 1.0)),
         weighting=draw(st.sampled_from(["mean", "ht", "none"])),
         score=draw(st.sampled_from(["action", "signal"])),
@@ -126,3 +129,11 @@ def test_budget_rounding_and_clamp() -> None:
     np.testing.assert_array_equal(budgets(lens, 0.2), [1, 1, 1, 2, 13, 1])
     np.testing.assert_array_equal(budgets(lens, 1.0), lens)
     np.testing.assert_array_equal(budgets(np.array([7]), 0.5), [4])  # round(3.5) = 4
+
+
+@pytest.mark.parametrize("eps", [5e-324, 1e-12, -0.1, 1.5])
+def test_an_eps_that_would_underflow_or_leave_0_1_is_refused_naming_eps(eps: float) -> None:
+    # a positive floor below MIN_EPS underflows in eps / P: some phase would get weight 0
+    with pytest.raises(InvalidArgument) as exc:
+        RunConfig(eps=eps)
+    assert exc.value.field == "eps"

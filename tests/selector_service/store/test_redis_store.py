@@ -143,12 +143,15 @@ def test_key_layout(redis_url: str) -> None:
         keys = RunKeys(RUN)
         stored: list[bytes] = client.keys("*")  # type: ignore[assignment]
         assert {k.decode() for k in stored} == {
-            keys.config, keys.tasks, keys.reqs, keys.history, keys.state("pick"),
+            keys.config, keys.tasks, keys.reqs, keys.history, keys.sels, keys.state("pick"),
             keys.state("a:b"), keys.req("r1"), keys.req("rep")}
         assert keys.config == "pcm:{run-r}:config" and keys.req("r1") == "pcm:{run-r}:req:r1"
         assert client.type(keys.config) == b"hash" and client.type(keys.history) == b"stream"
         assert client.type(keys.tasks) == b"set" and client.type(keys.reqs) == b"zset"
+        assert client.type(keys.sels) == b"zset"
+        assert client.zrange(keys.sels, 0, -1) == [b"sel-1"]  # the answer's selection_id
         assert client.hget(keys.config, "state_version") == b"1"
+        assert client.hget(keys.config, "revision") == b"1"
         assert client.hget(keys.config, "outcome_reports") == b"1"
         assert client.smembers(keys.tasks) == {b"pick", b"a:b"}
         for req in ("r1", "rep"):
@@ -238,16 +241,19 @@ def test_state_survives_a_restart(isolated_redis_server: RedisServer) -> None:
     answers = [service.select(RUN, r) for r in requests]
     service.report_outcomes(RUN, {"selection_id": answers[0].selection_id,
                                   "request_id": "rep-1", "success_rate": 0.5})
-    before = service.get_run(RUN).model_dump()
+    info = service.get_run(RUN)
+    before = info.model_dump(exclude={"store_epoch"})
     history = service.history(RUN)
 
     isolated_redis_server.stop()
     isolated_redis_server.start()  # same port, same dir: state comes back from the AOF
 
-    assert service.get_run(RUN).model_dump() == before  # the same store object reconnects
+    again = service.get_run(RUN)  # the same store object reconnects
+    assert again.model_dump(exclude={"store_epoch"}) == before
+    assert again.store_epoch != info.store_epoch  # a new Redis incarnation: clients can tell
     assert service.history(RUN) == history
     fresh = _service(isolated_redis_server)
-    assert fresh.get_run(RUN).model_dump() == before
+    assert fresh.get_run(RUN).model_dump(exclude={"store_epoch"}) == before
     assert fresh.select(RUN, requests[2]).same_as(answers[2])  # replay survives too
     assert fresh.select(RUN, make_request("r9", seed=9)[0]).state_version == 6
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import InvalidArgument, NotFound
+from selector_service.errors import Conflict, NotFound
 from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store import CommitStatus, MemoryStore, PhaseStore
 from selector_service.store import memory as memory_module
@@ -242,10 +242,10 @@ def test_request_kind_mismatch(store: PhaseStore) -> None:
     created(store)
     commit(store, "sel", 0)
     store.record_report(RUN, "rep", report("rep"), {"type": "report"})
-    with pytest.raises(InvalidArgument, match="already used by a select request") as exc:
+    with pytest.raises(Conflict, match="already used by a select request") as exc:
         store.record_report(RUN, "sel", report("sel"), {"type": "report"})
     assert exc.value.field == "request_id"
-    with pytest.raises(InvalidArgument, match="already used by an outcome report") as exc:
+    with pytest.raises(Conflict, match="already used by an outcome report") as exc:
         commit(store, "rep", 1)
     assert exc.value.field == "request_id"
     snap = store.load(RUN)
@@ -330,3 +330,87 @@ def test_commit_after_delete_is_not_found(store: PhaseStore) -> None:
 def test_ping(store: PhaseStore) -> None:
     store.ping()
 
+
+
+# -- issue 10: digests, revisions, reconciles, selections ----------------------------------------
+
+
+def test_same_request_id_with_another_digest_is_a_conflict(store: PhaseStore) -> None:
+    created(store)
+    first = store.commit_select(RUN, "r1", 0, {"a": task_state(0)}, answer(1), {},
+                                digest="d1")
+    assert first.status is CommitStatus.COMMITTED
+    again = store.commit_select(RUN, "r1", 1, {"a": task_state(1)}, answer(2), {}, digest="d1")
+    assert again.status is CommitStatus.REPLAY
+    with pytest.raises(Conflict) as exc:
+        store.commit_select(RUN, "r1", 1, {"a": task_state(1)}, answer(2), {}, digest="d2")
+    assert exc.value.field == "request_id"
+    with pytest.raises(Conflict):
+        store.get_request(RUN, "r1", "d2")
+    assert store.get_request(RUN, "r1", "d1") is not None
+    assert store.record_report(RUN, "rep", report("rep"), {}, digest="x") is True
+    assert store.record_report(RUN, "rep", report("rep"), {}, digest="x") is False
+    with pytest.raises(Conflict):
+        store.record_report(RUN, "rep", report("rep"), {}, digest="y")
+    snap = store.load(RUN)
+    assert snap is not None and (snap.state_version, snap.outcome_reports) == (1, 1)
+
+
+def test_commit_compares_the_revision(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0)
+    snap = store.load(RUN)
+    assert snap is not None and snap.revision == 1
+    stale = store.commit_select(RUN, "r2", 1, {"a": task_state(3)}, answer(2), {},
+                                expected_revision=0)
+    assert stale.status is CommitStatus.CONFLICT
+    fresh = store.commit_select(RUN, "r2", 1, {"a": task_state(3)}, answer(2), {},
+                                expected_revision=1)
+    assert fresh.status is CommitStatus.COMMITTED
+
+
+def test_reconcile_replaces_the_answer_and_states_not_the_version(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0, seed=3)
+    snap = store.load(RUN)
+    assert snap is not None
+    new_answer = answer(1, seed=9)
+    moved = task_state(42)
+    result = store.reconcile_select(RUN, "r1", snap.revision, {"a": moved}, new_answer,
+                                    {"type": "reconcile"}, aliases=("local-r1",))
+    assert result.status is CommitStatus.COMMITTED
+    after = store.load(RUN)
+    assert after is not None
+    assert (after.state_version, after.revision) == (1, snap.revision + 1)
+    assert after.tasks["a"].equals(moved) and after.tasks["b"].equals(task_state(4))
+    stored = store.get_request(RUN, "r1")
+    assert stored is not None and stored[1].same_as(new_answer)
+    # the alias names the selection in outcome reports
+    ok = OutcomeReport.model_validate({"selection_id": "local-r1", "request_id": "rep",
+                                       "success_rate": 0.5})
+    assert store.record_report(RUN, "rep", ok, {}, require_selection=True) is True
+    assert store.reconcile_select(RUN, "r1", snap.revision, {"a": moved}, new_answer,
+                                  {}).status is CommitStatus.CONFLICT
+    assert store.reconcile_select(RUN, "nope", after.revision, {"a": moved}, new_answer,
+                                  {}).status is CommitStatus.GONE
+
+
+def test_reports_must_name_a_selection_of_the_run(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0, seed=5)  # answers selection "sel-5"
+    unknown = OutcomeReport.model_validate({"selection_id": "sel-x", "request_id": "rep",
+                                            "success_rate": 0.5})
+    with pytest.raises(NotFound) as exc:
+        store.record_report(RUN, "rep", unknown, {}, require_selection=True)
+    assert exc.value.field == "selection_id"
+    known = OutcomeReport.model_validate({"selection_id": "sel-5", "request_id": "rep",
+                                          "success_rate": 0.5})
+    assert store.record_report(RUN, "rep", known, {}, require_selection=True) is True
+    snap = store.load(RUN)
+    assert snap is not None and snap.outcome_reports == 1
+
+
+def test_epoch_names_the_store(store: PhaseStore) -> None:
+    created(store)
+    assert store.epoch and store.epoch == store.epoch
+    assert store.epoch.startswith("redis-" if isinstance(store, RedisStore) else "memory-")

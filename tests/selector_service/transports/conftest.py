@@ -31,9 +31,10 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
 class ServerThread:
     """A SelectorServer on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.metrics = Metrics(max_trainers_per_run=settings.max_trainers_per_run)
-        self.service = SelectorService(build_store(settings, self.metrics), self.metrics)
+    def __init__(self, settings: Settings, service: SelectorService | None = None) -> None:
+        self.metrics = Metrics.from_settings(settings)
+        self.service = service if service is not None else SelectorService(
+            build_store(settings, self.metrics), self.metrics)
         self.server = SelectorServer(settings, service=self.service, metrics=self.metrics)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()

@@ -74,9 +74,12 @@ def test_select_get_run_and_outcomes(grpc_client: Grpc, run: str) -> None:
     assert set(info.tasks) == {"pick", "place"}
     pick = info.tasks["pick"]
     assert len(pick.scores) == 4 and len(pick.keep_probs) == 4 and pick.state_version == 2
-    # replay: stored answer, no state change
-    again = stub.SelectChunks(to_proto(run, batch("g-sel", seed=9)))
+    # replay: stored answer, no state change; another body under the same id: ALREADY_EXISTS
+    again = stub.SelectChunks(to_proto(run, batch("g-sel", n=16, c=8)))
     assert again == resp
+    with pytest.raises(grpc.RpcError) as err:
+        stub.SelectChunks(to_proto(run, batch("g-sel", seed=9)))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert stub.GetRun(pb.GetRunRequest(run_id=run)) == info
     rep = report(resp.selection_id, "g-rep")
     msg = pb.ReportOutcomesRequest(

@@ -54,9 +54,13 @@ def test_select_and_replay(http: httpx.Client, run: str) -> None:
         assert all((w > 0) == m for m, w in zip(mask, weight, strict=True))
     state = http.get(f"/v1/runs/{run}").json()
     assert state["state_version"] == ans["state_version"] == 2
-    # A replay (even with another body) gets the stored answer and changes nothing.
-    again = http.post(f"/v1/runs/{run}/select", json=batch("sel-1", seed=5))
+    # A replay gets the stored answer and changes nothing; another body under the same
+    # request_id is a conflict (and changes nothing either).
+    again = http.post(f"/v1/runs/{run}/select", json=body)
     assert again.json() == ans
+    other = http.post(f"/v1/runs/{run}/select", json=batch("sel-1", seed=5))
+    assert other.status_code == 409 and other.json()["field"] == "request_id"
+    assert other.json()["code"] == "ALREADY_EXISTS"
     assert http.get(f"/v1/runs/{run}").json() == state
 
 
@@ -64,8 +68,8 @@ def test_outcomes(http: httpx.Client, run: str) -> None:
     ans = http.post(f"/v1/runs/{run}/select", json=batch("sel-out")).json()
     rep = report(ans["selection_id"], "rep-1")
     r = http.post(f"/v1/runs/{run}/outcomes", json=rep)
-    assert r.status_code == 200 and r.json() == {"accepted": True}
-    assert http.post(f"/v1/runs/{run}/outcomes", json=rep).json() == {"accepted": True}
+    assert r.status_code == 200 and r.json()["accepted"] is True
+    assert http.post(f"/v1/runs/{run}/outcomes", json=rep).json()["accepted"] is True
     assert http.get(f"/v1/runs/{run}").json()["outcome_reports"] == 1
 
 

@@ -84,7 +84,7 @@ def traffic(http: httpx.Client, grpc_client: Grpc) -> Iterator[list[dict[str, An
     assert http.post(f"/v1/runs/{RUN}/select", json=batch("m-0")).status_code == 200
     for i, ans in enumerate(answers):
         rep = report(ans["selection_id"], f"rep-{i}", trainer_id=f"trainer-{i % 4}")
-        assert http.post(f"/v1/runs/{RUN}/outcomes", json=rep).json() == {"accepted": True}
+        assert http.post(f"/v1/runs/{RUN}/outcomes", json=rep).json()["accepted"] is True
     http.post(f"/v1/runs/{RUN}/outcomes", json=report(answers[0]["selection_id"], "rep-0"))
     bad = report("s", "rep-bad", success_rate=2.0)
     assert http.post(f"/v1/runs/{RUN}/outcomes", json=bad).status_code == 422

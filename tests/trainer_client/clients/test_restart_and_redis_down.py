@@ -1,6 +1,7 @@
 """Durability over Redis: a SIGKILLed selector loses nothing; with Redis down the selector says
 so fast (readiness, health, UNAVAILABLE/503) and a fallback client selects locally, queues its
-reports, and delivers each exactly once when Redis is back."""
+reports, and delivers each exactly once when Redis is back, with its local selections counted
+with the masks it trained on."""
 
 from __future__ import annotations
 
@@ -108,14 +109,18 @@ def test_redis_down_then_back(isolated_redis_server: RedisServer, tmp_path: Path
 
         info = trainer.get_run("outage")
         assert info.outcome_reports == 3
-        assert info.state_version == 2  # s0 and s2; the local s1 never reached the service
+        # s0, s2 and the local s1: every batch trained on is counted once, with the masks the
+        # trainer used (the client replayed s1 with its local masks once Redis was back).
+        assert info.state_version == 3
+        kept = sum(sum(t.chunks_kept) for t in info.tasks.values())
+        assert kept == served.kept_chunks + local.kept_chunks + answer.kept_chunks
         with RedisStore(redis_server.url) as store:
             history = store.history("outage", 100)
         reports = [h for h in history if h["type"] == "report"]
         assert [h["request_id"] for h in reports] == ["o0", "o1", "o2"]
         # Replaying a delivered report (a lost reply) changes nothing.
         trainer.report_outcomes("outage", {"selection_id": local.selection_id,
-                                           "request_id": "o1", "success_rate": 0.25})
+                                           "request_id": "o1", "step": 1, "success_rate": 0.25})
         assert trainer.get_run("outage").outcome_reports == 3
         http.close()
     finally:

@@ -160,7 +160,9 @@ def test_fallback_selects_locally_and_replays_reports_once(tmp_path: Path,
             assert client.report_outcomes("fb", report).accepted
         assert client.pending_reports == 2
         journal = [json.loads(line) for line in queue.read_text().splitlines()]
-        assert [r["report"]["request_id"] for r in journal] == ["rep-0", "rep-1"]
+        # The local selection (to be replayed with its masks) and the reports, in order.
+        assert [(r["kind"], r["request"]["request_id"]) for r in journal] == [
+            ("select", "s1"), ("report", "rep-0"), ("report", "rep-1")]
         # A second client on the same journal (a restarted trainer) sees the same queue.
         twin = connect(url, **options)
         assert twin.pending_reports == 2

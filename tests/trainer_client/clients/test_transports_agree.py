@@ -38,7 +38,9 @@ def test_embedded_grpc_http_identical(memory_selector: SelectorProcess) -> None:
             assert got.same_as(ref), url
             for m, w in zip(got.masks, got.weights, strict=True):
                 assert m.dtype == np.bool_ and w.dtype == np.float64
-        assert info == reference[-1], url
+        # store_epoch names the store the answer came from (each process has its own)
+        assert (info.model_dump(exclude={"store_epoch"})
+                == reference[-1].model_dump(exclude={"store_epoch"})), url
     first = reference[0]
     batch = small_batch("req-0")
     assert [m.shape[0] for m in first.masks] == [len(t["phase_ids"]) for t in batch["trajectories"]]

@@ -77,7 +77,7 @@ class TaskState(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ..., keep_probs: _Optional[_Iterable[float]] = ..., observations: _Optional[_Iterable[int]] = ..., chunks_total: _Optional[_Iterable[int]] = ..., chunks_kept: _Optional[_Iterable[int]] = ..., trajectories: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., state_version: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "config", "state_version", "outcome_reports", "tasks")
+    __slots__ = ("run_id", "config", "state_version", "outcome_reports", "tasks", "store_epoch")
     class TasksEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,15 +90,17 @@ class RunInfo(_message.Message):
     STATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_REPORTS_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     config: RunConfig
     state_version: int
     outcome_reports: int
     tasks: _containers.MessageMap[str, TaskState]
-    def __init__(self, run_id: _Optional[str] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., state_version: _Optional[int] = ..., outcome_reports: _Optional[int] = ..., tasks: _Optional[_Mapping[str, TaskState]] = ...) -> None: ...
+    store_epoch: str
+    def __init__(self, run_id: _Optional[str] = ..., config: _Optional[_Union[RunConfig, _Mapping]] = ..., state_version: _Optional[int] = ..., outcome_reports: _Optional[int] = ..., tasks: _Optional[_Mapping[str, TaskState]] = ..., store_epoch: _Optional[str] = ...) -> None: ...
 
 class SelectChunksRequest(_message.Message):
-    __slots__ = ("run_id", "request_id", "trainer_id", "step", "keep_fraction", "task_ids", "group_ids", "success", "chunk_counts", "phase_ids", "action_features", "feature_dim")
+    __slots__ = ("run_id", "request_id", "trainer_id", "step", "keep_fraction", "task_ids", "group_ids", "success", "chunk_counts", "phase_ids", "action_features", "feature_dim", "trained_masks", "trained_weights")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRAINER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +113,8 @@ class SelectChunksRequest(_message.Message):
     PHASE_IDS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_MASKS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     request_id: str
     trainer_id: str
@@ -123,7 +127,9 @@ class SelectChunksRequest(_message.Message):
     phase_ids: _containers.RepeatedScalarFieldContainer[int]
     action_features: bytes
     feature_dim: int
-    def __init__(self, run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., trainer_id: _Optional[str] = ..., step: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., task_ids: _Optional[_Iterable[str]] = ..., group_ids: _Optional[_Iterable[str]] = ..., success: _Optional[_Iterable[bool]] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., phase_ids: _Optional[_Iterable[int]] = ..., action_features: _Optional[bytes] = ..., feature_dim: _Optional[int] = ...) -> None: ...
+    trained_masks: bytes
+    trained_weights: bytes
+    def __init__(self, run_id: _Optional[str] = ..., request_id: _Optional[str] = ..., trainer_id: _Optional[str] = ..., step: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., task_ids: _Optional[_Iterable[str]] = ..., group_ids: _Optional[_Iterable[str]] = ..., success: _Optional[_Iterable[bool]] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., phase_ids: _Optional[_Iterable[int]] = ..., action_features: _Optional[bytes] = ..., feature_dim: _Optional[int] = ..., trained_masks: _Optional[bytes] = ..., trained_weights: _Optional[bytes] = ...) -> None: ...
 
 class KeepProbs(_message.Message):
     __slots__ = ("values",)
@@ -132,7 +138,7 @@ class KeepProbs(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SelectChunksResponse(_message.Message):
-    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs")
+    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch")
     class KeepProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +155,7 @@ class SelectChunksResponse(_message.Message):
     TOTAL_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_TRAJECTORIES_FIELD_NUMBER: _ClassVar[int]
     KEEP_PROBS_FIELD_NUMBER: _ClassVar[int]
+    STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     selection_id: str
     state_version: int
     chunk_counts: _containers.RepeatedScalarFieldContainer[int]
@@ -158,7 +165,8 @@ class SelectChunksResponse(_message.Message):
     total_chunks: int
     skipped_trajectories: int
     keep_probs: _containers.MessageMap[str, KeepProbs]
-    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ...) -> None: ...
+    store_epoch: str
+    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("rollout_s", "select_s", "backward_s")
@@ -195,7 +203,9 @@ class ReportOutcomesRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., selection_id: _Optional[str] = ..., request_id: _Optional[str] = ..., trainer_id: _Optional[str] = ..., step: _Optional[int] = ..., success_rate: _Optional[float] = ..., loss: _Optional[float] = ..., kept_chunks: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., phase_grad_norms: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
-    __slots__ = ("accepted",)
+    __slots__ = ("accepted", "store_epoch")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
-    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+    store_epoch: str
+    def __init__(self, accepted: _Optional[bool] = ..., store_epoch: _Optional[str] = ...) -> None: ...
