@@ -16,6 +16,11 @@ depth of the trunk set the gradient cost per chunk row, which is what PCM saves.
 Behaviour cloning (`bc_loss`) is MSE between the predicted mean and the expert chunk. It leaves
 `log_std` at its initial value on purpose: after SFT the RL exploration noise is the configured
 `init_log_std`, not the (near-zero) noise of the demonstrations.
+
+Precision (`set_precision`): with "bf16" the encoders, the trunk and the action head run under
+bf16 autocast on the policy's device; the head's outputs are cast back to the parameters' dtype,
+so log pi, the BC loss and the head-gradient sketches are computed in fp32 (in every query:
+rollout, update and evaluation alike, so the ratio rho starts at 1).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer_client.device import autocast, autocast_dtype
 from trainer_client.types import OBS_IMAGES, OBS_STATE
 
 ObsBatch = Mapping[str, np.ndarray | Tensor]
@@ -188,6 +194,8 @@ class VLAPolicy(nn.Module):
         self.action_dim: int = cfg.action_dim  # A (ChunkPolicy)
         self.tokenizer = HashedWordTokenizer(cfg.vocab_size, cfg.max_text_tokens)
         self._generator: torch.Generator | None = None
+        # bf16 autocast of the forward (None: fp32); runtime state, not saved (set_precision)
+        self.autocast_dtype: torch.dtype | None = None
 
         # encoders, one per input kind present
         if cfg.use_text:
@@ -251,6 +259,11 @@ class VLAPolicy(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def set_precision(self, precision: str) -> None:
+        """Precision "fp32" (no autocast) or "bf16" (bf16 autocast of the forward on the
+        policy's device; log-probs stay fp32). Call after moving the policy to its device."""
+        self.autocast_dtype = autocast_dtype(precision, self.device)
 
     def set_seed(self, seed: int) -> None:
         """Use a private generator for action sampling (else torch's global RNG)."""
@@ -318,10 +331,12 @@ class VLAPolicy(nn.Module):
 
     def _heads(self, obs: ObsBatch, instructions: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         """Mean (B, K, A), clamped log-std (K, A) and the action-query activations entering the
-        head, h (B, K, d)."""
-        tokens, pad = self.encode(obs, instructions)  # (B, L, d), (B, L) or None
-        h = self.trunk(tokens, src_key_padding_mask=pad)[:, -self.config.chunk_size :]  # (B,K,d)
-        mean = self.action_head(h)  # (B, K, A)
+        head, h (B, K, d), all in the parameters' dtype (under bf16 autocast too)."""
+        with autocast(self.device, self.autocast_dtype):
+            tokens, pad = self.encode(obs, instructions)  # (B, L, d), (B, L) or None
+            h = self.trunk(tokens, src_key_padding_mask=pad)[:, -self.config.chunk_size :]
+            mean = self.action_head(h)  # (B, K, A)
+        mean, h = mean.to(self.dtype), h.to(self.dtype)  # (B, K, A), (B, K, d)
         log_std = self.log_std.clamp(self.config.min_log_std, self.config.max_log_std)
         return mean, log_std, h
 

@@ -12,8 +12,16 @@ weights and the same batch.
   is a fixed cost that both sides pay; it is reported separately too).
 - Activation memory = peak over the update of the bytes of tensors saved for backward, measured
   with `torch.autograd.graph.saved_tensors_hooks`: each saved tensor's storage is counted once
-  while any saved reference to it is alive; parameter storages (weights saved by matmuls) are
-  not activations and are excluded. Works the same on CPU and GPU.
+  while any saved reference to it is alive; parameter storages (weights saved by matmuls) and,
+  under bf16 autocast, the low-precision copies of the parameters are not activations and are
+  excluded. Works the same on CPU and GPU.
+- On CUDA also the allocator's figures per update (`torch.cuda.max_memory_allocated`, reset
+  before each side's update, in a run of its own): `cuda_peak_bytes`, the peak of everything
+  allocated (parameters, optimizer state, gradients, activations), and `cuda_peak_delta_bytes`,
+  that peak minus what was allocated when the update started (activations, gradients and
+  temporaries; the parameters and the optimizer's saved state are the same on both sides).
+- `--device` / `--precision` as for `pcm-train` (`trainer_client.device`). On CUDA every timed
+  update is bracketed by device synchronisations, and `update_s` is that bracketed wall time.
 - The process CPU time of each update is reported too (`update_cpu_s`, `update_cpu_time_ratio`):
   on a shared machine it is far less disturbed by other processes than wall-clock time, provided
   OpenMP threads sleep rather than spin while waiting (run with OMP_WAIT_POLICY=PASSIVE).
@@ -24,6 +32,7 @@ weights; the selector service answers with the same shapes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import statistics
@@ -36,6 +45,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from trainer_client.device import (
+    CudaPeakMemory,
+    check_precision,
+    device_name,
+    resolve_device,
+    synchronize,
+)
 from trainer_client.grpo import GRPOConfig, grpo_update, make_optimizer
 from trainer_client.policy import PolicyConfig, VLAPolicy
 from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
@@ -119,6 +135,20 @@ def select_masks(trajectories: Sequence[Trajectory], keep_fraction: float, seed:
 # ---- activation memory ------------------------------------------------------------------------
 
 
+CUDA_COLUMNS = ("GRPO CUDA peak MB", "PCM CUDA peak MB", "peak ratio", "peak-delta ratio")
+
+_CAST_OR_VIEW = {
+    "ToCopyBackward0",
+    "TBackward0",
+    "TransposeBackward0",
+    "PermuteBackward0",
+    "ViewBackward0",
+    "UnsafeViewBackward0",
+    "ExpandBackward0",
+    "ReshapeAliasBackward0",
+}
+
+
 class _Saved:
     """What autograd keeps instead of a saved tensor while the meter is on."""
 
@@ -152,7 +182,7 @@ class SavedTensorMeter:
     def _pack(self, tensor: torch.Tensor) -> Any:
         storage = tensor.untyped_storage()
         key, nbytes = storage.data_ptr(), storage.nbytes()
-        if nbytes == 0 or key in self._exclude:
+        if nbytes == 0 or key in self._exclude or self._is_param_copy(tensor):
             return tensor
         entry = self._live.get(key)
         if entry is None:
@@ -162,6 +192,26 @@ class SavedTensorMeter:
         else:
             entry[1] += 1
         return _Saved(tensor, key, self)
+
+    def _is_param_copy(self, tensor: torch.Tensor) -> bool:
+        """True for autocast's cast of an excluded parameter (or a view of one): its autograd
+        history is casts and views back to the parameter, with at least one cast."""
+        fn, cast = tensor.grad_fn, False
+        for _ in range(8):
+            if fn is None:
+                return False
+            name = type(fn).__name__
+            if name == "AccumulateGrad":
+                variable = fn.variable  # type: ignore[attr-defined]
+                return cast and variable.untyped_storage().data_ptr() in self._exclude
+            if name not in _CAST_OR_VIEW:
+                return False
+            cast = cast or name == "ToCopyBackward0"
+            inputs = [f for f, _ in fn.next_functions if f is not None]
+            if len(inputs) != 1:
+                return False
+            fn = inputs[0]
+        return False
 
     @staticmethod
     def _unpack(saved: Any) -> torch.Tensor:
@@ -191,15 +241,21 @@ def run_grad_bench(
     grpo_config: GRPOConfig | None = None,
     seed: int = 0,
     threads: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Full GRPO vs PCM on one batch, for micro-batching 'trajectory' (results) and
     'rows:{rows_micro_batch}' (results_rows). Ratios: update_time_ratio = grpo / pcm time,
-    activation_memory_ratio = pcm / grpo bytes. images=True uses LIBERO-like observations
-    (LIBERO_POLICY: two 128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row);
-    policy_config overrides both. threads: torch intra-op threads for the run (None: as set)."""
+    activation_memory_ratio = pcm / grpo bytes (and on CUDA cuda_peak_ratio,
+    cuda_peak_delta_ratio). images=True uses LIBERO-like observations (LIBERO_POLICY: two
+    128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row); policy_config overrides
+    both. threads: torch intra-op threads for the run (None: as set). device: auto | cpu | cuda
+    | cuda:N; precision: fp32 | bf16 (autocast of the policy forward)."""
     if repeats < 1 or not keep_fractions or not all(0 < f <= 1 for f in keep_fractions):
         raise ValueError("need repeats >= 1 and keep fractions in (0, 1]")
+    check_precision(precision)
+    torch_device = resolve_device(device)
     threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -214,6 +270,8 @@ def run_grad_bench(
             policy_config or (LIBERO_POLICY if images else PolicyConfig()),
             grpo_config or GRPOConfig(),
             seed,
+            torch_device,
+            precision,
             log or (lambda _msg: None),
         )
     finally:
@@ -230,12 +288,18 @@ def _measure(
     policy_config: PolicyConfig,
     base_cfg: GRPOConfig,
     seed: int,
+    device: torch.device,
+    precision: str,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
-    policy = VLAPolicy(policy_config)
+    policy = VLAPolicy(policy_config).to(device)
+    policy.set_precision(precision)
     optimizer = make_optimizer(policy, base_cfg)
-    say(f"policy {policy.num_params() / 1e6:.2f} M params; building the synthetic batch")
+    say(
+        f"policy {policy.num_params() / 1e6:.2f} M params on {device} ({device_name(device)}, "
+        f"{precision}); building the synthetic batch"
+    )
     trajectories = synthetic_batch(policy, num_trajectories, num_chunks, group_size, seed=seed)
     total_rows = sum(t.num_chunks for t in trajectories)
 
@@ -248,16 +312,22 @@ def _measure(
     saved_params = [p.detach().clone() for p in params]
     optimizer.zero_grad(set_to_none=True)
 
-    def run(side: Any, cfg: GRPOConfig, meter: SavedTensorMeter | None = None) -> dict[str, Any]:
+    def run(
+        side: Any,
+        cfg: GRPOConfig,
+        meter: SavedTensorMeter | None = None,
+        cuda_meter: CudaPeakMemory | None = None,
+    ) -> dict[str, Any]:
         opt_state = copy.deepcopy(optimizer.state_dict())
         masks, weights = sides[side]
-        cpu_start = time.process_time()
-        if meter is None:
+        synchronize(device)
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        with meter or contextlib.nullcontext(), cuda_meter or contextlib.nullcontext():
             stats = grpo_update(policy, optimizer, trajectories, masks, weights, config=cfg)
-        else:
-            with meter:
-                stats = grpo_update(policy, optimizer, trajectories, masks, weights, config=cfg)
+            synchronize(device)  # CUDA kernels run asynchronously: time the finished update
         cpu_s = time.process_time() - cpu_start
+        if device.type == "cuda":
+            stats.update_s = time.perf_counter() - wall_start
         with torch.no_grad():  # restore: every update starts from the same weights and state
             for p, p0 in zip(params, saved_params, strict=True):
                 p.copy_(p0)
@@ -287,6 +357,16 @@ def _measure(
         "+ grad clip + AdamW step (grpo_update)",
         "activation_memory": "peak bytes of tensors saved for backward (saved_tensors_hooks), "
         "each storage once while alive, parameters excluded",
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": precision,
+        "cuda_memory": (
+            "torch.cuda.max_memory_allocated over the update, reset per side: cuda_peak_bytes "
+            "(everything allocated), cuda_peak_delta_bytes (the peak minus what was allocated "
+            "when the update started)"
+            if device.type == "cuda"
+            else None
+        ),
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "row_cost_ms": {"rollout_forward": _act_cost_ms(policy, trajectories)},
@@ -305,12 +385,16 @@ def _measure(
             for side in order[r % len(order) :] + order[: r % len(order)]:
                 times[side].append(run(side, cfg))
             say(f"micro-batching {micro_batch}: repeat {r + 1}/{repeats} done")
-        peak = {}
+        peak, cuda_peak = {}, {}
         for side in sides:
             meter = SavedTensorMeter(exclude=params)
             run(side, cfg, meter)
             peak[side] = meter.peak_bytes
-        summary = {side: _summarise(times[side], peak[side]) for side in sides}
+            cuda_meter = CudaPeakMemory(device)  # a run of its own, without the hooks
+            if device.type == "cuda":
+                run(side, cfg, cuda_meter=cuda_meter)
+            cuda_peak[side] = cuda_meter
+        summary = {side: _summarise(times[side], peak[side], cuda_peak[side]) for side in sides}
         grpo = summary.pop("grpo")
         if micro_batch == "trajectory":
             result["row_cost_ms"]["forward_backward"] = (
@@ -323,6 +407,10 @@ def _measure(
                 "update_time_ratio": grpo["update_s"] / s["update_s"],
                 "update_cpu_time_ratio": grpo["update_cpu_s"] / s["update_cpu_s"],
                 "activation_memory_ratio": s["activation_bytes"] / grpo["activation_bytes"],
+                "cuda_peak_ratio": _ratio(s["cuda_peak_bytes"], grpo["cuda_peak_bytes"]),
+                "cuda_peak_delta_ratio": _ratio(
+                    s["cuda_peak_delta_bytes"], grpo["cuda_peak_delta_bytes"]
+                ),
                 "kept_fraction_actual": s["kept_rows"] / grpo["kept_rows"],
                 "micro_batch": micro_batch,
                 **s,
@@ -332,7 +420,13 @@ def _measure(
     return result
 
 
-def _summarise(runs: list[dict[str, Any]], activation_bytes: int) -> dict[str, Any]:
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _summarise(
+    runs: list[dict[str, Any]], activation_bytes: int, cuda: CudaPeakMemory
+) -> dict[str, Any]:
     def med(name: str) -> float:
         return statistics.median(r[name] for r in runs)
 
@@ -343,6 +437,8 @@ def _summarise(runs: list[dict[str, Any]], activation_bytes: int) -> dict[str, A
         "optimizer_s": med("optimizer_s"),
         "update_cpu_s": med("cpu_s"),
         "activation_bytes": activation_bytes,
+        "cuda_peak_bytes": cuda.peak_bytes,
+        "cuda_peak_delta_bytes": cuda.delta_bytes,
         "update_s_runs": [r["update_s"] for r in runs],
         "kept_rows": runs[0]["kept_rows"],
         "micro_batches": runs[0]["micro_batches"],
@@ -384,7 +480,10 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
         f"trajectories x {batch['chunks_per_trajectory']} chunks = {batch['rows']} rows; "
         f"per row: {row_cost.get('forward_backward', float('nan')):.2f} ms forward+backward, "
         f"{row_cost['rollout_forward']:.2f} ms rollout forward; {result['torch_threads']} threads"
+        f"; {result.get('device', 'cpu')} ({result.get('device_name', '')}), "
+        f"{result.get('precision', 'fp32')}"
     )
+    cuda = result.get("grpo_results", {}).get("cuda_peak_bytes") is not None
     table = Table(title="actor update: full GRPO vs PCM (medians of interleaved repeats)")
     for col in (
         "micro-batch",
@@ -398,6 +497,7 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
         "GRPO act. MB",
         "PCM act. MB",
         "memory ratio",
+        *(CUDA_COLUMNS if cuda else ()),
     ):
         table.add_column(col, justify="right")
     for key in ("results", "results_rows"):
@@ -415,5 +515,15 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
                 f"{grpo['activation_bytes'] / 2**20:.1f}",
                 f"{r['activation_bytes'] / 2**20:.1f}",
                 f"{r['activation_memory_ratio']:.3f}",
+                *(
+                    (
+                        f"{grpo['cuda_peak_bytes'] / 2**20:.1f}",
+                        f"{r['cuda_peak_bytes'] / 2**20:.1f}",
+                        f"{r['cuda_peak_ratio']:.3f}",
+                        f"{r['cuda_peak_delta_ratio']:.3f}",
+                    )
+                    if cuda
+                    else ()
+                ),
             )
     console.print(table)

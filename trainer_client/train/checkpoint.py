@@ -98,13 +98,16 @@ def save_checkpoint(
     wall_s: float,
     config: dict[str, Any],
     keep: int = 2,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoints/step_N.pt and delete all but the newest `keep` step checkpoints."""
+    """Write checkpoints/step_N.pt and delete all but the newest `keep` step checkpoints.
+    `optimizer_state` replaces `optimizer.state_dict()` (FSDP: the state gathered from the
+    shards, `trainer_client.train.distributed.optimizer_state`)."""
     path = step_checkpoint_path(out, step)
     atomic_torch_save(
         {
             "policy": policy_blob(policy),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
             "step": int(step),
             "wall_s": float(wall_s),
             "rng": rng_state(),

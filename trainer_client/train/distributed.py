@@ -1,4 +1,5 @@
-"""Data-parallel RL under torchrun (CPU: gloo; the same code runs on NCCL with GPUs).
+"""Data-parallel RL under torchrun (CPU: gloo; on GPUs NCCL for the CUDA tensors, gloo for the
+CPU-side bookkeeping).
 
     torchrun --nproc_per_node 2 -m trainer_client.cli rl --env metaworld:pick-place-v3 ...
 
@@ -25,28 +26,49 @@ gradients are summed with one all-reduce (flattened into a single buffer), clipp
 identically on every rank. Summing, not averaging, is what makes the result equal to the
 single-process gradient of the global loss. Parameters start identical (broadcast from rank 0)
 and stay identical; `check_in_sync` verifies that at every checkpoint.
+
+`--parallel fsdp` (FSDP2, `shard_policy`): each trunk block and the rest of the policy are
+`fully_shard`ed over the ranks, so parameters, gradients and the optimizer state are split
+(each rank holds 1/N of them between uses; a block's parameters are all-gathered for its forward
+and backward). The gradient reduction is a reduce-scatter SUM (divide factor 1), so the same
+global-count loss coefficients make the sharded gradients equal the single-process gradient.
+Two FSDP-specific rules:
+
+1. every rank must run the same number of forward/backward passes (each one all-gathers and
+   reduce-scatters): ranks agree on the most micro-batches any rank has, and a rank with fewer
+   pads with zero-weight backward passes of a dummy row (exact: they add zero gradients);
+2. the rollout needs the full policy without collectives (ranks run different numbers of rollout
+   queries), so each rank keeps an unsharded, gradient-free replica for rollouts, evaluation and
+   checkpoints, refreshed from the shards after every optimizer step (`sync_replica`), as RL
+   stacks keep the rollout engine's weights separate from the FSDP actor. Checkpoints hold the
+   full optimizer state (gathered from the shards), in the same format as without FSDP.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainer_client.device import SetupError
 from trainer_client.grpo import (
     GRPOConfig,
     UpdateStats,
     group_advantages,
     informative_trajectories,
+    plan_kept_rows,
     selective_backward,
+    split_micro_batches,
 )
+from trainer_client.policy import PolicyConfig
 from trainer_client.train.model import param_digest
-from trainer_client.types import Trajectory
+from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
 
 
 @dataclass
@@ -89,6 +111,14 @@ class Dist:
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+    def all_max(self, value: int) -> int:
+        """The largest `value` over the ranks."""
+        if not self.enabled:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
 
     def all_sum(self, values: Sequence[float]) -> list[float]:
         if not self.enabled:
@@ -135,14 +165,20 @@ class Dist:
         return digest
 
 
-def init_distributed() -> Dist:
-    """Join the torchrun job if there is one (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+def init_distributed(device: torch.device | None = None) -> Dist:
+    """Join the torchrun job if there is one (WORLD_SIZE > 1). The backend follows the policy's
+    device: gloo for a CPU policy; for a CUDA one NCCL for CUDA tensors and gloo for the CPU
+    bookkeeping (object gathers, counts), one process group with both."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+        if device is None or device.type == "cpu":
+            torch.distributed.init_process_group(backend="gloo")
+        elif device.type == "cuda":
+            torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl", device_id=device)
+        else:
+            raise ValueError(f"no distributed backend for device {device}: use cpu or cuda")
     return Dist(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())
 
 
@@ -170,7 +206,8 @@ def distributed_update(
     global_kept_chunks: int | None = None,
 ) -> UpdateStats:
     """One actor update on this rank's trajectories whose summed gradient over ranks equals the
-    single-process gradient of the global masked loss (see the module docstring)."""
+    single-process gradient of the global masked loss (see the module docstring). `policy` is
+    the rank's full replica (ddp) or its FSDP2-sharded module (`shard_policy`)."""
     import time
 
     t0 = time.perf_counter()
@@ -197,6 +234,14 @@ def distributed_update(
     scaled = [np.asarray(w, dtype=np.float64) * scale for w in weights]
 
     params = [p for p in policy.parameters() if p.requires_grad]
+    sharded = is_sharded(policy)
+    planned, passes = 0, 0
+    if sharded:  # FSDP: every rank runs as many forward/backward passes as the busiest one
+        rows = plan_kept_rows(
+            trajectories, advantages, masks, scaled, config.aggregation, config.loss_denominator
+        )
+        planned = len(split_micro_batches(rows, config.micro_batch))
+        passes = dist.all_max(planned)
     optimizer.zero_grad(set_to_none=True)
     stats = selective_backward(
         policy,  # type: ignore[arg-type]
@@ -206,6 +251,14 @@ def distributed_update(
         config=config,
         advantages=advantages,
     )
+    if sharded:
+        if stats.micro_batches != planned:
+            raise RuntimeError(
+                f"FSDP update: selective_backward ran {stats.micro_batches} micro-batches, "
+                f"{planned} were planned; the ranks' collectives no longer match"
+            )
+        for _ in range(passes - planned):
+            _zero_backward(policy)
     # global row count and loss; every rank takes the same branch below
     kept, loss, clipped, kl = dist.all_sum(
         [
@@ -221,13 +274,144 @@ def distributed_update(
     stats.kept_rows = int(kept)
     if kept > 0:
         t_opt = time.perf_counter()
-        dist.all_reduce_grads(params)
+        if not sharded:  # FSDP has reduce-scattered (summed) the gradients in the backward
+            dist.all_reduce_grads(params)
         if config.max_grad_norm is not None:
             grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         else:
             grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        stats.grad_norm = float(grad_norm)
+        stats.grad_norm = float(_full(grad_norm))
         optimizer.step()
         stats.optimizer_s = time.perf_counter() - t_opt
     stats.update_s = time.perf_counter() - t0
     return stats
+
+
+# ---- FSDP2 --------------------------------------------------------------------------------------
+
+
+def fsdp_problem(device: torch.device) -> str | None:
+    """Why FSDP2 cannot run here (one line), or None. It runs on CUDA (NCCL) and, with torch
+    >= 2.8 (sum-only reductions), on the CPU with gloo (tested in CI with torch 2.13)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401
+    except ImportError:
+        return (
+            f"--parallel fsdp: torch {torch.__version__} has no FSDP2 "
+            "(torch.distributed.fsdp.fully_shard); upgrade torch or use --parallel ddp"
+        )
+    if not hasattr(FSDPModule, "set_gradient_divide_factor"):
+        return (
+            f"--parallel fsdp: torch {torch.__version__}'s FSDP2 cannot sum gradients "
+            "(no set_gradient_divide_factor); upgrade torch or use --parallel ddp"
+        )
+    if device.type == "cpu" and not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        return (
+            f"--parallel fsdp: torch {torch.__version__}'s FSDP2 needs PREMUL_SUM for summed "
+            "gradients, which gloo lacks; run on CUDA, upgrade torch, or use --parallel ddp"
+        )
+    return None
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """True for a module `shard_policy` returned (FSDP2)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(module, FSDPModule)
+
+
+def shard_policy(policy: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """A copy of `policy` sharded with FSDP2 over the `world_size` ranks of the default process
+    group: one FSDP unit per trunk block (`policy.trunk.layers`) and one for the rest (encoders,
+    action head, log-std). Gradients are reduce-scattered as a SUM (see the module docstring).
+    `policy` itself is left whole (the rollout replica). Raises a SetupError naming the
+    problem where FSDP2 cannot run (`fsdp_problem`)."""
+    problem = fsdp_problem(device)
+    if problem is not None:
+        raise SetupError(problem)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    sharded = copy.deepcopy(policy)
+    mesh = init_device_mesh(device.type, (world_size,))
+    for block in sharded.trunk.layers:  # type: ignore[union-attr]
+        fully_shard(block, mesh=mesh)
+    fully_shard(sharded, mesh=mesh)
+    for module in sharded.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            if hasattr(module, "set_force_sum_reduction_for_comms"):
+                module.set_force_sum_reduction_for_comms(True)
+    return sharded
+
+
+def sync_replica(sharded: nn.Module, replica: nn.Module) -> None:
+    """Copy the sharded module's parameters into the full replica (an all-gather per parameter,
+    on every rank in the same order)."""
+    with torch.no_grad():
+        pairs = zip(sharded.named_parameters(), replica.named_parameters(), strict=True)
+        for (name, p), (name_r, q) in pairs:
+            if name != name_r:
+                raise RuntimeError(f"sharded parameter {name} vs replica {name_r}")
+            q.copy_(_full(p.detach()))
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` with every sharded (DTensor) state gathered into a full tensor:
+    the same format with and without FSDP. A collective under FSDP: call it on every rank."""
+    sd = optimizer.state_dict()
+    state = {i: {k: _full(v) for k, v in sd["state"][i].items()} for i in sorted(sd["state"])}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    """Load a full optimizer state (`optimizer_state`'s or a plain `state_dict()`); states of
+    sharded parameters are sharded like them. A collective under FSDP: call it on every rank."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    dtensor = _dtensor_type()
+    state: dict[int, dict[str, Any]] = {}
+    for i in sorted(state_dict["state"]):
+        p = params[i]
+        entry = {}
+        for key, value in state_dict["state"][i].items():
+            full_state = isinstance(value, torch.Tensor) and value.shape == p.shape
+            if dtensor is not None and isinstance(p, dtensor) and full_state:
+                from torch.distributed.tensor import distribute_tensor
+
+                # shard it like its parameter
+                value = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)
+            entry[key] = value
+        state[i] = entry
+    optimizer.load_state_dict({"state": state, "param_groups": state_dict["param_groups"]})
+
+
+def _dtensor_type() -> Any:
+    """torch's DTensor class (what FSDP2 shards into); None where torch has none."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return None
+    return DTensor
+
+
+def _full(t: Any) -> Any:
+    """A DTensor's full value (a collective); anything else as is."""
+    dtensor = _dtensor_type()
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def _zero_backward(policy: nn.Module) -> None:
+    """A forward/backward pass through every parameter that adds exactly zero gradient: FSDP's
+    all-gathers and reduce-scatters without a contribution (a rank with fewer micro-batches)."""
+    cfg = cast(PolicyConfig, policy.config)
+    obs: dict[str, np.ndarray] = {}
+    if cfg.state_dim:
+        obs[OBS_STATE] = np.zeros((1, cfg.state_dim), np.float32)
+    if cfg.num_cameras:
+        shape = (1, cfg.num_cameras, cfg.image_size, cfg.image_size, 3)
+        obs[OBS_IMAGES] = np.zeros(shape, np.uint8)
+    actions = np.zeros((1, cfg.chunk_size, cfg.action_dim), np.float32)
+    logp = policy.log_prob(obs, ["pad"], actions)  # type: ignore[operator]
+    (logp * 0.0).sum().backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trainer_client.device import device_name, prepare_device, resolve_device
 from trainer_client.expert import collect_expert_demos
 from trainer_client.train.checkpoint import save_policy
 from trainer_client.train.config import EVAL_INIT_OFFSET, SFTConfig, auto_workers
@@ -71,6 +73,8 @@ def lr_factor(i: int, iters: int, warmup: float = 0.05, floor: float = 0.1) -> f
 
 
 def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
+    device = resolve_device(cfg.device)
+    prepare_device(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -116,6 +120,8 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
         )
     )
     policy.set_state_normalization(states)
+    policy.to(device)
+    policy.set_precision(cfg.precision)
     optimizer = torch.optim.AdamW(
         [p for name, p in policy.named_parameters() if name != "log_std"], lr=cfg.lr
     )
@@ -128,11 +134,15 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
             return float(policy.bc_loss(obs, [demos.instruction] * len(probe), targets[probe]))
 
     loss_start = probe_loss()
-    log(f"sft: policy {policy.num_params() / 1e6:.2f} M params; BC loss {loss_start:.4f}")
+    log(
+        f"sft: policy {policy.num_params() / 1e6:.2f} M params on {device} "
+        f"({device_name(device)}, {cfg.precision}); BC loss {loss_start:.4f}"
+    )
 
     # 3. behaviour cloning: MSE of the chunk mean to the demo chunk, uniform minibatches
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.iters), desc="sft", disable=not cfg.progress, leave=False)
+    bar = tqdm(range(cfg.iters), desc="sft", leave=False,
+               disable=not (cfg.progress and sys.stderr.isatty()))  # no \r flood in files
     running = loss_start
     for _ in bar:
         idx = rng.integers(0, n, size=cfg.batch_size)

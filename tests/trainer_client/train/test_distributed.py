@@ -1,8 +1,9 @@
-"""Data-parallel RL: the all-reduced update equals the single-process one, and under torchrun
-the ranks end every step with identical parameters."""
+"""Data-parallel RL: the all-reduced (ddp) and the FSDP2-sharded (fsdp) updates equal the
+single-process one, and under torchrun the ranks end every step with identical parameters."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,18 +16,31 @@ import torch
 from tests.trainer_client.train.conftest import MAX_STEPS, TASK
 from trainer_client.grpo import GRPOConfig, grpo_update
 from trainer_client.policy import PolicyConfig
-from trainer_client.train.distributed import Dist, distributed_update, shard
+from trainer_client.train.distributed import (
+    Dist,
+    distributed_update,
+    fsdp_problem,
+    load_optimizer_state,
+    optimizer_state,
+    shard,
+    shard_policy,
+    sync_replica,
+)
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import TrainPolicy, load_policy, param_digest, param_vector
+from trainer_client.train.rl import make_rl_optimizer
 from trainer_client.types import OBS_STATE, Trajectory
 
-# groups: (size, chunks, outcomes); rank 0 gets groups 0, 2, rank 1 gets groups 1, 3
+# groups: (size, chunks, outcomes); round-robin: rank 0 gets groups 0, 2, rank 1 gets 1, 3 (the
+# ranks then run different numbers of micro-batches); "idle": rank 1 gets only group 2, which
+# is not informative, so it computes nothing of its own
 GROUPS = [
     (3, 5, (1, 0, 0)),
     (2, 7, (1, 0)),
     (3, 4, (1, 1, 1)),  # not informative
     (2, 3, (0, 1)),
 ]
+IDLE_LAYOUT = {0: [0, 1, 3], 1: [2]}
 
 
 def _policy() -> TrainPolicy:
@@ -64,7 +78,15 @@ def _batch(policy: TrainPolicy) -> tuple[list[list[Trajectory]], list, list]:
     return groups, masks, weights
 
 
-def _worker(rank: int, store: str, aggregation: str, out: str) -> None:
+def _worker(
+    rank: int,
+    store: str,
+    aggregation: str,
+    out: str,
+    parallel: str = "ddp",
+    layout: str = "round-robin",
+    optim: str = "sgd",
+) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=2
     )
@@ -73,13 +95,19 @@ def _worker(rank: int, store: str, aggregation: str, out: str) -> None:
     groups, masks, weights = _batch(policy)
     flat = [t for grp in groups for t in grp]
     index = {id(t): i for i, t in enumerate(flat)}
-    mine = [t for g in shard(list(range(len(groups))), Dist(rank, 2)) for t in groups[g]]
+    if layout == "round-robin":
+        my_groups = shard(list(range(len(groups))), Dist(rank, 2))
+    else:
+        my_groups = IDLE_LAYOUT[rank]
+    mine = [t for g in my_groups for t in groups[g]]
     idx = [index[id(t)] for t in mine]
     informative = [g for g in range(len(groups)) if len(set(GROUPS[g][2])) > 1]
     cfg = GRPOConfig(aggregation=aggregation, max_grad_norm=None, micro_batch="rows:3")
-    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    # fsdp: the update runs on the shards; `policy` stays the full replica, refreshed after
+    trained = shard_policy(policy, torch.device("cpu"), 2) if parallel == "fsdp" else policy
+    optimizer = _optimizer(trained, optim)
     distributed_update(
-        policy,
+        trained,
         optimizer,
         mine,
         [masks[i] for i in idx],
@@ -92,37 +120,104 @@ def _worker(rank: int, store: str, aggregation: str, out: str) -> None:
             int(masks[i].sum()) for i, t in enumerate(flat) if int(t.group_id[1:]) in informative
         ),
     )
+    if trained is not policy:
+        sync_replica(trained, policy)
     torch.save(param_vector(policy), f"{out}/rank{rank}.pt")
+    if optim == "adamw":  # the full optimizer state (gathered from the shards), and reloaded
+        state = optimizer_state(optimizer)
+        fresh = _optimizer(trained, optim)
+        load_optimizer_state(fresh, state)
+        torch.save({"state": state, "reloaded": optimizer_state(fresh)}, f"{out}/opt{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("aggregation", ["chunk", "trajectory"])
-def test_all_reduced_update_equals_the_single_process_update(
-    aggregation: str, tmp_path: Path
-) -> None:
-    torch.multiprocessing.spawn(
-        _worker, args=(str(tmp_path / "store"), aggregation, str(tmp_path)), nprocs=2
-    )
-    # the single-process update on the whole batch, same optimizer
+def _optimizer(module: torch.nn.Module, optim: str) -> torch.optim.Optimizer:
+    if optim == "sgd":
+        return torch.optim.SGD(module.parameters(), lr=1.0)
+    elif optim == "adamw":
+        return make_rl_optimizer(module, GRPOConfig(lr=1e-2), log_std_lr=1e-1)
+    else:
+        raise ValueError(optim)
+
+
+def _single_process_update(aggregation: str, optim: str) -> tuple[torch.Tensor, dict]:
+    """The reference: the whole batch in one process, same optimizer. Returns the parameters
+    and the optimizer state after the update."""
     policy = _policy()
     groups, masks, weights = _batch(policy)
     flat = [t for grp in groups for t in grp]
     cfg = GRPOConfig(aggregation=aggregation, max_grad_norm=None, micro_batch="rows:3")
-    grpo_update(
-        policy, torch.optim.SGD(policy.parameters(), lr=1.0), flat, masks, weights, config=cfg
+    optimizer = _optimizer(policy, optim)
+    grpo_update(policy, optimizer, flat, masks, weights, config=cfg)
+    return param_vector(policy), optimizer.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("parallel", "aggregation", "layout"),
+    [
+        ("ddp", "chunk", "round-robin"),
+        ("ddp", "trajectory", "round-robin"),
+        ("fsdp", "chunk", "round-robin"),
+        ("fsdp", "trajectory", "idle"),
+    ],
+)
+def test_distributed_update_equals_the_single_process_update(
+    parallel: str, aggregation: str, layout: str, tmp_path: Path
+) -> None:
+    """SGD at lr 1: the parameter change is the gradient itself. fsdp: the gradients are
+    reduce-scattered over the shards, ranks with fewer micro-batches (or none: "idle") pad with
+    zero-weight passes, and the replica is refreshed from the shards."""
+    torch.multiprocessing.spawn(
+        _worker,
+        args=(str(tmp_path / "store"), aggregation, str(tmp_path), parallel, layout),
+        nprocs=2,
     )
-    expected = param_vector(policy)
+    expected, _ = _single_process_update(aggregation, "sgd")
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(r0, r1)
     assert not torch.equal(r0, param_vector(_policy()))
     torch.testing.assert_close(r0, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_end_with_identical_parameters(
-    sft_checkpoint: Path, tmp_path: Path
+def test_fsdp_runs_on_cpu_with_gloo_here() -> None:
+    """FSDP2 needs summed reduce-scatters; gloo has them with the pinned torch (2.13), so
+    --parallel fsdp runs in CI rather than being refused."""
+    assert fsdp_problem(torch.device("cpu")) is None
+
+
+def test_fsdp_optimizer_state_gathers_and_reloads_like_the_single_process_one(
+    tmp_path: Path,
 ) -> None:
-    out = tmp_path / "ddp"
+    """The RL optimizer (fused AdamW, two groups) over the shards: its state gathered from the
+    shards (what checkpoints hold) equals the single-process optimizer's, and loading it into a
+    fresh sharded optimizer shards it back unchanged (resume under fsdp)."""
+    torch.multiprocessing.spawn(
+        _worker,
+        args=(str(tmp_path / "store"), "chunk", str(tmp_path), "fsdp", "round-robin", "adamw"),
+        nprocs=2,
+    )
+    expected_params, expected = _single_process_update("chunk", "adamw")
+    torch.testing.assert_close(torch.load(tmp_path / "rank0.pt"), expected_params)
+    for rank in (0, 1):
+        blob = torch.load(tmp_path / f"opt{rank}.pt", weights_only=False)
+        for got in (blob["state"], blob["reloaded"]):
+            assert got["param_groups"] == expected["param_groups"]
+            assert sorted(got["state"]) == sorted(expected["state"])
+            for i, ref in expected["state"].items():
+                for key, value in ref.items():
+                    torch.testing.assert_close(
+                        got["state"][i][key], value, rtol=1e-10, atol=1e-12, check_device=False
+                    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_ranks_end_with_identical_parameters(
+    parallel: str, sft_checkpoint: Path, tmp_path: Path
+) -> None:
+    """`pcm-train rl` under torchrun, 2 ranks on the CPU (gloo), --parallel ddp and fsdp; fsdp
+    then resumes from its checkpoint (the optimizer state sharded back) for one more step."""
+    out = tmp_path / parallel
     argv = [
         sys.executable,
         "-m",
@@ -160,17 +255,26 @@ def test_torchrun_two_ranks_end_with_identical_parameters(
         "1e-3",
         "--algo",
         "pcm",
+        "--device",
+        "cpu",
+        "--parallel",
+        parallel,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=Path(__file__).resolve().parents[3],
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def torchrun(args: list[str]) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            args,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    proc = torchrun(argv)
     digests = [(out / f"params_rank{r}.sha256").read_text().strip() for r in (0, 1)]
     assert digests[0] == digests[1]
     assert digests[0] != param_digest(load_policy(sft_checkpoint))  # it trained
@@ -179,4 +283,14 @@ def test_torchrun_two_ranks_end_with_identical_parameters(
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["trajectories"] == 16 for r in rows)  # one selection covers both ranks
     assert any(r["informative_chunks"] and r["kept_chunks"] for r in rows)
-    assert "2 rank(s)" in proc.stdout
+    assert f"2 rank(s) ({parallel})" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runtime"]["parallel"] == parallel and summary["runtime"]["device"] == "cpu"
+
+    if parallel == "fsdp":
+        proc = torchrun([*argv, "--resume", "--steps", "3"])
+        assert "resuming from" in proc.stdout
+        again = [(out / f"params_rank{r}.sha256").read_text().strip() for r in (0, 1)]
+        assert again[0] == again[1] != digests[0]
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "step"]
+        assert [r["step"] for r in rows] == [1, 2, 3]
