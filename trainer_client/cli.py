@@ -6,6 +6,8 @@
         --init runs/sft/sft.pt --run-id exp1 --out runs/exp1
     pcm-train eval --checkpoint runs/exp1/final.pt --episodes 50
     torchrun --nproc_per_node 2 -m trainer_client.cli rl --init runs/sft/sft.pt --out runs/ddp
+    pcm-train rl --device cuda --precision bf16 ...      # on a GPU (--device auto picks it)
+    torchrun --nproc_per_node 4 -m trainer_client.cli rl --parallel fsdp --device cuda ...
 
 The flags of sft, rl and eval are generated from the fields (and help texts) of `SFTConfig`,
 `TrainConfig` and `EvalConfig` in `trainer_client.train.config`; a bad value exits with the
@@ -22,16 +24,18 @@ import os
 # exporting OMP_WAIT_POLICY.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
 
+from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 from trainer_client.train.config import EvalConfig, SFTConfig, TrainConfig
 
 app = typer.Typer(
@@ -86,7 +90,8 @@ def _config_command(
             except ValueError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
-            body(config, **extras)
+            with _setup_errors():
+                body(config, **extras)
 
         command.__signature__ = inspect.Signature([*params, *extra_params])  # type: ignore[attr-defined]
         command.__annotations__ = {
@@ -98,6 +103,18 @@ def _config_command(
         return body
 
     return register
+
+
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    """A `SetupError` (a device, precision or parallelism that cannot run here) ends the command
+    with its one line (from rank 0 only under torchrun) and exit status 2."""
+    try:
+        yield
+    except SetupError as exc:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _setup_logging() -> None:
@@ -127,16 +144,24 @@ def rl(config: TrainConfig) -> None:
 @_config_command("eval", EvalConfig)
 def evaluate(config: EvalConfig) -> None:
     """Success rate of a checkpoint over N initial states (one episode each)."""
+    from trainer_client.device import prepare_device, resolve_device
     from trainer_client.train.config import auto_workers
     from trainer_client.train.evaluate import evaluate_policy
-    from trainer_client.train.model import load_policy
+    from trainer_client.train.model import check_policy_fits_env, load_policy, probe_env
 
     _setup_logging()
     try:
         policy = load_policy(config.checkpoint)
-    except FileNotFoundError as exc:
+        # another env's checkpoint: one line naming both shapes, not a traceback mid-rollout
+        env_kwargs = {"max_steps": config.max_steps} if config.max_steps else None
+        check_policy_fits_env(policy, probe_env(config.env, env_kwargs))
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    device = resolve_device(config.device)
+    prepare_device(device)
+    policy.to(device)
+    policy.set_precision(config.precision)
     assert config.init_offset is not None
     init_states = list(range(config.init_offset, config.init_offset + config.episodes))
     modes = [config.mode] if config.mode != "both" else ["sampled", "deterministic"]
@@ -155,13 +180,21 @@ def evaluate(config: EvalConfig) -> None:
         typer.echo(
             f"{config.checkpoint}: {mode} success {r.success_rate:.1%} over {r.episodes} "
             f"episodes on {config.env} (init states {init_states[0]}..{init_states[-1]}, "
-            f"{r.mean_steps:.0f} steps on average, {r.seconds:.1f}s)"
+            f"{r.mean_steps:.0f} steps on average, {r.seconds:.1f}s; {device}, "
+            f"{config.precision})"
         )
     if config.json_path:
         Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(config.json_path).write_text(
             json.dumps(
-                {"checkpoint": config.checkpoint, "env": config.env, "results": results}, indent=2
+                {
+                    "checkpoint": config.checkpoint,
+                    "env": config.env,
+                    "device": str(device),
+                    "precision": config.precision,
+                    "results": results,
+                },
+                indent=2,
             )
             + "\n"
         )
@@ -170,30 +203,39 @@ def evaluate(config: EvalConfig) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output dir")] = Path("runs/demo"),
+    algos: Annotated[str, typer.Option(
+        help="comma-separated, run side by side from one SFT checkpoint: grpo, pcm, random")
+    ] = "grpo,pcm",
     quick: Annotated[
         bool, typer.Option(help="a tiny run of the same path (tests; about a minute)")
     ] = False,
     rl_steps: Annotated[
-        int | None, typer.Option(help="RL steps (default: the demo's)", min=1)
+        int | None, typer.Option(help="RL steps per algorithm (default: the demo's 20)", min=1)
     ] = None,
-    time_budget_s: Annotated[
-        float, typer.Option(help="wall-clock budget of the whole demo, seconds")
-    ] = 0.0,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Annotated[bool, typer.Option(help="progress bars (on a terminal only)")] = True,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
-    """The main job: SFT on the MetaWorld demo task, then PCM-GRPO with the embedded selector.
-    Prints the SFT and RL success rates on held-out initial states."""
+    """The main job: SFT on the MetaWorld demo task, then GRPO and PCM side by side from that
+    checkpoint (same initial states and seeds), each evaluated on the same held-out initial
+    states; a table, demo.json and demo.png."""
     from trainer_client.train.demo import DemoConfig, run_demo
 
     _setup_logging()
     cfg = DemoConfig.quick(out, seed=seed) if quick else DemoConfig.default(out, seed=seed)
+    cfg.algos = tuple(a.strip() for a in algos.split(",") if a.strip())
     if rl_steps is not None:
         cfg.rl_steps = rl_steps
-    if time_budget_s:
-        cfg.time_budget_s = time_budget_s
     cfg.progress = progress
-    run_demo(cfg)
+    cfg.device, cfg.precision = device, precision
+    try:
+        cfg.check()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with _setup_errors():
+        run_demo(cfg)
 
 
 def main() -> None:

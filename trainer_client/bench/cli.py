@@ -3,8 +3,10 @@ with --json PATH, writes its figures as JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainer_client.bench.learning import learning_command
+from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
@@ -30,6 +33,16 @@ def _machine() -> dict[str, Any]:
 
     return {"python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count()}
+
+
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    """A bad --device / --precision ends the command with its one line and exit status 2."""
+    try:
+        yield
+    except SetupError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _write(path: Path | None, payload: dict[str, Any]) -> None:
@@ -106,14 +119,19 @@ def grad(
     chunks: Annotated[int, typer.Option(min=1, help="chunks per trajectory")] = 48,
     repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats per side")] = 3,
     images: Annotated[bool, typer.Option(help="camera images through the policy")] = False,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Actor-update time and peak activation memory of full GRPO vs PCM on the same batch,
-    side by side, micro-batched the same way (per trajectory, and fixed-size rows)."""
+    side by side, micro-batched the same way (per trajectory, and fixed-size rows); on CUDA
+    also the allocator's peak memory per update."""
     from trainer_client.bench.grad import print_table, run_grad_bench
 
-    result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
-                            num_trajectories=trajectories, num_chunks=chunks, repeats=repeats,
-                            images=images, log=console.print)
+    with _setup_errors():
+        result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
+                                num_trajectories=trajectories, num_chunks=chunks,
+                                repeats=repeats, images=images, device=device,
+                                precision=precision, log=console.print)
     print_table(result, console)
     _write(json_path, {**result, "machine": _machine()})
 
@@ -133,7 +151,7 @@ def estimator(
     group_size: Annotated[int, typer.Option(min=2, help="G rollouts per initial state")] = 8,
     keep_fraction: Annotated[float, typer.Option(help="f: the common chunk budget")] = 0.2,
     phases: Annotated[int, typer.Option(min=1, help="P phases")] = 4,
-    segmenter: Annotated[str, typer.Option(help="progress | gripper")] = "progress",
+    segmenter: Annotated[str, typer.Option(help="gripper | progress")] = "gripper",
     eps: Annotated[float, typer.Option(help="exploration floor of pcm and oracle")] = 0.1,
     signal_dim: Annotated[int, typer.Option(min=1, help="sketch size the trainer sends")] = 128,
     sketch_dim: Annotated[int, typer.Option(
@@ -145,6 +163,7 @@ def estimator(
         help="cache of rollouts and gradient sketches, and the plot")] = Path(
         "runs/bench-estimator"),
     json_path: JsonPath = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
     """Where the learning signal is per phase, and how well each chunk selection and loss
     weighting (grpo, random, pcm action/signal x mean/ht, an oracle) aligns with the expected
@@ -152,11 +171,12 @@ def estimator(
     in --out: re-runs with other selection settings take seconds."""
     from trainer_client.bench.estimator import plot_estimator, run_estimator_bench
 
-    result = run_estimator_bench(
-        init, env=env, batches=batches, init_states=init_states, group_size=group_size,
-        keep_fraction=keep_fraction, phases=phases, segmenter=segmenter, eps=eps,
-        signal_dim=signal_dim, sketch_dim=sketch_dim, draws=draws, seed=seed,
-        max_steps=max_steps, out=out, log=console.print)
+    with _setup_errors():
+        result = run_estimator_bench(
+            init, env=env, batches=batches, init_states=init_states, group_size=group_size,
+            keep_fraction=keep_fraction, phases=phases, segmenter=segmenter, eps=eps,
+            signal_dim=signal_dim, sketch_dim=sketch_dim, draws=draws, seed=seed,
+            max_steps=max_steps, out=out, log=console.print, device=device)
     table = Table(title=f"pcm-bench estimator: {env}, {batches} batches, "
                         f"{result['informative_chunks']} informative chunks, {segmenter} phases")
     for col in ("phase", "chunks", "energy", "signal", "share"):

@@ -53,8 +53,8 @@ import numpy as np
 import torch
 
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
-from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
-from selector_service.core.select import request_rng
+from selector_service.core.select import request_rng, sample_chunks
+from trainer_client.device import resolve_device
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages
 from trainer_client.phases import label_trajectory, make_segmenter
@@ -129,13 +129,15 @@ class SignFoldSketch:
     """x (n,) -> S-dim sketch: sum over j = i mod S of s_j x_j with fixed random signs s.
     Unbiased for inner products (E <Sx, Sy> = <x, y>), one multiply and one fold per vector."""
 
-    def __init__(self, params: Sequence[torch.Tensor], dim: int, seed: int) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], dim: int, seed: int,
+                 device: torch.device | None = None) -> None:
         self.dim = dim
         n = sum(p.numel() for p in params)
         self.padded = -(-n // dim) * dim
-        gen = torch.Generator().manual_seed(seed)
-        self.signs = torch.randint(0, 2, (self.padded,), generator=gen).float().mul_(2).sub_(1)
-        self.buffer = torch.zeros(self.padded)
+        gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same on any device
+        signs = torch.randint(0, 2, (self.padded,), generator=gen).float().mul_(2).sub_(1)
+        self.signs = signs.to(device)
+        self.buffer = torch.zeros(self.padded, device=device)
 
     def __call__(self, grads: Sequence[torch.Tensor]) -> np.ndarray:
         offset = 0
@@ -143,7 +145,7 @@ class SignFoldSketch:
             n = g.numel()
             self.buffer[offset:offset + n] = g.reshape(-1)
             offset += n
-        return (self.buffer * self.signs).view(-1, self.dim).sum(0).numpy()
+        return (self.buffer * self.signs).view(-1, self.dim).sum(0).cpu().numpy()
 
 
 def chunk_gradients(policy: VLAPolicy, trajectories: Sequence[Trajectory],
@@ -216,7 +218,7 @@ def _load_batch(path: Path) -> BatchData:
 def collect_batches(
     init: Path, env: str, *, batches: int, init_states: int, group_size: int, max_steps: int,
     sketch_dim: int, seed: int, cache_dir: Path, num_workers: int,
-    log: Callable[[str], None],
+    log: Callable[[str], None], device: torch.device | None = None,
 ) -> list[BatchData]:
     """K batches with their gradient sketches, from the cache where present (appended per
     batch, so an interrupted run resumes)."""
@@ -232,11 +234,11 @@ def collect_batches(
         else:
             missing.append(b)
     if missing:
-        policy = load_policy(init)
+        policy = load_policy(init).to(device or torch.device("cpu"))
         policy.eval()
         policy.set_seed(seed)
         params = [p for name, p in policy.named_parameters() if name != "log_std"]
-        sketch = SignFoldSketch(params, sketch_dim, seed)
+        sketch = SignFoldSketch(params, sketch_dim, seed, policy.device)
         log(f"estimator: {len(missing)} batch(es) to collect ({len(out) - len(missing)} "
             f"cached in {cache}); policy {policy.num_params() / 1e6:.1f} M params, sketch "
             f"{sketch_dim} dims")
@@ -374,39 +376,39 @@ def _keep_weights_per_batch(est: Estimator, data: Sequence[BatchData],
 def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
                        w: np.ndarray, keep_fraction: float, draws: int,
                        seed: int, b: int) -> tuple[np.ndarray, float]:
-    """coef (draws, R) over the batch's informative rows, and the largest selector weight."""
+    """coef (draws, R) over the batch's informative rows, and the largest selector weight.
+    The masks and weights are the selector's own (core `sample_chunks`) with keep weights w."""
     rows = data.rows
     n_rows = len(rows)
     if est.kind == "grpo":
         return np.full((1, n_rows), 1.0 / max(n_rows, 1)), 1.0
     lengths = np.array([t.num_chunks for t in data.trajectories], dtype=np.int64)
-    traj_of_chunk = np.repeat(np.arange(len(lengths)), lengths)
-    phase = np.concatenate(traj_phases)
-    inf = data.advantages != 0.0
-    k = np.where(inf, budgets(lengths, keep_fraction), 0)
-    if est.kind == "random":
-        q = np.ones(len(phase))
-    else:
-        cell = traj_of_chunk * len(w) + phase
-        n_in_phase = np.bincount(cell, minlength=len(lengths) * len(w))[cell]
-        q = w[phase] / n_in_phase
-    pi = inclusion_probabilities(q, traj_of_chunk, k)
-    offsets = np.r_[0, np.cumsum(lengths)]
-    flat = offsets[rows[:, 0]] + rows[:, 1]  # informative rows' flat chunk index
+    n = len(lengths)
+    batch = ChunkBatch(
+        task_ids=["task"], task_index=np.zeros(n, dtype=np.int64),
+        group_index=np.zeros(n, dtype=np.int64), success=np.zeros(n, dtype=bool),
+        lengths=lengths, offsets=np.r_[0, np.cumsum(lengths)],
+        phase=np.concatenate(traj_phases).astype(np.int64),
+        features=np.zeros((int(lengths.sum()), 0), dtype=np.float32),
+        traj_of_chunk=np.repeat(np.arange(n), lengths))
+    config = RunConfig(phases=len(w), weighting=est.weighting,
+                       mode="random" if est.kind == "random" else "pcm")
+    informative = data.advantages != 0.0  # (N,): mixed-outcome groups only
+    flat = batch.offsets[rows[:, 0]] + rows[:, 1]  # informative rows' flat chunk index
     coef = np.zeros((draws, n_rows))
     max_weight = 0.0
     for r in range(draws):
         rng = request_rng(seed, f"draw/{est.name}/{b}/{r}")
-        mask = systematic_sample(pi, traj_of_chunk, k, rng)[flat]
-        if est.weighting == "mean":
-            coef[r] = mask / max(mask.sum(), 1)
-            max_weight = max(max_weight, 1.0)
-        elif est.weighting == "ht":
-            weight = np.where(mask, 1.0 / np.maximum(pi[flat], 1e-300), 0.0)
+        mask, weight, _pi = sample_chunks(config, batch, w[None, :], informative, rng,
+                                          keep_fraction)
+        mask, weight = mask[flat], weight[flat]
+        if est.weighting == "mean":  # the trainer averages over the kept chunks
+            coef[r] = weight / max(mask.sum(), 1)
+        elif est.weighting == "ht":  # 1/pi, over the full loss's count
             coef[r] = weight / max(n_rows, 1)
-            max_weight = max(max_weight, float(weight.max(initial=0.0)))
         else:
             raise ValueError(f"unknown weighting {est.weighting!r}")
+        max_weight = max(max_weight, float(weight.max(initial=0.0)))
     return coef, max_weight
 
 
@@ -481,21 +483,24 @@ def _se(values: Sequence[float]) -> float:
 def run_estimator_bench(
     init: Path, *, env: str = DEMO_ENV, batches: int = 10, init_states: int = 4,
     group_size: int = 8, keep_fraction: float = 0.2, phases: int = 4,
-    segmenter: str = "progress", eps: float = 0.1, signal_dim: int = 128,
+    segmenter: str = "gripper", eps: float = 0.1, signal_dim: int = 128,
     sketch_dim: int = 2**17, draws: int = 32, seed: int = 0, max_steps: int = 120,
     out: Path = Path("runs/bench-estimator"), num_workers: int = -1,
     estimators: Sequence[Estimator] | None = None, log: Callable[[str], None] = print,
+    device: str = "auto",
 ) -> dict[str, Any]:
     if batches < 3:
         raise ValueError(f"--batches {batches}: need >= 3 (leave-one-out needs two others)")
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"--keep-fraction {keep_fraction}: must be in (0, 1]")
     torch.manual_seed(seed)
+    torch_device = resolve_device(device)  # the policy's, for rollouts and per-chunk gradients
     t0 = time.perf_counter()
     data = collect_batches(init, env, batches=batches, init_states=init_states,
                            group_size=group_size, max_steps=max_steps, sketch_dim=sketch_dim,
                            seed=seed, cache_dir=out / "cache",
-                           num_workers=auto_workers(num_workers), log=log)
+                           num_workers=auto_workers(num_workers), log=log,
+                           device=torch_device)
     traj_phases, row_phases = [], []
     for d in data:
         tp, rp = phase_of_rows(d, segmenter, phases, max_steps)
@@ -511,6 +516,7 @@ def run_estimator_bench(
         "benchmark": "estimator",
         "task": env,
         "checkpoint": str(init),
+        "device": str(torch_device),
         "batches": batches,
         "default": default_name,
         "config": {"init_states": init_states, "group_size": group_size,

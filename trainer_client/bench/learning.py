@@ -1,33 +1,45 @@
-"""`pcm-bench learning`: success rate vs wall-clock and vs step for grpo, pcm and random.
+"""`pcm-bench learning`: does PCM learn as much per step as GRPO, and what does it save?
 
-DESIGN.md section 8. One MetaWorld task, ONE SFT checkpoint that every run starts from, the three
-selector modes for the same number of steps, several seeds. Runs are interleaved by seed
-(seed 0: grpo, pcm, random; seed 1: ...), so load on the machine hits the algorithms alike, and
-with the same seed every algorithm sees the same initial states at every step (paired
-comparison). Seeds are added while the time budget allows (at least one).
+One MetaWorld task, ONE SFT checkpoint that every run starts from, several algorithms for the
+same number of steps, several seeds. The comparison is paired: at a given seed every algorithm
+sees the same initial states and the same action-sampling seeds at every step, and is evaluated
+on the same held-out initial states with the same evaluation seed (common random numbers), so
+the differences between algorithms are estimated per seed and the noise that all share cancels.
+Runs are interleaved by seed (seed 0: grpo, pcm, random; seed 1: ...) so that load on the
+machine hits the algorithms alike.
 
-Per run: the training success rate of every step (the rollout batch), held-out evaluations every
---eval-every steps (sampled actions on initial states no run trains on), and the time split
-rollout / select / backward (backward = the whole actor update: gather, forward, backward,
-all-reduce, clip, optimizer step). Wall-clock is training time (evaluations excluded).
+Per run: the training success of every step (the rollout batch), held-out evaluations at the
+start, the middle and the end (sampled actions, `--eval-episodes` initial states that no run
+trains on), and the time split rollout / select / backward (backward = the whole actor update).
+Wall-clock is training time (evaluations excluded).
 
-Writes OUT/learning.json (field names below) and OUT/learning.png; each run's own metrics.jsonl,
-summary.json and training.png are in OUT/ALGO-sSEED/.
+Per algorithm (DESIGN: the paired gain): gain = held-out end - held-out start per seed; its mean
+and 95% t-interval over seeds; the same for the paired difference to grpo and to random (gain of
+the algorithm minus gain of grpo at the same seed); seconds per step and the time split; and the
+wall-clock for its training success (trailing mean of 10 steps, mean over seeds) to reach GRPO's
+final training success, as a ratio to GRPO's own time to get there.
 
-JSON: {benchmark, machine, config, policy, sft, elapsed_s, seeds_run, runs: [{algo, seed, steps,
-success_rate, wall_s, rollout_s, select_s, backward_s, kept_fraction, evals: [{step, wall_s,
-success_rate}], summary}], algos: {ALGO: {runs, steps, wall_s, seconds_per_step: {rollout,
-select, backward, step}, time_split: {rollout, select, backward}, kept_fraction,
-backward_speedup_vs_grpo, step_speedup_vs_grpo, success_first10, success_last10,
-eval_first, eval_last, eval_last_std}}, plot}.
+Resumable: each finished run is appended to OUT/runs.jsonl (one JSON line per (task, algo,
+seed)); a rerun of the same command skips finished runs and resumes an interrupted one from its
+last checkpoint, so a long study runs in pieces (`--budget-s` stops before a run that would not
+fit). OUT/learning.json and OUT/learning.png are rewritten from all finished runs every time.
+
+JSON: {benchmark, task, checkpoint, config, machine, policy, summary: {ALGO: {seeds,
+heldout_start, heldout_mid, heldout_end, gain_mean, gain_ci95, gain_vs_grpo_mean,
+gain_vs_grpo_ci95, gain_vs_random_mean, gain_vs_random_ci95, s_per_step, rollout_share,
+select_share, backward_share, backward_speedup_vs_grpo, step_speedup_vs_grpo, kept_fraction,
+time_to_grpo_final_s, time_to_grpo_final_ratio}}, runs: [{task, algo, seed, step, success_rate,
+wall_s, rollout_s, select_s, backward_s, kept_fraction, evals: [{step, success_rate, episodes}],
+heldout_start, heldout_mid, heldout_end, gain, summary}], plot}.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
-import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,15 +49,28 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from scipy import stats
 
+from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average
 from trainer_client.train.rl import summarize, train_rl
 
-ALGOS = ("grpo", "pcm", "random")
-COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray"}
+# algorithm name -> the TrainConfig fields that define it (everything else is shared)
+ALGOS: dict[str, dict[str, Any]] = {
+    "grpo": {"algo": "grpo"},
+    "pcm": {"algo": "pcm"},  # the default PCM configuration (signal score, mean, gripper)
+    "random": {"algo": "random"},  # same budget, uniform within each trajectory
+    "pcm-action": {"algo": "pcm", "score": "action"},  # the paper's (action score, mean)
+    "pcm-progress": {"algo": "pcm", "segmenter": "progress"},  # default, time-bin phases
+}
+DEFAULT_ALGOS = ("grpo", "pcm", "random")
+COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
+          "pcm-progress": "tab:cyan"}
+RUNS_FILE = "runs.jsonl"
+SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 
 def run_learning_bench(
@@ -53,214 +78,267 @@ def run_learning_bench(
     *,
     init: Path | None = None,
     env: str = DEMO_ENV,
-    algos: Sequence[str] = ALGOS,
-    max_seeds: int = 3,
+    algos: Sequence[str] = DEFAULT_ALGOS,
+    seeds: int = 5,
     first_seed: int = 0,
-    steps: int = 30,
-    budget_s: float = 1500.0,
+    steps: int = 60,
+    budget_s: float = 6000.0,
     init_states: int = 4,
     group_size: int = 8,
     keep_fraction: float = 0.2,
-    eval_every: int = 10,
-    eval_episodes: int = 32,
+    eval_episodes: int = 100,
     num_workers: int = -1,
     threads: int = 0,
     rl_overrides: dict[str, Any] | None = None,
     sft_overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the comparison; returns (and writes) the JSON figures. Without `init`, an SFT
-    checkpoint is trained first with `pcm-train sft`'s defaults (its time counts against the
-    budget). `budget_s` bounds the whole job: a further seed starts only if the previous seed's
-    duration still fits."""
+    """Run what is missing of the study (seeds first_seed .. first_seed + seeds - 1, each algo),
+    then write and return the figures of every finished run. Without `init`, an SFT checkpoint is
+    trained first into OUT/sft (reused by later calls). `budget_s` bounds this call: a run starts
+    only if the longest run of its algorithm so far still fits (an algorithm not run yet
+    always starts)."""
     for algo in algos:
         if algo not in ALGOS:
             raise ValueError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
-    if max_seeds < 1 or steps < 1 or budget_s <= 0:
-        raise ValueError("need max_seeds >= 1, steps >= 1 and budget_s > 0")
+    if seeds < 1 or steps < 2 or budget_s <= 0 or eval_episodes < 1:
+        raise ValueError("need seeds >= 1, steps >= 2, budget_s > 0 and eval_episodes >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    # the one SFT checkpoint every run starts from
-    sft_info: dict[str, Any] = {}
+    # ---- the one SFT checkpoint every run starts from -----------------------------------------
     if init is None:
-        from trainer_client.train.sft import run_sft
+        init = out / "sft" / "sft.pt"
+        if not init.is_file():
+            from trainer_client.train.sft import run_sft
 
-        sft_cfg = SFTConfig(
-            env=env,
-            out=str(out / "sft"),
-            progress=False,
-            num_workers=num_workers,
-            threads=threads,
-            **(sft_overrides or {}),
-        )
-        sft = run_sft(sft_cfg, log=log)
-        init = sft.checkpoint
-        sft_info = sft.summary()
-    policy = load_policy(init)
-    sft_info["checkpoint"] = str(init)
+            sft_cfg = SFTConfig(env=env, out=str(out / "sft"), progress=False,
+                                num_workers=num_workers, threads=threads, **(sft_overrides or {}))
+            init = run_sft(sft_cfg, log=log).checkpoint
+    config = {
+        "env": env, "checkpoint": str(init), "steps": steps, "init_states": init_states,
+        "group_size": group_size, "keep_fraction": keep_fraction,
+        "eval_episodes": eval_episodes, "eval_steps": _eval_steps(steps),
+        **(rl_overrides or {}),
+    }
+    fingerprint = _fingerprint(config, Path(init))
+    done = load_runs(out)
+    for record in done:
+        if record["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"{out / RUNS_FILE} holds runs of another configuration (checkpoint, steps, "
+                "batch, keep fraction, evaluation or overrides differ); use another --out for "
+                f"this one (theirs: {record['config']}, this: {config})")
+    finished = {(r["algo"], r["seed"]) for r in done}
 
-    runs: list[dict[str, Any]] = []
-    seeds_run = 0
-    for seed in range(first_seed, first_seed + max_seeds):
-        t_round = time.perf_counter()
+    # ---- the runs: seed-major, algorithms interleaved -----------------------------------------
+    durations: dict[str, float] = {}
+    for r in done:
+        durations[r["algo"]] = max(durations.get(r["algo"], 0.0), r["duration_s"])
+    stopped = False
+    for seed in range(first_seed, first_seed + seeds):
         for algo in algos:
-            cfg = TrainConfig(
-                env=env,
-                algo=algo,
-                selector="embedded",
-                run_id=f"learn-{algo}-s{seed}",
-                out=str(out / f"{algo}-s{seed}"),
-                init=str(init),
-                steps=steps,
-                seed=seed,
-                group_size=group_size,
-                init_states=init_states,
-                keep_fraction=keep_fraction,
-                eval_every=eval_every,
-                eval_episodes=eval_episodes,
-                checkpoint_every=steps,
-                keep_checkpoints=1,
-                num_workers=num_workers,
-                threads=threads,
-                progress=False,
-                trainer_id="bench",
-                **(rl_overrides or {}),
-            )
-            log(f"learning bench: {algo} seed {seed} ({steps} steps) -> {cfg.out}")
-            with (Path(cfg.out).parent / f"{algo}-s{seed}.log").open("w") as f:
-
-                def write_line(line: str, f: Any = f) -> None:
-                    f.write(line + "\n")
-
-                result = train_rl(cfg, log_line=write_line)
-            runs.append(_run_record(algo, seed, read_metrics(result.metrics), cfg))
-            s = runs[-1]["summary"]
-            log(
-                f"  {algo} seed {seed}: {s['wall_s']:.0f}s, backward "
-                f"{s['seconds']['backward_s'] / s['steps']:.2f}s/step, success first/last 10 "
-                f"{s['success_first10']:.2f} -> {s['success_last10']:.2f}"
-            )
-        seeds_run += 1
-        elapsed = time.perf_counter() - t_start
-        if elapsed + (time.perf_counter() - t_round) > budget_s:
+            if (algo, seed) in finished:
+                continue
+            expected = durations.get(algo, 0.0)  # an algorithm not run yet: no estimate
+            elapsed = time.perf_counter() - t_start
+            if elapsed + expected > budget_s:
+                log(f"learning bench: the budget ({budget_s:.0f}s) would end during {algo} seed "
+                    f"{seed} (~{expected:.0f}s); rerun the same command to continue")
+                stopped = True
+                break
+            record = _run_one(out, Path(init), env, algo, seed, steps, init_states, group_size,
+                              keep_fraction, eval_episodes, num_workers, threads,
+                              rl_overrides or {}, log)
+            record.update(fingerprint=fingerprint, config=config)
+            with (out / RUNS_FILE).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            durations[algo] = max(durations.get(algo, 0.0), record["duration_s"])
+        if stopped:
             break
 
-    result_json: dict[str, Any] = {
+    # ---- the figures of every finished run ----------------------------------------------------
+    runs = load_runs(out)
+    policy = load_policy(init)
+    result: dict[str, Any] = {
         "benchmark": "learning",
-        "machine": {
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "loadavg_end": list(os.getloadavg()),
-        },
-        "config": {
-            "env": env,
-            "algos": list(algos),
-            "steps": steps,
-            "budget_s": budget_s,
-            "init_states": init_states,
-            "group_size": group_size,
-            "keep_fraction": keep_fraction,
-            "eval_every": eval_every,
-            "eval_episodes": eval_episodes,
-            **(rl_overrides or {}),
-        },
-        "policy": {
-            "params": policy.num_params(),
-            "width": policy.config.width,
-            "depth": policy.config.depth,
-        },
-        "sft": sft_info,
-        "elapsed_s": time.perf_counter() - t_start,
-        "seeds_run": seeds_run,
+        "task": env,
+        "checkpoint": str(init),
+        "config": config,
+        "machine": {"python": platform.python_version(), "machine": platform.machine(),
+                    "cpus": os.cpu_count(), "loadavg_end": list(os.getloadavg())},
+        "policy": {"params": policy.num_params(), "width": policy.config.width,
+                   "depth": policy.config.depth},
+        "complete": all((a, s) in {(r["algo"], r["seed"]) for r in runs}
+                        for a in algos for s in range(first_seed, first_seed + seeds)),
+        "summary": summarize_runs(runs),
         "runs": runs,
-        "algos": aggregate(runs),
     }
-    result_json["plot"] = str(plot_learning(result_json, out / "learning.png"))
-    (out / "learning.json").write_text(json.dumps(result_json, indent=2) + "\n")
-    return result_json
+    if runs:
+        result["plot"] = str(plot_learning(result, out / "learning.png"))
+    (out / "learning.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
-def _run_record(
-    algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfig
-) -> dict[str, Any]:
+def _eval_steps(steps: int) -> list[int]:
+    """Held-out evaluations: the start, the middle and the end."""
+    return sorted({0, steps // 2, steps})
+
+
+def _fingerprint(config: dict[str, Any], init: Path) -> str:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(init.read_bytes() if init.is_file() else b"")
+    return h.hexdigest()[:16]
+
+
+def load_runs(out: Path) -> list[dict[str, Any]]:
+    """The finished runs recorded in OUT/runs.jsonl (the last record of an (algo, seed) wins)."""
+    path = Path(out) / RUNS_FILE
+    if not path.is_file():
+        return []
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[(r["algo"], r["seed"])] = r
+    return list(records.values())
+
+
+def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
+             init_states: int, group_size: int, keep_fraction: float, eval_episodes: int,
+             num_workers: int, threads: int, rl_overrides: dict[str, Any],
+             log: Callable[[str], None]) -> dict[str, Any]:
+    run_dir = out / f"{algo}-s{seed}"
+    resume = latest_checkpoint(run_dir) is not None
+    cfg = TrainConfig(
+        env=env, selector="embedded", run_id=f"learn-{algo}-s{seed}", out=str(run_dir),
+        init=str(init), resume=resume, steps=steps, seed=seed, group_size=group_size,
+        init_states=init_states, keep_fraction=keep_fraction, eval_every=steps // 2,
+        eval_episodes=eval_episodes, checkpoint_every=10, keep_checkpoints=1,
+        num_workers=num_workers, threads=threads, progress=False, trainer_id="bench",
+        **{**rl_overrides, **ALGOS[algo]},
+    )
+    log(f"learning bench: {algo} seed {seed} ({steps} steps{', resumed' if resume else ''}) "
+        f"-> {cfg.out}")
+    t0 = time.perf_counter()
+    with (out / f"{algo}-s{seed}.log").open("a") as f:
+
+        def write_line(line: str) -> None:
+            f.write(line + "\n")
+            f.flush()
+
+        result = train_rl(cfg, log_line=write_line)
+    record = run_record(algo, seed, read_metrics(result.metrics), cfg)
+    record["duration_s"] = time.perf_counter() - t0
+    log(f"  {algo} seed {seed}: {record['summary']['wall_s']:.0f}s training, held-out "
+        f"{record['heldout_start']:.2f} -> {record['heldout_mid']:.2f} -> "
+        f"{record['heldout_end']:.2f}")
+    return record
+
+
+def run_record(algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfig
+               ) -> dict[str, Any]:
+    """One finished run: per-step series, the held-out evaluations and the paired gain."""
     steps = [r for r in rows if r.get("kind", "step") == "step"]
-    evals = [r for r in rows if r.get("kind") == "eval"]
+    evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}  # a resumed step: last wins
+    evals_list = [{"step": s, "success_rate": evals[s]["success_rate"],
+                   "episodes": evals[s].get("episodes")} for s in sorted(evals)]
+    if len(evals_list) < 2:
+        raise RuntimeError(f"{cfg.out}: need held-out evaluations at the start and the end, "
+                           f"got steps {sorted(evals)}")
+    start, end = evals_list[0]["success_rate"], evals_list[-1]["success_rate"]
+    mid = evals_list[len(evals_list) // 2]["success_rate"]
     return {
-        "algo": algo,
-        "seed": seed,
-        "out": cfg.out,
-        **{
-            key: [r[key] for r in steps]
-            for key in (
-                "step",
-                "success_rate",
-                "wall_s",
-                "rollout_s",
-                "select_s",
-                "backward_s",
-                "kept_fraction",
-            )
-        },
-        "evals": [
-            {"step": r["step"], "wall_s": r["wall_s"], "success_rate": r["success_rate"]}
-            for r in evals
-        ],
+        "task": cfg.env, "algo": algo, "seed": seed, "out": cfg.out,
+        **{key: [r[key] for r in steps] for key in (
+            "step", "success_rate", "wall_s", "rollout_s", "select_s", "backward_s",
+            "kept_fraction")},
+        "evals": evals_list,
+        "heldout_start": start, "heldout_mid": mid, "heldout_end": end, "gain": end - start,
         "summary": summarize(rows, cfg),
     }
 
 
-def merge_results(results: Sequence[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """Combine the runs of several `run_learning_bench` results (e.g. seeds run as separate jobs
-    with --first-seed) into one result; writes path (JSON) and its PNG beside it."""
-    merged = dict(results[0])
-    merged["runs"] = [run for r in results for run in r["runs"]]
-    merged["seeds_run"] = len({run["seed"] for run in merged["runs"]})
-    merged["elapsed_s"] = sum(r["elapsed_s"] for r in results)
-    merged["algos"] = aggregate(merged["runs"])
-    merged["plot"] = str(plot_learning(merged, path.with_suffix(".png")))
-    path.write_text(json.dumps(merged, indent=2) + "\n")
-    return merged
+def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
+    """Mean and the 95% Student-t interval of the mean (None with fewer than 2 values)."""
+    v = np.asarray(values, dtype=np.float64)
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return mean, [mean - half, mean + half]
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per algorithm: means over its runs (seeds)."""
+def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]]
+            ) -> tuple[float | None, list[float] | None]:
+    seeds = sorted(set(mine) & set(other))
+    if not seeds:
+        return None, None
+    return mean_ci95([mine[s]["gain"] - other[s]["gain"] for s in seeds])
+
+
+def _curve(runs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean cumulative training wall-clock, mean smoothed training success) per step over the
+    runs, truncated to the shortest run."""
+    n = min(len(r["step"]) for r in runs)
+    wall = np.mean([np.asarray(r["wall_s"][:n]) for r in runs], axis=0)
+    success = np.mean([moving_average(r["success_rate"][:n], SMOOTH) for r in runs], axis=0)
+    return wall, success
+
+
+def _time_to(wall: np.ndarray, success: np.ndarray, target: float) -> float | None:
+    hit = np.flatnonzero(success >= target - 1e-12)
+    return float(wall[hit[0]]) if hit.size else None
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per algorithm over its seeds; see the module docstring."""
+    by_algo: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        by_algo.setdefault(r["algo"], {})[r["seed"]] = r
     out: dict[str, Any] = {}
-    for algo in dict.fromkeys(r["algo"] for r in runs):
-        mine = [r for r in runs if r["algo"] == algo]
-        n_steps = sum(len(r["step"]) for r in mine)
-        per_step = {
-            stage: sum(sum(r[f"{stage}_s"]) for r in mine) / n_steps
-            for stage in ("rollout", "select", "backward")
-        }
-        per_step["step"] = sum(per_step.values())
-        last_evals = [r["evals"][-1]["success_rate"] for r in mine if r["evals"]]
-        first_evals = [r["evals"][0]["success_rate"] for r in mine if r["evals"]]
+    for algo, mine in by_algo.items():
+        rs = list(mine.values())
+        secs = {k: float(sum(sum(r[f"{k}_s"]) for r in rs)) for k in ("rollout", "select",
+                                                                     "backward")}
+        n_steps = sum(len(r["step"]) for r in rs)
+        total = sum(secs.values())
+        gain_mean, gain_ci = mean_ci95([r["gain"] for r in rs])
+        vs_grpo = _paired(mine, by_algo.get("grpo", {}))
+        vs_random = _paired(mine, by_algo.get("random", {}))
         out[algo] = {
-            "runs": len(mine),
-            "steps": n_steps // len(mine),
-            "wall_s": statistics.mean(r["summary"]["wall_s"] for r in mine),
-            "seconds_per_step": per_step,
-            "time_split": {
-                k: per_step[k] / per_step["step"] for k in ("rollout", "select", "backward")
-            },
-            "kept_fraction": statistics.mean(r["summary"]["kept_fraction"] for r in mine),
-            "success_first10": statistics.mean(r["summary"]["success_first10"] for r in mine),
-            "success_last10": statistics.mean(r["summary"]["success_last10"] for r in mine),
-            "success_mean": statistics.mean(r["summary"]["success_mean"] for r in mine),
-            "eval_first": statistics.mean(first_evals) if first_evals else None,
-            "eval_last": statistics.mean(last_evals) if last_evals else None,
-            "eval_last_std": statistics.pstdev(last_evals) if len(last_evals) > 1 else 0.0,
+            "seeds": sorted(mine),
+            "heldout_start": float(np.mean([r["heldout_start"] for r in rs])),
+            "heldout_mid": float(np.mean([r["heldout_mid"] for r in rs])),
+            "heldout_end": float(np.mean([r["heldout_end"] for r in rs])),
+            "gain_mean": gain_mean, "gain_ci95": gain_ci,
+            "gain_vs_grpo_mean": vs_grpo[0], "gain_vs_grpo_ci95": vs_grpo[1],
+            "gain_vs_random_mean": vs_random[0], "gain_vs_random_ci95": vs_random[1],
+            "s_per_step": total / n_steps,
+            "seconds_per_step": {k: v / n_steps for k, v in secs.items()},
+            "rollout_share": secs["rollout"] / total,
+            "select_share": secs["select"] / total,
+            "backward_share": secs["backward"] / total,
+            "kept_fraction": float(np.mean([r["summary"]["kept_fraction"] for r in rs])),
         }
     if "grpo" in out:
-        g = out["grpo"]["seconds_per_step"]
-        for a in out.values():
-            s = a["seconds_per_step"]
-            a["backward_speedup_vs_grpo"] = g["backward"] / s["backward"] if s["backward"] else None
-            a["step_speedup_vs_grpo"] = g["step"] / s["step"] if s["step"] else None
+        g = out["grpo"]
+        g_wall, g_success = _curve(list(by_algo["grpo"].values()))
+        target = float(g_success[-1])  # GRPO's final training success (trailing mean)
+        t_grpo = _time_to(g_wall, g_success, target)
+        for algo, a in out.items():
+            b = a["seconds_per_step"]["backward"]
+            a["backward_speedup_vs_grpo"] = g["seconds_per_step"]["backward"] / b if b else None
+            a["step_speedup_vs_grpo"] = g["s_per_step"] / a["s_per_step"]
+            t = _time_to(*_curve(list(by_algo[algo].values())), target)
+            a["grpo_final_training_success"] = target
+            a["time_to_grpo_final_s"] = t
+            a["time_to_grpo_final_ratio"] = t / t_grpo if t is not None and t_grpo else None
     return out
+
+
+# ---- the figure and the table ---------------------------------------------------------------
 
 
 def plot_learning(result: dict[str, Any], path: Path) -> Path:
@@ -269,56 +347,58 @@ def plot_learning(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    runs, summary = result["runs"], result["summary"]
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     (ax_step, ax_wall), (ax_eval, ax_time) = axes
-    window = 5
-    for run in result["runs"]:
-        color = COLORS.get(run["algo"], "k")
-        label = f"{run['algo']} s{run['seed']}"
-        smooth = moving_average(run["success_rate"], window)
-        ax_step.plot(run["step"], smooth, color=color, alpha=0.8, label=label)
-        ax_wall.plot(np.asarray(run["wall_s"]) / 60, smooth, color=color, alpha=0.8, label=label)
-        if run["evals"]:
-            ax_eval.plot(
-                [e["step"] for e in run["evals"]],
-                [e["success_rate"] for e in run["evals"]],
-                "o-",
-                color=color,
-                alpha=0.8,
-                label=label,
-            )
-    ax_step.set(
-        xlabel="step",
-        ylabel=f"success rate (rollouts, trailing mean {window})",
-        title="success vs step",
-    )
-    ax_wall.set(
-        xlabel="training wall-clock (min)", ylabel="success rate", title="success vs wall-clock"
-    )
-    ax_eval.set(xlabel="step", ylabel="held-out success (sampled)", title="held-out evaluations")
+    algos = list(summary)
+    for algo in algos:
+        mine = [r for r in runs if r["algo"] == algo]
+        color = COLORS.get(algo, "k")
+        for r in mine:  # each seed, faint
+            smooth = moving_average(r["success_rate"], SMOOTH)
+            ax_step.plot(r["step"], smooth, color=color, alpha=0.15, lw=0.8)
+        wall, success = _curve(mine)
+        steps = mine[0]["step"][: len(wall)]
+        label = f"{algo} ({len(mine)} seeds)"
+        ax_step.plot(steps, success, color=color, lw=2, label=label)
+        ax_wall.plot(wall / 60, success, color=color, lw=2, label=label)
+        # held-out: mean over seeds at each evaluation step, with the 95% interval
+        eval_steps = sorted({e["step"] for r in mine for e in r["evals"]})
+        means, lo, hi = [], [], []
+        for s in eval_steps:
+            vals = [e["success_rate"] for r in mine for e in r["evals"] if e["step"] == s]
+            m, ci = mean_ci95(vals)
+            means.append(m)
+            lo.append(m - ci[0] if ci else 0.0)
+            hi.append(ci[1] - m if ci else 0.0)
+        offset = (algos.index(algo) - (len(algos) - 1) / 2) * 0.6
+        ax_eval.errorbar(np.asarray(eval_steps) + offset, means, yerr=[lo, hi], fmt="o-",
+                         color=color, capsize=3, label=algo)
+    if "grpo" in summary and summary["grpo"].get("grpo_final_training_success") is not None:
+        target = summary["grpo"]["grpo_final_training_success"]
+        ax_wall.axhline(target, color="tab:red", ls=":", lw=1, label="GRPO's final")
+    ax_step.set(xlabel="step", ylabel=f"training success (trailing mean {SMOOTH})",
+                title="success vs step (thin: seeds; thick: mean)")
+    ax_wall.set(xlabel="training wall-clock (min, mean over seeds)", ylabel="training success",
+                title="success vs wall-clock")
+    ax_eval.set(xlabel="step", ylabel="held-out success (sampled)",
+                title=f"held-out ({result['config']['eval_episodes']} episodes; mean, 95% CI)")
     for ax in (ax_step, ax_wall, ax_eval):
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, ncol=2)
-    algos = list(result["algos"])
+        ax.legend(fontsize=8)
     bottom = np.zeros(len(algos))
-    for stage, color in (
-        ("rollout", "tab:orange"),
-        ("select", "tab:purple"),
-        ("backward", "tab:red"),
-    ):
-        vals = np.array([result["algos"][a]["seconds_per_step"][stage] for a in algos])
-        ax_time.bar(algos, vals, bottom=bottom, color=color, label=stage)
-        bottom += vals
+    for stage, color in (("rollout", "tab:orange"), ("select", "tab:purple"),
+                         ("backward", "tab:red")):
+        stage_s = np.array([summary[a]["seconds_per_step"][stage] for a in algos])
+        ax_time.bar(algos, stage_s, bottom=bottom, color=color, label=stage)
+        bottom += stage_s
     for i, a in enumerate(algos):
-        split = result["algos"][a]["time_split"]["backward"]
-        ax_time.text(i, bottom[i], f"backward {split:.0%}", ha="center", va="bottom", fontsize=8)
+        ax_time.text(i, bottom[i], f"backward {summary[a]['backward_share']:.0%}", ha="center",
+                     va="bottom", fontsize=8)
     ax_time.set(ylabel="seconds per step (mean)", title="time split per RL step")
     ax_time.legend(fontsize=8)
-    fig.suptitle(
-        f"pcm-bench learning: {result['config']['env']}, {result['seeds_run']} seed(s), "
-        f"{result['config']['steps']} steps, policy {result['policy']['params'] / 1e6:.1f}"
-        " M params"
-    )
+    fig.suptitle(f"pcm-bench learning: {result['task']}, {result['config']['steps']} steps, "
+                 f"policy {result['policy']['params'] / 1e6:.1f} M params")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -326,86 +406,83 @@ def plot_learning(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _pm(mean: float | None, ci: list[float] | None) -> str:
+    if mean is None:
+        return "-"
+    if ci is None:
+        return f"{mean:+.3f}"
+    return f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def print_table(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
-    table = Table(
-        title=f"pcm-bench learning: {result['config']['env']} "
-        f"({result['seeds_run']} seed(s) x {result['config']['steps']} steps)"
-    )
-    for col in (
-        "algo",
-        "s/step",
-        "rollout",
-        "select",
-        "backward",
-        "backward %",
-        "backward speed-up",
-        "kept",
-        "success first/last 10",
-        "held-out first/last",
-    ):
+    # in a file or CI: wide enough for the table
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"pcm-bench learning: {result['task']} "
+                        f"({result['config']['steps']} steps; 95% intervals over seeds)")
+    for col in ("algo", "seeds", "held-out start -> mid -> end", "gain", "gain vs grpo",
+                "gain vs random", "s/step", "rollout/select/backward", "backward speed-up",
+                "time to GRPO's final"):
         table.add_column(col, justify="right")
-    for algo, a in result["algos"].items():
-        s = a["seconds_per_step"]
-        ev = f"{a['eval_first']:.2f} / {a['eval_last']:.2f}" if a["eval_last"] is not None else "-"
+    for algo, a in result["summary"].items():
         speed = a.get("backward_speedup_vs_grpo")
+        ratio = a.get("time_to_grpo_final_ratio")
         table.add_row(
-            algo,
-            f"{s['step']:.2f}",
-            f"{s['rollout']:.2f}",
-            f"{s['select']:.3f}",
-            f"{s['backward']:.2f}",
-            f"{a['time_split']['backward']:.0%}",
+            algo, str(len(a["seeds"])),
+            f"{a['heldout_start']:.2f} -> {a['heldout_mid']:.2f} -> {a['heldout_end']:.2f}",
+            _pm(a["gain_mean"], a["gain_ci95"]),
+            _pm(a["gain_vs_grpo_mean"], a["gain_vs_grpo_ci95"]) if algo != "grpo" else "0",
+            _pm(a["gain_vs_random_mean"], a["gain_vs_random_ci95"]) if algo != "random" else "0",
+            f"{a['s_per_step']:.2f}",
+            f"{a['rollout_share']:.0%}/{a['select_share']:.1%}/{a['backward_share']:.0%}",
             f"{speed:.2f}x" if speed else "-",
-            f"{a['kept_fraction']:.2f}",
-            f"{a['success_first10']:.2f} / {a['success_last10']:.2f}",
-            ev,
+            f"{ratio:.2f}x GRPO's" if ratio else "not reached",
         )
     console.print(table)
-    console.print(f"plot: {result['plot']}")
+    if result.get("plot"):
+        console.print(f"plot: {result['plot']}")
+    if not result.get("complete", True):
+        console.print("incomplete: rerun the same command to continue the study")
 
 
 def learning_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="also write the figures here as JSON")
     ] = None,
-    out: Annotated[Path, typer.Option(help="output dir (runs, learning.json, learning.png)")] = (
-        Path("runs/bench-learning")
-    ),
-    init: Annotated[
-        Path | None, typer.Option(help="SFT checkpoint every run starts from; default: train one")
-    ] = None,
+    out: Annotated[Path, typer.Option(
+        help="study dir: runs.jsonl (appended per run), learning.json, learning.png, run dirs; "
+        "rerun with the same dir to continue")] = Path("runs/bench-learning"),
+    init: Annotated[Path | None, typer.Option(
+        help="SFT checkpoint every run starts from; default: train one into OUT/sft")] = None,
     env: Annotated[str, typer.Option(help="metaworld:TASK")] = DEMO_ENV,
-    steps: Annotated[int, typer.Option(min=1, help="RL steps per run")] = 30,
-    max_seeds: Annotated[int, typer.Option(min=1, help="seeds at most (budget permitting)")] = 3,
+    algos: Annotated[str, typer.Option(
+        help="comma-separated, from: " + ", ".join(ALGOS) + " (pcm = the default PCM; "
+        "pcm-action = the paper's action score)")] = ",".join(DEFAULT_ALGOS),
+    steps: Annotated[int, typer.Option(min=2, help="RL steps per run")] = 60,
+    seeds: Annotated[int, typer.Option(min=1, help="paired seeds")] = 5,
     first_seed: Annotated[int, typer.Option(min=0, help="the first seed (0, 1, ...)")] = 0,
-    budget_s: Annotated[float, typer.Option(min=1, help="time budget of the whole job (s)")] = (
-        1500.0
-    ),
+    budget_s: Annotated[float, typer.Option(
+        min=1, help="time budget of this call (s); no run starts that would not fit")] = 6000.0,
     init_states: Annotated[int, typer.Option(min=1, help="initial states per step")] = 4,
     group_size: Annotated[int, typer.Option(min=2, help="G: rollouts per initial state")] = 8,
     keep_fraction: Annotated[float, typer.Option(help="pcm / random keep fraction")] = 0.2,
-    eval_every: Annotated[int, typer.Option(min=0, help="held-out evaluation every N steps")] = 10,
-    eval_episodes: Annotated[int, typer.Option(min=1, help="episodes per evaluation")] = 32,
+    eval_episodes: Annotated[int, typer.Option(
+        min=1, help="held-out episodes at the start, the middle and the end")] = 100,
     lr: Annotated[
         float | None, typer.Option(help="network learning rate; default: pcm-train rl's")
     ] = None,
 ) -> None:
-    """Success vs wall-clock and vs step for grpo, pcm and random from one SFT checkpoint."""
+    """Paired learning comparison from one SFT checkpoint: held-out gain per algorithm with 95%
+    intervals, success vs step and vs wall-clock, the time split. Resumable."""
+    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
+    unknown = [a for a in algo_list if a not in ALGOS]
+    if unknown or not algo_list:
+        raise typer.BadParameter(f"unknown {unknown}; use some of {', '.join(ALGOS)}",
+                                 param_hint="--algos")
     result = run_learning_bench(
-        out,
-        init=init,
-        env=env,
-        max_seeds=max_seeds,
-        first_seed=first_seed,
-        steps=steps,
-        budget_s=budget_s,
-        init_states=init_states,
-        group_size=group_size,
-        keep_fraction=keep_fraction,
-        eval_every=eval_every,
-        eval_episodes=eval_episodes,
-        rl_overrides={"lr": lr} if lr is not None else None,
+        out, init=init, env=env, algos=algo_list,
+        seeds=seeds, first_seed=first_seed, steps=steps, budget_s=budget_s,
+        init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
+        eval_episodes=eval_episodes, rl_overrides={"lr": lr} if lr is not None else None,
     )
     print_table(result)
     if json_path is not None:

@@ -6,6 +6,7 @@ Specs: `metaworld:TASK` (e.g. `metaworld:pick-place-v3`) and `libero:SUITE:TASK_
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +71,27 @@ def parse_env_spec(spec: str) -> EnvSpec:
         )
 
 
+LIBERO_INSTALL = "pip install 'pcm[libero]' (in a clone: pip install -e '.[libero]')"
+
+
+def check_env_installed(spec: str) -> EnvSpec:
+    """Parse `spec` and check that its simulator package is importable; a ValueError with the
+    install command otherwise (LIBERO is an extra: the main job needs only MetaWorld)."""
+    parsed = parse_env_spec(spec)
+    module = {"metaworld": "metaworld", "libero": "libero"}[parsed.family]
+    if importlib.util.find_spec(module) is None:
+        how = LIBERO_INSTALL if parsed.family == "libero" else "pip install metaworld"
+        raise ValueError(f"{spec} needs the {module!r} package, which is not installed: {how}")
+    return parsed
+
+
 def make_env(spec: str, **kw: Any) -> ChunkEnv:
     """Build the env for `spec`. Keyword options go to the env class:
 
     - MetaWorld: max_steps, seed (base seed of the initial states), render, cameras, image_size
     - LIBERO: max_steps, image_size, hard_reset, settle_steps
     """
-    parsed = parse_env_spec(spec)
+    parsed = check_env_installed(spec)
     if parsed.family == "metaworld":
         from trainer_client.envs.metaworld_env import MetaWorldChunkEnv
 

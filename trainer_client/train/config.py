@@ -21,7 +21,16 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from trainer_client.device import (
+    DEVICE_HELP,
+    PARALLEL_HELP,
+    PRECISION_HELP,
+    check_device_spec,
+    check_parallel,
+    check_precision,
+)
 from trainer_client.envs import parse_env_spec
+from trainer_client.envs.factory import check_env_installed
 from trainer_client.expert import DEMO_MAX_STEPS, DEMO_NOISE_STD, DEMO_TASK
 from trainer_client.grpo import AGGREGATIONS, micro_batch_rows
 from trainer_client.phases import SEGMENTERS
@@ -77,7 +86,11 @@ class TrainConfig:
     # chunk selection (the selector run config)
     keep_fraction: float = opt(0.2, "f: fraction of each trajectory's chunks backpropagated")
     phases: int = opt(4, "P: phases per task")
-    segmenter: str = opt("progress", "phase labels: progress | gripper | env")
+    segmenter: str = opt(
+        "gripper",
+        "phase labels: gripper (a new phase at each gripper close / open; the estimator bench's "
+        "best) | progress (equal time bins) | env",
+    )
     eps: float = opt(0.1, "selector exploration mix")
     eta: float = opt(0.1, "selector EMA rate of the phase scores")
     weighting: str = opt(
@@ -121,6 +134,10 @@ class TrainConfig:
     num_workers: int = opt(-1, "env worker processes; -1 = auto (2, or 0 under torchrun)")
     threads: int = opt(0, "torch threads; 0 = auto (cores / ranks)")
     progress: bool = opt(True, "show a progress bar")
+    # where it runs (trainer_client.device)
+    device: str = opt("auto", DEVICE_HELP)
+    precision: str = opt("fp32", PRECISION_HELP)
+    parallel: str = opt("ddp", PARALLEL_HELP)
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -192,6 +209,7 @@ class TrainConfig:
             raise ValueError(f"--micro-batch: {exc}") from None
         if self.algo == "grpo" and self.keep_fraction != 1.0:
             self.keep_fraction = 1.0  # grpo keeps every chunk: record what actually runs
+        _check_runtime(self.device, self.precision, self.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -227,6 +245,9 @@ class SFTConfig:
     num_workers: int = opt(-1, "env worker processes for evaluation; -1 = auto")
     threads: int = opt(0, "torch threads; 0 = all cores")
     progress: bool = opt(True, "show a progress bar")
+    # where it runs (trainer_client.device)
+    device: str = opt("auto", DEVICE_HELP)
+    precision: str = opt("fp32", PRECISION_HELP)
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -249,6 +270,7 @@ class SFTConfig:
             raise ValueError(f"--lr {self.lr}: must be > 0")
         if self.num_workers < -1:
             raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+        _check_runtime(self.device, self.precision)
 
     @property
     def task(self) -> str:
@@ -280,6 +302,9 @@ class EvalConfig:
     seed: int = opt(0, "seed of the action sampling")
     num_workers: int = opt(-1, "env worker processes; -1 = auto")
     json_path: str | None = opt(None, "also write the figures here as JSON", flag="--json")
+    # where it runs (trainer_client.device)
+    device: str = opt("auto", DEVICE_HELP)
+    precision: str = opt("fp32", PRECISION_HELP)
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -295,6 +320,7 @@ class EvalConfig:
             )
         if self.num_workers < -1:
             raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+        _check_runtime(self.device, self.precision)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -350,9 +376,17 @@ def _default_max_steps(max_steps: int | None, family: str) -> int | None:
 
 def _check_env(env: str) -> Any:
     try:
-        return parse_env_spec(env)
+        return check_env_installed(env)
     except ValueError as exc:
         raise ValueError(f"--env: {exc}") from None
+
+
+def _check_runtime(device: str, precision: str, parallel: str = "ddp") -> None:
+    """--device, --precision and --parallel (trainer_client.device); each error says how to
+    fix it. A bf16 request on a GPU without bf16 is refused when the job starts."""
+    check_device_spec(device)
+    check_precision(precision)
+    check_parallel(parallel)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

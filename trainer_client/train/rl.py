@@ -13,6 +13,11 @@ Each step:
 
 `--algo` is the selector's mode: pcm (phase-weighted fixed budget), grpo (every chunk of the
 informative trajectories), random (the same budget as pcm, drawn uniformly).
+
+`--device`, `--precision` and `--parallel`: `trainer_client.device`. The policy (rollout queries
+included), the update and the optimizer state live on the device; the simulators stay in CPU
+worker processes. Under `--parallel fsdp` the update runs on an FSDP2-sharded copy and the
+rollouts on a full replica refreshed after every step (`trainer_client.train.distributed`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ import torch
 from tqdm import tqdm
 
 from trainer_client.clients import SelectorClient, connect
+from trainer_client.device import (
+    SetupError,
+    device_name,
+    prepare_device,
+    resolve_device,
+    synchronize,
+)
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import GRPOConfig, UpdateStats, grpo_update
 from trainer_client.rollout import RolloutCollector
@@ -54,9 +66,14 @@ from trainer_client.train.config import (
 from trainer_client.train.distributed import (
     Dist,
     distributed_update,
+    fsdp_problem,
     init_distributed,
+    load_optimizer_state,
+    optimizer_state,
     shard,
+    shard_policy,
     shutdown_distributed,
+    sync_replica,
 )
 from trainer_client.train.evaluate import evaluate_policy
 from trainer_client.train.metrics import METRICS_FILE, MetricsLog, read_metrics
@@ -105,15 +122,26 @@ def eval_init_states(num_init_states: int | None, episodes: int) -> list[int]:
     return list(range(min(episodes, num_init_states)))  # LIBERO: its bundled states
 
 
+# called on every rank with (step, the module the optimizer updates, the optimizer): once after
+# set-up (with the start step) and after every step
+Observer = Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]
+
+
 def train_rl(
     cfg: TrainConfig,
     log_line: Callable[[str], None] | None = None,
     client: SelectorClient | None = None,
+    observer: Observer | None = None,
 ) -> RLResult:
-    """Run (or resume) an RL job. `client` overrides --selector (e.g. a shared embedded one)."""
-    dist = init_distributed()
+    """Run (or resume) an RL job. `client` overrides --selector (e.g. a shared embedded one);
+    `observer` sees the trained module and the optimizer after set-up and after every step.
+    Raises `SetupError` (one line saying what to change) when the device, precision or
+    parallelism asked for cannot run here."""
+    device = resolve_device(cfg.device)
+    prepare_device(device)
+    dist = init_distributed(device)
     try:
-        return _train(cfg, dist, log_line or _print_line, client)
+        return _train(cfg, dist, device, log_line or _print_line, client, observer)
     finally:
         shutdown_distributed(dist)
 
@@ -123,11 +151,19 @@ def _print_line(line: str) -> None:
 
 
 def _train(
-    cfg: TrainConfig, dist: Dist, say: Callable[[str], None], client: SelectorClient | None
+    cfg: TrainConfig,
+    dist: Dist,
+    device: torch.device,
+    say: Callable[[str], None],
+    client: SelectorClient | None,
+    observer: Observer | None,
 ) -> RLResult:
     assert cfg.run_id is not None and cfg.trainer_id is not None
     if not dist.is_main:
         say = lambda _line: None  # noqa: E731 - only rank 0 talks
+    if cfg.parallel == "fsdp" and (problem := fsdp_problem(device)) is not None:
+        raise SetupError(problem)  # refused at start-up, also where one process would not shard
+    fsdp = cfg.parallel == "fsdp" and dist.enabled
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.world_size))
@@ -163,11 +199,17 @@ def _train(
                 )
             )
         check_policy_fits_env(policy, env_spec)
-        optimizer = make_rl_optimizer(policy, grpo_cfg, cfg.log_std_lr)
+        policy.to(device)
+        policy.set_precision(cfg.precision)
+        dist.broadcast_parameters(policy)  # identical start on every rank
+        # the module the optimizer updates: the policy itself, or its FSDP2 shards (the policy
+        # then stays a full replica for the rollouts, evaluation and checkpoints)
+        trained = shard_policy(policy, device, dist.world_size) if fsdp else policy
+        optimizer = make_rl_optimizer(trained, grpo_cfg, cfg.log_std_lr)
         start_step, wall_s = 0, 0.0
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path)
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"])
             set_rng_state(ckpt["rng"])
             start_step, wall_s = int(ckpt["step"]), float(ckpt["wall_s"])
             say(f"resuming from {ckpt_path} (step {start_step})")
@@ -176,7 +218,8 @@ def _train(
         if ckpt_path is None and dist.is_main:  # a fresh run owns this dir: drop an old run's files
             for _, old in list_checkpoints(out):
                 old.unlink()
-        dist.broadcast_parameters(policy)  # identical start on every rank
+        if observer is not None:
+            observer(start_step, trained, optimizer)
         k, a = policy.chunk_size, policy.action_dim
         feature_dim = feature_dim_for(cfg.score, k, a, cfg.signal_dim)
 
@@ -210,11 +253,19 @@ def _train(
             )
             say(
                 f"rl: {cfg.algo} on {cfg.env} | run {cfg.run_id} | trainer {cfg.trainer_id} | "
-                f"selector {cfg.selector} | {dist.world_size} rank(s) | policy "
+                f"selector {cfg.selector} | {dist.world_size} rank(s)"
+                + (f" ({cfg.parallel})" if dist.enabled else "")
+                + f" | {device} ({device_name(device)}) {cfg.precision} | policy "
                 f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
                 f"x G={cfg.group_size} | keep fraction {cfg.keep_fraction} | {info.task_id} "
                 f"max {info.max_steps} steps"
             )
+            if cfg.algo == "pcm" and start_step == 0:
+                say(f"pcm: {cfg.score} score, {cfg.weighting} weighting, {cfg.segmenter} phases;"
+                    " keep probs before the first batch: uniform ["
+                    + " ".join(f"{1 / cfg.phases:.2f}" for _ in range(cfg.phases)) + "]")
+            if cfg.parallel == "fsdp" and not dist.enabled:
+                say("--parallel fsdp: a single process has nothing to shard; running unsharded")
 
         def evaluate(step: int) -> None:
             """Held-out success (rank 0; the other ranks wait at their next collective)."""
@@ -247,7 +298,8 @@ def _train(
             total=cfg.steps,
             initial=start_step,
             desc=f"rl {cfg.algo}",
-            disable=not (cfg.progress and dist.is_main),
+            # a bar on a terminal; in a file or CI only the per-step lines (no \r flood)
+            disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
             file=sys.stderr,
             dynamic_ncols=True,
         )
@@ -290,7 +342,10 @@ def _train(
             # selective backward over the kept chunks only, then the optimizer step
             t0 = time.perf_counter()
             set_lr_for_step(optimizer, step, cfg.lr_warmup_steps)
-            stats = _update(policy, optimizer, trajectories, sel, grpo_cfg, dist)
+            stats = _update(trained, optimizer, trajectories, sel, grpo_cfg, dist)
+            if trained is not policy:
+                sync_replica(trained, policy)  # the rollouts' full copy of the new weights
+            synchronize(device)  # CUDA runs asynchronously: time the finished update
             backward_s = time.perf_counter() - t0
 
             # report the outcome, log, checkpoint
@@ -328,7 +383,7 @@ def _train(
                     wall_s,
                 )
                 metrics.write(row)
-                say(_format_line(row, cfg.steps))
+                say(_format_line(row, cfg.steps, cfg.algo))
             bar.update(1)
             bar.set_postfix(success=f"{sel.success_rate:.2f}", kept=f"{sel.kept_fraction:.2f}")
 
@@ -337,6 +392,8 @@ def _train(
                 _checkpoint(out, step, policy, optimizer, wall_s, cfg, dist)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps or budget_hit):
                 evaluate(step)
+            if observer is not None:
+                observer(step, trained, optimizer)
             dist.barrier()
             if budget_hit:
                 say(f"time budget of {cfg.time_budget_s:.0f}s reached after step {step}; stopping")
@@ -358,6 +415,13 @@ def _train(
         save_policy(result.final_policy, policy, extra={"rl": cfg.to_dict(), "step": step})
         rows = read_metrics(result.metrics)
         result.summary = summarize(rows, cfg)
+        result.summary["runtime"] = {
+            "device": str(device),
+            "device_name": device_name(device),
+            "precision": cfg.precision,
+            "parallel": cfg.parallel if dist.enabled else "none",
+            "world_size": dist.world_size,
+        }
         (out / SUMMARY_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")
         result.plot = plot_training(
             rows, out / PLOT_FILE, title=f"{cfg.algo} on {cfg.env} (run {cfg.run_id})"
@@ -382,7 +446,8 @@ def make_rl_optimizer(
 ) -> torch.optim.AdamW:
     """`grpo.make_optimizer`'s AdamW, with the action log-std in its own group at `log_std_lr`
     (0: the same lr). The network moves slowly (large steps wreck a fine-tuned policy) while
-    the exploration noise adapts within tens of steps."""
+    the exploration noise adapts within tens of steps. Fused (one kernel; its state, the step
+    counter included, lives on the parameters' device), also over FSDP2's sharded parameters."""
     noise = [p for name, p in policy.named_parameters() if name == "log_std"]
     rest = [p for name, p in policy.named_parameters() if name != "log_std"]
     groups: list[dict[str, Any]] = [
@@ -394,6 +459,7 @@ def make_rl_optimizer(
         lr=config.lr,
         eps=config.adam_eps,
         weight_decay=config.weight_decay,
+        fused=True,
     )
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
@@ -441,12 +507,14 @@ def _checkpoint(
     dist: Dist,
 ) -> None:
     dist.check_in_sync(policy)  # ranks must agree before one of them speaks for all
+    state = optimizer_state(optimizer)  # gathered from the shards under FSDP: every rank calls
     if dist.is_main:
         save_checkpoint(
             out,
             step,
             policy,
             optimizer,
+            optimizer_state=state,
             wall_s=wall_s,
             config=cfg.to_dict(),
             keep=cfg.keep_checkpoints,
@@ -493,15 +561,18 @@ def _step_row(
     }
 
 
-def _format_line(row: dict[str, Any], steps: int) -> str:
+def _format_line(row: dict[str, Any], steps: int, algo: str = "pcm") -> str:
+    """One step's line; the phase keep weights only where they choose chunks (pcm)."""
     probs = row.get("keep_probs") or []
-    return (
+    line = (
         f"step {row['step']:>4}/{steps} | success {row['success_rate']:.2f} | kept "
         f"{row['kept_fraction']:.2f} ({row['kept_chunks']}/{row['informative_chunks']}) | "
         f"loss {row['loss']:+.4f} | rollout {row['rollout_s']:.2f}s select "
-        f"{row['select_s']:.3f}s backward {row['backward_s']:.2f}s | keep probs "
-        "[" + " ".join(f"{p:.2f}" for p in probs) + "]"
+        f"{row['select_s']:.3f}s backward {row['backward_s']:.2f}s"
     )
+    if algo == "pcm" and probs:
+        line += " | keep probs [" + " ".join(f"{p:.2f}" for p in probs) + "]"
+    return line
 
 
 def summarize(rows: list[dict[str, Any]], cfg: TrainConfig | None = None) -> dict[str, Any]:

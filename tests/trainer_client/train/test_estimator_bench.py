@@ -70,12 +70,13 @@ def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
     assert again["estimators"] == result["estimators"] and again["phases"] == result["phases"]
     assert again["elapsed_s"] < result["elapsed_s"]
     # another segmenter relabels the cached batches
-    gripper = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
-                                  group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
-                                  segmenter="gripper", num_workers=0, out=out,
-                                  log=lambda _m: None)
-    assert gripper["config"]["segmenter"] == "gripper"
-    assert sum(p["chunks"] for p in gripper["phases"]) == result["informative_chunks"]
+    assert result["config"]["segmenter"] == "gripper"  # the default phases
+    progress = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+                                   group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
+                                   segmenter="progress", num_workers=0, out=out,
+                                   log=lambda _m: None)
+    assert progress["config"]["segmenter"] == "progress"
+    assert sum(p["chunks"] for p in progress["phases"]) == result["informative_chunks"]
     png = plot_estimator(result, out / "estimator.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     json.dumps(result)  # serialisable as written by --json

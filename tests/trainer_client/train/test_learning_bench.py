@@ -1,48 +1,90 @@
-"""`pcm-bench learning` at toy sizes: the JSON figures and the PNG."""
+"""`pcm-bench learning` at toy sizes: paired runs, resumable study, the JSON figures and the PNG."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from tests.trainer_client.train.conftest import MAX_STEPS, TASK
-from trainer_client.bench.learning import merge_results, print_table, run_learning_bench
+from trainer_client.bench.cli import app
+from trainer_client.bench.learning import (
+    RUNS_FILE,
+    load_runs,
+    mean_ci95,
+    print_table,
+    run_learning_bench,
+)
+
+SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci95",
+                  "s_per_step", "backward_share"}
 
 
-def test_learning_bench_writes_figures_and_plot(sft_checkpoint: Path, tmp_path: Path) -> None:
-    result = run_learning_bench(
-        tmp_path,
-        init=sft_checkpoint,
-        env=TASK,
-        max_seeds=3,
-        steps=2,
-        budget_s=1.0,
-        init_states=4,
-        group_size=4,
-        eval_every=2,
-        eval_episodes=2,
-        num_workers=0,
-        threads=1,
-        rl_overrides={"max_steps": MAX_STEPS},
-        log=lambda _m: None,
-    )
-    assert result["seeds_run"] == 1  # the budget stops after the first seed
-    assert [r["algo"] for r in result["runs"]] == ["grpo", "pcm", "random"]
-    assert set(result["algos"]) == {"grpo", "pcm", "random"}
-    grpo, pcm = result["algos"]["grpo"], result["algos"]["pcm"]
+def _bench(out: Path, init: Path, **kw: object) -> dict:
+    args: dict = dict(init=init, env=TASK, steps=2, init_states=4, group_size=4,
+                      eval_episodes=3, num_workers=0, threads=1,
+                      rl_overrides={"max_steps": MAX_STEPS}, log=lambda _m: None)
+    args.update(kw)
+    return run_learning_bench(out, **args)
+
+
+def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    first = _bench(tmp_path, sft_checkpoint, seeds=1)
+    assert first["complete"] and len(first["runs"]) == 3
+    assert set(first["summary"]) == {"grpo", "pcm", "random"}
+    for a in first["summary"].values():
+        assert set(a) >= SUMMARY_FIELDS
+        assert a["gain_ci95"] is None  # one seed: no interval
+        assert a["rollout_share"] + a["select_share"] + a["backward_share"] == pytest.approx(1)
+    grpo, pcm = first["summary"]["grpo"], first["summary"]["pcm"]
     assert grpo["backward_speedup_vs_grpo"] == pytest.approx(1.0)
     assert grpo["kept_fraction"] > pcm["kept_fraction"]
-    assert sum(pcm["time_split"].values()) == pytest.approx(1.0)
-    for run in result["runs"]:
-        assert run["step"] == [1, 2] and len(run["evals"]) == 2  # steps 0 and 2
-    saved = json.loads((tmp_path / "learning.json").read_text())
-    assert saved["algos"].keys() == result["algos"].keys()
-    assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
-    print_table(result)
+    assert grpo["gain_vs_grpo_mean"] == 0.0
+    for run in first["runs"]:
+        assert run["step"] == [1, 2]
+        assert [e["step"] for e in run["evals"]] == [0, 1, 2]  # start, middle, end
+        assert run["gain"] == run["heldout_end"] - run["heldout_start"]
+    # paired: the same checkpoint, held-out states and evaluation seed give the same start
+    assert len({r["heldout_start"] for r in first["runs"]}) == 1
 
-    # seeds run as separate jobs merge into one result
-    merged = merge_results([result, result], tmp_path / "merged.json")
-    assert len(merged["runs"]) == 6 and merged["algos"]["pcm"]["runs"] == 2
-    assert (tmp_path / "merged.png").is_file()
+    # a budget that cannot fit the next run stops before it, and the study is incomplete
+    stopped = _bench(tmp_path, sft_checkpoint, seeds=2, budget_s=0.01)
+    assert len(stopped["runs"]) == 3 and not stopped["complete"]
+    # the same command continues: only seed 1 runs, seed 0 is not repeated
+    lines_before = (tmp_path / RUNS_FILE).read_text().count("\n")
+    full = _bench(tmp_path, sft_checkpoint, seeds=2)
+    assert full["complete"] and len(full["runs"]) == 6
+    assert (tmp_path / RUNS_FILE).read_text().count("\n") == lines_before + 3
+    assert {(r["algo"], r["seed"]) for r in load_runs(tmp_path)} == {
+        (a, s) for a in ("grpo", "pcm", "random") for s in (0, 1)}
+    # two seeds: intervals, and the paired difference is the mean of per-seed differences
+    pcm = full["summary"]["pcm"]
+    assert pcm["seeds"] == [0, 1] and pcm["gain_ci95"] is not None
+    by = {(r["algo"], r["seed"]): r["gain"] for r in full["runs"]}
+    assert pcm["gain_vs_grpo_mean"] == pytest.approx(
+        np.mean([by["pcm", s] - by["grpo", s] for s in (0, 1)]))
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    assert saved["summary"].keys() == full["summary"].keys() and saved["task"] == TASK
+    assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    print_table(full)
+
+    # another configuration in the same study dir is refused, naming what to do
+    with pytest.raises(ValueError, match="another configuration"):
+        _bench(tmp_path, sft_checkpoint, seeds=1, keep_fraction=0.5)
+
+
+def test_mean_ci95_is_the_student_t_interval() -> None:
+    mean, ci = mean_ci95([0.1, 0.3])
+    # t_{0.975, 1} = 12.706; sd = 0.1414; half width = 12.706 * 0.1414 / sqrt(2) = 1.2706
+    assert mean == pytest.approx(0.2)
+    assert ci == pytest.approx([0.2 - 1.27062, 0.2 + 1.27062], abs=1e-4)
+    assert mean_ci95([0.5]) == (0.5, None)
+
+
+def test_cli_rejects_unknown_algo(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["learning", "--algos", "grpo,ppo", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--algos" in r.output and "ppo" in r.output
