@@ -144,7 +144,10 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     bar = tqdm(range(cfg.iters), desc="sft", leave=False,
                disable=not (cfg.progress and sys.stderr.isatty()))  # no \r flood in files
     running = loss_start
-    for _ in bar:
+    # without a bar (a file, CI): a plain line about every tenth of the run
+    plain = cfg.progress and bar.disable
+    every = max(cfg.iters // 10, 1)
+    for it in bar:
         idx = rng.integers(0, n, size=cfg.batch_size)
         loss = policy.bc_loss(
             {OBS_STATE: states[idx]}, [demos.instruction] * len(idx), targets[idx]
@@ -155,6 +158,9 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
         schedule.step()
         running = 0.95 * running + 0.05 * float(loss.detach())
         bar.set_postfix(loss=f"{running:.4f}")
+        if plain and (it + 1) % every == 0 and it + 1 < cfg.iters:
+            log(f"sft: step {it + 1}/{cfg.iters}, BC loss {running:.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
     bar.close()
     train_s = time.perf_counter() - t0
     loss_end = probe_loss()
