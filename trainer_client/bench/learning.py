@@ -55,7 +55,7 @@ from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
-from trainer_client.train.plots import moving_average
+from trainer_client.train.plots import moving_average, plot_time_split
 from trainer_client.train.rl import summarize, train_rl
 
 # algorithm name -> the TrainConfig fields that define it (everything else is shared)
@@ -386,17 +386,7 @@ def plot_learning(result: dict[str, Any], path: Path) -> Path:
     for ax in (ax_step, ax_wall, ax_eval):
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
-    bottom = np.zeros(len(algos))
-    for stage, color in (("rollout", "tab:orange"), ("select", "tab:purple"),
-                         ("backward", "tab:red")):
-        stage_s = np.array([summary[a]["seconds_per_step"][stage] for a in algos])
-        ax_time.bar(algos, stage_s, bottom=bottom, color=color, label=stage)
-        bottom += stage_s
-    for i, a in enumerate(algos):
-        ax_time.text(i, bottom[i], f"backward {summary[a]['backward_share']:.0%}", ha="center",
-                     va="bottom", fontsize=8)
-    ax_time.set(ylabel="seconds per step (mean)", title="time split per RL step")
-    ax_time.legend(fontsize=8)
+    plot_time_split(ax_time, {a: summary[a]["seconds_per_step"] for a in algos})
     fig.suptitle(f"pcm-bench learning: {result['task']}, {result['config']['steps']} steps, "
                  f"policy {result['policy']['params'] / 1e6:.1f} M params")
     fig.tight_layout()

@@ -38,7 +38,7 @@ from trainer_client.train.config import DEMO_ENV, EVAL_INIT_OFFSET, SFTConfig, T
 from trainer_client.train.evaluate import evaluate_policy
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
-from trainer_client.train.plots import moving_average
+from trainer_client.train.plots import moving_average, plot_time_split
 from trainer_client.train.rl import train_rl
 from trainer_client.train.sft import run_sft
 
@@ -328,18 +328,9 @@ def plot_demo(summary: dict[str, Any], path: Path) -> Path:
         ax_keep.legend(fontsize=8)
     ax_keep.set(xlabel="RL step (0: before the first batch)", ylabel="keep weight",
                 title="PCM per-phase keep weights", ylim=(0, 1))
-    names = list(algos)
-    bottom = np.zeros(len(names))
-    for stage, color in (("rollout", "tab:orange"), ("select", "tab:purple"),
-                         ("backward", "tab:red")):
-        stage_s = np.array([algos[a]["s_per_step"] * algos[a][f"{stage}_share"] for a in names])
-        ax_time.bar(names, stage_s, bottom=bottom, color=color, label=stage)
-        bottom += stage_s
-    for i, a in enumerate(names):
-        ax_time.text(i, bottom[i], f"backward {algos[a]['backward_share']:.0%}", ha="center",
-                     va="bottom", fontsize=8)
-    ax_time.set(ylabel="seconds per step", title="time split per RL step")
-    ax_time.legend(fontsize=8)
+    plot_time_split(ax_time, {a: {k: v["s_per_step"] * v[f"{k}_share"]
+                                  for k in ("rollout", "select", "backward")}
+                              for a, v in algos.items()})
     fig.suptitle(f"pcm-train demo: {summary['config']['env']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -85,3 +85,20 @@ def plot_training(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_time_split(ax: Any, seconds: dict[str, dict[str, float]]) -> None:
+    """Stacked seconds per RL step (rollout, select, backward) per algorithm, with the backward
+    share written above each bar. seconds: algo -> stage -> seconds per step."""
+    names = list(seconds)
+    bottom = np.zeros(len(names))
+    for stage, color in (("rollout", "tab:orange"), ("select", "tab:purple"),
+                         ("backward", "tab:red")):
+        stage_s = np.array([seconds[a][stage] for a in names])
+        ax.bar(names, stage_s, bottom=bottom, color=color, label=stage)
+        bottom += stage_s
+    for i, a in enumerate(names):
+        share = seconds[a]["backward"] / bottom[i] if bottom[i] else 0.0
+        ax.text(i, bottom[i], f"backward {share:.0%}", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="seconds per step (mean)", title="time split per RL step")
+    ax.legend(fontsize=8)
