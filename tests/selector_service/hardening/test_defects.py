@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -173,14 +174,30 @@ def test_defect_03_request_id_is_tied_to_the_request(guarded: ServerThread,
 # -- 4 -------------------------------------------------------------------------------------------
 
 
+def _eventually(predicate: Any, timeout_s: float) -> bool:
+    """Poll predicate until it holds or timeout_s passes (no fixed sleeps in these tests)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 class SlowService(SelectorService):
     """Commits, then answers late: an injected timeout for the client."""
 
     delay_s = 0.0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.late_answer_sent = threading.Event()  # a delayed select has committed and answered
+
     def select(self, run_id: str, request: Any) -> Any:
         answer = super().select(run_id, request)
-        time.sleep(self.delay_s)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+            self.late_answer_sent.set()
         return answer
 
 
@@ -218,7 +235,8 @@ def test_defect_04_no_phantom_commit_after_a_client_timeout(transport: str) -> N
             local = client.select(run, bodies[1])
             assert local.selection_id == f"local-{run}-1"
             trained.append(local.masks)
-            time.sleep(1.2)  # the service has committed its own (phantom) answer by now
+            # the service has committed its own (phantom) answer and finished the late reply
+            assert service.late_answer_sent.wait(30)
             service.delay_s = 0.0
             phantom = store.get_request(run, f"{run}-1")
             assert phantom is not None
@@ -336,17 +354,23 @@ def test_defect_06_slow_and_idle_connections_are_cut_off(guarded: ServerThread) 
     # Connections beyond PCM_MAX_CONNECTIONS (24) are closed at once.
     socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(30)]
     try:
-        time.sleep(0.2)
-        refused = 0
-        for sock in socks:
-            sock.settimeout(0.05)
-            try:
-                refused += sock.recv(1) == b""
-            except TimeoutError:
-                pass
-            except OSError:
-                refused += 1
-        assert refused >= 6
+        closed: set[int] = set()
+
+        def six_closed() -> bool:  # the server closes the ones over the cap
+            for i, sock in enumerate(socks):
+                if i in closed:
+                    continue
+                sock.settimeout(0.01)
+                try:
+                    if sock.recv(1) == b"":
+                        closed.add(i)
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closed.add(i)
+            return len(closed) >= 6
+
+        assert _eventually(six_closed, 5.0)
     finally:
         for sock in socks:
             sock.close()
@@ -541,12 +565,12 @@ def test_defect_12_grpc_health_follows_a_failed_store_call_at_once(
             with pytest.raises(grpc.RpcError) as err:
                 stub.GetRun(pb.GetRunRequest(run_id="h"), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            time.sleep(0.1)
-            assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            # at once: well inside the 5 s store poll
+            assert _eventually(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
+                               1.0)
             redis_server.start()
             stub.GetRun(pb.GetRunRequest(run_id="h"), timeout=5)  # the next call succeeds
-            time.sleep(0.1)
-            assert status() == health_pb2.HealthCheckResponse.SERVING
+            assert _eventually(lambda: status() == health_pb2.HealthCheckResponse.SERVING, 1.0)
 
 
 # -- 13 ------------------------------------------------------------------------------------------
