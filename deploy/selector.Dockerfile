@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # PCM selector image: `pcm-selector serve` (gRPC :50051; HTTP :8000 with /metrics, /healthz,
-# /readyz), configured through PCM_* environment variables (DESIGN.md section 5).
+# /readyz), configured through PCM_* environment variables (docs/design.md, "Selector
+# settings").
 #
 # Build from the repository root (the root .dockerignore keeps the context small):
 #   docker build -f deploy/selector.Dockerfile -t pcm-selector .

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# PCM trainer image: `pcm-train rl --selector grpc://HOST:50051 ...` (DESIGN.md section 5).
+# PCM trainer image: `pcm-train rl --selector grpc://HOST:50051 ...` (docs/design.md,
+# "Console commands").
 #
 # CPU (default): python:3.11-slim with the CPU torch wheel.
 #   docker build -f deploy/trainer.Dockerfile -t pcm-trainer .

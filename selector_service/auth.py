@@ -1,4 +1,4 @@
-"""Bearer-token authentication shared by both transports (DESIGN.md section 5).
+"""Bearer-token authentication shared by both transports (docs/design.md, "Auth").
 
 When `PCM_AUTH_TOKENS` is set, every call but health, readiness, metrics (and, over gRPC,
 server reflection) needs `Authorization: Bearer TOKEN` (HTTP header, or gRPC metadata

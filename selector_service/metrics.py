@@ -1,4 +1,5 @@
-"""Prometheus metrics of the selector (DESIGN.md section 5), on a dedicated registry.
+"""Prometheus metrics of the selector (docs/design.md, "Prometheus metrics"), on a dedicated
+registry.
 
 Transport-level metrics (`pcm_select_requests_total`, `pcm_select_latency_seconds`) are
 observed by the gRPC interceptor and the HTTP middleware; run-level ones by this class acting as

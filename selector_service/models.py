@@ -1,4 +1,4 @@
-"""Request and answer models of DESIGN.md section 5: their JSON is the HTTP body.
+"""Request and answer models (docs/design.md, "Bodies"): their JSON is the HTTP body.
 
 Array fields hold NumPy arrays (lists are accepted and converted; JSON output is lists), so the
 embedded selector passes a trainer's arrays through without copying them into Python lists.
@@ -26,7 +26,7 @@ from selector_service.core.config import MAX_BUDGET, MAX_FEATURE_DIM, MAX_PHASES
 from selector_service.errors import InvalidArgument
 
 # Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
-# 512 trajectories x 64 chunks x D 56 (DESIGN.md section 8).
+# 512 trajectories x 64 chunks x D 56 (docs/design.md, "Measured claims").
 MAX_TRAJECTORIES = 4096
 MAX_CHUNKS_PER_TRAJECTORY = 2048
 MAX_TOTAL_FLOATS = 32 * 1024 * 1024  # features summed over the batch (128 MiB as float32)

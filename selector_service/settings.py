@@ -1,4 +1,5 @@
-"""The selector's settings: environment variables `PCM_*` (DESIGN.md section 5), CLI flags.
+"""The selector's settings: environment variables `PCM_*`, CLI flags (docs/design.md,
+"Selector settings").
 
 `pcm-selector serve` flags override the environment; an empty variable (as docker compose
 passes an unset pass-through) means the default.

@@ -1,4 +1,5 @@
-"""GRPO loss and the selective (masked) backward of PCM. DESIGN.md section 4.
+"""GRPO loss and the selective (masked) backward of PCM (docs/design.md, "The trainer's
+update").
 
 Notation (paper names): trajectory i with outcome y_i, group g(i), C_i chunks; chunk c has the
 observation o_ic, actions a_ic (K x A) and the rollout log-prob logp_old_ic.
@@ -61,8 +62,8 @@ class GRPOConfig:
         default="chunk",
         metadata={
             "help": "'chunk': sum of w*l over kept chunks / number of chunks of informative "
-            "trajectories (DESIGN.md); 'trajectory': per-trajectory sum of w*l / C_i, then mean "
-            "over informative trajectories (SimpleVLA-RL)"
+            "trajectories (docs/design.md); 'trajectory': per-trajectory sum of w*l / C_i, "
+            "then mean over informative trajectories (SimpleVLA-RL)"
         },
     )
     loss_denominator: str = field(

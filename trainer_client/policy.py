@@ -1,4 +1,4 @@
-"""The small VLA policy of DESIGN.md section 6.
+"""The small VLA policy (docs/design.md, "Policy and environments").
 
 Per chunk query the policy reads one observation (any of: camera images, proprio state, the task
 instruction) and emits a chunk of K actions through a diagonal Gaussian:

@@ -1,4 +1,4 @@
-"""The PCM algorithm (DESIGN.md section 3): pure NumPy, no I/O, no globals."""
+"""The PCM algorithm (docs/design.md, "The algorithm"): pure NumPy, no I/O, no globals."""
 
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.config import MODES, SCORES, WEIGHTINGS, RunConfig

@@ -1,4 +1,4 @@
-"""A run's PCM configuration (DESIGN.md section 3)."""
+"""A run's PCM configuration (docs/design.md, "Run configuration")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PCM chunk selection for one batch: the whole algorithm of DESIGN.md section 3, top to bottom.
+"""PCM chunk selection for one batch, the whole algorithm top to bottom (docs/design.md,
+"Selection, step by step").
 
 Pure: takes the run config, the batch and the current state of the batch's tasks, returns masks,
 weights and the new task states. No I/O; the caller stores the new states atomically.

@@ -1,7 +1,7 @@
 """Steps 1-2 of PCM: informative trajectories and success-failure action variance.
 
 Paper: "Learn Where Outcomes Diverge: Efficient VLA RL via Probabilistic Chunk Masking"
-(arXiv 2605.16154); DESIGN.md section 3.
+(arXiv 2605.16154); docs/design.md, "Selection, step by step".
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Redis phase-state store: selectors are stateless over it (DESIGN.md sections 5 and 7).
+"""Redis phase-state store: selectors are stateless over it (docs/design.md, "Redis
+keys and Lua scripts" and "Scaling").
 
 Same semantics as MemoryStore. Keys, all hash-tagged by run so that a run lives on one Redis
 Cluster slot and every Lua script touches one slot:

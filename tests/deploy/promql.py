@@ -30,8 +30,8 @@ DASHBOARD_PATH = DEPLOY_DIR / "grafana" / "dashboards" / "pcm.json"
 PROMETHEUS_YML = DEPLOY_DIR / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY_DIR / "prometheus" / "alerts.yml"
 
-# DESIGN.md section 5: the selector's metrics, their type and labels. A histogram `h` is queried
-# as h_bucket (plus label `le`), h_sum and h_count.
+# docs/design.md, "Prometheus metrics": the selector's metrics, their type and labels. A
+# histogram `h` is queried as h_bucket (plus label `le`), h_sum and h_count.
 DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "pcm_select_requests_total": ("counter", frozenset({"transport", "status"})),
     "pcm_select_latency_seconds": ("histogram", frozenset({"transport"})),
@@ -67,7 +67,7 @@ def series_labels() -> dict[str, frozenset[str]]:
 
 
 def allowed_series_names() -> frozenset[str]:
-    """Series names a dashboard or alert may query: DESIGN.md's, plus Prometheus's `up`."""
+    """Series names a dashboard or alert may query: docs/design.md's, plus Prometheus's `up`."""
     return frozenset(series_labels()) | PROMETHEUS_SYNTHETIC
 
 

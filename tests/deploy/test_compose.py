@@ -4,7 +4,7 @@ Validation: `docker compose config` (Compose v2 CLI) parses the file, checks it 
 Compose Specification's JSON schema that compose-go embeds, interpolates variables and resolves
 paths; it needs no engine. The structural tests below read the YAML as written and check what
 the schema cannot: files it builds from or mounts exist, the selector's PCM_* settings and
-ports agree with DESIGN.md section 5 (and with selector_service.settings once it exists),
+ports agree with docs/design.md, "Selector settings" (and with selector_service.settings),
 healthchecks, startup order, persistence, scaling and Grafana's admin settings.
 """
 
@@ -24,7 +24,7 @@ GPU_OVERRIDE = REPO_ROOT / "deploy" / "compose.gpu.yml"
 
 EXPECTED_SERVICES = {"redis", "selector", "prometheus", "grafana", "trainer"}
 LONG_RUNNING = ("redis", "selector", "prometheus", "grafana")
-# DESIGN.md section 5: the selector's settings, as environment variables.
+# docs/design.md, "Selector settings": the selector's settings that compose sets.
 DESIGN_SELECTOR_ENV = {
     "PCM_STORE",
     "PCM_REDIS_URL",
@@ -454,7 +454,8 @@ def test_dockerignore(repo_root) -> None:
 
 
 def test_console_scripts_exist_for_compose_commands(services, repo_root) -> None:
-    """The commands the containers run are pyproject console scripts (DESIGN.md section 5)."""
+    """The commands the containers run are pyproject console scripts (docs/design.md, "Console
+    commands")."""
     scripts = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))
     declared = set(scripts.get("project", {}).get("scripts", {}))
     used = {command_argv(services["selector"])[0], command_argv(services["trainer"])[0]}

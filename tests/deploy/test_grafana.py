@@ -2,8 +2,9 @@
 
 Provisioning files point where docker-compose.yml mounts them; the dashboard has a stable uid,
 a current schemaVersion and refers to the provisioned datasource by uid everywhere; every panel
-has a query; every series a query selects is a DESIGN.md metric (histograms as _bucket, _sum,
-_count) with DESIGN.md's labels; and promtool parses every query (variables substituted).
+has a query; every series a query selects is a docs/design.md metric (histograms as _bucket,
+_sum, _count) with its documented labels; and promtool parses every query (variables
+substituted).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def test_queried_metrics_are_design_metrics(promql, dashboard) -> None:
         used = promql.metric_names(query.expr)
         where = f"{query.panel_title}/{query.ref_id}"
         assert used, f"{where}: no metric in {query.expr!r}"
-        assert used <= allowed, f"{where}: not DESIGN.md metrics: {sorted(used - allowed)}"
+        assert used <= allowed, f"{where}: not docs/design.md metrics: {sorted(used - allowed)}"
         for metric, matcher_labels in promql.selector_labels(query.expr):
             if metric in labels:
                 extra = matcher_labels - labels[metric] - promql.TARGET_LABELS

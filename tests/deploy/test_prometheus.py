@@ -1,5 +1,6 @@
 """deploy/prometheus/: promtool accepts the config and rules, the alert unit tests pass, and the
-scrape setup matches docker-compose.yml and DESIGN.md (the selector is the only PCM target).
+scrape setup matches docker-compose.yml and docs/design.md (the selector is the only PCM
+target).
 
 promtool comes from Debian's `prometheus` package; without it these tests fail (not skip).
 """
@@ -167,7 +168,7 @@ def test_alert_metrics_are_design_metrics(promql) -> None:
     for name, rule in alert_rules().items():
         used = promql.metric_names(rule["expr"])
         assert used, f"{name}: no metric found in {rule['expr']!r}"
-        assert used <= allowed, f"{name}: not DESIGN.md metrics: {used - allowed}"
+        assert used <= allowed, f"{name}: not docs/design.md metrics: {used - allowed}"
         for metric, matcher_labels in promql.selector_labels(rule["expr"]):
             if metric in labels:
                 extra = matcher_labels - labels[metric] - promql.TARGET_LABELS

@@ -1,1 +1,2 @@
-"""`pcm-bench`: the measured claims of DESIGN.md section 8, each ratio measured in one run."""
+"""`pcm-bench`: the measured claims (docs/design.md, "Measured claims"), each ratio measured
+in one run."""

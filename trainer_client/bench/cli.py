@@ -1,5 +1,5 @@
-"""`pcm-bench`: the measured claims of DESIGN.md section 8. Each subcommand prints a table and,
-with --json PATH, writes its figures as JSON."""
+"""`pcm-bench`: the measured claims (docs/design.md, "Measured claims"). Each subcommand prints
+a table and, with --json PATH, writes its figures as JSON."""
 
 from __future__ import annotations
 

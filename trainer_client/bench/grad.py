@@ -1,8 +1,9 @@
 """`pcm-bench grad`: actor-update time and peak activation memory, full GRPO vs PCM.
 
-DESIGN.md section 8. One synthetic GRPO batch (every group mixed, so every trajectory is
-informative), one policy; full GRPO (all chunks, weight 1) and PCM masks at each keep fraction
-run the *same* `grpo_update` with the same micro-batching, measured side by side in one process:
+docs/design.md, "Measured claims". One synthetic GRPO batch (every group mixed, so every
+trajectory is informative), one policy; full GRPO (all chunks, weight 1) and PCM masks at each
+keep fraction run the *same* `grpo_update` with the same micro-batching, measured side by side
+in one process:
 repeats are interleaved (the order rotates each repeat) and medians reported. After every
 measured update the policy and optimizer state are restored, so each update sees the same
 weights and the same batch.

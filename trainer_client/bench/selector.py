@@ -1,6 +1,6 @@
 """`pcm-bench selector`: Select latency (p50/p99) and throughput of a real `pcm-selector serve`
 over gRPC and HTTP, on the memory and Redis stores, with 1..16 concurrent trainers (threads,
-each with its own client), on two batch shapes (DESIGN.md section 8):
+each with its own client), on two batch shapes (docs/design.md, "Measured claims"):
 
 - small: 64 trajectories x 32 chunks, D 56;
 - libero: one full LIBERO GRPO step, 512 trajectories (64 initial states x group 8) x 64 chunks,

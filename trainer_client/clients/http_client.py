@@ -1,6 +1,6 @@
 """The HTTP clients (`http://HOST:PORT`, `https://...`): `HttpClient` and `AsyncHttpClient`
-over httpx connection pools. Thin: bodies are the models' JSON (DESIGN.md section 5); retries
-and the local fallback are `trainer_client.clients.fallback`'s.
+over httpx connection pools. Thin: bodies are the models' JSON (docs/design.md, "Bodies");
+retries and the local fallback are `trainer_client.clients.fallback`'s.
 
 A Select body is serialised with orjson straight from the NumPy arrays (measured on a full
 LIBERO step, 1.8 M features: ~80 ms, against ~150 ms for pydantic's serialiser and ~950 ms for

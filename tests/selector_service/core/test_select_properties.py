@@ -1,4 +1,5 @@
-"""Property tests of the selection over random valid batches (DESIGN.md section 3)."""
+"""Property tests of the selection over random valid batches (docs/design.md, "Selection,
+step by step")."""
 
 from __future__ import annotations
 

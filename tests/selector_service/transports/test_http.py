@@ -1,5 +1,5 @@
-"""HTTP transport over a real server: routes of DESIGN.md section 5, errors naming the field,
-and bad input never changing the stored state."""
+"""HTTP transport over a real server: routes of docs/design.md ("HTTP routes"), errors naming
+the field, and bad input never changing the stored state."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`/metrics` after real traffic over both transports: every metric of DESIGN.md section 5 with
+"""`/metrics` after real traffic over both transports: every metric of docs/design.md with
 its labels, values that agree with the answers, bounded trainer labels, series removed with
 their run."""
 
@@ -25,7 +25,7 @@ from tests.selector_service.transports.conftest import (
     to_proto,
 )
 
-# DESIGN.md section 5: name -> (type, labels)
+# docs/design.md, "Prometheus metrics": name -> (type, labels)
 DESIGN_METRICS = {
     "pcm_select_requests_total": ("counter", {"transport", "status"}),
     "pcm_select_latency_seconds": ("histogram", {"transport"}),
