@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the suite needs, then runs it.
 #   bash scripts/test.sh [pytest args]
-# System packages: redis-server and prometheus (Prometheus and promtool) for the integration
-# tests, and the EGL/GL libraries MuJoCo renders LIBERO's cameras with on CPU. Python: the CPU
-# build of torch (pinned, so no CUDA packages are pulled) and the project with its dev extras.
+# System packages: redis-server, redis-cli and prometheus (Prometheus and promtool) for the
+# integration tests, and the EGL/GL libraries MuJoCo renders LIBERO's cameras with on CPU.
+# Python: the CPU build of torch (pinned, so no CUDA packages are pulled) and the project with
+# its dev extras.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli creates the Redis Cluster of the cluster tests (Debian's redis-tools package).
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || need+=(libegl1)
 ldconfig -p 2>/dev/null | grep -q 'libGL.so.1' || need+=(libgl1)

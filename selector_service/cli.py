@@ -24,14 +24,16 @@ app = typer.Typer(name="pcm-selector", help="PCM chunk selector service.",
 log = logging.getLogger("selector_service")
 
 # Settings without a plain default to show.
-_SHOWN_DEFAULTS = {"auth_tokens": "unset: no auth"}
+_SHOWN_DEFAULTS = {"auth_tokens": "unset: no auth",
+                   "workers": "0: one per core with store=redis, 1 with store=memory"}
 _EXTRA_HELP = {"auth_tokens": " Prefer the environment: flags show in process listings.",
                "redis_url": ""}
 
 
 @app.callback()
 def main() -> None:
-    """PCM chunk selector: gRPC (pcm.v1.ChunkSelector) and HTTP in one process."""
+    """PCM chunk selector: gRPC (pcm.v1.ChunkSelector) and HTTP, in one process or in
+    `--workers N` processes sharing both ports."""
 
 
 def _flag_type(annotation: Any) -> type:
@@ -72,9 +74,16 @@ def serve(**flags: Any) -> None:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = ".".join(str(p) for p in err["loc"])
-        raise typer.BadParameter(f"{name}: {err['msg']}") from None
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise typer.BadParameter(f"{name}: {message}" if name else message) from None
     configure_logging(settings.log_level)
     log.debug("settings: %r", settings)
+
+    workers = settings.worker_count
+    if workers > 1:  # a supervisor: it imports none of the servers' heavy modules
+        from selector_service.workers import serve_workers
+
+        raise typer.Exit(serve_workers(settings, workers))
 
     from selector_service.server import serve as run_server  # heavy imports after parsing
 

@@ -32,6 +32,27 @@ Semantics:
 - `pcm_run_config_info{run,mode,score,weighting}`: 1 for the configuration the run's last
   committed selection used (which phase score and loss weighting it runs); one series per run.
 
+Several worker processes (`pcm-selector serve --workers N`): prometheus-client's multiprocess
+mode. Each worker writes its series to mmap files in PROMETHEUS_MULTIPROC_DIR and `/metrics`, on
+whichever worker answers, aggregates all of them (`multiprocess_dir`), so the exposition is the
+same as one process's that handled every call:
+- counters and histograms (`pcm_select_requests_total`, `pcm_select_latency_seconds`,
+  `pcm_chunks_total`, `pcm_skipped_trajectories_total`, `pcm_outcome_reports_total`,
+  `pcm_trainer_stage_seconds`, `pcm_store_errors_total`) are summed over workers (a worker that
+  exits keeps its counts in the sum, so nothing goes down);
+- the gauges (`pcm_keep_probability`, `pcm_phase_score`, `pcm_selection_rate`,
+  `pcm_success_rate`, `pcm_run_config_info`) are `mostrecent`: the value the last worker set,
+  which is the value after the last selection or report of the run (or trainer) on any worker,
+  without a pid label. `pcm_run_config_info`'s previous configuration is set to 0 rather than
+  removed (another worker may still hold it at 1).
+Label caps, the run TTL and series removal apply per worker, as they do per selector host: each
+worker labels at most `max_runs` runs (so `/metrics` shows at most workers x `max_runs`), and a
+run's series go from a worker when it deletes the run, learns it is gone or has not seen it for
+`run_ttl_s` (prometheus-client cannot remove a series from its files: the removed series are
+recorded per worker, `removed_PID.json`, and left out of the aggregate). A series that comes
+back on the same worker (a run re-created under its old id) continues from that worker's old
+value instead of restarting at 0: counters still never go down.
+
 Label values are bounded, so no request can make the exposition grow without limit: at most
 `max_runs` run values (`PCM_MAX_RUNS`) and `max_tasks_per_run` task values per run
 (`PCM_MAX_TASKS_PER_RUN`); further runs and tasks are counted under `other` in the counters
@@ -45,11 +66,16 @@ for `run_ttl_s` (`PCM_METRICS_RUN_TTL_S`).
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
+import os
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -59,6 +85,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client import values as prometheus_values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from selector_service.models import OutcomeReport
 from selector_service.service import SelectEvent
@@ -78,6 +107,12 @@ STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 OTHER = "other"  # the label value of runs, tasks and trainers over their caps
 OTHER_TRAINER = OTHER
 UNKNOWN_RUN = "unknown"
+# Gauges across worker processes: the most recently set value (the state after the last event).
+GAUGE_MODE: Literal["mostrecent"] = "mostrecent"
+REMOVED_PREFIX = "removed_"  # removed_PID.json: the series worker PID removed
+
+# A series: (family name as in the multiprocess files, sorted (label name, value) pairs).
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass
@@ -108,7 +143,19 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None,
                  max_trainers_per_run: int = 64, *, max_tasks_per_run: int = 32,
                  max_runs: int = 32, run_ttl_s: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir`: this process is one worker of several, whose metrics live in
+        that directory (PROMETHEUS_MULTIPROC_DIR, which must have been set before
+        prometheus_client was first imported); `render()` aggregates all workers'."""
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+                raise RuntimeError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set "
+                                   "before prometheus_client is first imported")
+            # Removal is done here (removed_PID.json); the in-process child still goes.
+            warnings.filterwarnings("ignore", category=UserWarning,
+                                    message="Removal of labels has not been implemented")
         self.registry = registry if registry is not None else CollectorRegistry()
         self.max_trainers_per_run = max_trainers_per_run
         self.max_tasks_per_run = max_tasks_per_run
@@ -127,17 +174,21 @@ class Metrics:
             ["run", "task", "phase", "kept"], registry=r)
         self.keep_probability = Gauge(
             "pcm_keep_probability", "Phase keep weight w_tp after the last selection.",
-            ["run", "task", "phase"], registry=r)
+            ["run", "task", "phase"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.phase_score = Gauge(
             "pcm_phase_score", "Online phase score s_tp (EMA of the run's score: learning "
             "signal or success-failure action variance).",
-            ["run", "task", "phase"], registry=r)
+            ["run", "task", "phase"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.run_config = Gauge(
             "pcm_run_config_info", "1 for the mode, phase score and weighting of the run's last "
-            "selection.", ["run", "mode", "score", "weighting"], registry=r)
+            "selection.", ["run", "mode", "score", "weighting"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.selection_rate = Gauge(
             "pcm_selection_rate", "kept_chunks / total_chunks of the run's last selection.",
-            ["run"], registry=r)
+            ["run"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.skipped_trajectories = Counter(
             "pcm_skipped_trajectories_total",
             "Trajectories skipped as uninformative (GRPO group with all-equal outcomes).",
@@ -147,7 +198,8 @@ class Metrics:
             ["run", "status"], registry=r)
         self.success_rate = Gauge(
             "pcm_success_rate", "Success rate of the trainer's last accepted outcome report.",
-            ["run", "trainer"], registry=r)
+            ["run", "trainer"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.trainer_stage = Histogram(
             "pcm_trainer_stage_seconds", "Trainer step time per stage, from outcome reports.",
             ["run", "trainer", "stage"], buckets=STAGE_BUCKETS, registry=r)
@@ -157,6 +209,14 @@ class Metrics:
         self._lock = threading.Lock()
         # run label value -> its series (every (metric, label values) labelled with it)
         self._runs: dict[str, _RunSeries] = {}
+        # Multiprocess mode: the series this worker removed (left out of the aggregate) and the
+        # registry /metrics renders, which aggregates every worker's files.
+        self._removed: set[SeriesKey] = set()
+        self._exposition = self.registry
+        if multiprocess_dir is not None:
+            self._removed_path = Path(multiprocess_dir) / f"{REMOVED_PREFIX}{os.getpid()}.json"
+            self._exposition = CollectorRegistry(auto_describe=False)
+            self._exposition.register(WorkersCollector(multiprocess_dir))
         for transport in TRANSPORTS:
             self.select_latency.labels(transport)
             self.select_requests.labels(transport, "OK")
@@ -164,18 +224,19 @@ class Metrics:
             self.store_errors.labels(op)
 
     @classmethod
-    def from_settings(cls, settings: Settings,
-                      registry: CollectorRegistry | None = None) -> Metrics:
+    def from_settings(cls, settings: Settings, registry: CollectorRegistry | None = None, *,
+                      multiprocess_dir: str | None = None) -> Metrics:
         return cls(registry, settings.max_trainers_per_run,
                    max_tasks_per_run=settings.max_tasks_per_run, max_runs=settings.max_runs,
-                   run_ttl_s=settings.metrics_run_ttl_s)
+                   run_ttl_s=settings.metrics_run_ttl_s, multiprocess_dir=multiprocess_dir)
 
     # -- exposition ---------------------------------------------------------------------------
 
     def render(self) -> bytes:
+        """The text exposition (every worker's series, aggregated, in multiprocess mode)."""
         with self._lock:
             self._expire()
-        return generate_latest(self.registry)
+        return generate_latest(self._exposition)
 
     def run_labels(self) -> list[str]:
         """The run label values exported now (tests, debugging)."""
@@ -236,7 +297,11 @@ class Metrics:
             config = (event.mode, event.score, event.weighting)
             previous = entry.config
             if previous != config:
-                if previous is not None:
+                if previous is not None and self.multiprocess_dir is not None:
+                    # Another worker may hold the old series at 1, set earlier: this later 0
+                    # is what the aggregate (mostrecent) shows.
+                    self._child(entry, self.run_config, run, *previous).set(0)
+                elif previous is not None:
                     with contextlib.suppress(KeyError):
                         self.run_config.remove(run, *previous)
                     entry.series.discard((self.run_config, (run, *previous)))
@@ -303,6 +368,11 @@ class Metrics:
 
     def _child(self, entry: _RunSeries, metric: Any, *labels: str) -> Any:
         entry.series.add((metric, labels))
+        if self._removed:  # multiprocess mode, after a removal: the series may come back
+            key = series_key(metric, labels)
+            if key in self._removed:
+                self._removed.discard(key)
+                self._save_removed()
         return metric.labels(*labels)
 
     def _drop(self, run: str) -> None:
@@ -312,8 +382,73 @@ class Metrics:
         for metric, labels in entry.series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
+        if self.multiprocess_dir is not None:
+            self._removed.update(series_key(metric, labels) for metric, labels in entry.series)
+            self._save_removed()
+
+    def _save_removed(self) -> None:
+        """Write this worker's removed series (atomically: the collector may be reading)."""
+        tmp = self._removed_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted([name, list(map(list, labels))]
+                                         for name, labels in self._removed)))
+        os.replace(tmp, self._removed_path)
 
     def _expire(self) -> None:
         horizon = self._clock() - self.run_ttl_s
         for run in [r for r, e in self._runs.items() if e.last_seen < horizon]:
             self._drop(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiprocess aggregation
+
+
+def series_key(metric: Any, labels: Iterable[str]) -> SeriesKey:
+    """How the multiprocess files name a series: family name (a counter's without `_total`),
+    sorted (label name, value) pairs."""
+    return metric._name, tuple(sorted(zip(metric._labelnames, labels, strict=True)))
+
+
+class WorkersCollector:
+    """Every worker's series from the multiprocess directory, aggregated as prometheus-client's
+    MultiProcessCollector does (counters and histograms summed, `mostrecent` gauges the latest
+    value), less the series each worker removed (its `removed_PID.json`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = glob.glob(os.path.join(self.path, "*.db"))
+        removed = self._removed()
+        if not removed:
+            return MultiProcessCollector.merge(files, accumulate=True)
+        merged: dict[str, Metric] = {}
+        for path in files:
+            pid = Path(path).stem.rsplit("_", 1)[-1]
+            try:
+                metrics = MultiProcessCollector._read_metrics([path])
+            except FileNotFoundError:
+                continue
+            gone = removed.get(pid, set())
+            for name, metric in metrics.items():
+                if gone:
+                    metric.samples = [s for s in metric.samples if (name, tuple(
+                        (k, v) for k, v in s.labels if k not in ("le", "pid"))) not in gone]
+                if name in merged:
+                    merged[name].samples.extend(metric.samples)
+                else:
+                    merged[name] = metric
+        return MultiProcessCollector._accumulate_metrics(merged, True)
+
+    def _removed(self) -> dict[str, set[SeriesKey]]:
+        out: dict[str, set[SeriesKey]] = {}
+        for path in glob.glob(os.path.join(self.path, f"{REMOVED_PREFIX}*.json")):
+            pid = Path(path).stem[len(REMOVED_PREFIX):]
+            try:
+                entries = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
+            keys = {(name, tuple((k, v) for k, v in labels)) for name, labels in entries}
+            if keys:
+                out[pid] = keys
+        return out

@@ -4,6 +4,9 @@ Both transports call one `SelectorService` over one store. On SIGTERM or SIGINT:
 turns NOT_SERVING and `/readyz` 503 (for `shutdown_delay_s`, still serving, so load balancers
 take the replica out), then both servers refuse new calls, let in-flight ones finish within
 `grace_period_s`, and stop; the process exits 0. A second signal cuts the grace short.
+
+With `workers` > 1 (`--workers N`), `serve` runs N such servers as processes on the same ports
+instead, under a supervisor (selector_service/workers.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,11 +53,15 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound (not yet listening) TCP socket; `reuse_port`: SO_REUSEPORT, so that several
+    processes can listen on the port and the kernel spreads new connections over them."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError:
@@ -65,11 +72,13 @@ def _bind(host: str, port: int) -> socket.socket:
 
 class SelectorServer:
     """Both servers over one application layer; `start()`/`stop()` or `run()` (until a
-    signal). Ports 0 pick free ports: read `grpc_port` / `http_port` after start."""
+    signal). Ports 0 pick free ports: read `grpc_port` / `http_port` after start.
+    `reuse_port`: both listening sockets get SO_REUSEPORT (a worker of several on the ports)."""
 
     def __init__(self, settings: Settings, *, service: SelectorService | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics.from_settings(settings)
         if service is None:
             service = SelectorService(build_store(settings, self.metrics), self.metrics)
@@ -91,10 +100,11 @@ class SelectorServer:
         loop.set_default_executor(ThreadPoolExecutor(s.worker_threads,
                                                      thread_name_prefix="pcm-worker"))
         self._stopping = asyncio.Event()
-        self._sock = _bind(s.host, s.http_port)
+        self._sock = _bind(s.host, s.http_port, reuse_port=self.reuse_port)
         self.http_port = self._sock.getsockname()[1]
         self.grpc = build_grpc_server(self.service, host=s.host, port=s.grpc_port,
-                                      metrics=self.metrics, auth=self.auth, settings=s)
+                                      metrics=self.metrics, auth=self.auth, settings=s,
+                                      reuse_port=self.reuse_port)
         self.grpc_port = self.grpc.port
         await self.grpc.start()
         config = uvicorn.Config(
@@ -166,21 +176,36 @@ class SelectorServer:
                 close()
         log.info("stopped")
 
-    async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT, then stop gracefully."""
+    async def run(self, *,
+                  signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+                  on_started: Callable[[SelectorServer], None] | None = None) -> None:
+        """Serve until one of `signals`, then stop gracefully; `on_started` is called once both
+        servers accept calls."""
+        signals = tuple(signals)
         await self.start()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in signals:
             loop.add_signal_handler(sig, self.request_stop)
         try:
+            if on_started is not None:
+                on_started(self)
             await self.wait()
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
 
 
 def serve(settings: Settings) -> None:
-    """Run the selector until SIGTERM/SIGINT (blocking)."""
+    """Run the selector until SIGTERM/SIGINT (blocking): one process, or `worker_count`
+    processes under a supervisor (SystemExit(1) if one of them fails)."""
+    workers = settings.worker_count
+    if workers > 1:
+        from selector_service.workers import serve_workers
+
+        code = serve_workers(settings, workers)
+        if code:
+            raise SystemExit(code)
+        return
     prometheus_client.disable_created_metrics()  # no *_created series: this process is ours
     asyncio.run(SelectorServer(settings).run())

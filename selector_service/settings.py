@@ -8,9 +8,12 @@ passes an unset pass-through) means the default.
 from __future__ import annotations
 
 import logging
+import math
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -23,7 +26,10 @@ class Settings(BaseSettings):
     store: Literal["memory", "redis"] = Field(
         default="memory", description="phase-state store: memory (single process) or redis")
     redis_url: str = Field(
-        default="redis://localhost:6379/0", description="used when store=redis", repr=False)
+        default="redis://localhost:6379/0",
+        description="used when store=redis: redis://, rediss:// or unix:// for one Redis; "
+                    "redis+cluster://HOST:PORT,HOST:PORT,... (rediss+cluster:// with TLS) for "
+                    "a Redis Cluster, any of its nodes as startup nodes", repr=False)
     host: str = Field(
         default="127.0.0.1",
         description="interface both servers bind to (the container image sets 0.0.0.0)")
@@ -94,8 +100,14 @@ class Settings(BaseSettings):
         default=3600.0, gt=0,
         description="metrics series of a run not seen for this long are dropped (e.g. a run "
                     "deleted through another selector)")
+    workers: int = Field(
+        default=0, ge=0, le=1024,
+        description="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), "
+                    "stateless over Redis; 0: one per available core with store=redis, 1 with "
+                    "the memory store (which lives in one process, so it refuses more)")
     worker_threads: int = Field(
-        default=16, ge=1, description="threads running the blocking application layer")
+        default=16, ge=1,
+        description="threads running the blocking application layer (per worker process)")
     docs_ui: bool = Field(
         default=False,
         description="serve Swagger UI at /docs (it loads its scripts from a CDN, so it is off "
@@ -117,6 +129,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 
+    @model_validator(mode="after")
+    def _workers_need_a_shared_store(self) -> Settings:
+        if self.workers > 1 and self.store == "memory":
+            raise ValueError(
+                f"workers={self.workers} (PCM_WORKERS, --workers) needs store=redis "
+                "(PCM_STORE=redis): the memory store lives inside one process, so workers "
+                "would not share the phase state; use workers=1 or a Redis store")
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        """The number of server processes `serve` runs (`workers`, 0 resolved)."""
+        if self.workers > 0:
+            return self.workers
+        return available_cores() if self.store == "redis" else 1
+
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
@@ -134,9 +162,27 @@ class Settings(BaseSettings):
         return bool(self.auth_tokens)
 
 
-def configure_logging(level: str) -> None:
-    """Root logging at `level`, one line per record, to stderr."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container started with --cpus N gets ceil(N))."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def configure_logging(level: str, prefix: str = "") -> None:
+    """Root logging at `level`, one line per record, to stderr; `prefix` (a worker process's
+    name) goes before the logger name."""
+    logging.basicConfig(level=level,
+                        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level)

@@ -5,6 +5,9 @@
   DB cycling over 1..15, flushed before the test). Use this for anything that just needs Redis.
 - ``isolated_redis_server`` (function): a private RedisServer with AOF persistence in the test's
   tmp dir, for tests that stop, restart or break Redis. Stopped at teardown.
+- ``redis_cluster`` (session): a 3-master Redis Cluster (tests/redis_cluster.py), started on
+  first use; ``redis_cluster_url`` (function): its ``redis+cluster://`` URL, every master
+  flushed before the test. Tests that kill nodes start a cluster of their own.
 
 A missing ``redis-server`` binary fails the test with the install hint; it is never skipped.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer, RedisServerNotInstalled
 
 _databases = itertools.cycle(range(1, 16))
@@ -53,3 +57,21 @@ def isolated_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = _new_server(data_dir=tmp_path / "redis", appendonly=True)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    try:
+        cluster = RedisClusterServers(masters=3)
+    except RedisServerNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    for node in redis_cluster.nodes:
+        with redis.Redis(host="127.0.0.1", port=node.port) as client:
+            client.flushall()
+    return redis_cluster.url

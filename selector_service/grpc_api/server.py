@@ -112,8 +112,10 @@ class GrpcServer:
 
 def build_grpc_server(service: SelectorService, *, host: str, port: int,
                       metrics: Metrics | None = None, auth: TokenAuth | None = None,
-                      settings: Settings | None = None) -> GrpcServer:
-    """A bound (not yet started) server; `port` 0 picks a free port (see `.port`)."""
+                      settings: Settings | None = None,
+                      reuse_port: bool = False) -> GrpcServer:
+    """A bound (not yet started) server; `port` 0 picks a free port (see `.port`).
+    `reuse_port`: SO_REUSEPORT on (one of several worker processes on the port)."""
     settings = settings if settings is not None else Settings()
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:
@@ -121,7 +123,10 @@ def build_grpc_server(service: SelectorService, *, host: str, port: int,
     if auth is not None and auth.enabled:
         interceptors.append(AuthInterceptor(auth))
     interceptors.append(DecodeInterceptor())  # innermost: requests decode in the handler
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings),
+    options = server_options(settings)
+    if reuse_port:
+        options.append(("grpc.so_reuseport", 1))
+    server = grpc.aio.server(interceptors=interceptors, options=options,
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_ChunkSelectorServicer_to_server(ChunkSelectorServicer(service, metrics), server)
     health_servicer = grpc_health.aio.HealthServicer()

@@ -26,6 +26,20 @@ naming the operation, after ``on_error(op)`` is called (the metrics hook); the c
 
 The store's ``epoch`` is the Redis server's ``run_id`` (``INFO server``), read on every new
 connection: a restarted Redis gets a new one, and every pooled connection reconnects to it.
+
+Redis Cluster: a URL ``redis+cluster://HOST:PORT,HOST:PORT,...`` (``rediss+cluster://`` for
+TLS; ``USER:PASSWORD@`` before the first node; path empty or ``/0``) makes the store use
+redis-py's ``RedisCluster``, with every listed node a startup node. The keys need nothing more:
+every key of a run carries the hash tag ``{RUN}`` (run ids have no braces), so a run lives on one
+slot, every script and MULTI touches one slot, and no key spans runs. The client connects on
+first use (a cluster that is down at start-up makes calls fail, not the constructor) and retries
+once, at once, after a connection error (with a fresh slot map, so a failover's new primary is
+found). A call for a slot whose primary is down fails like any Redis error (StoreUnavailable:
+gRPC UNAVAILABLE, HTTP 503) while runs on other slots keep working, provided the nodes run with
+``cluster-require-full-coverage no``. The epoch in cluster mode is per run: the ``run_id`` of the
+primary serving the run's slot (as of the calling thread's last call for the run), so a failover
+or restart of one shard changes the epoch of that shard's runs only, and every selector reports
+the same epoch for a run.
 """
 
 from __future__ import annotations
@@ -34,12 +48,15 @@ import functools
 import json
 import logging
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import unquote
 
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from selector_service.core import RunConfig, TaskState
@@ -58,6 +75,8 @@ DELETE_ATTEMPTS = 32  # delete_run re-reads the run's task and request lists thi
 LOAD_ATTEMPTS = 32  # load(all tasks) re-reads the task list this many times
 
 _SELECT = b"S"  # kind byte of a select record; a report record is b"R"
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+UNKNOWN_EPOCH = "redis-unknown"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,6 +99,38 @@ class RunKeys:
 
     def req(self, request_id: str) -> str:
         return f"{self.prefix}req:{request_id}"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """``redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT,...[/0]`` -> the startup nodes and
+    the connection options it sets (username, password, ssl)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL (redis+cluster://...): {scheme}://")
+    netloc, _, path = rest.partition("/")
+    if "?" in netloc or "?" in path or "#" in path:
+        raise ValueError("a redis+cluster:// URL takes no query options")
+    if path not in ("", "0"):
+        raise ValueError("Redis Cluster has database 0 only: the URL path must be empty or /0")
+    userinfo, _, hosts = netloc.rpartition("@")
+    options: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[scheme.lower()]}
+    if userinfo:
+        user, sep, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if sep:
+            options["password"] = unquote(password)
+    nodes = []
+    for node in hosts.split(","):
+        host, sep, port = node.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"a Redis Cluster node must be HOST:PORT, got {node.strip()!r}")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes, options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +240,14 @@ def _concat(arrays: list[np.ndarray], dtype: Any) -> np.ndarray:
     return np.concatenate(arrays).astype(dtype, copy=False)
 
 
+def _stream_fields(fields: Any) -> dict[bytes, bytes]:
+    """A stream entry's fields: a dict, or the raw flat [field, value, ...] list that redis-py's
+    cluster transactions return (they apply no response callbacks)."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
+
+
 def _record_kind(record: bytes) -> RequestKind:
     return "select" if record[:1] == _SELECT else "report"
 
@@ -213,11 +272,13 @@ def _redis_op(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     def wrap(method: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(method)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            store = args[0]
+            assert isinstance(store, RedisStore)
+            if store.cluster and len(args) > 1 and isinstance(args[1], str):
+                store._thread.run_id = args[1]  # the run whose shard `epoch` names
             try:
                 return method(*args, **kwargs)
-            except redis.RedisError as exc:
-                store = args[0]
-                assert isinstance(store, RedisStore)
+            except (redis.RedisError, RedisClusterException) as exc:
                 raise store._unavailable(op, exc) from exc
 
         return call
@@ -226,8 +287,18 @@ def _redis_op(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 
 class RedisStore:
-    """PhaseStore over Redis (standalone, or any Redis reachable by one URL). Thread-safe: one
-    connection pool shared by all threads."""
+    """PhaseStore over Redis: one server (any Redis reachable by one URL) or a Redis Cluster
+    (a ``redis+cluster://`` URL). Thread-safe: one connection pool (per node) shared by all
+    threads."""
+
+    # Set in __init__ for one Redis; on first use in cluster mode (see __getattr__). In cluster
+    # mode `_redis` is a redis.cluster.RedisCluster, which has the same command API.
+    _redis: redis.Redis
+    _put_config: Any
+    _commit_select: Any
+    _record_report: Any
+    _reconcile_select: Any
+    _delete_run: Any
 
     def __init__(
         self,
@@ -249,56 +320,123 @@ class RedisStore:
         self.request_ttl_s = int(request_ttl_s)
         self.history_maxlen = int(history_maxlen)
         self._on_error = on_error
-        self._epoch = "redis-unknown"
-        self._redis = client if client is not None else redis.Redis.from_url(
+        self._epoch = UNKNOWN_EPOCH
+        self.cluster = client is None and is_cluster_url(url)
+        self._thread = threading.local()  # cluster mode: run_id of the thread's last call
+        self._node_epochs: dict[str, str] = {}  # cluster mode: "host:port" -> epoch
+        self._connect_lock = threading.Lock()
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_connect_timeout_s,
+            "max_connections": max_connections,
+            "health_check_interval": 0,
+            "client_name": "pcm-selector",
+        }
+        if self.cluster:
+            nodes, url_options = parse_cluster_url(url)  # ValueError now, not on first use
+            self._cluster_args = (nodes, {**options, **url_options})
+            return
+        self._bind(client if client is not None else redis.Redis.from_url(
             url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_connect_timeout_s,
             # One immediate reconnect on a dropped connection; never on a timeout, never a
             # backoff loop: a down Redis must fail the call fast.
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            max_connections=max_connections,
-            health_check_interval=0,
-            client_name="pcm-selector",
             redis_connect_func=self._on_connect,
-        )
-        self._put_config = self._redis.register_script(lua.PUT_CONFIG)
-        self._commit_select = self._redis.register_script(lua.COMMIT_SELECT)
-        self._record_report = self._redis.register_script(lua.RECORD_REPORT)
-        self._reconcile_select = self._redis.register_script(lua.RECONCILE_SELECT)
-        self._delete_run = self._redis.register_script(lua.DELETE_RUN)
+            **options,
+        ))
+
+    def _bind(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._put_config = client.register_script(lua.PUT_CONFIG)
+        self._commit_select = client.register_script(lua.COMMIT_SELECT)
+        self._record_report = client.register_script(lua.RECORD_REPORT)
+        self._reconcile_select = client.register_script(lua.RECONCILE_SELECT)
+        self._delete_run = client.register_script(lua.DELETE_RUN)
+
+    def __getattr__(self, name: str) -> Any:
+        """Cluster mode: the client and scripts, connecting on first use (RedisCluster reads
+        the slot map when it is made, so it is made when a call needs it)."""
+        if name not in ("_redis", "_put_config", "_commit_select", "_record_report",
+                        "_reconcile_select", "_delete_run") or not self.__dict__.get("cluster"):
+            raise AttributeError(name)
+        with self._connect_lock:
+            if "_redis" not in self.__dict__:
+                from redis.cluster import ClusterNode, RedisCluster
+
+                nodes, options = self._cluster_args
+                cluster = RedisCluster(
+                    startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+                    # One immediate retry after a connection error or CLUSTERDOWN, on a fresh
+                    # slot map (a failover's new primary); no backoff loop.
+                    retry=Retry(NoBackoff(), 1),
+                    require_full_coverage=False,
+                    redis_connect_func=self._on_cluster_connect,
+                    **options,
+                )
+                self._bind(cluster)  # type: ignore[arg-type]
+        return self.__dict__[name]
 
     @property
     def client(self) -> redis.Redis:
+        """The redis-py client (a RedisCluster in cluster mode)."""
         return self._redis
 
     @property
     def epoch(self) -> str:
-        """The Redis server's run_id as of the newest connection (changes on a restart)."""
-        return self._epoch
+        """The Redis server's run_id as of the newest connection (changes on a restart); in
+        cluster mode, that of the primary serving the slot of the calling thread's last run."""
+        if not self.cluster:
+            return self._epoch
+        run_id = getattr(self._thread, "run_id", None)
+        if run_id is None or "_redis" not in self.__dict__:
+            return self._epoch
+        try:
+            node = self._redis.get_node_from_key(RunKeys(run_id).config)  # type: ignore[attr-defined]
+        except (redis.RedisError, RedisClusterException):
+            return UNKNOWN_EPOCH
+        return self._node_epochs.get(node.name, UNKNOWN_EPOCH) if node else UNKNOWN_EPOCH
 
     def _on_connect(self, connection: Any) -> None:
         """redis-py's hook on every new connection: the usual handshake, then INFO server for
         the server's run_id (a restarted server has a new one)."""
         connection.on_connect()
+        epoch = self._server_epoch(connection)
+        if epoch is not None and epoch != self._epoch:
+            if self._epoch != UNKNOWN_EPOCH:
+                log.warning("redis store: connected to a new Redis incarnation (%s)", epoch)
+            self._epoch = epoch
+
+    def _on_cluster_connect(self, connection: Any) -> None:
+        """RedisCluster's hook (after its handshake): the node's run_id, per node."""
+        epoch = self._server_epoch(connection)
+        if epoch is None:
+            return
+        name = f"{connection.host}:{connection.port}"
+        previous = self._node_epochs.get(name)
+        if previous is not None and previous != epoch:
+            log.warning("redis store: cluster node %s is a new Redis incarnation (%s)", name,
+                        epoch)
+        self._node_epochs[name] = epoch
+        self._epoch = epoch
+
+    @staticmethod
+    def _server_epoch(connection: Any) -> str | None:
+        """"redis-" + the run_id of the server at the other end of `connection`, or None."""
         try:
             connection.send_command("INFO", "server")
             info = connection.read_response()
         except redis.ResponseError:  # INFO renamed or denied: no restart detection
-            return
+            return None
         text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
         for line in text.splitlines():
             if line.startswith("run_id:"):
-                epoch = "redis-" + line.partition(":")[2].strip()
-                if epoch != self._epoch:
-                    if self._epoch != "redis-unknown":
-                        log.warning("redis store: connected to a new Redis incarnation (%s)",
-                                    epoch)
-                    self._epoch = epoch
-                return
+                return "redis-" + line.partition(":")[2].strip()
+        return None
 
     def close(self) -> None:
-        self._redis.close()
+        client = self.__dict__.get("_redis")
+        if client is not None:
+            client.close()
 
     def __enter__(self) -> RedisStore:
         return self
@@ -310,7 +448,24 @@ class RedisStore:
 
     @_redis_op("ping")
     def ping(self) -> None:
-        self._redis.ping()
+        if not self.cluster:
+            self._redis.ping()
+            return
+        # A cluster answers if any primary does: a shard that is down fails only the calls
+        # for its slots, and must not take every selector out of its load balancer.
+        cluster: Any = self._redis
+        try:
+            cluster.ping()
+            return
+        except (redis.RedisError, RedisClusterException) as exc:
+            error: Exception = exc
+        for node in cluster.get_primaries():
+            try:
+                cluster.ping(target_nodes=node)
+                return
+            except (redis.RedisError, RedisClusterException) as exc:
+                error = exc
+        raise error
 
     @_redis_op("put_config")
     def put_config(self, run_id: str, config: RunConfig) -> bool:
@@ -470,7 +625,7 @@ class RedisStore:
             raise NotFound(f"run {clip(run_id)} not found")
         if count <= 0:
             return []
-        return [json.loads(fields[b"e"]) for _, fields in reversed(entries)]
+        return [json.loads(_stream_fields(fields)[b"e"]) for _, fields in reversed(entries)]
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -495,7 +650,8 @@ class RedisStore:
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.hmget(keys.config, ["config", "state_version", "outcome_reports", "revision"])
             if names:
-                pipe.mget([keys.state(t) for t in names])
+                # MGET as a plain command: redis-py refuses pipe.mget() in cluster pipelines
+                pipe.execute_command("MGET", *(keys.state(t) for t in names))
             if with_tasks:
                 pipe.smembers(keys.tasks)
             replies = pipe.execute()

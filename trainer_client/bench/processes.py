@@ -9,6 +9,7 @@ tests/selector_process.py, by the integration tests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +32,34 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process `pid`, from /proc (Linux; [] when it has none or has exited)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.extend(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+def listeners(port: int) -> int | None:
+    """How many sockets listen on TCP `port` in this network namespace (Linux /proc/net/tcp*;
+    None where that is not readable): a port several workers share has one per worker."""
+    count, found = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1],
+                                                             16) == port:
+                count += 1
+    return count if found else None
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -68,20 +97,30 @@ class _Process:
         return self._end(signal.SIGTERM, timeout)
 
     def kill(self) -> int | None:
-        """SIGKILL: no shutdown of any kind."""
+        """SIGKILL, to the process and its children (a selector's workers): no shutdown of any
+        kind."""
         return self._end(signal.SIGKILL, 10.0)
+
+    def children(self) -> list[int]:
+        """The process ids of this process's children (Linux; [] elsewhere or when stopped)."""
+        return [] if self.proc is None else child_pids(self.proc.pid)
 
     def _end(self, sig: signal.Signals, timeout: float) -> int | None:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
+        children = child_pids(proc.pid) if sig == signal.SIGKILL else []
         if proc.poll() is None:
             proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                children = child_pids(proc.pid)
                 proc.kill()
                 proc.wait(timeout)
+        for pid in children:  # our own children: a SIGKILLed supervisor cannot stop them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         return proc.returncode
 
     def close(self) -> None:
@@ -142,23 +181,27 @@ class SelectorProcess(_Process):
 
     `env` adds PCM_* variables (e.g. PCM_AUTH_TOKENS); PCM_* variables of this process are not
     inherited. Ports are picked free once and kept, so `start()` after `stop()` or `kill()`
-    brings a new process up on the same urls.
+    brings a new process up on the same urls. `workers`: PCM_WORKERS (1, one process, unless
+    asked; 0 is the setting's default, one per core with Redis); with several, `start()` also
+    waits until every worker serves.
     """
 
     def __init__(self, *, store: str = "memory", redis_url: str | None = None,
                  env: Mapping[str, str] | None = None, grpc_port: int | None = None,
                  http_port: int | None = None, log_level: str = "WARNING",
-                 grace_period_s: float = 2.0,
+                 grace_period_s: float = 2.0, workers: int = 1,
                  log_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(log_dir, "pcm-selector-")
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port or free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PCM_")}
         self.env.update({"PCM_STORE": store, "PCM_LOG_LEVEL": log_level,
-                         "PCM_GRACE_PERIOD_S": str(grace_period_s)})
+                         "PCM_GRACE_PERIOD_S": str(grace_period_s),
+                         "PCM_WORKERS": str(workers)})
         if redis_url is not None:
             self.env["PCM_REDIS_URL"] = redis_url
         self.env.update(env or {})
+        self.workers = int(self.env["PCM_WORKERS"] or 0)
 
     @property
     def grpc_url(self) -> str:
@@ -189,12 +232,20 @@ class SelectorProcess(_Process):
                 if not self.is_running():
                     raise self._fail("pcm-selector exited during startup")
                 try:
-                    if http.get(path).status_code == 200:
+                    if http.get(path).status_code == 200 and self._all_workers_listen():
                         return
                 except httpx.TransportError:
                     pass
                 time.sleep(0.05)
         raise self._fail(f"pcm-selector did not answer {path} within {timeout} s")
+
+    def _all_workers_listen(self) -> bool:
+        """With several workers: each listens on both ports (until then the first ones get
+        every connection)."""
+        if self.workers <= 1:
+            return True
+        counts = [listeners(self.grpc_port), listeners(self.http_port)]
+        return all(c is None or c >= self.workers for c in counts)
 
     def __enter__(self) -> SelectorProcess:
         return self.start()

@@ -1,4 +1,5 @@
-"""The PhaseStore contract, run against MemoryStore and RedisStore (a real redis-server)."""
+"""The PhaseStore contract, run against MemoryStore and RedisStore (a real redis-server, and a
+real 3-master Redis Cluster through a redis+cluster:// URL)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ RUN = "run-1"
 StoreFactory = Callable[..., PhaseStore]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[StoreFactory]:
     """A factory of empty stores of one kind; history_maxlen caps the history."""
@@ -30,7 +31,9 @@ def make_store(request: pytest.FixtureRequest,
         if request.param == "memory":
             monkeypatch.setattr(memory_module, "MAX_HISTORY", history_maxlen)
             return MemoryStore()
-        store = RedisStore(request.getfixturevalue("redis_url"), history_maxlen=history_maxlen)
+        url = request.getfixturevalue("redis_cluster_url" if request.param == "cluster"
+                                      else "redis_url")
+        store = RedisStore(url, history_maxlen=history_maxlen)
         stores.append(store)
         return store
 
