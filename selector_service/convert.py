@@ -26,6 +26,7 @@ from selector_service.errors import InvalidArgument
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.models import (
     MAX_TRAJECTORIES,
+    FlatSelect,
     OutcomeReport,
     RunConfigOut,
     RunInfo,
@@ -95,8 +96,10 @@ def run_info_from_proto(info: pb.RunInfo) -> RunInfo:
 # Select
 
 
-def select_request_from_proto(msg: pb.SelectChunksRequest) -> SelectRequest:
-    """Unflatten and validate a SelectChunks request (raises InvalidArgument)."""
+def select_flat_from_proto(msg: pb.SelectChunksRequest) -> FlatSelect:
+    """A SelectChunks request as the flat arrays the application layer computes on (no
+    per-trajectory split; raises InvalidArgument naming the proto field for malformed arrays,
+    the rest is `FlatSelect.check` and the core's)."""
     n = len(msg.task_ids)
     if n > MAX_TRAJECTORIES:
         raise InvalidArgument("task_ids", f"{n} trajectories, over the limit of "
@@ -113,24 +116,37 @@ def select_request_from_proto(msg: pb.SelectChunksRequest) -> SelectRequest:
         raise InvalidArgument("phase_ids", f"has {len(msg.phase_ids)} entries but chunk_counts "
                                            f"sum to {m} chunks")
     features = _features(msg.action_features, m, msg.feature_dim)
-    phases = np.fromiter(msg.phase_ids, dtype=np.int64, count=m)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    trajectories = [
-        {"task_id": msg.task_ids[i], "group_id": msg.group_ids[i], "success": msg.success[i],
-         "phase_ids": phases[offsets[i]:offsets[i + 1]],
-         "action_features": features[offsets[i]:offsets[i + 1]]}
-        for i in range(n)
-    ]
-    body: dict[str, Any] = {"request_id": msg.request_id,
-                            "trainer_id": msg.trainer_id or DEFAULT_TRAINER,
-                            "step": msg.step, "trajectories": trajectories}
-    if msg.HasField("keep_fraction"):
-        body["keep_fraction"] = msg.keep_fraction
+    mask = weight = None
     if msg.trained_masks or msg.trained_weights:
-        masks, weights = _trained(msg.trained_masks, msg.trained_weights, m)
-        body["trained_masks"] = [masks[offsets[i]:offsets[i + 1]] for i in range(n)]
-        body["trained_weights"] = [weights[offsets[i]:offsets[i + 1]] for i in range(n)]
+        mask, weight = _trained(msg.trained_masks, msg.trained_weights, m)
+    return FlatSelect(
+        request_id=msg.request_id, trainer_id=msg.trainer_id or DEFAULT_TRAINER, step=msg.step,
+        keep_fraction=msg.keep_fraction if msg.HasField("keep_fraction") else None,
+        task_ids=list(msg.task_ids), group_ids=list(msg.group_ids),
+        success=np.fromiter(msg.success, dtype=bool, count=n), lengths=counts,
+        phase=np.fromiter(msg.phase_ids, dtype=np.int64, count=m), features=features,
+        trained_mask=mask, trained_weight=weight)
+
+
+def select_request_from_proto(msg: pb.SelectChunksRequest) -> SelectRequest:
+    """Unflatten and validate a SelectChunks request into the request model (raises
+    InvalidArgument); the server itself uses `select_flat_from_proto`."""
+    flat = select_flat_from_proto(msg)
+    ends = np.cumsum(flat.lengths).tolist()
+    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    trajectories = [
+        {"task_id": flat.task_ids[i], "group_id": flat.group_ids[i],
+         "success": bool(flat.success[i]), "phase_ids": flat.phase[a:b],
+         "action_features": flat.features[a:b]}
+        for i, (a, b) in enumerate(spans)
+    ]
+    body: dict[str, Any] = {"request_id": flat.request_id, "trainer_id": flat.trainer_id,
+                            "step": flat.step, "trajectories": trajectories}
+    if flat.keep_fraction is not None:
+        body["keep_fraction"] = flat.keep_fraction
+    if flat.trained_mask is not None and flat.trained_weight is not None:
+        body["trained_masks"] = [flat.trained_mask[a:b] for a, b in spans]
+        body["trained_weights"] = [flat.trained_weight[a:b] for a, b in spans]
     try:
         return SelectRequest.model_validate(body)
     except ValidationError as exc:

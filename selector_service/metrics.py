@@ -124,6 +124,9 @@ class _RunSeries:
     trainers: set[str] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
     config: tuple[str, str, str] | None = None
+    # (metric, label values) -> its child: a select updates its series without a labels()
+    # lookup each (they go with the entry when the run's series are dropped)
+    children: dict[tuple[Any, tuple[str, ...]], Any] = field(default_factory=dict)
 
 
 def status_of_http(code: int) -> str:
@@ -305,6 +308,7 @@ class Metrics:
                     with contextlib.suppress(KeyError):
                         self.run_config.remove(run, *previous)
                     entry.series.discard((self.run_config, (run, *previous)))
+                    entry.children.pop((self.run_config, (run, *previous)), None)
                 entry.config = config
                 self._child(entry, self.run_config, run, *config).set(1)
 
@@ -367,13 +371,19 @@ class Metrics:
         return OTHER
 
     def _child(self, entry: _RunSeries, metric: Any, *labels: str) -> Any:
+        """The child of `metric` for `labels`, recorded as one of the run's series (cached
+        per run: after the first select of a run, a dict lookup)."""
+        child = entry.children.get((metric, labels))
+        if child is not None:
+            return child
         entry.series.add((metric, labels))
         if self._removed:  # multiprocess mode, after a removal: the series may come back
             key = series_key(metric, labels)
             if key in self._removed:
                 self._removed.discard(key)
                 self._save_removed()
-        return metric.labels(*labels)
+        child = entry.children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def _drop(self, run: str) -> None:
         entry = self._runs.pop(run, None)

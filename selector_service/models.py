@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -37,6 +38,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,127}$"  # no braces: keys are h
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SELECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,255}$"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
+_ID_RE = re.compile(ID_PATTERN)
 # selection_id of a client's local selection (trainer_client.clients.fallback): the prefix and
 # the request_id. The service registers it when the client replays that batch.
 LOCAL_SELECTION_PREFIX = "local-"
@@ -296,6 +298,117 @@ def check_trained(request: SelectRequest) -> None:
         if not np.isfinite(w).all() or (w < 0).any() or (w[~m] != 0).any():
             raise InvalidArgument(f"trained_weights[{i}]",
                                   "must be finite, >= 0, and 0 off the mask")
+
+
+@dataclass(frozen=True)
+class FlatSelect:
+    """A Select request in flat form, as the gRPC message carries it: per-trajectory ids,
+    outcomes and chunk counts C_i (N,), per-chunk phase ids (M,) and feature rows (M, D)
+    concatenated in trajectory order, and the replayed masks / weights flat (M,). The gRPC
+    server decodes into this and the application layer computes on it without splitting it per
+    trajectory; `check()` applies the limits `SelectRequest` does, naming the same fields."""
+
+    request_id: str
+    trainer_id: str
+    step: int
+    keep_fraction: float | None
+    task_ids: list[str]
+    group_ids: list[str]
+    success: np.ndarray  # bool (N,)
+    lengths: np.ndarray  # int64 (N,)
+    phase: np.ndarray  # int64 (M,)
+    features: np.ndarray  # float32 (M, D)
+    trained_mask: np.ndarray | None = None  # bool (M,)
+    trained_weight: np.ndarray | None = None  # float64 (M,)
+
+    def check(self) -> None:
+        """Raise InvalidArgument naming the first field outside the request limits (the run's
+        phases and feature_dim are checked later, by the core)."""
+        for name, value in (("request_id", self.request_id), ("trainer_id", self.trainer_id)):
+            if _ID_RE.fullmatch(value) is None:
+                raise InvalidArgument(name, f"{value[:64]!r} is not a valid id (1-128 chars: "
+                                            "letters, digits, ._:/@+=-)")
+        if not 0 <= self.step < 2**63:
+            raise InvalidArgument("step", f"must be in [0, 2^63), got {self.step}")
+        kf = self.keep_fraction
+        if kf is not None and not 0 < kf <= 1:
+            raise InvalidArgument("keep_fraction", f"must be in (0, 1], got {kf}")
+        n = len(self.task_ids)
+        if n == 0:
+            raise InvalidArgument("trajectories", "the batch is empty; submit at least one")
+        if n > MAX_TRAJECTORIES:
+            raise InvalidArgument("trajectories", f"{n} trajectories, over the limit of "
+                                                  f"{MAX_TRAJECTORIES} per request")
+        for name, ids in (("task_id", self.task_ids), ("group_id", self.group_ids)):
+            for value in set(ids):  # few distinct ids: check each once, then find the first
+                if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
+                    i = ids.index(value)
+                    raise InvalidArgument(f"trajectories[{i}].{name}",
+                                          f"{str(value)[:64]!r} is not a valid id (1-128 "
+                                          "chars: letters, digits, ._:/@+=-)")
+        over = self.lengths > MAX_CHUNKS_PER_TRAJECTORY
+        if over.any():
+            i = int(np.argmax(over))
+            raise InvalidArgument(f"trajectories[{i}].phase_ids",
+                                  f"has {int(self.lengths[i])} chunks, over the limit of "
+                                  f"{MAX_CHUNKS_PER_TRAJECTORY} per trajectory")
+        if self.features.ndim == 2 and self.features.shape[1] > MAX_FEATURE_DIM:
+            raise InvalidArgument("trajectories[0].action_features",
+                                  f"rows have {self.features.shape[1]} values, over the limit "
+                                  f"of {MAX_FEATURE_DIM}")
+        if self.features.size > MAX_TOTAL_FLOATS:
+            raise InvalidArgument("trajectories", f"{self.features.size} feature values in "
+                                                  f"all, over the limit of {MAX_TOTAL_FLOATS}; "
+                                                  "split the batch")
+        mask, weight = self.trained_mask, self.trained_weight
+        if (mask is None) != (weight is None):
+            raise InvalidArgument("trained_masks" if mask is None else "trained_weights",
+                                  "trained_masks and trained_weights go together")
+        if mask is not None and weight is not None:
+            m = int(self.phase.shape[0])
+            for name, arr in (("trained_masks", mask), ("trained_weights", weight)):
+                if arr.shape != (m,):
+                    raise InvalidArgument(name, f"has {arr.shape[0]} entries for {m} chunks")
+            bad = ~np.isfinite(weight) | (weight < 0) | ((weight != 0) & ~mask)
+            if bad.any():
+                ends = np.cumsum(self.lengths)
+                i = int(np.searchsorted(ends, int(np.argmax(bad)), side="right"))
+                raise InvalidArgument(f"trained_weights[{i}]",
+                                      "must be finite, >= 0, and 0 off the mask")
+
+    @classmethod
+    def from_request(cls, request: SelectRequest) -> FlatSelect:
+        """The flat form of a validated SelectRequest whose trajectories have one feature width
+        (raises ValueError otherwise: the caller names the offending trajectory)."""
+        trajs = request.trajectories
+        widths = {t.action_features.shape[1] for t in trajs}
+        if len(widths) != 1:
+            raise ValueError("ragged feature rows")
+        for i, t in enumerate(trajs):
+            chunks = t.phase_ids.shape[0]
+            if chunks == 0:
+                raise InvalidArgument(f"trajectories[{i}].phase_ids",
+                                      "a trajectory needs at least one chunk")
+            if t.action_features.shape[0] != chunks:
+                raise InvalidArgument(
+                    f"trajectories[{i}].action_features",
+                    f"has {t.action_features.shape[0]} rows for {chunks} phase_ids "
+                    "(one feature row per chunk)")
+        mask = weight = None
+        if request.trained_masks is not None and request.trained_weights is not None:
+            mask = np.concatenate(request.trained_masks).astype(bool)
+            weight = np.concatenate(request.trained_weights).astype(np.float64)
+        return cls(
+            request_id=request.request_id, trainer_id=request.trainer_id, step=request.step,
+            keep_fraction=request.keep_fraction,
+            task_ids=[t.task_id for t in trajs], group_ids=[t.group_id for t in trajs],
+            success=np.fromiter((t.success for t in trajs), dtype=bool, count=len(trajs)),
+            lengths=np.fromiter((t.phase_ids.shape[0] for t in trajs), dtype=np.int64,
+                                count=len(trajs)),
+            phase=np.concatenate([t.phase_ids for t in trajs]).astype(np.int64, copy=False),
+            features=np.concatenate([t.action_features for t in trajs], axis=0,
+                                    dtype=np.float32),
+            trained_mask=mask, trained_weight=weight)
 
 
 class SelectResponse(_Model):

@@ -42,6 +42,7 @@ from selector_service.errors import Conflict, InvalidArgument, NotFound, StoreUn
 from selector_service.models import (
     LOCAL_SELECTION_PREFIX,
     DeleteAck,
+    FlatSelect,
     OutcomeAck,
     OutcomeReport,
     RunConfigBody,
@@ -53,7 +54,7 @@ from selector_service.models import (
     check_trained,
     valid_run_id,
 )
-from selector_service.store import CommitStatus, PhaseStore
+from selector_service.store import CommitStatus, PhaseStore, RunSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -214,33 +215,66 @@ class SelectorService:
     # -- select -------------------------------------------------------------------------------
 
     def select(self, run_id: str, request: SelectRequest | Mapping[str, Any]) -> SelectResponse:
+        """Select on a request model (or its dict): the embedded client and HTTP. Validated by
+        the model, then flattened onto the same path as gRPC's (`select_flat`)."""
         _check_run_id(run_id)
         req = _parse(SelectRequest, request)
         check_trained(req)
-        digest = select_digest(req)
-        # A replay gets the stored answer before anything else is looked at (Conflict if the
-        # request_id was used for another request).
-        stored = self._stored_answer(run_id, req.request_id, digest)
-        if stored is not None and (req.trained_masks is None or _trained_match(stored, req)):
-            return self._out(stored)
-        config = self._store.get_config(run_id)
+        try:
+            flat = FlatSelect.from_request(req)
+        except ValueError:  # feature rows of different widths: name the first that is wrong
+            config = self._store.get_config(run_id)
+            if config is None:
+                raise self._unknown_run(run_id) from None
+            for i, t in enumerate(req.trajectories):
+                width = t.action_features.shape[1]
+                if width != config.feature_dim:
+                    raise InvalidArgument(
+                        f"trajectories[{i}].action_features",
+                        f"rows have {width} values but the run's feature_dim is "
+                        f"{config.feature_dim}") from None
+            raise  # unreachable: ragged widths cannot all equal feature_dim
+        return self.select_flat(run_id, flat)
+
+    def select_flat(self, run_id: str, request: FlatSelect) -> SelectResponse:
+        """Select on a flat request (the gRPC server's path: no per-trajectory split and no
+        pydantic validation; `FlatSelect.check` and the core validate and name the field).
+
+        One store round trip when the store has the run's state at hand (a Redis store caches
+        what it last read or committed; a stale copy costs one more, as the commit's
+        compare-and-set answers with the current state). A replay is found by the commit."""
+        _check_run_id(run_id)
+        request.check()
+        digest = flat_digest(request)
+        snapshot = self._snapshot(run_id, list(dict.fromkeys(request.task_ids)))
+        if snapshot is None:
+            raise self._unknown_run(run_id)
+        batch = _batch(request, snapshot.config)
+        return self._out(self._commit(run_id, request, batch, digest, snapshot))
+
+    def _snapshot(self, run_id: str, task_ids: list[str]) -> RunSnapshot | None:
+        """The state to select on: the store's `snapshot_for_select` (possibly stale; the
+        commit's compare-and-set catches that) where it has one, else `load`."""
+        try:
+            fast = self._store.snapshot_for_select  # type: ignore[attr-defined]
+        except AttributeError:
+            return self._store.load(run_id, task_ids)
+        return cast("RunSnapshot | None", fast(run_id, task_ids))
+
+    def _commit(self, run_id: str, req: FlatSelect, batch: ChunkBatch, digest: str,
+                snapshot: RunSnapshot | None = None) -> SelectResponse:
+        config = snapshot.config if snapshot is not None else self._store.get_config(run_id)
         if config is None:
             raise self._unknown_run(run_id)
-        batch = _batch(req, config)
-        if stored is not None:
-            return self._out(self._reconcile(run_id, req, batch, digest, config))
-        return self._out(self._commit(run_id, req, batch, digest, config))
-
-    def _commit(self, run_id: str, req: SelectRequest, batch: ChunkBatch, digest: str,
-                config: RunConfig) -> SelectResponse:
         validated_for = (config.phases, config.feature_dim)
         selection_id = _selection_id(run_id, req.request_id)
         trained = _trained_arrays(req)
         aliases = (LOCAL_SELECTION_PREFIX + req.request_id,) if trained is not None else ()
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            snapshot = self._store.load(run_id, batch.task_ids)
-            if snapshot is None:
-                raise self._unknown_run(run_id)
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            if attempt or snapshot is None:
+                snapshot = self._snapshot(run_id, batch.task_ids)
+                if snapshot is None:
+                    raise self._unknown_run(run_id)
             if (snapshot.config.phases, snapshot.config.feature_dim) != validated_for:
                 raise InvalidArgument("run_id", "the run's phases or feature_dim changed while "
                                                 "selecting; resubmit the batch")
@@ -255,7 +289,9 @@ class SelectorService:
             mask.flags.writeable = False
             weight.flags.writeable = False
             kept = int(mask.sum())
-            answer = SelectResponse(
+            # Built from arrays the service made: no validation needed (the model's validators
+            # would copy every trajectory's arrays again).
+            answer = SelectResponse.model_construct(
                 selection_id=selection_id,
                 state_version=snapshot.state_version + 1,
                 masks=batch.split(mask),
@@ -264,6 +300,7 @@ class SelectorService:
                 total_chunks=sel.total_chunks,
                 skipped_trajectories=sel.skipped_trajectories,
                 keep_probs={t: w.tolist() for t, w in sel.keep_probs.items()},
+                store_epoch="",
             )
             history = {"type": "select", "request_id": req.request_id,
                        "trainer_id": req.trainer_id, "step": req.step,
@@ -288,7 +325,7 @@ class SelectorService:
         raise StoreUnavailable(f"run {clip(run_id)}: state kept changing during "
                                f"{MAX_COMMIT_ATTEMPTS} attempts; retry")
 
-    def _reconcile(self, run_id: str, req: SelectRequest, batch: ChunkBatch, digest: str,
+    def _reconcile(self, run_id: str, req: FlatSelect, batch: ChunkBatch, digest: str,
                    config: RunConfig) -> SelectResponse:
         """The request was committed with other masks than the client trained on: move the
         run's kept-chunk counts to the trained masks and store them as the answer."""
@@ -304,7 +341,7 @@ class SelectorService:
                 raise self._unknown_run(run_id)
             stored = self._stored_answer(run_id, req.request_id, digest)
             if stored is None:  # the record expired meanwhile: commit the batch afresh
-                return self._commit(run_id, req, batch, digest, config)
+                return self._commit(run_id, req, batch, digest)
             if _trained_match(stored, req):
                 return stored
             counted = np.concatenate(stored.masks) if stored.masks else np.zeros(0, bool)
@@ -331,7 +368,7 @@ class SelectorService:
                          clip(run_id), clip(req.request_id), stored.kept_chunks, kept)
                 return answer
             if result.status is CommitStatus.GONE:
-                return self._commit(run_id, req, batch, digest, config)
+                return self._commit(run_id, req, batch, digest)
         raise StoreUnavailable(f"run {clip(run_id)}: state kept changing during "
                                f"{MAX_COMMIT_ATTEMPTS} attempts; retry")
 
@@ -424,59 +461,63 @@ def _check_run_id(run_id: str) -> None:
                                         "(1-64 chars: letters, digits, '.', '_', '-')")
 
 
-def _batch(req: SelectRequest, config: RunConfig) -> ChunkBatch:
-    trajs = req.trajectories
-    return ChunkBatch.from_trajectories(
-        task_ids=[t.task_id for t in trajs],
-        group_ids=[t.group_id for t in trajs],
-        success=np.fromiter((t.success for t in trajs), dtype=bool, count=len(trajs)),
-        phase_ids=[t.phase_ids for t in trajs],
-        action_features=[t.action_features for t in trajs],
-        num_phases=config.phases,
-        feature_dim=config.feature_dim,
-    )
+def _batch(req: FlatSelect, config: RunConfig) -> ChunkBatch:
+    return ChunkBatch.from_flat(req.task_ids, req.group_ids, req.success, req.lengths,
+                                req.phase, req.features, num_phases=config.phases,
+                                feature_dim=config.feature_dim)
 
 
-def _trained_arrays(req: SelectRequest) -> tuple[np.ndarray, np.ndarray] | None:
-    """The flat (M,) trained mask and weights of a replay, or None."""
-    if req.trained_masks is None or req.trained_weights is None:
+def _trained_arrays(req: FlatSelect) -> tuple[np.ndarray, np.ndarray] | None:
+    """The flat (M,) trained mask and weights of a replay (copies), or None."""
+    if req.trained_mask is None or req.trained_weight is None:
         return None
-    mask = np.concatenate(req.trained_masks).astype(bool)
-    weight = np.concatenate(req.trained_weights).astype(np.float64)
-    return mask, weight
+    return req.trained_mask.astype(bool), req.trained_weight.astype(np.float64)
 
 
-def _trained_match(answer: SelectResponse, req: SelectRequest) -> bool:
+def _trained_match(answer: SelectResponse, req: FlatSelect) -> bool:
     """The stored answer is what the client trained on (masks and weights, bit for bit)."""
-    if req.trained_masks is None or req.trained_weights is None:
+    if req.trained_mask is None or req.trained_weight is None:
         return True
-    return (len(answer.masks) == len(req.trained_masks)
-            and all(np.array_equal(a, b) for a, b in zip(answer.masks, req.trained_masks,
-                                                          strict=True))
-            and all(np.array_equal(a, np.asarray(b, np.float64))
-                    for a, b in zip(answer.weights, req.trained_weights, strict=True)))
+    lengths = [int(m.shape[0]) for m in answer.masks]
+    if lengths != req.lengths.tolist():
+        return False
+    masks = np.concatenate(answer.masks) if answer.masks else np.zeros(0, bool)
+    weights = np.concatenate(answer.weights) if answer.weights else np.zeros(0)
+    return (np.array_equal(masks, req.trained_mask)
+            and np.array_equal(weights, np.asarray(req.trained_weight, np.float64)))
 
 
 # -- request digests (idempotency keys are tied to the request) --------------------------------
 
 
 def select_digest(req: SelectRequest) -> str:
+    """`flat_digest` of a validated SelectRequest."""
+    return flat_digest(FlatSelect.from_request(req))
+
+
+def flat_digest(req: FlatSelect) -> str:
     """A digest of the canonical Select request: ids, step, keep_fraction and every trajectory
     (features as the float32 values the core computes on, phases as int64), whatever the
     transport. trained_masks / trained_weights are not part of it: they say what the client
-    did with the answer, not what it asked. (SHA-256: the fastest stdlib hash on CPUs with SHA
-    instructions, ~5 ms for a full LIBERO step.)"""
-    features = [np.ascontiguousarray(t.action_features, dtype="<f4") for t in req.trajectories]
-    phases = [np.ascontiguousarray(t.phase_ids, dtype="<i8") for t in req.trajectories]
+    did with the answer, not what it asked. Hashed per trajectory (its phase ids, then its
+    feature rows), as earlier versions did, so records stored by them still match. (SHA-256:
+    the fastest stdlib hash on CPUs with SHA instructions, ~5 ms for a full LIBERO step.)"""
+    lengths = req.lengths.tolist()
+    dim = int(req.features.shape[1]) if req.features.ndim == 2 else 0
     head = [req.request_id, req.trainer_id, req.step,
             None if req.keep_fraction is None else float(req.keep_fraction),
-            [[t.task_id, t.group_id, bool(t.success), list(f.shape), p.shape[0]]
-             for t, f, p in zip(req.trajectories, features, phases, strict=True)]]
+            [[t, g, s, [c, dim], c] for t, g, s, c in zip(
+                req.task_ids, req.group_ids, req.success.tolist(), lengths, strict=True)]]
     h = hashlib.sha256(b"pcm-select\0")
     h.update(json.dumps(head).encode())
-    for f, p in zip(features, phases, strict=True):
-        h.update(p.data)
-        h.update(f.data)
+    phases = np.ascontiguousarray(req.phase, dtype="<i8").reshape(-1).view(np.uint8).data
+    feats = np.ascontiguousarray(req.features, dtype="<f4").reshape(-1).view(np.uint8).data
+    start = 0
+    for c in lengths:
+        end = start + c
+        h.update(phases[8 * start:8 * end])
+        h.update(feats[4 * dim * start:4 * dim * end])
+        start = end
     return h.hexdigest()[:32]
 
 

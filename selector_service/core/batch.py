@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -82,6 +83,53 @@ class ChunkBatch:
         # One canonical dtype: float32, as trainers produce actions and gRPC carries them, so a
         # batch selects the same whether it came in-process, over gRPC or as JSON numbers.
         features = np.concatenate(features_list, axis=0, dtype=np.float32)
+        return cls.from_flat(task_ids, group_ids, success, lengths, phase, features,
+                             num_phases=num_phases, feature_dim=feature_dim)
+
+    @classmethod
+    def from_flat(
+        cls,
+        task_ids: Sequence[str],
+        group_ids: Sequence[str],
+        success: Sequence[bool] | np.ndarray,
+        lengths: np.ndarray,
+        phase: np.ndarray,
+        features: np.ndarray,
+        *,
+        num_phases: int,
+        feature_dim: int,
+    ) -> ChunkBatch:
+        """Validate a batch that is already flat: per-trajectory ids, outcomes and chunk counts
+        C_i (N,), per-chunk phase ids (M,) and feature rows (M, D) concatenated in trajectory
+        order (the gRPC message's layout). No per-trajectory copies; errors name the field as
+        `from_trajectories` does, e.g. ``trajectories[3].phase_ids``."""
+        n = len(task_ids)
+        if n == 0:
+            raise InvalidArgument("trajectories", "the batch is empty; submit at least one")
+        for name, seq in (("group_id", group_ids), ("success", success)):
+            if len(seq) != n:
+                raise InvalidArgument(f"trajectories.{name}",
+                                      f"has {len(seq)} entries for {n} trajectories")
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != (n,):
+            raise InvalidArgument("trajectories.phase_ids",
+                                  f"has {lengths.shape[0]} entries for {n} trajectories")
+        if (lengths <= 0).any():
+            raise InvalidArgument(f"trajectories[{int(np.argmax(lengths <= 0))}].phase_ids",
+                                  "a trajectory needs at least one chunk")
+        m = int(lengths.sum())
+        if phase.ndim != 1 or phase.shape[0] != m or features.ndim != 2 or \
+                features.shape[0] != m:
+            raise InvalidArgument("trajectories", f"phase ids {phase.shape} and feature rows "
+                                                  f"{features.shape} do not match the {m} "
+                                                  "chunks of the trajectories")
+        if features.shape[1] != feature_dim:
+            raise InvalidArgument(
+                "trajectories[0].action_features",
+                f"rows have {features.shape[1]} values but the run's feature_dim is "
+                f"{feature_dim}")
+        phase = phase.astype(np.int64, copy=False)
+        features = features.astype(np.float32, copy=False)
 
         # Range and finiteness checks on the flat arrays (vectorised), then locate the culprit.
         bad_phase = (phase < 0) | (phase >= num_phases)
@@ -117,8 +165,9 @@ class ChunkBatch:
         )
 
     def split(self, flat: np.ndarray) -> list[np.ndarray]:
-        """Split a per-chunk flat array (M, ...) into per-trajectory arrays."""
-        return np.split(flat, self.offsets[1:-1])
+        """Split a per-chunk flat array (M, ...) into per-trajectory arrays (views)."""
+        ends = self.offsets.tolist()
+        return [flat[a:b] for a, b in pairwise(ends)]
 
 
 def _as_int_vector(value: object, field: str) -> np.ndarray:

@@ -72,10 +72,10 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
         return pb.DeleteRunResponse(deleted=self.service.delete_run(request.run_id).deleted)
 
     def _select(self, request: pb.SelectChunksRequest) -> pb.SelectChunksResponse:
-        body = convert.select_request_from_proto(request)
+        flat = convert.select_flat_from_proto(request)
         log.debug("select run=%s request_id=%s trajectories=%d", request.run_id,
-                  body.request_id, len(body.trajectories))
-        answer = self.service.select(request.run_id, body)
+                  flat.request_id, len(flat.task_ids))
+        answer = self.service.select_flat(request.run_id, flat)
         return convert.select_response_to_proto(answer)
 
     def _report(self, request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:

@@ -13,6 +13,12 @@ a replayed batch to the masks its client trained on) increments the run's ``revi
 ``expected_revision`` makes a write compare-and-set on it. A commit also registers the answer's
 selection_id (and ``aliases``) so that outcome reports can be checked against it.
 
+A store may also have ``snapshot_for_select(run_id, task_ids)``: the state a select computes
+on, like ``load`` but possibly stale (the Redis store answers from the state it last read or
+committed, without a round trip; ``commit_select``'s compare-and-set catches a stale copy and
+the store then holds the current state). The application layer uses ``load`` where a store has
+none.
+
 ``epoch`` names the store's current incarnation: it changes when the backing store restarts
 (a restarted Redis may have lost the last second of acknowledged writes, with AOF everysec), so
 clients know to replay what they were acknowledged shortly before.

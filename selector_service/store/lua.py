@@ -51,27 +51,32 @@ return created
 """
 
 COMMIT_SELECT = """
--- Compare-and-set commit of one selection.
--- KEYS[1]        pcm:{RUN}:config   (hash: config, state_version, outcome_reports, revision)
--- KEYS[2]        pcm:{RUN}:req:REQUEST_ID
--- KEYS[3]        pcm:{RUN}:reqs     (zset: request_id -> expiry ms)
--- KEYS[4]        pcm:{RUN}:history  (stream)
--- KEYS[5]        pcm:{RUN}:tasks    (set of task ids)
--- KEYS[6]        pcm:{RUN}:sels     (zset: selection_id -> expiry ms)
--- KEYS[6+i]      pcm:{RUN}:state:TASK_i, i = 1..n
--- ARGV[1]        expected state_version
--- ARGV[2]        new state_version
--- ARGV[3]        request_id
--- ARGV[4]        idempotency record ('S' + packed answer, with the request digest)
--- ARGV[5]        record TTL, seconds
--- ARGV[6]        history entry (JSON)
--- ARGV[7]        history MAXLEN (approximate trim)
--- ARGV[8]        expected revision, or '' (not compared)
--- ARGV[9]        a, the number of selection ids to register
--- ARGV[9+j]      selection id j, j = 1..a
--- ARGV[9+a+i]    TASK_i, i = 1..n
--- ARGV[9+a+n+i]  TaskState of TASK_i (JSON)
--- Returns {'missing'} (no such run), {'replay', stored record}, {'conflict'} or {'committed'}.
+-- Commit one selection, compare-and-set, reading the state in the same call when it moved on:
+-- the selector computed on a copy of the state (the last it read or committed), and a stale
+-- copy is answered with the current one, so a select costs one round trip while the copy holds.
+-- KEYS[1]         pcm:{RUN}:config   (hash: config, state_version, outcome_reports, revision)
+-- KEYS[2]         pcm:{RUN}:req:REQUEST_ID
+-- KEYS[3]         pcm:{RUN}:reqs     (zset: request_id -> expiry ms)
+-- KEYS[4]         pcm:{RUN}:history  (stream)
+-- KEYS[5]         pcm:{RUN}:tasks    (set of task ids)
+-- KEYS[6]         pcm:{RUN}:sels     (zset: selection_id -> expiry ms)
+-- KEYS[6+i]       pcm:{RUN}:state:TASK_i, i = 1..n
+-- ARGV[1]         expected state_version
+-- ARGV[2]         new state_version
+-- ARGV[3]         request_id
+-- ARGV[4]         idempotency record ('S' + packed answer, with the request digest)
+-- ARGV[5]         record TTL, seconds
+-- ARGV[6]         history entry (JSON)
+-- ARGV[7]         history MAXLEN (approximate trim)
+-- ARGV[8]         expected revision, or '' (not compared)
+-- ARGV[9]         expected config (JSON, as stored), or '' (not compared)
+-- ARGV[10]        a, the number of selection ids to register
+-- ARGV[10+j]      selection id j, j = 1..a
+-- ARGV[10+a+i]    TASK_i, i = 1..n
+-- ARGV[10+a+n+i]  TaskState of TASK_i (JSON)
+-- Returns {'missing'} (no such run), {'replay', stored record}, {'committed'}, or
+-- {'conflict', config, state_version, outcome_reports, revision, state_1, ..., state_n}: the
+-- run's current state (state_i '' where TASK_i has none), nothing written.
 """ + _REMEMBER + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
@@ -80,23 +85,28 @@ local stored = redis.call('GET', KEYS[2])
 if stored then
   return {'replay', stored}
 end
-local head = redis.call('HMGET', KEYS[1], 'state_version', 'revision')
-if tonumber(head[1]) ~= tonumber(ARGV[1]) then
-  return {'conflict'}
+local head = redis.call('HMGET', KEYS[1], 'state_version', 'revision', 'config')
+if tonumber(head[1]) ~= tonumber(ARGV[1])
+    or (ARGV[8] ~= '' and tonumber(head[2] or '0') ~= tonumber(ARGV[8]))
+    or (ARGV[9] ~= '' and head[3] ~= ARGV[9]) then
+  local run = redis.call('HMGET', KEYS[1], 'config', 'state_version', 'outcome_reports',
+                         'revision')
+  local reply = {'conflict', run[1] or '', run[2] or '0', run[3] or '0', run[4] or '0'}
+  for i = 1, #KEYS - 6 do
+    reply[5 + i] = redis.call('GET', KEYS[6 + i]) or ''
+  end
+  return reply
 end
-if ARGV[8] ~= '' and tonumber(head[2] or '0') ~= tonumber(ARGV[8]) then
-  return {'conflict'}
-end
-local a = tonumber(ARGV[9])
+local a = tonumber(ARGV[10])
 local n = #KEYS - 6
 for i = 1, n do
-  redis.call('SET', KEYS[6 + i], ARGV[9 + a + n + i])
-  redis.call('SADD', KEYS[5], ARGV[9 + a + i])
+  redis.call('SET', KEYS[6 + i], ARGV[10 + a + n + i])
+  redis.call('SADD', KEYS[5], ARGV[10 + a + i])
 end
 redis.call('HSET', KEYS[1], 'state_version', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'revision', 1)
 remember(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
-register(KEYS[6], {unpack(ARGV, 10, 9 + a)}, ARGV[5])
+register(KEYS[6], {unpack(ARGV, 11, 10 + a)}, ARGV[5])
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
 return {'committed'}
 """

@@ -88,6 +88,11 @@ class MemoryStore:
             return RunSnapshot(run.config, run.state_version, run.outcome_reports, tasks,
                                revision=run.revision)
 
+    def snapshot_for_select(self, run_id: str,
+                            task_ids: Iterable[str]) -> RunSnapshot | None:
+        """The state a select computes on (in memory: `load`, always current)."""
+        return self.load(run_id, task_ids)
+
     def get_request(self, run_id: str, request_id: str,
                     digest: str = "") -> tuple[RequestKind, Any] | None:
         with self._lock:

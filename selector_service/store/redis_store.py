@@ -50,6 +50,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote
 
@@ -72,6 +73,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DELETE_ATTEMPTS = 32  # delete_run re-reads the run's task and request lists this many times
+SELECT_CACHE_RUNS = 4096  # runs whose last read or committed state this process keeps
 LOAD_ATTEMPTS = 32  # load(all tasks) re-reads the task list this many times
 
 _SELECT = b"S"  # kind byte of a select record; a report record is b"R"
@@ -266,6 +268,18 @@ def _json_default(value: Any) -> Any:
 # The store
 
 
+@dataclass(frozen=True)
+class _SelectCopy:
+    """A run's state as this process last read or committed it (`snapshot_for_select`)."""
+
+    raw_config: bytes  # the config as stored: COMMIT_SELECT compares it
+    config: RunConfig
+    state_version: int
+    outcome_reports: int
+    revision: int
+    tasks: dict[str, TaskState | None]  # None: the task had no state
+
+
 def _redis_op(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Map Redis errors of a store method to StoreUnavailable naming `op`, calling on_error."""
 
@@ -325,6 +339,10 @@ class RedisStore:
         self._thread = threading.local()  # cluster mode: run_id of the thread's last call
         self._node_epochs: dict[str, str] = {}  # cluster mode: "host:port" -> epoch
         self._connect_lock = threading.Lock()
+        # run_id -> the state last read or committed here: a select computes on it and the
+        # commit's compare-and-set catches a stale copy (answering with the current state).
+        self._copies: dict[str, _SelectCopy] = {}
+        self._copies_lock = threading.Lock()
         options: dict[str, Any] = {
             "socket_timeout": socket_timeout_s,
             "socket_connect_timeout": socket_connect_timeout_s,
@@ -470,6 +488,7 @@ class RedisStore:
     @_redis_op("put_config")
     def put_config(self, run_id: str, config: RunConfig) -> bool:
         keys = RunKeys(run_id)
+        self._forget(run_id)
         return bool(self._put_config(keys=[keys.config], args=[_dumps(config.to_dict())]))
 
     @_redis_op("get_config")
@@ -480,6 +499,7 @@ class RedisStore:
     @_redis_op("delete_run")
     def delete_run(self, run_id: str) -> bool:
         keys = RunKeys(run_id)
+        self._forget(run_id)
         for _ in range(DELETE_ATTEMPTS):
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.smembers(keys.tasks)
@@ -515,6 +535,48 @@ class RedisStore:
             revision=int(revision or 0),
         )
 
+    @_redis_op("load")
+    def snapshot_for_select(self, run_id: str, task_ids: Iterable[str]) -> RunSnapshot | None:
+        """The run's state as this process last read or committed it, if that covers the
+        tasks (no round trip), else read now (one MULTI). It may be stale: commit_select's
+        compare-and-set (state_version, revision and config) catches that and answers with the
+        current state, which the next call returns. Callers must not modify what it returns."""
+        names = list(dict.fromkeys(task_ids))
+        with self._copies_lock:
+            copy = self._copies.get(run_id)
+        if copy is None or any(t not in copy.tasks for t in names):
+            head, states, _ = self._read_snapshot(RunKeys(run_id), names, with_tasks=False)
+            raw_config, version, reports, revision = head
+            if raw_config is None:
+                self._forget(run_id)
+                return None
+            copy = self._remember_copy(run_id, raw_config, int(version), int(reports),
+                                       int(revision or 0), names, states)
+        tasks = {t: s for t in names if (s := copy.tasks[t]) is not None}
+        return RunSnapshot(config=copy.config, state_version=copy.state_version,
+                           outcome_reports=copy.outcome_reports, tasks=tasks,
+                           revision=copy.revision)
+
+    def _remember_copy(self, run_id: str, raw_config: bytes, version: int, reports: int,
+                       revision: int, names: list[str], states: dict[str, Any],
+                       config: RunConfig | None = None) -> _SelectCopy:
+        copy = _SelectCopy(
+            raw_config=raw_config,
+            config=config if config is not None else RunConfig.from_dict(json.loads(raw_config)),
+            state_version=version, outcome_reports=reports, revision=revision,
+            tasks={t: (TaskState.from_dict(json.loads(states[t])) if states.get(t) else None)
+                   for t in names})
+        with self._copies_lock:
+            self._copies.pop(run_id, None)
+            while len(self._copies) >= SELECT_CACHE_RUNS:
+                self._copies.pop(next(iter(self._copies)))
+            self._copies[run_id] = copy
+        return copy
+
+    def _forget(self, run_id: str) -> None:
+        with self._copies_lock:
+            self._copies.pop(run_id, None)
+
     @_redis_op("get_request")
     def get_request(self, run_id: str, request_id: str,
                     digest: str = "") -> tuple[RequestKind, Any] | None:
@@ -538,19 +600,38 @@ class RedisStore:
         keys = RunKeys(run_id)
         tasks = list(new_states)
         selections = [answer.selection_id, *aliases]
-        result = self._commit_select(
-            keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
-                  keys.sels, *(keys.state(t) for t in tasks)],
-            args=[expected_version, answer.state_version, request_id,
-                  encode_answer(answer, digest), self.request_ttl_s, _dumps(history),
-                  self.history_maxlen, "" if expected_revision is None else expected_revision,
-                  len(selections), *selections, *tasks,
-                  *(_dumps(new_states[t].to_dict()) for t in tasks)],
-        )
+        with self._copies_lock:
+            copy = self._copies.get(run_id)
+        if copy is not None and (copy.state_version, copy.revision) != (
+                expected_version, expected_revision):
+            copy = None  # the caller read elsewhere: its config is not compared
+        try:
+            result = self._commit_select(
+                keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
+                      keys.sels, *(keys.state(t) for t in tasks)],
+                args=[expected_version, answer.state_version, request_id,
+                      encode_answer(answer, digest), self.request_ttl_s, _dumps(history),
+                      self.history_maxlen,
+                      "" if expected_revision is None else expected_revision,
+                      b"" if copy is None else copy.raw_config,
+                      len(selections), *selections, *tasks,
+                      *(_dumps(new_states[t].to_dict()) for t in tasks)],
+            )
+        except BaseException:
+            self._forget(run_id)
+            raise
         status = result[0]
         if status == b"missing":
+            self._forget(run_id)
             raise NotFound(f"run {clip(run_id)} not found")
         if status == b"conflict":
+            raw_config, version, reports, revision = result[1:5]
+            if raw_config:
+                self._remember_copy(run_id, raw_config, int(version), int(reports),
+                                    int(revision), tasks, dict(zip(tasks, result[5:],
+                                                                   strict=True)))
+            else:
+                self._forget(run_id)
             return CommitResult(CommitStatus.CONFLICT)
         if status == b"replay":
             record = result[1]
@@ -559,6 +640,16 @@ class RedisStore:
             stored_answer, stored = _decode(record)
             check_digest(request_id, stored, digest)
             return CommitResult(CommitStatus.REPLAY, stored_answer)
+        if copy is not None and expected_revision is not None:
+            committed = _SelectCopy(
+                raw_config=copy.raw_config, config=copy.config,
+                state_version=answer.state_version, outcome_reports=copy.outcome_reports,
+                revision=expected_revision + 1, tasks={**copy.tasks, **new_states})
+            with self._copies_lock:
+                if self._copies.get(run_id) is copy:
+                    self._copies[run_id] = committed
+        else:
+            self._forget(run_id)
         return CommitResult(CommitStatus.COMMITTED)
 
     @_redis_op("reconcile_select")
@@ -567,6 +658,7 @@ class RedisStore:
                          history: dict[str, Any], *,
                          aliases: tuple[str, ...] = ()) -> CommitResult:
         keys = RunKeys(run_id)
+        self._forget(run_id)
         record: bytes | None = self._redis.get(keys.req(request_id))  # type: ignore[assignment]
         if record is None or _record_kind(record) != "select":
             return CommitResult(CommitStatus.GONE)

@@ -91,10 +91,14 @@ def selector(
     time_cap_s: Annotated[float, typer.Option(help="time cap per cell")] = 30.0,
     step_time_s: Annotated[float | None, typer.Option(
         help="an RL step's duration, to report selection's share of it")] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="worker processes of the Redis selector (pcm-selector serve --workers)")] = 1,
+    shared_run: Annotated[bool, typer.Option(
+        help="all clients select on one run (contend on its state)")] = False,
 ) -> None:
-    """Select latency p50/p99 and throughput over gRPC and HTTP, memory and Redis stores,
-    1/4/16 concurrent clients, small and full-LIBERO batch shapes. Starts its own redis-server
-    and selector processes on free 127.0.0.1 ports."""
+    """Select latency p50/p99, throughput and server CPU per select over gRPC and HTTP, memory
+    and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes. Starts its
+    own redis-server and selector processes on free 127.0.0.1 ports."""
     from trainer_client.bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
 
     table = Table(title="pcm-bench selector")
@@ -103,7 +107,7 @@ def selector(
     result = run_selector_bench(
         transports=_csv(transports), stores=_csv(stores), clients=_csv(clients, int),
         shapes=_csv(shapes), requests=requests, interval_s=interval_s, time_cap_s=time_cap_s,
-        step_time_s=step_time_s,
+        step_time_s=step_time_s, workers=workers, shared_run=shared_run,
         progress=lambda row: console.print(" ".join(format_rows([row])[0])))
     for cells in format_rows(result["rows"]):
         table.add_row(*cells)

@@ -12,23 +12,30 @@ validation, selection, the store's round trips, and decoding the answer into Num
 Each trainer selects on its own run unless `shared_run` (then all contend on one run's state).
 Every cell is bounded: `requests` timed selects in all (split across the clients) and a
 `time_cap_s` wall-clock cap.
+
+Server CPU per select (`server_cpu_ms`): the CPU time (user + system, from /proc) the selector
+processes (the server and its workers) spent during the cell's timed selects, divided by them;
+`redis_cpu_ms` the same for redis-server. `workers` runs the Redis selector with
+`pcm-selector serve --workers N` (the memory store serves from one process).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, closing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from selector_service.models import SelectRequest
 from trainer_client.bench.core import Shape, synthetic_request
-from trainer_client.bench.processes import RedisProcess, SelectorProcess
+from trainer_client.bench.processes import RedisProcess, SelectorProcess, child_pids
 
 SHAPES: dict[str, Shape] = {"small": Shape(64, 32, 56), "libero": Shape(512, 64, 56)}
 DEFAULT_REQUESTS = {"small": 400, "libero": 48}
@@ -37,7 +44,8 @@ TARGETS = {
     "grpc_libero_p50_ms": 150.0,
     "select_share_of_step": 0.02,
 }
-ROW_FIELDS = ("transport", "store", "clients", "shape", "p50_ms", "p99_ms", "rps")
+ROW_FIELDS = ("transport", "store", "clients", "shape", "p50_ms", "p99_ms", "rps",
+              "server_cpu_ms")
 
 
 def run_selector_bench(
@@ -53,6 +61,7 @@ def run_selector_bench(
     shared_run: bool = False,
     interval_s: float = 0.0,
     selector_env: Mapping[str, str] | None = None,
+    workers: int = 1,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every (transport, store, clients, shape) cell; returns
@@ -67,7 +76,9 @@ def run_selector_bench(
     the selector at saturation (latency ~ clients / throughput). `interval_s` > 0 paces each
     trainer to one select per interval (random phase), like trainers selecting once per RL
     step. `selector_env` adds environment variables to the selector processes (e.g.
-    ``{"OPENBLAS_NUM_THREADS": "1"}``). `progress` is called with each row.
+    ``{"OPENBLAS_NUM_THREADS": "1"}``). `workers`: worker processes of the Redis selector
+    (`--workers`). Rows also hold ``server_cpu_ms`` / ``redis_cpu_ms``: CPU time of the
+    selector processes / redis-server per timed select. `progress` is called with each row.
     """
     for name in transports:
         if name not in ("grpc", "http"):
@@ -82,18 +93,24 @@ def run_selector_bench(
         raise ValueError("step_time_s must be positive")
     if interval_s < 0:
         raise ValueError("interval_s must be >= 0")
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
 
     templates = {name: SelectRequest.model_validate(synthetic_request(SHAPES[name]))
                  for name in shapes}
     rows: list[dict[str, Any]] = []
     with ExitStack() as stack:
         selectors: dict[str, SelectorProcess] = {}
+        redis_pids: dict[str, int | None] = {}
         for store in stores:
             redis_url = None
+            redis_pids[store] = None
             if store == "redis":
-                redis_url = stack.enter_context(RedisProcess()).url
+                redis = stack.enter_context(RedisProcess())
+                redis_url, redis_pids[store] = redis.url, redis.pid
             selectors[store] = stack.enter_context(
-                SelectorProcess(store=store, redis_url=redis_url, env=selector_env))
+                SelectorProcess(store=store, redis_url=redis_url, env=selector_env,
+                                workers=workers if store == "redis" else 1))
         cell = 0
         for shape in shapes:
             total = requests if requests is not None else DEFAULT_REQUESTS[shape]
@@ -107,7 +124,9 @@ def run_selector_bench(
                                "shape": shape, "dims": SHAPES[shape].label(),
                                **_measure_cell(url, f"bench{cell}", templates[shape],
                                                n_clients, total, warmup, time_cap_s,
-                                               shared_run, interval_s)}
+                                               shared_run, interval_s,
+                                               server_pid=selector.pid,
+                                               redis_pid=redis_pids[store])}
                         row["select_share_of_step"] = (
                             None if step_time_s is None
                             else row["p50_ms"] / 1e3 / step_time_s)
@@ -122,15 +141,33 @@ def run_selector_bench(
                      {s: DEFAULT_REQUESTS[s] for s in shapes},
                      "warmup": warmup, "time_cap_s": time_cap_s, "step_time_s": step_time_s,
                      "shared_run": shared_run, "interval_s": interval_s,
-                     "selector_env": dict(selector_env or {})},
+                     "selector_env": dict(selector_env or {}), "workers": workers},
         "targets": TARGETS,
         "rows": rows,
     }
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` and its children now (Linux /proc; NaN where
+    unreadable). Children's time is read from each live child, not `cutime`, which counts
+    only children that have exited."""
+    if pid is None:
+        return math.nan
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in [pid, *child_pids(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return math.nan
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def _measure_cell(url: str, prefix: str, template: SelectRequest, n_clients: int, total: int,
                   warmup: int, time_cap_s: float, shared_run: bool,
-                  interval_s: float) -> dict[str, Any]:
+                  interval_s: float, *, server_pid: int | None = None,
+                  redis_pid: int | None = None) -> dict[str, Any]:
     from trainer_client import connect
 
     per_client = max(1, math.ceil(total / n_clients))
@@ -180,9 +217,12 @@ def _measure_cell(url: str, prefix: str, template: SelectRequest, n_clients: int
         t.start()
     ready.wait()
     start = time.perf_counter()
+    cpu_start = (cpu_seconds(server_pid), cpu_seconds(redis_pid))
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu_used = [cpu_seconds(pid) - begin
+                for pid, begin in zip((server_pid, redis_pid), cpu_start, strict=True)]
 
     with closing(connect(url)) as admin:
         for run_id in run_ids:
@@ -197,6 +237,8 @@ def _measure_cell(url: str, prefix: str, template: SelectRequest, n_clients: int
         "requests": done,
         "errors": int(sum(errors)),
         "capped": capped.is_set(),
+        "server_cpu_ms": cpu_used[0] / done * 1e3 if done else math.nan,
+        "redis_cpu_ms": cpu_used[1] / done * 1e3 if done else math.nan,
     }
 
 
@@ -206,10 +248,12 @@ def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     for r in rows:
         out.append([r["transport"], r["store"], str(r["clients"]), f"{r['shape']} ({r['dims']})",
                     f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}",
+                    f"{r.get('server_cpu_ms', math.nan):.2f}",
+                    f"{r.get('redis_cpu_ms', math.nan):.2f}",
                     f"{r['requests']}{' capped' if r['capped'] else ''}",
                     str(r["errors"])])
     return out
 
 
 TABLE_COLUMNS = ("transport", "store", "clients", "shape", "p50 ms", "p99 ms", "rps",
-                 "requests", "errors")
+                 "server CPU ms/select", "redis CPU ms/select", "requests", "errors")

@@ -193,8 +193,8 @@ class SlowService(SelectorService):
         super().__init__(*args, **kwargs)
         self.late_answer_sent = threading.Event()  # a delayed select has committed and answered
 
-    def select(self, run_id: str, request: Any) -> Any:
-        answer = super().select(run_id, request)
+    def select_flat(self, run_id: str, request: Any) -> Any:  # gRPC's path, and select's
+        answer = super().select_flat(run_id, request)
         if self.delay_s:
             time.sleep(self.delay_s)
             self.late_answer_sent.set()

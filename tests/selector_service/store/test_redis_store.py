@@ -279,7 +279,8 @@ def test_redis_down_fails_fast_then_recovers(isolated_redis_server: RedisServer)
     assert _timed(service.store.ping) < DOWN_BOUND_S
     assert _timed(lambda: service.put_run(RUN, eta=0.5)) < DOWN_BOUND_S
     assert not service.ready()
-    assert errors[:4] == ["get_request", "load", "ping", "get_config"]
+    # a select's first store call reads the state (its copy does not cover the new tasks)
+    assert errors[:4] == ["load", "load", "ping", "get_config"]
 
     isolated_redis_server.start()
     assert service.ready()
@@ -310,3 +311,58 @@ def test_on_error_failure_does_not_mask_the_store_error(
     isolated_redis_server.stop()
     with pytest.raises(StoreUnavailable, match="ping"):
         store.ping()
+
+
+def _count_round_trips(store: RedisStore) -> list[str]:
+    """Record each round trip the store makes from now on: a command, or a pipeline (MULTI)."""
+    calls: list[str] = []
+    client: Any = store.client
+    command, pipeline = client.execute_command, client.pipeline
+
+    def counted_command(*args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return command(*args, **options)
+
+    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+        calls.append("PIPELINE")
+        return pipeline(*args, **kwargs)
+
+    client.execute_command = counted_command
+    client.pipeline = counted_pipeline
+    return calls
+
+
+def test_a_select_is_one_round_trip_while_the_state_copy_holds(redis_url: str) -> None:
+    """Selects in sequence on one selector: one EVALSHA each (COMMIT_SELECT), no reads."""
+    store = RedisStore(redis_url)
+    service = SelectorService(store)
+    service.put_run(RUN, phases=4, feature_dim=8)
+    request = make_request("warm", seed=0)[0]
+    service.select(RUN, request)
+    calls = _count_round_trips(store)
+    for i in range(5):
+        answer = service.select(RUN, {**request, "request_id": f"r{i}"})
+        assert answer.state_version == i + 2
+    assert calls == ["EVALSHA"] * 5
+    assert service.select(RUN, {**request, "request_id": "r0"}).state_version == 2  # replay
+    assert calls == ["EVALSHA"] * 6
+    assert service.get_run(RUN).state_version == 6
+
+
+def test_a_stale_state_copy_is_caught_by_the_commit(redis_url: str) -> None:
+    """Two selectors over one Redis: each commits on the other's state (counts exact), and a
+    config change made through the other one is used at once."""
+    a, b = (SelectorService(RedisStore(redis_url)) for _ in range(2))
+    a.put_run(RUN, phases=4, feature_dim=8)
+    request, _ = make_request("x", seed=0)
+    for i in range(4):
+        service = (a, b)[i % 2]
+        assert service.select(RUN, {**request, "request_id": f"r{i}"}).state_version == i + 1
+    tasks = a.get_run(RUN).tasks
+    assert sum(t.trajectories for t in tasks.values()) == 4 * len(request["trajectories"])
+    assert a.select(RUN, {**request, "request_id": "r4"}).state_version == 5  # a's copy: v5
+    b.put_run(RUN, keep_fraction=1.0)  # same state_version; a's copy holds keep_fraction 0.2
+    answer = a.select(RUN, {**request, "request_id": "all"})
+    assert answer.state_version == 6
+    assert answer.kept_chunks > 0
+    assert all(m.all() or not m.any() for m in answer.masks)  # f = 1: all or (skipped) none
