@@ -210,6 +210,9 @@ class Metrics:
             "pcm_store_errors_total", "Failed phase-state store operations.", ["op"], registry=r)
 
         self._lock = threading.Lock()
+        # (transport, status) -> the children of pcm_select_requests_total and
+        # pcm_select_latency_seconds (these series are never removed)
+        self._select_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # run label value -> its series (every (metric, label values) labelled with it)
         self._runs: dict[str, _RunSeries] = {}
         # Multiprocess mode: the series this worker removed (left out of the aggregate) and the
@@ -249,8 +252,13 @@ class Metrics:
     # -- transports ---------------------------------------------------------------------------
 
     def observe_select(self, transport: str, status: str, seconds: float) -> None:
-        self.select_requests.labels(transport, status).inc()
-        self.select_latency.labels(transport).observe(seconds)
+        children = self._select_children.get((transport, status))
+        if children is None:  # first call with these labels: look the children up once
+            children = (self.select_requests.labels(transport, status),
+                        self.select_latency.labels(transport))
+            self._select_children[(transport, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_store_error(self, op: str) -> None:
         """`on_error` callback of the stores."""

@@ -46,8 +46,8 @@ def group_phase_sums(
     nonempty = np.flatnonzero(counts)
     if nonempty.size:
         starts = np.r_[0, np.cumsum(counts)[:-1]][nonempty]
-        sums[nonempty] = np.add.reduceat(features[include][order].astype(np.float64), starts,
-                                         axis=0)
+        rows = np.flatnonzero(include)[order]  # one gather of the included rows, in cell order
+        sums[nonempty] = np.add.reduceat(features[rows].astype(np.float64), starts, axis=0)
     return sums.reshape(num_groups, num_phases, d), counts.reshape(num_groups, num_phases)
 
 

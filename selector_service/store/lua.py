@@ -3,7 +3,9 @@
 Each script is registered once with ``redis.Redis.register_script`` and run with EVALSHA. Every
 key a script touches is passed in KEYS (none is built inside a script), and all keys of a run
 share the hash tag ``{RUN}``, so a script stays on one Redis Cluster slot. The scripts do only
-compare-and-set and bookkeeping; the PCM math stays in Python (selector_service/core).
+compare-and-set and bookkeeping (COMMIT_SELECT also answers a lost compare-and-set with the
+state it lost to, so the selector recomputes without another read); the PCM math stays in
+Python (selector_service/core).
 
 Idempotency records (``pcm:{RUN}:req:REQUEST_ID``) are strings whose first byte is the request
 kind: ``S`` (select; the packed SelectResponse follows, its header holding the request digest)

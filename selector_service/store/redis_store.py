@@ -20,6 +20,10 @@ Cluster slot and every Lua script touches one slot:
 
 Writes are Lua scripts (selector_service/store/lua.py): compare-and-set on state_version plus
 bookkeeping. Reads of several keys use MULTI/EXEC, so a snapshot's version and states agree.
+A select is one round trip: `snapshot_for_select` answers from this process's copy of the run's
+state (what it last read or committed) and COMMIT_SELECT checks the copy (state_version,
+revision and the config as stored), answering a stale one with the current state, which
+becomes the copy; only a select on tasks the copy lacks reads first.
 Any Redis error (connection refused, timeout, READONLY, OOM, ...) becomes StoreUnavailable
 naming the operation, after ``on_error(op)`` is called (the metrics hook); the client fails fast
 (short socket timeouts, one immediate reconnect attempt, no backoff loops).
