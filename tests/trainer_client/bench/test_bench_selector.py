@@ -25,3 +25,15 @@ def test_selector_bench_rows() -> None:
         assert row["errors"] == 0 and row["requests"] == 4
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["rps"] > 0
         assert math.isclose(row["select_share_of_step"], row["p50_ms"] / 1e3 / 2.0)
+
+
+def test_selector_bench_workers_and_server_cpu() -> None:
+    """`--workers 2` over Redis, and the server's CPU time per select (all its processes)."""
+    result = run_selector_bench(transports=("grpc",), stores=("redis",), clients=(2,),
+                                shapes=("small",), requests=8, warmup=1, time_cap_s=20,
+                                workers=2)
+    assert result["settings"]["workers"] == 2
+    (row,) = result["rows"]
+    assert row["errors"] == 0 and row["requests"] == 8
+    # /proc counts CPU time in clock ticks (10 ms), so a few selects may read as 0
+    assert 0 <= row["server_cpu_ms"] < 10_000 and 0 <= row["redis_cpu_ms"] < 10_000
