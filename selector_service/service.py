@@ -490,11 +490,6 @@ def _trained_match(answer: SelectResponse, req: FlatSelect) -> bool:
 # -- request digests (idempotency keys are tied to the request) --------------------------------
 
 
-def select_digest(req: SelectRequest) -> str:
-    """`flat_digest` of a validated SelectRequest."""
-    return flat_digest(FlatSelect.from_request(req))
-
-
 def flat_digest(req: FlatSelect) -> str:
     """A digest of the canonical Select request: ids, step, keep_fraction and every trajectory
     (features as the float32 values the core computes on, phases as int64), whatever the
