@@ -108,7 +108,8 @@ def select_flat_from_proto(msg: pb.SelectChunksRequest) -> FlatSelect:
         got = len(getattr(msg, name))
         if got != n:
             raise InvalidArgument(name, f"has {got} entries for {n} trajectories (task_ids)")
-    counts = np.fromiter(msg.chunk_counts, dtype=np.int64, count=n)
+    # np.array reads a repeated scalar field in one call (np.fromiter goes value by value)
+    counts = np.array(msg.chunk_counts, dtype=np.int64).reshape(n)
     if n and counts.min() < 0:
         raise InvalidArgument("chunk_counts", f"entry {int(np.argmin(counts))} is negative")
     m = int(counts.sum())
@@ -123,8 +124,8 @@ def select_flat_from_proto(msg: pb.SelectChunksRequest) -> FlatSelect:
         request_id=msg.request_id, trainer_id=msg.trainer_id or DEFAULT_TRAINER, step=msg.step,
         keep_fraction=msg.keep_fraction if msg.HasField("keep_fraction") else None,
         task_ids=list(msg.task_ids), group_ids=list(msg.group_ids),
-        success=np.fromiter(msg.success, dtype=bool, count=n), lengths=counts,
-        phase=np.fromiter(msg.phase_ids, dtype=np.int64, count=m), features=features,
+        success=np.array(msg.success, dtype=bool).reshape(n), lengths=counts,
+        phase=np.array(msg.phase_ids, dtype=np.int64).reshape(m), features=features,
         trained_mask=mask, trained_weight=weight)
 
 
@@ -195,12 +196,10 @@ def select_request_to_proto(run_id: str, request: SelectRequest) -> pb.SelectChu
               else np.zeros(0, dtype=np.int64))
     feats = [np.asarray(t.action_features) for t in trajs]
     widths = {f.shape[1] for f in feats}
-    if len(widths) == 1:
-        feature_dim = widths.pop()
-        data = np.concatenate(feats, axis=0, dtype="<f4").tobytes()
-    else:  # ragged widths: the server names the offending trajectory
-        feature_dim = 0
-        data = b"".join(np.ascontiguousarray(f, dtype="<f4").tobytes() for f in feats)
+    # ragged widths: feature_dim 0, and the server names the offending trajectory
+    feature_dim = widths.pop() if len(widths) == 1 else 0
+    # one copy, straight from each trajectory's float32 rows into the bytes
+    data = b"".join(np.ascontiguousarray(f, dtype="<f4").data for f in feats)
     msg = pb.SelectChunksRequest(
         run_id=run_id, request_id=request.request_id, trainer_id=request.trainer_id,
         step=request.step,
