@@ -166,6 +166,15 @@ BAD_SELECTS: dict[str, tuple[Callable[[pb.SelectChunksRequest], None], str]] = {
     "bad keep_fraction": (_with(keep_fraction=0.0), "keep_fraction"),
     "bad task id": (_with(task_ids=["a b"] + ["pick"] * 15), "trajectories[0].task_id"),
     "bad run id": (_with(run_id="no/slash"), "run_id"),
+    # checked on the flat batch (no request model on the gRPC path), naming the same fields
+    "bad trainer id": (_with(trainer_id="a b"), "trainer_id"),
+    "negative step": (_with(step=-1), "step"),
+    "NaN keep_fraction": (_with(keep_fraction=float("nan")), "keep_fraction"),
+    "bad group id": (_with(group_ids=["g0"] * 5 + ["g 5"] + ["g1"] * 10),
+                     "trajectories[5].group_id"),
+    "trained weight off the mask": (_with(trained_masks=b"\0" * 128, trained_weights=(
+        np.eye(1, 128, 8 * 3 + 2).ravel().astype("<f8").tobytes())), "trained_weights[3]"),
+    "trained masks without weights": (_with(trained_masks=b"\1" * 128), "trained_weights"),
 }
 
 
