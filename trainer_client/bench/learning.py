@@ -52,7 +52,7 @@ from rich.table import Table
 from scipy import stats
 
 from trainer_client.train.checkpoint import latest_checkpoint
-from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
+from trainer_client.train.config import DEFAULT_RL_LR, DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split
@@ -65,10 +65,14 @@ ALGOS: dict[str, dict[str, Any]] = {
     "random": {"algo": "random"},  # same budget, uniform within each trajectory
     "pcm-action": {"algo": "pcm", "score": "action"},  # the paper's (action score, mean)
     "pcm-progress": {"algo": "pcm", "segmenter": "progress"},  # default, time-bin phases
+    # the default PCM with the learning rate times sqrt(1 / 0.2): a test of the explanation that
+    # the masked gradient is ~sqrt(5) noisier (its norm, ~2.4x GRPO's on pick-place), so under
+    # Adam's per-coordinate normalization its signal per step is ~1/sqrt(5) of GRPO's
+    "pcm-lr": {"algo": "pcm", "lr": DEFAULT_RL_LR * 5 ** 0.5},
 }
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
-          "pcm-progress": "tab:cyan"}
+          "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple"}
 RUNS_FILE = "runs.jsonl"
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
@@ -253,7 +257,7 @@ def run_record(algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfi
         "task": cfg.env, "algo": algo, "seed": seed, "out": cfg.out,
         **{key: [r[key] for r in steps] for key in (
             "step", "success_rate", "wall_s", "rollout_s", "select_s", "backward_s",
-            "kept_fraction")},
+            "kept_fraction", "grad_norm")},
         "evals": evals_list,
         "heldout_start": start, "heldout_mid": mid, "heldout_end": end, "gain": end - start,
         "summary": summarize(rows, cfg),
@@ -276,6 +280,19 @@ def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]]
     if not seeds:
         return None, None
     return mean_ci95([mine[s]["gain"] - other[s]["gain"] for s in seeds])
+
+
+def _median_grad_norm(runs: Sequence[dict[str, Any]]) -> float | None:
+    """Median over the runs' steps; runs recorded before the series existed read it from their
+    metrics file when it is still there."""
+    norms: list[float] = []
+    for r in runs:
+        series = r.get("grad_norm")
+        if series is None and (Path(r["out"]) / "metrics.jsonl").is_file():
+            rows = read_metrics(Path(r["out"]) / "metrics.jsonl")
+            series = [row.get("grad_norm") for row in rows if row.get("kind", "step") == "step"]
+        norms += [float(g) for g in series or [] if g is not None]
+    return float(np.median(norms)) if norms else None
 
 
 def _curve(runs: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -321,6 +338,9 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "select_share": secs["select"] / total,
             "backward_share": secs["backward"] / total,
             "kept_fraction": float(np.mean([r["summary"]["kept_fraction"] for r in rs])),
+            # the update's gradient norm before clipping (clipped to max_grad_norm): the masked
+            # gradient's noise shows here
+            "grad_norm_median": _median_grad_norm(rs),
         }
     if "grpo" in out:
         g = out["grpo"]
@@ -411,7 +431,7 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
                         f"({result['config']['steps']} steps; 95% intervals over seeds)")
     for col in ("algo", "seeds", "held-out start -> mid -> end", "gain", "gain vs grpo",
                 "gain vs random", "s/step", "rollout/select/backward", "backward speed-up",
-                "time to GRPO's final"):
+                "time to GRPO's final", "grad norm"):
         table.add_column(col, justify="right")
     for algo, a in result["summary"].items():
         speed = a.get("backward_speedup_vs_grpo")
@@ -426,6 +446,7 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
             f"{a['rollout_share']:.0%}/{a['select_share']:.1%}/{a['backward_share']:.0%}",
             f"{speed:.2f}x" if speed else "-",
             f"{ratio:.2f}x GRPO's" if ratio else "not reached",
+            f"{a['grad_norm_median']:.1f}" if a.get("grad_norm_median") else "-",
         )
     console.print(table)
     if result.get("plot"):

@@ -53,6 +53,8 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 
 # ---- RL ---------------------------------------------------------------------------------------
 
+DEFAULT_RL_LR = 3e-6  # the network's AdamW learning rate for `pcm-train rl` (the base trunk)
+
 
 @dataclass
 class TrainConfig:
@@ -110,7 +112,7 @@ class TrainConfig:
     )
     # the update
     lr: float = opt(
-        3e-6,
+        DEFAULT_RL_LR,
         "AdamW learning rate of the network (base trunk: pcm/random diverged at 1e-5, see "
         "docs/BENCHMARKS.md; the demo's compact trunk uses 3e-5)",
     )

@@ -40,6 +40,7 @@ def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: P
         assert set(a) >= SUMMARY_FIELDS
         assert a["gain_ci95"] is None  # one seed: no interval
         assert a["rollout_share"] + a["select_share"] + a["backward_share"] == pytest.approx(1)
+        assert a["grad_norm_median"] > 0  # the update's gradient norm before clipping
     grpo, pcm = first["summary"]["grpo"], first["summary"]["pcm"]
     assert grpo["backward_speedup_vs_grpo"] == pytest.approx(1.0)
     assert grpo["kept_fraction"] > pcm["kept_fraction"]
