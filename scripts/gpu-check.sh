@@ -164,13 +164,15 @@ for path in sorted(out.glob("grad-*.json")):
             key: [
                 {k: x.get(k) for k in ("keep_fraction", "kept_rows", "update_time_ratio",
                                        "activation_memory_ratio", "cuda_peak_ratio",
-                                       "cuda_peak_delta_ratio", "update_s")}
+                                       "cuda_peak_delta_ratio", "update_s", "micro_batch",
+                                       "micro_batches", "grpo_micro_batches", "pack_cap")}
                 | {"grpo_update_s": r[f"grpo_{key}"]["update_s"],
                    "grpo_cuda_peak_bytes": r[f"grpo_{key}"]["cuda_peak_bytes"],
                    "pcm_cuda_peak_bytes": x.get("cuda_peak_bytes")}
                 for x in r[key]
             ]
-            for key in ("results", "results_rows")
+            for key in ("results", "results_rows", "results_pack", "results_rows_pack")
+            if key in r
         },
     }
 summary = {
@@ -189,11 +191,13 @@ if rl.exists():
 (out / "gpu-check.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"wrote {out / 'gpu-check.json'}")
 for name, g in grad.items():
-    for x in g["results"]:
-        peak = x["cuda_peak_ratio"]
-        print(f"{name:>18} keep {x['keep_fraction']:.1f}: speed-up {x['update_time_ratio']:.2f}x"
-              f" | saved tensors PCM/GRPO {x['activation_memory_ratio']:.3f}"
-              + (f" | CUDA peak PCM/GRPO {peak:.3f}" if peak is not None else ""))
+    for key in ("results", "results_pack"):
+        for x in g.get(key, []):
+            peak = x["cuda_peak_ratio"]
+            print(f"{name:>18} keep {x['keep_fraction']:.1f} {x.get('micro_batch') or '':>10}:"
+                  f" speed-up {x['update_time_ratio']:.2f}x"
+                  f" | saved tensors PCM/GRPO {x['activation_memory_ratio']:.3f}"
+                  + (f" | CUDA peak PCM/GRPO {peak:.3f}" if peak is not None else ""))
 for name, st in stages.items():
     print(f"stage {name}: {st['status']} ({st['seconds']}s)")
 EOF

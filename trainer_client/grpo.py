@@ -33,7 +33,7 @@ The saving is real because only kept chunks are ever gathered, forwarded and bac
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -78,7 +78,31 @@ class GRPOConfig:
         default="trajectory",
         metadata={
             "help": "'trajectory': one trajectory's kept chunks per micro-batch (SimpleVLA-RL); "
-            "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf)"
+            "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf); 'pack:N': the "
+            "fewest micro-batches of at most N rows (ceil(R / N), as many as 'rows:N'), cut "
+            "at trajectory boundaries wherever that costs no extra micro-batch (a trajectory "
+            "is split only where keeping it whole would need one more); 'pack': 'pack:N' with the "
+            "cap set per update from what full GRPO would use on the same batch, N = "
+            "floor(pack_memory_ratio x the rows of full GRPO's largest micro-batch under "
+            "pack_reference). The cap bounds the rows per micro-batch and so the peak "
+            "activation memory (linear in rows); fewer micro-batches cut the fixed cost each "
+            "one has (weights read, weight gradients written and accumulated, kernel launches)"
+        },
+    )
+    pack_memory_ratio: float = field(
+        default=0.25,
+        metadata={
+            "help": "micro_batch 'pack' only: the row cap as a fraction of full GRPO's largest "
+            "micro-batch under pack_reference (0.25: PCM's peak activation memory at most 25% "
+            "of GRPO's)"
+        },
+    )
+    pack_reference: str = field(
+        default="trajectory",
+        metadata={
+            "help": "micro_batch 'pack' only: the micro-batching full GRPO is compared with, "
+            "'trajectory' (its largest micro-batch: the longest informative trajectory) or "
+            "'rows:N' (N rows, at most the batch's informative chunks)"
         },
     )
     lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
@@ -111,7 +135,13 @@ class GRPOConfig:
                 f"loss_denominator={self.loss_denominator!r}: use one of {', '.join(DENOMINATORS)}"
                 " ('kept' for the selector weighting 'mean', 'full' for 'ht' and 'none')"
             )
-        micro_batch_rows(self.micro_batch)  # validates
+        parse_micro_batch(self.micro_batch)  # validates
+        if not 0.0 < self.pack_memory_ratio <= 1.0:
+            raise ValueError(f"pack_memory_ratio={self.pack_memory_ratio}: must be in (0, 1]")
+        if parse_micro_batch(self.pack_reference)[0] not in ("trajectory", "rows"):
+            raise ValueError(
+                f"pack_reference={self.pack_reference!r}: use 'trajectory' or 'rows:N'"
+            )
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr}: must be > 0")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
@@ -124,17 +154,27 @@ class GRPOConfig:
             raise ValueError(f"adv_eps={self.adv_eps}: must be > 0")
 
 
-def micro_batch_rows(spec: str) -> int | None:
-    """'trajectory' -> None; 'rows:N' -> N."""
-    if spec == "trajectory":
-        return None
-    elif spec.startswith("rows:"):
-        n = spec.removeprefix("rows:")
+MICRO_BATCH_KINDS = ("trajectory", "rows", "pack")
+
+
+def parse_micro_batch(spec: str) -> tuple[str, int | None]:
+    """'trajectory' -> ('trajectory', None); 'rows:N' -> ('rows', N); 'pack:N' -> ('pack', N);
+    'pack' -> ('pack', None) (the cap is set per update, see GRPOConfig.micro_batch)."""
+    if spec in ("trajectory", "pack"):
+        return spec, None
+    kind, sep, n = spec.partition(":")
+    if sep and kind in ("rows", "pack"):
         if not n.isdigit() or int(n) < 1:
-            raise ValueError(f"micro_batch={spec!r}: N in 'rows:N' must be an integer >= 1")
-        return int(n)
-    else:
-        raise ValueError(f"micro_batch={spec!r}: use 'trajectory' or 'rows:N' (e.g. 'rows:32')")
+            raise ValueError(f"micro_batch={spec!r}: N in '{kind}:N' must be an integer >= 1")
+        return kind, int(n)
+    raise ValueError(
+        f"micro_batch={spec!r}: use 'trajectory', 'rows:N' (e.g. 'rows:32'), 'pack:N' or 'pack'"
+    )
+
+
+def micro_batch_rows(spec: str) -> int | None:
+    """'trajectory' and 'pack' -> None; 'rows:N' and 'pack:N' -> N (validates the spec)."""
+    return parse_micro_batch(spec)[1]
 
 
 class LogProbPolicy(Protocol):
@@ -214,6 +254,7 @@ class KeptRows:
     total_rows: int  # chunks of informative trajectories (what full GRPO computes)
     informative: int  # informative trajectories
     skipped: int  # non-informative trajectories (never computed)
+    max_chunks: int = 0  # largest C_i of an informative trajectory (full GRPO's largest one)
 
     @property
     def num_rows(self) -> int:
@@ -287,18 +328,88 @@ def plan_kept_rows(
         total_rows=total_rows,
         informative=num_informative,
         skipped=n - num_informative,
+        max_chunks=int(num_chunks[informative].max()) if num_informative else 0,
     )
 
 
-def split_micro_batches(rows: KeptRows, micro_batch: str = "trajectory") -> list[np.ndarray]:
-    """Index arrays into the R kept rows, one per micro-batch, in order."""
-    n_rows = micro_batch_rows(micro_batch)
+def split_micro_batches(
+    rows: KeptRows,
+    micro_batch: str = "trajectory",
+    *,
+    pack_memory_ratio: float = 0.25,
+    pack_reference: str = "trajectory",
+) -> list[np.ndarray]:
+    """Index arrays into the R kept rows, one per micro-batch, in order: consecutive ranges
+    that partition arange(R) (so the loss, a sum over rows, is the same under every policy).
+    pack_memory_ratio / pack_reference: for micro_batch 'pack' (see GRPOConfig)."""
+    kind, n_rows = parse_micro_batch(micro_batch)
     if rows.num_rows == 0:
         return []
-    if n_rows is None:  # one trajectory's kept chunks per micro-batch
+    if kind == "trajectory":  # one trajectory's kept chunks per micro-batch
         starts = np.flatnonzero(np.diff(rows.traj)) + 1
         return np.split(np.arange(rows.num_rows), starts)
+    if kind == "pack":
+        cap = n_rows or pack_cap(rows, pack_memory_ratio, pack_reference)
+        return [np.arange(s, e) for s, e in _pack_bounds(rows.traj, cap)]
+    assert n_rows is not None
     return [np.arange(s, min(s + n_rows, rows.num_rows)) for s in range(0, rows.num_rows, n_rows)]
+
+
+def split_for(rows: KeptRows, config: GRPOConfig) -> list[np.ndarray]:
+    """`split_micro_batches` with the config's micro-batching."""
+    return split_micro_batches(
+        rows,
+        config.micro_batch,
+        pack_memory_ratio=config.pack_memory_ratio,
+        pack_reference=config.pack_reference,
+    )
+
+
+def reference_micro_batch_rows(rows: KeptRows, reference: str = "trajectory") -> int:
+    """Rows of the largest micro-batch full GRPO (every chunk of the informative trajectories)
+    runs on the batch `rows` was planned from, micro-batched by `reference`: 'trajectory' ->
+    the longest informative trajectory's C_i; 'rows:N' -> min(N, its chunks)."""
+    kind, n = parse_micro_batch(reference)
+    if kind == "trajectory":
+        return rows.max_chunks
+    if kind == "rows" and n is not None:
+        return min(n, rows.total_rows)
+    raise ValueError(f"pack_reference={reference!r}: use 'trajectory' or 'rows:N'")
+
+
+def pack_cap(rows: KeptRows, memory_ratio: float = 0.25, reference: str = "trajectory") -> int:
+    """The automatic row cap of micro_batch 'pack': floor(memory_ratio x the rows of full
+    GRPO's largest micro-batch under `reference`), at least 1."""
+    ref = reference_micro_batch_rows(rows, reference)
+    return max(1, int(np.floor(memory_ratio * ref + 1e-9)))
+
+
+def _pack_bounds(traj: np.ndarray, cap: int) -> list[tuple[int, int]]:
+    """[start, end) of each micro-batch: M = ceil(R / cap) of them (the fewest possible), each
+    of at most cap rows, in row order. Walking the trajectories in order, one that does not fit
+    in the current micro-batch's room starts a new micro-batch when the rows left still fit in
+    the micro-batches left (so the cut costs nothing); otherwise it fills the current one to
+    the cap and continues in the next (a split). Invariant: the rows from the current
+    micro-batch's start on fit in the micro-batches not yet closed."""
+    r = len(traj)
+    total = -(-r // cap)  # M
+    cuts = np.flatnonzero(np.diff(traj)) + 1
+    bounds: list[tuple[int, int]] = []
+    mb_start = 0
+    for seg_start, seg_end in zip([0, *cuts.tolist()], [*cuts.tolist(), r], strict=True):
+        pos = seg_start
+        while seg_end - pos > cap - (pos - mb_start):  # the rest does not fit
+            if pos > mb_start and r - pos <= (total - len(bounds) - 1) * cap:
+                bounds.append((mb_start, pos))  # cut at the trajectory boundary
+                mb_start = pos
+            else:
+                pos = mb_start + cap  # fill to the cap: the trajectory is split here
+                bounds.append((mb_start, pos))
+                mb_start = pos
+        # the rest of this trajectory fits in the current micro-batch
+    if mb_start < r:
+        bounds.append((mb_start, r))
+    return bounds
 
 
 def gather_rows(
@@ -308,22 +419,32 @@ def gather_rows(
     obs_keys: Sequence[str] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
     """Copies only the selected kept chunks' inputs: obs key -> (b, ...), instructions (b,),
-    actions (b, K, A). obs_keys limits the observation keys (None = all)."""
+    actions (b, K, A). obs_keys limits the observation keys (None = all). Each output is
+    allocated once and every trajectory's rows are taken straight into it (one copy)."""
     traj, chunk = rows.traj[idx], rows.chunk[idx]  # (b,), (b,)
     seg_starts = np.flatnonzero(np.diff(traj)) + 1
-    segments = [
-        (int(t[0]), c)
-        for t, c in zip(np.split(traj, seg_starts), np.split(chunk, seg_starts), strict=True)
-    ]
+    bounds = zip([0, *seg_starts.tolist()], [*seg_starts.tolist(), len(traj)], strict=True)
+    segments = [(int(traj[s]), chunk[s:e], s, e) for s, e in bounds]
     keys = list(obs_keys) if obs_keys is not None else list(trajectories[segments[0][0]].obs)
 
-    def take(get: object) -> np.ndarray:
-        parts = [get(trajectories[t])[c] for t, c in segments]  # type: ignore[operator]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def take(get: Callable[[Trajectory], np.ndarray]) -> np.ndarray:
+        if len(segments) == 1:
+            t, c, _, _ = segments[0]
+            return get(trajectories[t])[c]  # fancy indexing: one copy
+        first = get(trajectories[segments[0][0]])
+        dtype = np.result_type(*(get(trajectories[t]).dtype for t, _, _, _ in segments))
+        out = np.empty((len(traj), *first.shape[1:]), dtype=dtype)  # (b, ...)
+        for t, c, s, e in segments:
+            src = get(trajectories[t])
+            if src.dtype == out.dtype:  # straight into the output ('clip': no buffering;
+                np.take(src, c, axis=0, out=out[s:e], mode="clip")  # c is in range)
+            else:
+                out[s:e] = src[c]
+        return out
 
-    obs = {k: take(lambda tr, k=k: tr.obs[k]) for k in keys}
+    obs = {k: take(lambda tr, k=k: tr.obs[k]) for k in keys}  # type: ignore[misc]
     actions = take(lambda tr: tr.actions)  # (b, K, A)
-    instructions = [trajectories[t].instruction for t, c in segments for _ in range(len(c))]
+    instructions = [trajectories[t].instruction for t, c, _, _ in segments for _ in range(len(c))]
     return obs, instructions, actions
 
 
@@ -376,37 +497,52 @@ def selective_backward(
     rows = plan_kept_rows(
         trajectories, advantages, masks, weights, cfg.aggregation, cfg.loss_denominator
     )
-    batches = split_micro_batches(rows, cfg.micro_batch)
+    batches = split_for(rows, cfg)
     obs_keys = getattr(policy, "obs_keys", None)
-
-    loss_sum, clipped, approx_kl, kl_ref = 0.0, 0.0, 0.0, 0.0
+    # once per update, not per micro-batch: the per-row scalars as one tensor on the policy's
+    # device (each micro-batch takes a view) and the statistics accumulated there (one host sync
+    # at the end instead of three per micro-batch). The inputs are gathered per micro-batch, one
+    # copy each: gathering the whole batch at once would hold a second copy of every kept row's
+    # observations (gigabytes for a full GRPO batch of images) for no measurable gain.
+    scalars: Tensor | None = None  # (3, R): old_logp, advantage, coef
+    sums: Tensor | None = None  # (4,): loss, clipped rows, approx_kl, kl_ref
     for idx in batches:
         obs, instructions, actions = gather_rows(trajectories, rows, idx, obs_keys)
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        # a consecutive range (every policy makes these): a view of the scalars
+        sl: slice | np.ndarray = slice(lo, hi) if hi - lo == len(idx) else idx
         logp = policy.log_prob(obs, instructions, actions)  # (b,)
         dtype, device = logp.dtype, logp.device
-        old_logp = torch.as_tensor(rows.old_logp[idx], dtype=dtype, device=device)  # (b,)
-        adv = torch.as_tensor(rows.advantage[idx], dtype=dtype, device=device)  # (b,)
-        coef = torch.as_tensor(rows.coef[idx], dtype=dtype, device=device)  # (b,)
+        if scalars is None or scalars.dtype != dtype or scalars.device != device:
+            scalars = torch.as_tensor(
+                np.stack([rows.old_logp, rows.advantage, rows.coef]), dtype=dtype, device=device
+            )
+            sums = torch.zeros(4, dtype=torch.float64, device=device)
+        assert sums is not None
+        old_logp, adv, coef = scalars[:, sl]  # (b,) each
 
         l_ic, ratio, logratio = ppo_clip_loss(
             logp, old_logp, adv, cfg.clip_coef_low, cfg.clip_coef_high
         )  # (b,) each
+        kl_sum: Tensor | None = None
         if ref_policy is not None and cfg.kl_coef > 0:
             with torch.no_grad():
                 ref_logp = ref_policy.log_prob(obs, instructions, actions)  # (b,)
                 ref_logp = ref_logp.to(device=device, dtype=dtype)
             kl = kl_k3(logp, ref_logp)  # (b,)
             l_ic = l_ic + cfg.kl_coef * kl
-            kl_ref += float(kl.detach().sum())
+            kl_sum = kl.detach().sum()
         mb_loss = (coef * l_ic).sum()  # this micro-batch's share of L
         mb_loss.backward()
 
         with torch.no_grad():
-            loss_sum += float(mb_loss)
-            clipped += float(
-                ((ratio < 1.0 - cfg.clip_coef_low) | (ratio > 1.0 + cfg.clip_coef_high)).sum()
-            )
-            approx_kl += float(((ratio - 1.0) - logratio).sum())
+            clipped = (ratio < 1.0 - cfg.clip_coef_low) | (ratio > 1.0 + cfg.clip_coef_high)
+            parts = [mb_loss, clipped.sum(), ((ratio - 1.0) - logratio).sum()]
+            parts.append(kl_sum if kl_sum is not None else torch.zeros_like(mb_loss))
+            sums += torch.stack([x.to(torch.float64) for x in parts])
+    loss_sum, clipped_sum, approx_kl, kl_ref = (
+        sums.tolist() if sums is not None else [0.0, 0.0, 0.0, 0.0]
+    )
 
     r = max(rows.num_rows, 1)
     elapsed = time.perf_counter() - t_start
@@ -417,7 +553,7 @@ def selective_backward(
         informative_trajectories=rows.informative,
         skipped_trajectories=rows.skipped,
         micro_batches=len(batches),
-        clip_frac=clipped / r,
+        clip_frac=clipped_sum / r,
         approx_kl=approx_kl / r,
         kl_ref=kl_ref / r,
         forward_backward_s=elapsed,

@@ -372,11 +372,12 @@ class VLAPolicy(nn.Module):
         if cfg.use_text:
             if len(instructions) != batch:
                 raise ValueError(f"got {len(instructions)} instructions for a batch of {batch}")
-            ids, text_pad = self.tokenizer(instructions)  # (B, T), (B, T)
+            ids, text_pad = self.tokenizer(instructions)  # (B, T), (B, T) on the CPU
             if ids.shape[1]:
-                ids, text_pad = ids.to(dev), text_pad.to(dev)
+                if bool(text_pad.any()):  # checked on the CPU: no device sync
+                    pads.append(text_pad)
+                ids = ids.to(dev)
                 parts.append(self.text_embed(ids) + self.text_pos[: ids.shape[1]])  # (B, T, d)
-                pads.append(text_pad)
         if cfg.state_dim:
             state = torch.as_tensor(obs[OBS_STATE], device=dev).to(dt)  # (B, S)
             if state.shape != (batch, cfg.state_dim):
@@ -390,9 +391,10 @@ class VLAPolicy(nn.Module):
         parts.append(self.action_queries.expand(batch, -1, -1))  # (B, K, d)
         tokens = torch.cat(parts, dim=1)  # (B, L, d)
         pad = None
-        if pads and bool(torch.cat(pads, dim=1).any()):
-            pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=dev)  # (B, L)
+        if pads:  # the text is padded somewhere in the batch
+            pad = torch.zeros(tokens.shape[:2], dtype=torch.bool)  # (B, L)
             pad[:, : pads[0].shape[1]] = pads[0]
+            pad = pad.to(dev)
         return tokens, pad
 
     def _encode_images(self, images: np.ndarray | Tensor, batch: int) -> Tensor:

@@ -51,10 +51,59 @@ def test_grad_bench_structure_and_ratios():
     assert traj_02["activation_memory_ratio"] < 0.3
     assert result["results"][1]["activation_memory_ratio"] < 1.0
 
-    console = Console(record=True, width=200)
+    # GRPO at its policy vs PCM packed under 25% of GRPO's largest micro-batch
+    assert result["grpo_results_pack"]["update_s"] == result["grpo_results"]["update_s"]
+    assert result["grpo_results_rows_pack"]["micro_batch"] == "rows:4"
+    for key, grpo_rows, cap in (("results_pack", 10, 2), ("results_rows_pack", 4, 1)):
+        assert [r["keep_fraction"] for r in result[key]] == [0.2, 0.5]
+        for r in result[key]:
+            assert r["micro_batch"] == "pack" and r["pack_cap"] == cap
+            assert r["grpo_micro_batch_rows"] == grpo_rows and r["pack_memory_ratio"] == 0.25
+            assert r["micro_batches"] == -(-r["kept_rows"] // cap)
+            assert r["update_time_ratio"] > 0 and r["activation_memory_ratio"] > 0
+    pack_02 = result["results_pack"][0]  # 2 kept rows per trajectory, cap 2: 4 micro-batches
+    assert pack_02["micro_batches"] == 4 and pack_02["grpo_micro_batches"] == 4
+    assert pack_02["activation_memory_ratio"] < 0.3
+    assert result["results_rows"][0]["grpo_micro_batches"] == 10  # 40 rows / 4
+
+    console = Console(record=True, width=250)
     print_table(result, console)
     text = console.export_text()
-    assert "rows:4" in text and "trajectory" in text
+    assert "rows:4" in text and "trajectory" in text and "pack (cap 2)" in text
+
+
+def test_grad_bench_runs_report_the_range():
+    result = run_grad_bench(
+        keep_fractions=(0.2,),
+        num_trajectories=4,
+        num_chunks=6,
+        group_size=2,
+        rows_micro_batch=4,
+        repeats=1,
+        runs=2,
+        policy_config=TINY,
+        threads=1,
+    )
+    json.dumps(result)
+    assert len(result["runs"]) == 2
+    assert set(result["runs"][0]) == {
+        f"{p}{k}" for k in ("results", "results_rows", "results_pack", "results_rows_pack")
+        for p in ("", "grpo_")
+    }
+    for key in ("results", "results_rows", "results_pack", "results_rows_pack"):
+        (rng,) = result["ranges"][key]
+        assert rng["runs"] == 2 and rng["keep_fraction"] == 0.2
+        values = [run[key][0]["update_time_ratio"] for run in result["runs"]]
+        assert rng["update_time_ratio"] == [min(values), max(values)]
+        assert rng["activation_memory_ratio"][0] == rng["activation_memory_ratio"][1]
+    assert result["results"] == result["runs"][0]["results"]  # the top level is run 1
+    console = Console(record=True, width=250)
+    print_table(result, console)
+    assert "over 2 runs" in console.export_text()
+    # without pack: the two original comparisons only
+    plain = run_grad_bench(keep_fractions=(0.5,), num_trajectories=2, num_chunks=4,
+                           group_size=2, repeats=1, pack=False, policy_config=TINY, threads=1)
+    assert "results_pack" not in plain and "results_rows_pack" not in plain
 
 
 def test_select_masks_fixed_budget_with_ht_weights():

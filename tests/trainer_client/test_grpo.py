@@ -10,12 +10,17 @@ import torch
 
 from trainer_client.grpo import (
     GRPOConfig,
+    KeptRows,
+    gather_rows,
     group_advantages,
     grpo_update,
     kl_k3,
     make_optimizer,
+    pack_cap,
+    parse_micro_batch,
     plan_kept_rows,
     ppo_clip_loss,
+    reference_micro_batch_rows,
     selective_backward,
     split_micro_batches,
 )
@@ -127,7 +132,7 @@ def grads(policy) -> torch.Tensor:
 @pytest.mark.parametrize("denominator", ["full", "kept"])
 @pytest.mark.parametrize("images", [False, True], ids=["state", "images"])
 @pytest.mark.parametrize("masked", [False, True], ids=["all-chunks", "ht-mask"])
-@pytest.mark.parametrize("micro_batch", ["trajectory", "rows:3", "rows:1000"])
+@pytest.mark.parametrize("micro_batch", ["trajectory", "rows:3", "rows:1000", "pack:4", "pack"])
 @pytest.mark.parametrize("aggregation", ["chunk", "trajectory"])
 def test_selective_gradient_equals_naive_full_batch(aggregation, micro_batch, masked, images,
                                                      denominator):
@@ -352,6 +357,12 @@ def test_micro_batch_split_and_plan():
         ({"aggregation": "token"}, "aggregation"),
         ({"micro_batch": "rows:0"}, "rows:N"),
         ({"micro_batch": "chunks"}, "micro_batch"),
+        ({"micro_batch": "pack:0"}, "pack:N"),
+        ({"micro_batch": "pack:x"}, "pack:N"),
+        ({"pack_memory_ratio": 0.0}, "pack_memory_ratio"),
+        ({"pack_memory_ratio": 1.5}, "pack_memory_ratio"),
+        ({"pack_reference": "pack:4"}, "pack_reference"),
+        ({"pack_reference": "rows:0"}, "rows:N"),
         ({"clip_coef_low": 1.0}, "clip_coef_low"),
         ({"ppo_epochs": 0}, "ppo_epochs"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
@@ -362,3 +373,139 @@ def test_micro_batch_split_and_plan():
 def test_config_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GRPOConfig(**kwargs)
+
+
+# ---- micro-batch policies: 'pack' -----------------------------------------------------------
+
+
+def rows_of(kept: list[int], chunks: list[int] | None = None) -> KeptRows:
+    """KeptRows of informative trajectories with kept[i] kept rows (of chunks[i] chunks)."""
+    chunks = chunks or kept
+    traj = np.repeat(np.arange(len(kept)), kept).astype(np.int64)
+    return KeptRows(
+        traj=traj,
+        chunk=np.concatenate([np.arange(k) for k in kept]) if kept else np.zeros(0, np.int64),
+        coef=np.ones(len(traj)),
+        advantage=np.ones(len(traj)),
+        old_logp=np.zeros(len(traj)),
+        total_rows=sum(chunks),
+        informative=len(kept),
+        skipped=0,
+        max_chunks=max(chunks, default=0),
+    )
+
+
+def test_parse_micro_batch():
+    assert parse_micro_batch("trajectory") == ("trajectory", None)
+    assert parse_micro_batch("rows:32") == ("rows", 32)
+    assert parse_micro_batch("pack:12") == ("pack", 12)
+    assert parse_micro_batch("pack") == ("pack", None)
+    with pytest.raises(ValueError, match="pack:N"):
+        parse_micro_batch("pack:")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pack_is_an_ordered_partition_with_the_fewest_micro_batches_under_the_cap(seed):
+    rng = np.random.default_rng(seed)
+    kept = rng.integers(1, 15, size=rng.integers(1, 12)).tolist()
+    rows = rows_of(kept)
+    for cap in (1, 2, 3, 5, 8, 12, 40):
+        batches = split_micro_batches(rows, f"pack:{cap}")
+        # a partition of arange(R) into consecutive ranges, in order
+        assert np.array_equal(np.concatenate(batches), np.arange(rows.num_rows))
+        assert all(np.array_equal(b, np.arange(b[0], b[-1] + 1)) for b in batches)
+        assert all(1 <= len(b) <= cap for b in batches)
+        # as few micro-batches as rows:cap, the fewest any partition under the cap can have
+        assert len(batches) == -(-rows.num_rows // cap)
+        assert len(batches) == len(split_micro_batches(rows, f"rows:{cap}"))
+
+
+def test_pack_cuts_at_trajectory_boundaries_while_that_is_free():
+    # 16 trajectories of 10 kept rows, cap 12: 14 micro-batches (ceil(160 / 12)); the slack of
+    # 14 * 12 - 160 = 8 rows lets the first four end at a trajectory boundary, the rest fill up
+    rows = rows_of([10] * 16)
+    batches = split_micro_batches(rows, "pack:12")
+    assert [len(b) for b in batches] == [10] * 4 + [12] * 10
+    assert [sorted(set(rows.traj[b].tolist())) for b in batches[:5]] == [[0], [1], [2], [3],
+                                                                           [4, 5]]
+    # whole trajectories when they fit: 3 + 3 + 3 rows, cap 4 -> one trajectory each
+    assert [b.tolist() for b in split_micro_batches(rows_of([3, 3, 3]), "pack:4")] == [
+        [0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    # two trajectories per micro-batch when they fit together
+    assert [len(b) for b in split_micro_batches(rows_of([5] * 4), "pack:12")] == [10, 10]
+    # a trajectory with more kept rows than the cap is split
+    assert [len(b) for b in split_micro_batches(rows_of([7]), "pack:3")] == [3, 3, 1]
+    assert split_micro_batches(rows_of([]), "pack:3") == []
+    assert split_micro_batches(rows_of([]), "pack") == []
+
+
+def test_pack_automatic_cap_is_relative_to_full_grpo():
+    rows = rows_of([10] * 16, chunks=[48] * 16)
+    assert reference_micro_batch_rows(rows, "trajectory") == 48
+    assert reference_micro_batch_rows(rows, "rows:32") == 32
+    assert reference_micro_batch_rows(rows, "rows:1000") == 16 * 48  # at most the batch
+    assert pack_cap(rows) == 12  # floor(0.25 x 48)
+    assert pack_cap(rows, 0.25, "rows:32") == 8
+    assert pack_cap(rows, 0.1, "rows:32") == 3
+    assert pack_cap(rows, 0.01, "rows:32") == 1  # at least one row
+    batches = split_micro_batches(rows, "pack")
+    assert len(batches) == 14 and max(len(b) for b in batches) == 12
+    b8 = split_micro_batches(rows, "pack", pack_memory_ratio=0.25, pack_reference="rows:32")
+    assert len(b8) == 20 and max(len(b) for b in b8) == 8
+    # the reference is over informative trajectories only (a long all-success one is not)
+    policy = make_policy()
+    trajectories = make_batch(policy)  # informative: C = 5, 7, 3, 6, 4; group c (8, 5) not
+    adv = group_advantages(SUCCESS, GROUPS)
+    planned = plan_kept_rows(trajectories, adv)
+    assert planned.max_chunks == 7 and pack_cap(planned, 0.5) == 3
+
+
+def test_gradient_is_the_same_under_every_micro_batch_policy():
+    """float32 tiny policy: the same kept rows partitioned differently give the same gradient
+    and the same statistics."""
+    torch.manual_seed(0)
+    policy = VLAPolicy(PolicyConfig.preset("tiny", width=16, depth=2, heads=2))
+    trajectories = make_batch(policy)
+    masks, weights = ht_masks()
+    out = {}
+    for micro_batch in ("trajectory", "rows:2", "rows:5", "pack:3", "pack:9", "pack"):
+        policy.zero_grad(set_to_none=True)
+        stats = selective_backward(policy, trajectories, masks, weights,
+                                   config=GRPOConfig(micro_batch=micro_batch))
+        out[micro_batch] = (grads(policy).clone(), stats)
+    g0, s0 = out["trajectory"]
+    assert g0.abs().max() > 1e-6
+    for micro_batch, (g, s) in out.items():
+        # float32 sums in another order: equal to rounding, relative to the largest entry
+        atol = 1e-6 * g0.abs().max().item()
+        torch.testing.assert_close(g, g0, rtol=1e-4, atol=atol, msg=micro_batch)
+        assert s.loss == pytest.approx(s0.loss, rel=1e-5, abs=1e-7)
+        assert s.clip_frac == s0.clip_frac and s.kept_rows == s0.kept_rows
+        assert s.approx_kl == pytest.approx(s0.approx_kl, rel=1e-4, abs=1e-7)
+    kept = out["trajectory"][1].kept_rows
+    assert out["pack:3"][1].micro_batches == -(-kept // 3)
+    assert out["pack:9"][1].micro_batches == -(-kept // 9)
+
+
+def test_gather_rows_takes_each_segment_once():
+    policy = make_policy(images=True)
+    trajectories = make_batch(policy)
+    masks, weights = ht_masks()
+    rows = plan_kept_rows(trajectories, group_advantages(SUCCESS, GROUPS), masks, weights)
+    idx = np.arange(rows.num_rows)
+    obs, instructions, actions = gather_rows(trajectories, rows, idx)
+    for k in obs:
+        expected = np.concatenate(
+            [trajectories[t].obs[k][c][None] for t, c in zip(rows.traj, rows.chunk, strict=True)]
+        )
+        assert obs[k].dtype == expected.dtype and np.array_equal(obs[k], expected)
+    assert np.array_equal(
+        actions, np.stack([trajectories[t].actions[c] for t, c in zip(rows.traj, rows.chunk,
+                                                                      strict=True)])
+    )
+    assert instructions == [trajectories[t].instruction for t in rows.traj]
+    # a trajectory stored in another dtype is cast, as np.concatenate would
+    trajectories[1].obs[OBS_STATE] = trajectories[1].obs[OBS_STATE].astype(np.float64)
+    obs2, _, _ = gather_rows(trajectories, rows, idx)
+    assert obs2[OBS_STATE].dtype == np.float64
+    np.testing.assert_allclose(obs2[OBS_STATE], obs[OBS_STATE], rtol=1e-7)

@@ -122,21 +122,38 @@ def grad(
     trajectories: Annotated[int, typer.Option(min=2, help="trajectories in the batch")] = 16,
     chunks: Annotated[int, typer.Option(min=1, help="chunks per trajectory")] = 48,
     repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats per side")] = 3,
+    runs: Annotated[int, typer.Option(
+        min=1, help="whole measurements in a row (same model and batch); the ratios' min-max "
+                    "over them is printed and written under `ranges`")] = 1,
+    rows_micro_batch: Annotated[int, typer.Option(
+        min=1, help="N of the fixed-size micro-batching rows:N")] = 32,
+    pack: Annotated[bool, typer.Option(
+        help="also GRPO vs PCM with micro_batch 'pack' (row cap relative to GRPO's)")] = True,
+    pack_memory_ratio: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="pack's row cap: this fraction of GRPO's largest micro-batch")
+    ] = 0.25,
     images: Annotated[bool, typer.Option(help="camera images through the policy")] = False,
+    threads: Annotated[int, typer.Option(
+        min=0, help="torch intra-op threads for the run; 0 = torch's default")] = 0,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
 ) -> None:
     """Actor-update time and peak activation memory of full GRPO vs PCM on the same batch,
-    side by side, micro-batched the same way (per trajectory, and fixed-size rows); on CUDA
-    also the allocator's peak memory per update."""
+    side by side, micro-batched the same way (per trajectory, and fixed-size rows) and, with
+    --pack, GRPO at each of those vs PCM packed under a row cap of --pack-memory-ratio of
+    GRPO's micro-batch; on CUDA also the allocator's peak memory per update."""
     from trainer_client.bench.grad import print_table, run_grad_bench
 
     with _setup_errors():
         result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
                                 num_trajectories=trajectories, num_chunks=chunks,
-                                repeats=repeats, images=images, device=device,
+                                repeats=repeats, runs=runs,
+                                rows_micro_batch=rows_micro_batch, pack=pack,
+                                pack_memory_ratio=pack_memory_ratio, images=images,
+                                threads=threads or None, device=device,
                                 precision=precision, log=console.print)
-    print_table(result, console)
+    # the table is wide: do not fold it into 80 columns when the output is not a terminal
+    print_table(result, console if console.is_terminal else Console(width=220))
     _write(json_path, {**result, "machine": _machine()})
 
 

@@ -27,6 +27,13 @@ weights and the same batch.
   on a shared machine it is far less disturbed by other processes than wall-clock time, provided
   OpenMP threads sleep rather than spin while waiting (run with OMP_WAIT_POLICY=PASSIVE).
 
+- Micro-batching: both sides one trajectory per micro-batch (`results`) and fixed rows:N
+  (`results_rows`); and GRPO at each of those vs PCM at 'pack' (`results_pack`,
+  `results_rows_pack`): the fewest micro-batches under a row cap of pack_memory_ratio (0.25)
+  times GRPO's largest micro-batch, so that PCM's peak activation memory stays within that
+  fraction of GRPO's while it runs as few micro-batches as the cap allows. Every entry has
+  both sides' micro-batch counts; `runs` > 1 repeats everything and reports each ratio's range.
+
 The masks come from `select_masks` (a local fixed-budget uniform draw with Horvitz-Thompson
 weights; the selector service answers with the same shapes).
 """
@@ -53,7 +60,15 @@ from trainer_client.device import (
     resolve_device,
     synchronize,
 )
-from trainer_client.grpo import GRPOConfig, grpo_update, make_optimizer
+from trainer_client.grpo import (
+    GRPOConfig,
+    group_advantages,
+    grpo_update,
+    make_optimizer,
+    pack_cap,
+    plan_kept_rows,
+    reference_micro_batch_rows,
+)
 from trainer_client.policy import PolicyConfig, VLAPolicy
 from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
 
@@ -237,6 +252,9 @@ def run_grad_bench(
     group_size: int = 4,
     rows_micro_batch: int = 32,
     repeats: int = 3,
+    pack: bool = True,
+    pack_memory_ratio: float = 0.25,
+    runs: int = 1,
     images: bool = False,
     policy_config: PolicyConfig | None = None,
     grpo_config: GRPOConfig | None = None,
@@ -247,7 +265,15 @@ def run_grad_bench(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Full GRPO vs PCM on one batch, for micro-batching 'trajectory' (results) and
-    'rows:{rows_micro_batch}' (results_rows). Ratios: update_time_ratio = grpo / pcm time,
+    'rows:{rows_micro_batch}' (results_rows), both sides micro-batched the same way; with
+    pack=True also GRPO at each of those policies vs PCM at micro_batch 'pack' with the row cap
+    floor(pack_memory_ratio x GRPO's largest micro-batch) (results_pack, results_rows_pack;
+    measured interleaved with the same GRPO updates as results / results_rows, whose GRPO
+    figures they repeat as grpo_results_pack / grpo_results_rows_pack). Every entry also has
+    grpo_micro_batches and, for pack, pack_cap. runs > 1 repeats the whole measurement (same
+    model and batch): the top-level figures are the first run's, `runs` has every run's
+    entries and `ranges` the min and max of each ratio over the runs.
+    Ratios: update_time_ratio = grpo / pcm time,
     activation_memory_ratio = pcm / grpo bytes (and on CUDA cuda_peak_ratio,
     cuda_peak_delta_ratio). images=True uses LIBERO-like observations (LIBERO_POLICY: two
     128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row); policy_config overrides
@@ -255,28 +281,75 @@ def run_grad_bench(
     | cuda:N; precision: fp32 | bf16 (autocast of the policy forward)."""
     if repeats < 1 or not keep_fractions or not all(0 < f <= 1 for f in keep_fractions):
         raise ValueError("need repeats >= 1 and keep fractions in (0, 1]")
+    if runs < 1 or not 0 < pack_memory_ratio <= 1:
+        raise ValueError("need runs >= 1 and pack_memory_ratio in (0, 1]")
     check_precision(precision)
     torch_device = resolve_device(device)
     threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    say = log or (lambda _msg: None)
     try:
-        return _measure(
-            keep_fractions,
-            num_trajectories,
-            num_chunks,
-            group_size,
-            rows_micro_batch,
-            repeats,
-            policy_config or (LIBERO_POLICY if images else PolicyConfig()),
-            grpo_config or GRPOConfig(),
-            seed,
-            torch_device,
-            precision,
-            log or (lambda _msg: None),
-        )
+        results = []
+        for run in range(runs):
+            if runs > 1:
+                say(f"run {run + 1}/{runs}")
+            results.append(
+                _measure(
+                    keep_fractions,
+                    num_trajectories,
+                    num_chunks,
+                    group_size,
+                    rows_micro_batch,
+                    repeats,
+                    pack_memory_ratio if pack else None,
+                    policy_config or (LIBERO_POLICY if images else PolicyConfig()),
+                    grpo_config or GRPOConfig(),
+                    seed,
+                    torch_device,
+                    precision,
+                    say,
+                )
+            )
     finally:
         torch.set_num_threads(threads_before)
+    result = results[0]
+    if runs > 1:
+        result["runs"] = [{key: result_i[key] for key in _keys(result_i)} for result_i in results]
+        result["ranges"] = _ranges(results)
+    return result
+
+
+RESULT_KEYS = ("results", "results_rows", "results_pack", "results_rows_pack")
+RANGE_FIELDS = ("update_time_ratio", "update_cpu_time_ratio", "activation_memory_ratio")
+
+
+def _keys(result: dict[str, Any]) -> list[str]:
+    return [k for key in RESULT_KEYS if key in result for k in (key, f"grpo_{key}")]
+
+
+def _ranges(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per result key and keep fraction: [min, max] over the runs of each ratio."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in RESULT_KEYS:
+        if key not in results[0]:
+            continue
+        out[key] = []
+        for j, first in enumerate(results[0][key]):
+            entries = [r[key][j] for r in results]
+            row: dict[str, Any] = {
+                "keep_fraction": first["keep_fraction"],
+                "micro_batch": first["micro_batch"],
+                "grpo_micro_batch": first["grpo_micro_batch"],
+                "micro_batches": first["micro_batches"],
+                "grpo_micro_batches": first["grpo_micro_batches"],
+                "runs": len(entries),
+            }
+            for name in RANGE_FIELDS:
+                values = [e[name] for e in entries]
+                row[name] = [min(values), max(values)]
+            out[key].append(row)
+    return out
 
 
 def _measure(
@@ -286,6 +359,7 @@ def _measure(
     group_size: int,
     rows_micro_batch: int,
     repeats: int,
+    pack_memory_ratio: float | None,
     policy_config: PolicyConfig,
     base_cfg: GRPOConfig,
     seed: int,
@@ -304,10 +378,13 @@ def _measure(
     trajectories = synthetic_batch(policy, num_trajectories, num_chunks, group_size, seed=seed)
     total_rows = sum(t.num_chunks for t in trajectories)
 
-    # side "grpo" is full GRPO; side f is PCM at keep fraction f
-    sides: dict[Any, Masks | tuple[None, None]] = {"grpo": (None, None)}
+    # mask set "grpo" is full GRPO; mask set f is PCM at keep fraction f
+    masks_of: dict[Any, Masks | tuple[None, None]] = {"grpo": (None, None)}
     for j, f in enumerate(keep_fractions):
-        sides[f] = select_masks(trajectories, f, seed + 1 + j)
+        masks_of[f] = select_masks(trajectories, f, seed + 1 + j)
+    advantages = group_advantages(
+        [t.success for t in trajectories], [t.group_id for t in trajectories], base_cfg.adv_eps
+    )
 
     params = list(policy.parameters())
     saved_params = [p.detach().clone() for p in params]
@@ -320,7 +397,7 @@ def _measure(
         cuda_meter: CudaPeakMemory | None = None,
     ) -> dict[str, Any]:
         opt_state = copy.deepcopy(optimizer.state_dict())
-        masks, weights = sides[side]
+        masks, weights = masks_of[side[0]]
         synchronize(device)
         cpu_start, wall_start = time.process_time(), time.perf_counter()
         with meter or contextlib.nullcontext(), cuda_meter or contextlib.nullcontext():
@@ -372,52 +449,79 @@ def _measure(
         "torch_threads": torch.get_num_threads(),
         "row_cost_ms": {"rollout_forward": _act_cost_ms(policy, trajectories)},
     }
+    # a side is (mask set, micro-batching): GRPO at the block's policy; PCM at the same policy
+    # and, with pack, at 'pack' capped relative to GRPO's largest micro-batch in that block
     for micro_batch, key in (
         ("trajectory", "results"),
         (f"rows:{rows_micro_batch}", "results_rows"),
     ):
-        cfg = dataclasses.replace(base_cfg, micro_batch=micro_batch)
+        same = dataclasses.replace(base_cfg, micro_batch=micro_batch)
+        cfgs: dict[str, GRPOConfig] = {"same": same}
+        if pack_memory_ratio is not None:
+            cfgs["pack"] = dataclasses.replace(
+                base_cfg,
+                micro_batch="pack",
+                pack_memory_ratio=pack_memory_ratio,
+                pack_reference=micro_batch,
+            )
+        sides = [("grpo", "same")] + [(f, c) for f in keep_fractions for c in cfgs]
         say(f"micro-batching {micro_batch}: warm-up")
         for side in sides:
-            run(side, cfg)
+            run(side, cfgs[side[1]])
         times: dict[Any, list[dict[str, Any]]] = {side: [] for side in sides}
-        order = list(sides)
         for r in range(repeats):
-            for side in order[r % len(order) :] + order[: r % len(order)]:
-                times[side].append(run(side, cfg))
+            for side in sides[r % len(sides) :] + sides[: r % len(sides)]:
+                times[side].append(run(side, cfgs[side[1]]))
             say(f"micro-batching {micro_batch}: repeat {r + 1}/{repeats} done")
-        peak, cuda_peak = {}, {}
+        summary = {}
         for side in sides:
             meter = SavedTensorMeter(exclude=params)
-            run(side, cfg, meter)
-            peak[side] = meter.peak_bytes
+            run(side, cfgs[side[1]], meter)
             cuda_meter = CudaPeakMemory(device)  # a run of its own, without the hooks
             if device.type == "cuda":
-                run(side, cfg, cuda_meter=cuda_meter)
-            cuda_peak[side] = cuda_meter
-        summary = {side: _summarise(times[side], peak[side], cuda_peak[side]) for side in sides}
-        grpo = summary.pop("grpo")
+                run(side, cfgs[side[1]], cuda_meter=cuda_meter)
+            summary[side] = _summarise(times[side], meter.peak_bytes, cuda_meter)
+        grpo = summary.pop(("grpo", "same"))
         if micro_batch == "trajectory":
             result["row_cost_ms"]["forward_backward"] = (
                 1e3 * grpo["forward_backward_s"] / grpo["kept_rows"]
             )
-        result[f"grpo_{key}"] = {"micro_batch": micro_batch, **grpo}
-        result[key] = [
-            {
-                "keep_fraction": f,
-                "update_time_ratio": grpo["update_s"] / s["update_s"],
-                "update_cpu_time_ratio": grpo["update_cpu_s"] / s["update_cpu_s"],
-                "activation_memory_ratio": s["activation_bytes"] / grpo["activation_bytes"],
-                "cuda_peak_ratio": _ratio(s["cuda_peak_bytes"], grpo["cuda_peak_bytes"]),
-                "cuda_peak_delta_ratio": _ratio(
-                    s["cuda_peak_delta_bytes"], grpo["cuda_peak_delta_bytes"]
-                ),
-                "kept_fraction_actual": s["kept_rows"] / grpo["kept_rows"],
-                "micro_batch": micro_batch,
-                **s,
-            }
-            for f, s in summary.items()
-        ]
+        for c, out_key in (("same", key), ("pack", f"{key}_pack")):
+            if c not in cfgs:
+                continue
+            result[f"grpo_{out_key}"] = {"micro_batch": micro_batch, **grpo}
+            result[out_key] = []
+            for f in keep_fractions:
+                s = summary[(f, c)]
+                entry = {
+                    "keep_fraction": f,
+                    "update_time_ratio": grpo["update_s"] / s["update_s"],
+                    "update_cpu_time_ratio": grpo["update_cpu_s"] / s["update_cpu_s"],
+                    "activation_memory_ratio": s["activation_bytes"] / grpo["activation_bytes"],
+                    "cuda_peak_ratio": _ratio(s["cuda_peak_bytes"], grpo["cuda_peak_bytes"]),
+                    "cuda_peak_delta_ratio": _ratio(
+                        s["cuda_peak_delta_bytes"], grpo["cuda_peak_delta_bytes"]
+                    ),
+                    "kept_fraction_actual": s["kept_rows"] / grpo["kept_rows"],
+                    "micro_batch": cfgs[c].micro_batch,
+                    "grpo_micro_batch": micro_batch,
+                    "grpo_micro_batches": grpo["micro_batches"],
+                    **s,
+                }
+                if c == "pack":
+                    masks, weights = masks_of[f]
+                    rows = plan_kept_rows(
+                        trajectories,
+                        advantages,
+                        masks,
+                        weights,
+                        base_cfg.aggregation,
+                        base_cfg.loss_denominator,
+                    )
+                    entry["pack_memory_ratio"] = pack_memory_ratio
+                    entry["pack_cap"] = pack_cap(rows, cfgs[c].pack_memory_ratio, micro_batch)
+                    entry["grpo_micro_batch_rows"] = reference_micro_batch_rows(rows, micro_batch)
+                result[out_key].append(entry)
     return result
 
 
@@ -487,9 +591,11 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
     cuda = result.get("grpo_results", {}).get("cuda_peak_bytes") is not None
     table = Table(title="actor update: full GRPO vs PCM (medians of interleaved repeats)")
     for col in (
-        "micro-batch",
+        "GRPO micro-batch",
+        "PCM micro-batch",
         "keep f",
         "kept rows",
+        "micro-batches GRPO/PCM",
         "GRPO s",
         "PCM s",
         "speed-up",
@@ -501,13 +607,20 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
         *(CUDA_COLUMNS if cuda else ()),
     ):
         table.add_column(col, justify="right")
-    for key in ("results", "results_rows"):
+    for key in RESULT_KEYS:
+        if key not in result:
+            continue
         grpo = result[f"grpo_{key}"]
         for r in result[key]:
+            pcm_mb = r["micro_batch"]
+            if "pack_cap" in r:
+                pcm_mb = f"{pcm_mb} (cap {r['pack_cap']})"
             table.add_row(
-                r["micro_batch"],
+                grpo["micro_batch"],
+                pcm_mb,
                 f"{r['keep_fraction']:.2f}",
                 f"{r['kept_rows']}/{grpo['kept_rows']}",
+                f"{grpo['micro_batches']}/{r['micro_batches']}",
                 f"{grpo['update_s']:.3f}",
                 f"{r['update_s']:.3f}",
                 f"{r['update_time_ratio']:.2f}x",
@@ -526,5 +639,38 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
                     if cuda
                     else ()
                 ),
+            )
+    console.print(table)
+    if "ranges" in result:
+        print_ranges(result, console)
+
+
+def print_ranges(result: dict[str, Any], console: Console | None = None) -> None:
+    """Rich table of the min-max of each ratio over the runs of a `run_grad_bench(runs=N)`."""
+    console = console or Console()
+    ranges = result["ranges"]
+    n = next(iter(ranges.values()))[0]["runs"] if ranges else 0
+    table = Table(title=f"ratios over {n} runs: min - max (the table above is run 1)")
+    for col in (
+        "GRPO micro-batch",
+        "PCM micro-batch",
+        "keep f",
+        "micro-batches GRPO/PCM",
+        "speed-up",
+        "CPU-time speed-up",
+        "memory ratio",
+    ):
+        table.add_column(col, justify="right")
+    for key in RESULT_KEYS:
+        for r in ranges.get(key, []):
+            t, c, m = (r[k] for k in RANGE_FIELDS)
+            table.add_row(
+                r["grpo_micro_batch"],
+                r["micro_batch"],
+                f"{r['keep_fraction']:.2f}",
+                f"{r['grpo_micro_batches']}/{r['micro_batches']}",
+                f"{t[0]:.2f}x - {t[1]:.2f}x",
+                f"{c[0]:.2f}x - {c[1]:.2f}x",
+                f"{m[0]:.3f} - {m[1]:.3f}",
             )
     console.print(table)

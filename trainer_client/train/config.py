@@ -120,7 +120,13 @@ class TrainConfig:
         1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
     )
     lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps")
-    micro_batch: str = opt("rows:32", "trajectory | rows:N (micro-batches of gathered rows)")
+    micro_batch: str = opt(
+        "rows:32",
+        "trajectory | rows:N (micro-batches of gathered rows) | pack:N (the fewest micro-batches"
+        " of at most N rows, cut at trajectory boundaries where free) | pack (pack:N with N = 25%"
+        " of the longest informative trajectory: PCM's peak activations <= 25% of GRPO's"
+        " micro-batched per trajectory)",
+    )
     aggregation: str = opt("chunk", "loss aggregation: chunk | trajectory")
     max_grad_norm: float = opt(1.0, "gradient-norm clip")
     # a fresh policy (ignored with --init)

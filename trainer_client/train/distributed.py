@@ -64,7 +64,7 @@ from trainer_client.grpo import (
     informative_trajectories,
     plan_kept_rows,
     selective_backward,
-    split_micro_batches,
+    split_for,
 )
 from trainer_client.policy import PolicyConfig
 from trainer_client.train.model import param_digest
@@ -240,7 +240,7 @@ def distributed_update(
         rows = plan_kept_rows(
             trajectories, advantages, masks, scaled, config.aggregation, config.loss_denominator
         )
-        planned = len(split_micro_batches(rows, config.micro_batch))
+        planned = len(split_for(rows, config))
         passes = dist.all_max(planned)
     optimizer.zero_grad(set_to_none=True)
     stats = selective_backward(

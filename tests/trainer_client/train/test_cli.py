@@ -58,6 +58,8 @@ def test_help_lists_the_commands_and_the_rl_contract_flags() -> None:
         (["rl", "--run-id", "bad id!"], "letters, digits"),
         (["rl", "--group-size", "1"], "GRPO compares within a group"),
         (["rl", "--micro-batch", "rows:x"], "rows:N"),
+        (["rl", "--micro-batch", "pack:0"], "pack:N"),
+        (["rl", "--micro-batch", "chunks"], "'pack'"),
         (["eval", "--env", "libero:libero_object:0", "--episodes", "60"], "50 initial states"),
     ],
 )
