@@ -55,14 +55,17 @@ class DemoConfig:
     seed: int = 0
     env: str = DEMO_ENV
     algos: tuple[str, ...] = DEMO_ALGOS
-    # SFT (`pcm-train sft`'s defaults: the `base` trunk, 300 BC steps)
+    # SFT: `pcm-train sft`'s `base` trunk and 300 BC steps, at half its batch (32 chunks a step:
+    # half the time; 150 steps or a higher lr left the policy at 0-5% held-out success, measured
+    # on a GPU: docs/BENCHMARKS.md, "The demo's sizes")
     sft_episodes: int = 200
     sft_iters: int = 300
+    sft_batch_size: int = 32
     sft_lr: float | None = None  # None: pcm-train sft's
     preset: str = "base"
     # RL: the same batch, seeds and steps for every algorithm
-    rl_steps: int = 20
-    init_states: int = 4
+    rl_steps: int = 16
+    init_states: int = 3
     group_size: int = 8
     keep_fraction: float = 0.2
     lr: float | None = None  # None: pcm-train rl's default for the trunk
@@ -113,7 +116,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     sft_lr: dict[str, Any] = {"lr": cfg.sft_lr} if cfg.sft_lr is not None else {}
     sft = run_sft(SFTConfig(
         env=cfg.env, out=str(out / "sft"), episodes=cfg.sft_episodes, iters=cfg.sft_iters,
-        preset=cfg.preset, **sft_lr, seed=cfg.seed, eval_episodes=0, num_workers=cfg.num_workers,
+        batch_size=cfg.sft_batch_size, preset=cfg.preset, **sft_lr, seed=cfg.seed,
+        eval_episodes=0, num_workers=cfg.num_workers,
         threads=cfg.threads, progress=cfg.progress, device=cfg.device, precision=cfg.precision))
     init_states = list(range(EVAL_INIT_OFFSET, EVAL_INIT_OFFSET + cfg.eval_episodes))
     start = _evaluate("the SFT policy", sft.checkpoint, cfg, init_states, say)
