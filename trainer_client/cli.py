@@ -210,7 +210,7 @@ def demo(
         bool, typer.Option(help="a tiny run of the same path (tests; about a minute)")
     ] = False,
     rl_steps: Annotated[
-        int | None, typer.Option(help="RL steps per algorithm (default: the demo's 16)", min=1)
+        int | None, typer.Option(help="RL steps per algorithm (default: the demo's 12)", min=1)
     ] = None,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
     progress: Annotated[bool, typer.Option(help="progress bars (on a terminal only)")] = True,

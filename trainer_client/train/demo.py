@@ -64,7 +64,7 @@ class DemoConfig:
     sft_lr: float | None = None  # None: pcm-train sft's
     preset: str = "base"
     # RL: the same batch, seeds and steps for every algorithm
-    rl_steps: int = 16
+    rl_steps: int = 12
     init_states: int = 3
     group_size: int = 8
     keep_fraction: float = 0.2
