@@ -1,11 +1,11 @@
-"""Generate the gRPC stubs of protos/ into selector_service/grpc_api/gen/.
+"""Generate the gRPC stubs of protos/ into pcm_contract/gen/.
 
     python scripts/gen_protos.py            # regenerate in place
     python scripts/gen_protos.py --out DIR  # generate elsewhere (the drift test does this)
 
 Writes `*_pb2.py`, `*_pb2.pyi` and `*_pb2_grpc.py` for every .proto under protos/, with the
 generated absolute imports (`from pcm.v1 import ...`) made relative so the package imports as
-`selector_service.grpc_api.gen.pcm.v1`, and an `__init__.py` in every package directory.
+`pcm_contract.gen.pcm.v1`, and an `__init__.py` in every package directory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-GEN_DIR = ROOT / "selector_service" / "grpc_api" / "gen"
+GEN_DIR = ROOT / "pcm_contract" / "gen"
 
 log = logging.getLogger("gen_protos")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from selector_service.models import SelectRequest  # noqa: E402
+from pcm_contract.models import SelectRequest  # noqa: E402
 from trainer_client import connect  # noqa: E402
 from trainer_client.bench.core import Shape, synthetic_request  # noqa: E402
 from trainer_client.bench.processes import RedisProcess, SelectorProcess  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable
 
-from selector_service.errors import Unauthenticated
+from pcm_contract.errors import Unauthenticated
 
 SCHEME = "bearer"
 

@@ -89,7 +89,7 @@ from prometheus_client import values as prometheus_values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from selector_service.models import OutcomeReport
+from pcm_contract.models import OutcomeReport
 from selector_service.service import SelectEvent
 from selector_service.settings import Settings
 

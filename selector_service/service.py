@@ -30,16 +30,15 @@ from typing import Any, Protocol, cast
 import numpy as np
 from pydantic import ValidationError
 
-from selector_service.core import (
-    ChunkBatch,
-    RunConfig,
-    TaskState,
-    keep_weights,
-    recount_kept,
-    select_chunks,
+from pcm_contract.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    StoreUnavailable,
+    clip,
+    invalid_from_validation,
 )
-from selector_service.errors import Conflict, InvalidArgument, NotFound, StoreUnavailable, clip
-from selector_service.models import (
+from pcm_contract.models import (
     LOCAL_SELECTION_PREFIX,
     DeleteAck,
     FlatSelect,
@@ -53,6 +52,14 @@ from selector_service.models import (
     TaskStateOut,
     check_trained,
     valid_run_id,
+)
+from selector_service.core import (
+    ChunkBatch,
+    RunConfig,
+    TaskState,
+    keep_weights,
+    recount_kept,
+    select_chunks,
 )
 from selector_service.store import CommitStatus, PhaseStore, RunSnapshot
 
@@ -544,19 +551,3 @@ def _parse(model: Any, value: Any) -> Any:
         return model.model_validate(value)
     except ValidationError as exc:
         raise invalid_from_validation(exc) from None
-
-
-def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
-    err = exc.errors(include_url=False)[0]
-    return InvalidArgument(field_path(err["loc"]) or "body", err["msg"])
-
-
-def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    """('trajectories', 2, 'action_features') -> 'trajectories[2].action_features'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out

@@ -178,7 +178,7 @@ def test_http_routes(tables: dict[str, list[list[str]]]) -> None:
 
 
 def test_grpc_methods(tables: dict[str, list[list[str]]]) -> None:
-    from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
+    from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["ChunkSelector"]
     routes = set(doc_names(tables, "routes"))
@@ -196,7 +196,7 @@ def test_grpc_methods(tables: dict[str, list[list[str]]]) -> None:
 
 
 def test_grpc_messages(tables: dict[str, list[list[str]]]) -> None:
-    from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
+    from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 
     messages = pb.DESCRIPTOR.message_types_by_name
     documented = {first_name(row, "grpc-messages"): names(row[1])
@@ -212,7 +212,7 @@ def test_grpc_messages(tables: dict[str, list[list[str]]]) -> None:
 
 
 def test_error_types(tables: dict[str, list[list[str]]]) -> None:
-    from selector_service import errors
+    from pcm_contract import errors
 
     documented = set()
     for row in tables["errors"]:

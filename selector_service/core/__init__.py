@@ -1,7 +1,7 @@
 """The PCM algorithm (docs/design.md, "The algorithm"): pure NumPy, no I/O, no globals."""
 
 from selector_service.core.batch import ChunkBatch
-from selector_service.core.config import MODES, SCORES, WEIGHTINGS, RunConfig
+from selector_service.core.config import RunConfig
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.select import (
     Selection,
@@ -17,9 +17,6 @@ from selector_service.core.variance import informative_trajectories, success_fai
 from selector_service.core.weights import keep_weights, update_scores
 
 __all__ = [
-    "MODES",
-    "SCORES",
-    "WEIGHTINGS",
     "ChunkBatch",
     "RunConfig",
     "Selection",

@@ -12,7 +12,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from selector_service.errors import InvalidArgument
+from pcm_contract.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

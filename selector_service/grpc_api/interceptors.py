@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 
+from pcm_contract.errors import Unauthenticated
 from selector_service.auth import TokenAuth
-from selector_service.errors import Unauthenticated
 from selector_service.grpc_api.servicer import ERROR_FIELD_KEY, status_name
 from selector_service.metrics import Metrics
 

@@ -13,9 +13,9 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.auth import TokenAuth
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.grpc_api.interceptors import (
     AuthInterceptor,
     DecodeInterceptor,

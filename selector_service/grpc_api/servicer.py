@@ -13,10 +13,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from selector_service import convert
-from selector_service.errors import Conflict, InvalidArgument, NotFound, PCMError, clip_message
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract import codec
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound, PCMError, clip_message
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 
@@ -62,25 +62,25 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
     # -- blocking parts (run in a worker thread) ----------------------------------------------
 
     def _put_run(self, request: pb.PutRunRequest) -> pb.RunInfo:
-        info = self.service.put_run(request.run_id, convert.run_config_changes(request.config))
-        return convert.run_info_to_proto(info)
+        info = self.service.put_run(request.run_id, codec.run_config_changes(request.config))
+        return codec.run_info_to_proto(info)
 
     def _get_run(self, request: pb.GetRunRequest) -> pb.RunInfo:
-        return convert.run_info_to_proto(self.service.get_run(request.run_id))
+        return codec.run_info_to_proto(self.service.get_run(request.run_id))
 
     def _delete_run(self, request: pb.DeleteRunRequest) -> pb.DeleteRunResponse:
         return pb.DeleteRunResponse(deleted=self.service.delete_run(request.run_id).deleted)
 
     def _select(self, request: pb.SelectChunksRequest) -> pb.SelectChunksResponse:
-        flat = convert.select_flat_from_proto(request)
+        flat = codec.select_flat_from_proto(request)
         log.debug("select run=%s request_id=%s trajectories=%d", request.run_id,
                   flat.request_id, len(flat.task_ids))
         answer = self.service.select_flat(request.run_id, flat)
-        return convert.select_response_to_proto(answer)
+        return codec.select_response_to_proto(answer)
 
     def _report(self, request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
         ack = self.service.report_outcomes(request.run_id,
-                                           convert.outcome_report_from_proto(request))
+                                           codec.outcome_report_from_proto(request))
         return pb.ReportOutcomesResponse(accepted=ack.accepted, store_epoch=ack.store_epoch)
 
 

@@ -16,10 +16,9 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 
-from selector_service.errors import InvalidArgument, PayloadTooLarge
+from pcm_contract.errors import InvalidArgument, PayloadTooLarge, invalid_from_validation
+from pcm_contract.models import SelectRequest
 from selector_service.http_api.jsonarrays import parse_select
-from selector_service.models import SelectRequest
-from selector_service.service import invalid_from_validation
 
 M = TypeVar("M", bound=BaseModel)
 REF = "#/components/schemas/{model}"

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from pcm_contract.models import RUN_ID_DESCRIPTION, RUN_ID_PATTERN
 from selector_service.auth import TokenAuth
 from selector_service.metrics import Metrics
-from selector_service.models import RUN_ID_DESCRIPTION, RUN_ID_PATTERN
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 

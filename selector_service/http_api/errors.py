@@ -18,14 +18,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from selector_service.errors import (
+from pcm_contract.errors import (
     PayloadTooLarge,
     PCMError,
     RequestTimeout,
     Unauthenticated,
     clip_message,
+    field_path,
 )
-from selector_service.service import field_path
 
 log = logging.getLogger(__name__)
 

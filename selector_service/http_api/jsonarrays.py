@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from selector_service.core.config import MAX_FEATURE_DIM
-from selector_service.errors import InvalidArgument
-from selector_service.models import MAX_CHUNKS_PER_TRAJECTORY, MAX_TOTAL_FLOATS
+from pcm_contract.errors import InvalidArgument
+from pcm_contract.models import MAX_CHUNKS_PER_TRAJECTORY, MAX_TOTAL_FLOATS
+from pcm_contract.run_config import MAX_FEATURE_DIM
 
 # The arrays cut out: key -> depth (1: a vector, 2: a list of rows).
 ARRAY_KEYS = {b"action_features": 2, b"phase_ids": 1, b"trained_masks": 2,

@@ -27,13 +27,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from selector_service.auth import TokenAuth
-from selector_service.errors import (
+from pcm_contract.errors import (
     PayloadTooLarge,
     PCMError,
     RequestTimeout,
     Unauthenticated,
 )
+from selector_service.auth import TokenAuth
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 import selector_service
+from pcm_contract.models import OutcomeReport, RunConfigBody, SelectRequest
 from selector_service.auth import TokenAuth
 from selector_service.http_api.body import add_body_schemas
 from selector_service.http_api.errors import install_error_handlers
@@ -12,7 +13,6 @@ from selector_service.http_api.limits import GuardMiddleware
 from selector_service.http_api.middleware import SelectMetricsMiddleware
 from selector_service.http_api.routes import health, outcomes, runs, select
 from selector_service.metrics import Metrics
-from selector_service.models import OutcomeReport, RunConfigBody, SelectRequest
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 

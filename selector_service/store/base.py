@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
-from selector_service.models import OutcomeReport, SelectResponse
 
 RequestKind = Literal["select", "report"]
 

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pcm_contract.errors import Conflict, NotFound, clip
+from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import Conflict, NotFound, clip
-from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
 
 MAX_REQUESTS_PER_RUN = 100_000  # idempotency records kept per run, oldest dropped first

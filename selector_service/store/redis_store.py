@@ -64,9 +64,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from pcm_contract.errors import Conflict, NotFound, StoreUnavailable, clip
+from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import Conflict, NotFound, StoreUnavailable, clip
-from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store import lua
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
 from selector_service.store.memory import check_digest, unknown_selection

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from selector_service.errors import NotFound
+from pcm_contract.errors import NotFound
 from tests.deploy.promql import (
     ALERTS_YML,
     dashboard_queries,

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from selector_service.errors import Conflict, InvalidArgument, NotFound
-from selector_service.models import MAX_TRAJECTORIES
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound
+from pcm_contract.models import MAX_TRAJECTORIES
 from selector_service.service import SelectorService
 from selector_service.store import MemoryStore
 

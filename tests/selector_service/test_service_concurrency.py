@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from selector_service.models import SelectResponse
+from pcm_contract.models import SelectResponse
 from selector_service.service import SelectorService
 from selector_service.store import CommitResult, CommitStatus, MemoryStore
 from selector_service.store.redis_store import RedisStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selector_service.models import SelectRequest
+from pcm_contract.models import SelectRequest
 from trainer_client import SelectorClient, connect
 
 

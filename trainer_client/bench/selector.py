@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from selector_service.models import SelectRequest
+from pcm_contract.models import SelectRequest
 from trainer_client.bench.core import Shape, synthetic_request
 from trainer_client.bench.processes import RedisProcess, SelectorProcess, child_pids
 

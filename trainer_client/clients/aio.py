@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from selector_service.models import (
+from pcm_contract.models import (
     DeleteAck,
     OutcomeAck,
     OutcomeReport,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from selector_service.models import (
+from pcm_contract.models import (
     DeleteAck,
     OutcomeAck,
     OutcomeReport,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selector_service.models import (
+from pcm_contract.models import (
     DeleteAck,
     OutcomeAck,
     OutcomeReport,
@@ -13,14 +13,19 @@ from selector_service.models import (
     SelectRequest,
     SelectResponse,
 )
-from selector_service.service import SelectorService
-from selector_service.store import MemoryStore
+
+if TYPE_CHECKING:
+    from selector_service.service import SelectorService
 
 
 class EmbeddedClient:
     url = "embedded"
 
     def __init__(self, service: SelectorService | None = None) -> None:
+        # The one trainer module that runs the service: imported when the client is created.
+        from selector_service.service import SelectorService
+        from selector_service.store import MemoryStore
+
         self.service = service or SelectorService(MemoryStore())
 
     def put_run(self, run_id: str, **config: Any) -> RunInfo:

@@ -72,16 +72,16 @@ from tenacity import (
     wait_random,
 )
 
-from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
-from selector_service.errors import (
+from pcm_contract.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
     PCMError,
     StoreUnavailable,
     clip,
+    invalid_from_validation,
 )
-from selector_service.models import (
+from pcm_contract.models import (
     LOCAL_SELECTION_PREFIX,
     DeleteAck,
     OutcomeAck,
@@ -92,7 +92,7 @@ from selector_service.models import (
     SelectResponse,
     valid_run_id,
 )
-from selector_service.service import invalid_from_validation
+from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
 
 log = logging.getLogger(__name__)
 

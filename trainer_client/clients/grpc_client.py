@@ -1,5 +1,5 @@
 """The gRPC clients (`grpc://HOST:PORT`): `GrpcClient` (grpcio) and `AsyncGrpcClient`
-(grpc.aio). Thin: messages are converted by `selector_service.convert` (features travel as
+(grpc.aio). Thin: messages are converted by `pcm_contract.codec` (features travel as
 packed little-endian float32 bytes, masks and weights come back as packed bytes), retries and
 the local fallback are `trainer_client.clients.fallback`'s."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 
-from selector_service import convert
-from selector_service.errors import (
+from pcm_contract import codec as convert
+from pcm_contract.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
@@ -19,9 +19,9 @@ from selector_service.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
-from selector_service.models import (
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract.models import (
     DeleteAck,
     OutcomeAck,
     OutcomeReport,

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import orjson
 
-from selector_service.errors import (
+from pcm_contract.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
@@ -26,7 +26,7 @@ from selector_service.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from selector_service.models import (
+from pcm_contract.models import (
     DeleteAck,
     OutcomeAck,
     OutcomeReport,

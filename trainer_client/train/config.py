@@ -21,6 +21,8 @@ import socket
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from pcm_contract.models import RUN_ID_PATTERN
+from pcm_contract.run_config import MODES, SCORES, WEIGHTINGS
 from trainer_client.device import (
     DEVICE_HELP,
     PARALLEL_HELP,
@@ -36,13 +38,11 @@ from trainer_client.grpo import AGGREGATIONS, micro_batch_rows
 from trainer_client.phases import SEGMENTERS
 from trainer_client.policy import PRESETS
 
-ALGOS = ("pcm", "grpo", "random")
-WEIGHTINGS = ("mean", "ht", "none")
-SCORES = ("signal", "action")
+ALGOS = MODES  # the selector's modes, weightings and scores (pcm_contract.run_config)
 TRAIN_INIT_POOL = 50_000  # MetaWorld RL training draws init states from [0, TRAIN_INIT_POOL)
 EVAL_INIT_OFFSET = 50_000  # MetaWorld evaluation uses init states EVAL_INIT_OFFSET + i
 DEMO_ENV = f"metaworld:{DEMO_TASK}"
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # the selector's run id pattern
+RUN_ID_RE = re.compile(RUN_ID_PATTERN)  # the selector's run id pattern
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._:/@+=-]")
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from selector_service.errors import Conflict
-from selector_service.models import SelectResponse
+from pcm_contract.errors import Conflict
+from pcm_contract.models import SelectResponse
 from trainer_client.clients import SelectorClient
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages

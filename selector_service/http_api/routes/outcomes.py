@@ -6,7 +6,8 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
-from selector_service.errors import Conflict, InvalidArgument, NotFound
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound
+from pcm_contract.models import OutcomeAck, OutcomeReport
 from selector_service.http_api.body import body_schema, parse_body, read_body
 from selector_service.http_api.deps import (
     MetricsDep,
@@ -16,7 +17,6 @@ from selector_service.http_api.deps import (
     require_auth,
 )
 from selector_service.http_api.errors import ERROR_RESPONSES
-from selector_service.models import OutcomeAck, OutcomeReport
 from selector_service.service import SelectorService
 
 router = APIRouter(prefix="/v1/runs", tags=["outcomes"], dependencies=[Depends(require_auth)],

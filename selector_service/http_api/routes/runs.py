@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
+from pcm_contract.models import DeleteAck, RunConfigBody, RunInfo
 from selector_service.http_api.body import body_schema, parse_body, read_body
 from selector_service.http_api.deps import RunIdPath, ServiceDep, SettingsDep, require_auth
 from selector_service.http_api.errors import ERROR_RESPONSES
-from selector_service.models import DeleteAck, RunConfigBody, RunInfo
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[Depends(require_auth)],
                    responses=ERROR_RESPONSES)

@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from pcm_contract.models import SelectRequest, SelectResponse
 from selector_service.http_api.body import body_schema, parse_select_body, read_body
 from selector_service.http_api.deps import RunIdPath, ServiceDep, SettingsDep, require_auth
 from selector_service.http_api.errors import ERROR_RESPONSES
-from selector_service.models import SelectRequest, SelectResponse
 from selector_service.service import SelectorService
 
 router = APIRouter(prefix="/v1/runs", tags=["select"], dependencies=[Depends(require_auth)],

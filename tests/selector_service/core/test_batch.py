@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pcm_contract.errors import InvalidArgument
 from selector_service.core import ChunkBatch, RunConfig
-from selector_service.errors import InvalidArgument
 
 
 def _batch(**overrides: object) -> ChunkBatch:

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pcm_contract.errors import InvalidArgument
+from pcm_contract.run_config import MIN_EPS
 from selector_service.core import (
     ChunkBatch,
     RunConfig,
@@ -16,8 +18,6 @@ from selector_service.core import (
     select_chunks,
     systematic_sample,
 )
-from selector_service.core.config import MIN_EPS
-from selector_service.errors import InvalidArgument
 
 
 @st.composite

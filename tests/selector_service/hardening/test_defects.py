@@ -21,10 +21,10 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from selector_service.errors import InvalidArgument, NotFound
+from pcm_contract.errors import InvalidArgument, NotFound
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.grpc_api import server as grpc_server_module
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 from selector_service.settings import Settings

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings
 from selector_service.store.redis_store import RedisStore, RunKeys, parse_cluster_url
 from tests.redis_cluster import ClusterNode, RedisClusterServers

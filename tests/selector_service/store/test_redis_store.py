@@ -12,9 +12,9 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from pcm_contract.errors import StoreUnavailable
+from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import StoreUnavailable
-from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.service import SelectorService
 from selector_service.store import CommitStatus
 from selector_service.store.redis_store import RedisStore, RunKeys, decode_answer, encode_answer

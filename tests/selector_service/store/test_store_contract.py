@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from pcm_contract.errors import Conflict, NotFound
+from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
-from selector_service.errors import Conflict, NotFound
-from selector_service.models import OutcomeReport, SelectResponse
 from selector_service.store import CommitStatus, MemoryStore, PhaseStore
 from selector_service.store import memory as memory_module
 from selector_service.store.redis_store import RedisStore

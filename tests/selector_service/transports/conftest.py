@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.metrics import Metrics
 from selector_service.server import SelectorServer, build_store
 from selector_service.service import SelectorService
@@ -149,7 +149,7 @@ def batch(request_id: str, *, n: int = 16, c: int = 8, d: int = 4, seed: int = 0
 
 def to_proto(run_id: str, body: dict[str, Any], feature_dim: int | None = None
              ) -> pb.SelectChunksRequest:
-    """Flatten a Select body by hand (raw stub calls, independent of selector_service.convert)."""
+    """Flatten a Select body by hand (raw stub calls, independent of pcm_contract.codec)."""
     trajs = body["trajectories"]
     feats = np.concatenate([np.asarray(t["action_features"], dtype="<f4") for t in trajs])
     msg = pb.SelectChunksRequest(

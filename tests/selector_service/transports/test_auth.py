@@ -11,10 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from pcm_contract.errors import Unauthenticated
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.auth import TokenAuth
-from selector_service.errors import Unauthenticated
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.selector_service.transports.conftest import (
     GRPC_OPTIONS,
     TOKEN,

@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from selector_service import convert
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
+from pcm_contract import codec
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
 from tests.selector_service.transports.conftest import (
     Grpc,
     ServerThread,
@@ -279,9 +279,9 @@ def test_same_answers_as_embedded_and_http(server: ServerThread, grpc_client: Gr
 def test_convert_round_trips(server: ServerThread, grpc_client: Grpc) -> None:
     """The conversion helpers a gRPC client uses invert the server's."""
     body = SelectRequest.model_validate({**batch("rt", n=6, c=5), "keep_fraction": 0.5})
-    msg = convert.select_request_to_proto("rt-run", body)
+    msg = codec.select_request_to_proto("rt-run", body)
     assert len(msg.action_features) == 6 * 5 * 4 * 4 and msg.feature_dim == 4
-    back = convert.select_request_from_proto(pb.SelectChunksRequest.FromString(
+    back = codec.select_request_from_proto(pb.SelectChunksRequest.FromString(
         msg.SerializeToString()))
     assert back.keep_fraction == 0.5 and back.request_id == "rt"
     for a, b in zip(body.trajectories, back.trajectories, strict=True):
@@ -291,14 +291,14 @@ def test_convert_round_trips(server: ServerThread, grpc_client: Grpc) -> None:
     grpc_client.stub.PutRun(pb.PutRunRequest(run_id="rt-run", config=pb.RunConfig(
         feature_dim=4)))
     resp = grpc_client.stub.SelectChunks(msg)
-    answer = convert.select_response_from_proto(resp)
+    answer = codec.select_response_from_proto(resp)
     assert answer.same_as(server.service.select("rt-run", body))  # the stored answer
-    assert convert.select_response_to_proto(answer) == resp
+    assert codec.select_response_to_proto(answer) == resp
     info = grpc_client.stub.GetRun(pb.GetRunRequest(run_id="rt-run"))
-    assert convert.run_info_from_proto(info) == server.service.get_run("rt-run")
+    assert codec.run_info_from_proto(info) == server.service.get_run("rt-run")
     assert any(s is None for t in server.service.get_run("rt-run").tasks.values()
                for s in t.scores)  # unobserved phases travel as NaN and come back as None
     rep = OutcomeReport.model_validate({"selection_id": "s", "request_id": "r",
                                         "success_rate": 0.25, "phase_grad_norms": [1.0, 2.0]})
-    assert OutcomeReport.model_validate(convert.outcome_report_from_proto(
-        convert.outcome_report_to_proto("rt-run", rep))) == rep
+    assert OutcomeReport.model_validate(codec.outcome_report_from_proto(
+        codec.outcome_report_to_proto("rt-run", rep))) == rep

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from selector_service.models import MAX_TRAJECTORIES
+from pcm_contract.models import MAX_TRAJECTORIES
 from tests.selector_service.transports.conftest import batch, report
 
 RUN = "http-run"

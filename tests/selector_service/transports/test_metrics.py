@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.metrics import Metrics
 from selector_service.settings import Settings
 from tests.selector_service.transports.conftest import (
@@ -219,7 +219,7 @@ def test_redis_store_down_is_unavailable_and_counted(unused_tcp_port: int) -> No
             r = http.post("/v1/runs/r/select", json=batch("x"))
             assert r.status_code == 503 and r.json()["code"] == "UNAVAILABLE"
             with grpc.insecure_channel(srv.grpc_target) as channel:
-                from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc
+                from pcm_contract.gen.pcm.v1 import selector_pb2_grpc
 
                 stub = selector_pb2_grpc.ChunkSelectorStub(channel)
                 with pytest.raises(grpc.RpcError) as err:

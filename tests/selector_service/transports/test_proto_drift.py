@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-GEN_DIR = ROOT / "selector_service" / "grpc_api" / "gen"
+GEN_DIR = ROOT / "pcm_contract" / "gen"
 
 
 def _load_gen_script():  # scripts/ is not a package
@@ -36,7 +36,7 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
 
 
 def test_stubs_import_as_a_package() -> None:
-    from selector_service.grpc_api.gen.pcm.v1 import selector_pb2, selector_pb2_grpc
+    from pcm_contract.gen.pcm.v1 import selector_pb2, selector_pb2_grpc
 
     assert selector_pb2.DESCRIPTOR.package == "pcm.v1"
     assert "ChunkSelector" in selector_pb2.DESCRIPTOR.services_by_name

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.selector_service.transports.conftest import GRPC_OPTIONS, batch, to_proto
 
 ROOT = Path(__file__).resolve().parents[3]

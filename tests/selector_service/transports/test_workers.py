@@ -36,8 +36,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings, available_cores
 from tests.selector_process import SelectorProcess
 from tests.selector_service.exact_counts import assert_exact, run_clients

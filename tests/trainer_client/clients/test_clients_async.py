@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selector_service.errors import InvalidArgument, NotFound
+from pcm_contract.errors import InvalidArgument, NotFound
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selector_service.models import SelectResponse
+from pcm_contract.models import SelectResponse
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect

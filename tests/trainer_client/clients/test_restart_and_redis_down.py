@@ -13,8 +13,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from selector_service.errors import StoreUnavailable
-from selector_service.models import SelectRequest
+from pcm_contract.errors import StoreUnavailable
+from pcm_contract.models import SelectRequest
 from selector_service.store.redis_store import RedisStore
 from tests.redis_server import RedisServer
 from tests.selector_process import SelectorProcess

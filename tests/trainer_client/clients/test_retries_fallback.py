@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from pcm_contract.errors import InvalidArgument, NotFound, StoreUnavailable
 from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
-from selector_service.errors import InvalidArgument, NotFound, StoreUnavailable
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selector_service.errors import InvalidArgument, NotFound, Unauthenticated
-from selector_service.models import SelectRequest
+from pcm_contract.errors import InvalidArgument, NotFound, Unauthenticated
+from pcm_contract.models import SelectRequest
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import SelectorClient, connect

@@ -6,10 +6,11 @@ embedded selector passes a trainer's arrays through without copying them into Py
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -20,11 +21,12 @@ from pydantic import (
     PlainSerializer,
     Strict,
     WithJsonSchema,
+    create_model,
     model_validator,
 )
 
-from selector_service.core.config import MAX_BUDGET, MAX_FEATURE_DIM, MAX_PHASES
-from selector_service.errors import InvalidArgument
+from pcm_contract.errors import InvalidArgument
+from pcm_contract.run_config import MAX_FEATURE_DIM, MAX_PHASES, field_type, schema_fields
 
 # Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
 # 512 trajectories x 64 chunks x D 56 (docs/design.md, "Measured claims").
@@ -156,42 +158,41 @@ class _Model(BaseModel):
 # Runs
 
 
-class RunConfigBody(_Model):
-    """`PUT /v1/runs/{run_id}` body; omitted fields take their defaults (or, for an existing run,
-    keep their stored values)."""
-
-    phases: StrictInt | None = Field(None, ge=1, le=MAX_PHASES, description="P, default 4")
-    keep_fraction: StrictFloat | None = Field(None, gt=0, le=1, description="f, default 0.2")
-    eps: StrictFloat | None = Field(None, ge=0, le=1, description="exploration mix, default 0.1")
-    eta: StrictFloat | None = Field(None, gt=0, le=1, description="EMA rate, default 0.1")
-    weighting: Literal["mean", "ht", "none"] | None = Field(
-        None, description="mean (default: loss averaged over kept chunks) | ht (1/pi) | none")
-    seed: StrictInt | None = Field(None, ge=0, lt=2**63, description="default 0")
-    feature_dim: StrictInt | None = Field(None, ge=1, le=MAX_FEATURE_DIM,
-                                          description="D, default 56")
-    mode: Literal["pcm", "grpo", "random"] | None = Field(None, description="default pcm")
-    score: Literal["signal", "action"] | None = Field(
-        None, description="phase score of pcm: signal (default; features are gradient "
-                          "sketches) | action (the paper's success-failure action variance)")
-    budget: StrictInt | None = Field(
-        None, ge=0, le=MAX_BUDGET,
-        description="B chunks per trajectory; 0 (default) = keep_fraction")
-
+class _RunConfigBodyBase(_Model):
     def changes(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class RunConfigOut(_Model):
-    phases: int
-    keep_fraction: float
-    eps: float
-    eta: float
-    weighting: str
-    seed: int
-    feature_dim: int
-    mode: str
-    score: str
-    budget: int
+def _body_field(f: dataclasses.Field[Any]) -> tuple[Any, Any]:
+    """A run-config schema field as an optional body field (None: not given)."""
+    meta = f.metadata
+    kind = field_type(f)
+    strict: Any = {int: StrictInt, float: StrictFloat, str: str}[kind]
+    annotation = Literal[meta["choices"]] if meta["choices"] else strict  # type: ignore[valid-type]
+    bounds = {k: meta[k] for k in ("ge", "gt", "le", "lt") if meta[k] is not None}
+    return annotation | None, Field(None, description=f"{meta['help']} (default {f.default})",
+                                    **bounds)
+
+
+def _out_field(f: dataclasses.Field[Any]) -> tuple[Any, Any]:
+    return field_type(f), Field(..., description=f.metadata["help"])
+
+
+# Both derived from the one schema (pcm_contract.run_config): a field added there is a field of
+# the body and of the answer. mypy sees the base classes.
+if TYPE_CHECKING:
+    RunConfigBody = _RunConfigBodyBase
+    RunConfigOut = _Model
+else:
+    RunConfigBody = create_model(
+        "RunConfigBody", __base__=_RunConfigBodyBase, __module__=__name__,
+        __doc__="`PUT /v1/runs/{run_id}` body; omitted fields take their defaults (or, for an "
+                "existing run, keep their stored values).",
+        **{f.name: _body_field(f) for f in schema_fields()})
+    RunConfigOut = create_model(
+        "RunConfigOut", __base__=_Model, __module__=__name__,
+        __doc__="A run's configuration, every field.",
+        **{f.name: _out_field(f) for f in schema_fields()})
 
 
 class TaskStateOut(_Model):

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from selector_service.errors import InvalidArgument
-from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
-from selector_service.models import (
+from pcm_contract.errors import InvalidArgument, invalid_from_validation
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.models import (
     MAX_TRAJECTORIES,
     FlatSelect,
     OutcomeReport,
@@ -34,10 +34,8 @@ from selector_service.models import (
     SelectResponse,
     TaskStateOut,
 )
-from selector_service.service import invalid_from_validation
+from pcm_contract.run_config import RUN_CONFIG_FIELDS
 
-_CONFIG_FIELDS = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim",
-                  "mode", "score", "budget")
 DEFAULT_TRAINER = "trainer"
 
 # ---------------------------------------------------------------------------------------------
@@ -46,11 +44,11 @@ DEFAULT_TRAINER = "trainer"
 
 def run_config_changes(config: pb.RunConfig) -> dict[str, Any]:
     """The fields set in a PutRun config (unset fields keep their stored value)."""
-    return {name: getattr(config, name) for name in _CONFIG_FIELDS if config.HasField(name)}
+    return {name: getattr(config, name) for name in RUN_CONFIG_FIELDS if config.HasField(name)}
 
 
 def run_config_to_proto(config: Mapping[str, Any]) -> pb.RunConfig:
-    return pb.RunConfig(**{k: v for k, v in config.items() if k in _CONFIG_FIELDS
+    return pb.RunConfig(**{k: v for k, v in config.items() if k in RUN_CONFIG_FIELDS
                            and v is not None})
 
 
@@ -86,7 +84,7 @@ def run_info_from_proto(info: pb.RunInfo) -> RunInfo:
             skipped_trajectories=state.skipped_trajectories,
             state_version=state.state_version,
         )
-    config = {name: getattr(info.config, name) for name in _CONFIG_FIELDS}
+    config = {name: getattr(info.config, name) for name in RUN_CONFIG_FIELDS}
     return RunInfo(run_id=info.run_id, config=RunConfigOut(**config),
                    state_version=info.state_version, outcome_reports=info.outcome_reports,
                    tasks=tasks, store_epoch=info.store_epoch)

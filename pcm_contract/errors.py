@@ -6,6 +6,8 @@ large input back (a 100 KB run_id would overflow gRPC's metadata limit).
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 MAX_QUOTED = 64  # characters of an input value quoted in an error message
 MAX_MESSAGE = 512  # characters of an error message as sent to the client
 
@@ -97,3 +99,19 @@ class StoreUnavailable(PCMError):
 
     http_status = 503
     grpc_code = "UNAVAILABLE"
+
+
+def invalid_from_validation(exc: ValidationError) -> InvalidArgument:
+    err = exc.errors(include_url=False)[0]
+    return InvalidArgument(field_path(err["loc"]) or "body", err["msg"])
+
+
+def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """('trajectories', 2, 'action_features') -> 'trajectories[2].action_features'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
