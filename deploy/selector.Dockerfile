@@ -15,27 +15,21 @@ ARG PYTHON_IMAGE=python:3.11-slim
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 
-# The project has one dependency list, which includes torch for the trainer. Installing the CPU
-# wheel first satisfies it without pulling multi-GB CUDA packages into a service that never
-# runs a model.
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-RUN python -m venv /opt/venv \
- && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+RUN python -m venv /opt/venv
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that editing the sources does not reinstall
+# Only the `selector` extra (the contract and the service; no torch, no simulators). Its
+# dependencies first, from pyproject.toml alone, so that editing the sources does not reinstall
 # them (this layer is rebuilt only when pyproject.toml changes).
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+COPY scripts/requirements.py scripts/
+RUN python scripts/requirements.py selector > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
 # Then the project itself (no dependency resolution left to do).

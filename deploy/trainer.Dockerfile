@@ -16,7 +16,8 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-# Comma-separated optional-dependency groups of pyproject.toml to install, e.g. "libero".
+# Comma-separated optional-dependency groups of pyproject.toml to install besides `trainer`,
+# e.g. "libero".
 ARG PCM_EXTRAS=""
 
 LABEL org.opencontainers.image.title="pcm-trainer" \
@@ -44,21 +45,22 @@ RUN apt-get update \
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# torch first, from the chosen index (CPU by default), so the project's `torch>=...` requirement
-# is already met and pip never pulls the default CUDA wheels from PyPI.
+# torch first, from the chosen index (CPU by default), so the `trainer` extra's `torch>=...`
+# requirement is already met and pip never pulls the default CUDA wheels from PyPI.
 RUN python3 -m venv /opt/venv \
  && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /src
 
-# Dependencies from pyproject.toml alone (cached until it changes), then the sources.
+# The `trainer` extra's dependencies from pyproject.toml alone (cached until it changes), then
+# the sources.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+COPY scripts/requirements.py scripts/
+RUN python scripts/requirements.py "trainer${PCM_EXTRAS:+,${PCM_EXTRAS}}" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
 COPY . .
-RUN pip install ".${PCM_EXTRAS:+[${PCM_EXTRAS}]}" \
+RUN pip install ".[trainer${PCM_EXTRAS:+,${PCM_EXTRAS}}]" \
  && rm -rf /src
 
 RUN groupadd --system --gid 10001 pcm \

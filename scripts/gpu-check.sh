@@ -13,8 +13,8 @@
 # Every stage runs under its own time limit, cut to what is left of BUDGET_S (default 450 s,
 # so the whole fits in 8 minutes on one H100). A failed stage is logged and the next one still
 # runs; the exit status is 1 when a required stage failed. Needs python (PYTHON, default
-# python3) with a CUDA build of torch; installs the package with `pip install -e .` when it is
-# not importable. Scratch files (checkpoints) go to a temporary dir, not to OUT.
+# python3) with a CUDA build of torch; installs the package with `pip install -e '.[trainer]'`
+# when it is not importable. Scratch files (checkpoints) go to a temporary dir, not to OUT.
 # A rehearsal without a GPU: DEVICE=cpu GRAD_ARGS="--trajectories 4 --chunks 8" BUDGET_S=150.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,9 +86,9 @@ then
   exit 1
 fi
 if ! "$PY" -c "import trainer_client.cli, trainer_client.bench.cli" >/dev/null 2>&1; then
-  say "the package is not importable: pip install -e ."
-  if ! timeout 120 "$PY" -m pip install -q -e . 2>&1 | tee -a "$LOG"; then
-    say "error: pip install -e . failed (offline? install the dependencies first); stopping"
+  say "the package is not importable: pip install -e '.[trainer]'"
+  if ! timeout 120 "$PY" -m pip install -q -e '.[trainer]' 2>&1 | tee -a "$LOG"; then
+    say "error: pip install -e '.[trainer]' failed (offline? install the dependencies first); stopping"
     exit 1
   fi
 fi

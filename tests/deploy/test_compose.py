@@ -373,7 +373,9 @@ def test_selector_dockerfile(services) -> None:
     healthcheck = [i for i in ins if i.upper().startswith("HEALTHCHECK")]
     assert healthcheck and "/healthz" in healthcheck[-1]
     assert re.search(r"pip install .*--no-deps \.", text), "installs the project with pip"
-    assert "download.pytorch.org/whl/cpu" in text, "CPU torch, not PyPI's CUDA wheels"
+    assert "torch" not in text, "the selector image installs no torch (only the selector extra)"
+    assert re.search(r"python scripts/requirements\.py selector\b", text), (
+        "installs the selector extra's requirements only")
     assert 'CMD ["pcm-selector", "serve"]' in ins
     assert f"EXPOSE {DEFAULT_GRPC_PORT} {DEFAULT_HTTP_PORT}" in ins
 
@@ -386,6 +388,7 @@ def test_trainer_dockerfile(services) -> None:
     assert "ARG TORCH_VERSION=2.13.0" in text
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert '--index-url "${TORCH_INDEX_URL}"' in text
+    assert re.search(r"pip install \"\.\[trainer", text), "installs the trainer extra"
     user = _final_user(ins)
     assert user and user.split(":")[0] not in ("root", "0"), "runs as root"
     args = services["trainer"]["build"].get("args", {})
@@ -432,10 +435,13 @@ def test_dockerignore(repo_root) -> None:
     needed = [
         "pyproject.toml",
         "README.md",
+        "pcm_contract/__init__.py",
+        "pcm_contract/gen/pcm/v1/selector_pb2.py",
         "selector_service/__init__.py",
         "selector_service/core/algorithm.py",
         "trainer_client/cli.py",
         "protos/pcm/v1/selector.proto",
+        "scripts/requirements.py",
     ]
     for path in needed:
         assert not dockerignored(path, patterns), f".dockerignore drops {path}"
@@ -448,6 +454,7 @@ def test_dockerignore(repo_root) -> None:
         "trainer_client/policy.pyc",
         "docker-compose.yml",
         ".env",
+        "scripts/test.sh",
     ]
     for path in junk:
         assert dockerignored(path, patterns), f".dockerignore lets {path} into the context"
