@@ -15,10 +15,10 @@ from selector_service.auth import TokenAuth
 from selector_service.errors import Unauthenticated
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.transports.conftest import (
     GRPC_OPTIONS,
     TOKEN,
-    ServerThread,
     batch,
     to_proto,
 )

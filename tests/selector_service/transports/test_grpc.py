@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from selector_service import convert
 from selector_service.grpc_api.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.transports.conftest import (
     Grpc,
-    ServerThread,
     batch,
     from_proto,
     report,

@@ -8,9 +8,9 @@ import pytest
 
 from selector_service.errors import InvalidArgument, NotFound, Unauthenticated
 from selector_service.models import SelectRequest
-from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import SelectorClient, connect
+from trainer_client.bench.servers import SelectorProcess
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 7}
 
