@@ -726,6 +726,7 @@ class SelectorProcess(ServerProcess):
     """
 
     name = "selector"
+    start_timeout_s = 60.0  # its imports alone take seconds, many more on a busy machine
 
     def __init__(self, *, store: str = "memory", redis_url: str | None = None,
                  env: Mapping[str, str] | None = None, grpc_port: int | None = None,
@@ -773,7 +774,7 @@ class SelectorProcess(ServerProcess):
         self._up_path = "/readyz" if ready else "/healthz"
         return super().start(timeout)
 
-    def wait_up(self, *, ready: bool = True, timeout: float = 30.0) -> None:
+    def wait_up(self, *, ready: bool = True, timeout: float | None = None) -> None:
         """Until the running selector answers `/readyz` (or `/healthz`) with every worker."""
         self._up_path = "/readyz" if ready else "/healthz"
         self.wait_ready(timeout)
