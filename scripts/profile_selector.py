@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from pcm_contract.models import SelectRequest  # noqa: E402
 from trainer_client import connect  # noqa: E402
 from trainer_client.bench.core import Shape, synthetic_request  # noqa: E402
-from trainer_client.bench.processes import RedisProcess, SelectorProcess  # noqa: E402
 from trainer_client.bench.selector import cpu_seconds  # noqa: E402
+from trainer_client.bench.servers import RedisServer, SelectorProcess  # noqa: E402
 
 
 def summarise(raw: Path, top: int) -> list[str]:
@@ -63,7 +63,7 @@ def main() -> int:
     py_spy = shutil.which("py-spy") if args.py_spy else None
     # the selector runs this checkout's code, whatever else is installed
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    with tempfile.TemporaryDirectory() as tmp, RedisProcess() as redis, \
+    with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis, \
             SelectorProcess(store="redis", redis_url=redis.url,
                             env={"PYTHONPATH": path}) as selector, \
             closing(connect(selector.grpc_url)) as client:

@@ -4,14 +4,12 @@
   `pcm-train sft` (a few seconds), so that RL rollouts succeed about half of the time. A fresh
   policy never succeeds: every GRPO group is then uninformative, no phase is ever scored and
   the keep probabilities stay uniform, which would leave nothing to check.
-- ``selector_factory``: `pcm-selector serve` subprocesses with PCM_STORE=redis
-  (tests/selector_process.py), stopped at teardown.
 - ``trainers``: launches `pcm-train rl --selector grpc://...` subprocesses (tiny sizes) and
   kills whatever still runs at teardown.
-- ``prometheus_factory``: a real Prometheus (tests/prometheus_server.py), stopped at teardown.
 
-A missing `redis-server` or `prometheus` binary fails the test with the Debian package to
-install (never a skip).
+The servers (``isolated_redis_server``, ``selector_factory``, ``prometheus_factory``) come from
+tests/fixtures/servers.py: a missing `redis-server` or `prometheus` binary fails the test with
+the Debian package to install (never a skip).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.prometheus_server import (
-    Config,
-    PrometheusNotInstalled,
-    PrometheusServer,
-    find_prometheus,
-)
-from tests.selector_process import SelectorProcess
+from trainer_client.bench.servers import log_tail
 
 TRAIN_ENV = "metaworld:reach-v3"
 TASK_ID = TRAIN_ENV  # the task id the trainer sends for a MetaWorld env
@@ -70,10 +62,7 @@ def _child_env() -> dict[str, str]:
 
 
 def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return log_tail(path, lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,28 +124,6 @@ def sft_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"pcm-train sft failed ({proc.returncode}):\n{_tail(log)}"
     )
     return policy
-
-
-# ---------------------------------------------------------------------------------------------
-# selector
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def selector_factory(tmp_path: Path) -> Iterator[Callable[[str], SelectorProcess]]:
-    """start(redis_url) -> a running `pcm-selector serve` with PCM_STORE=redis."""
-    started: list[SelectorProcess] = []
-
-    def start(redis_url: str) -> SelectorProcess:
-        selector = SelectorProcess(
-            store="redis", redis_url=redis_url, log_dir=tmp_path / f"selector{len(started)}"
-        )
-        started.append(selector)
-        return selector.start(timeout=60.0)
-
-    yield start
-    for selector in started:
-        selector.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +306,7 @@ def assert_ran_concurrently(trainers: list[Trainer]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Redis history and Prometheus
+# Redis history
 # ---------------------------------------------------------------------------------------------
 
 
@@ -348,29 +315,3 @@ def history_entries(redis_url: str, run_id: str) -> list[dict[str, Any]]:
     with redis.Redis.from_url(redis_url) as client:
         entries = client.xrange(f"pcm:{{{run_id}}}:history")
     return [json.loads(fields[b"e"]) for _, fields in entries]
-
-
-@pytest.fixture
-def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[Config], PrometheusServer]]:
-    """start(config) -> a running Prometheus (tests/prometheus_server.py). Fails at setup, before
-    anything else starts, when the `prometheus` binary is missing."""
-    try:
-        executable = find_prometheus()
-    except PrometheusNotInstalled as exc:
-        missing = str(exc)
-    else:
-        missing = ""
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    started: list[PrometheusServer] = []
-
-    def start(config: Config) -> PrometheusServer:
-        server = PrometheusServer(
-            config, executable=executable, data_dir=tmp_path / f"prometheus{len(started)}"
-        )
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()

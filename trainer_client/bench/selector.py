@@ -35,7 +35,7 @@ import numpy as np
 
 from pcm_contract.models import SelectRequest
 from trainer_client.bench.core import Shape, synthetic_request
-from trainer_client.bench.processes import RedisProcess, SelectorProcess, child_pids
+from trainer_client.bench.servers import RedisServer, SelectorProcess, child_pids
 
 SHAPES: dict[str, Shape] = {"small": Shape(64, 32, 56), "libero": Shape(512, 64, 56)}
 DEFAULT_REQUESTS = {"small": 400, "libero": 48}
@@ -106,7 +106,7 @@ def run_selector_bench(
             redis_url = None
             redis_pids[store] = None
             if store == "redis":
-                redis = stack.enter_context(RedisProcess())
+                redis = stack.enter_context(RedisServer())
                 redis_url, redis_pids[store] = redis.url, redis.pid
             selectors[store] = stack.enter_context(
                 SelectorProcess(store=store, redis_url=redis_url, env=selector_env,

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from selector_service.settings import Settings
-from tests.selector_service.transports.conftest import TOKEN, ServerThread, batch
+from tests.fixtures.servers import ServerThread
+from tests.selector_service.transports.conftest import TOKEN, batch
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

@@ -29,7 +29,7 @@ from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 from selector_service.store import MemoryStore
-from tests.redis_server import RedisServer
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.hardening.conftest import (
     AUTH,
     make_run,
@@ -41,11 +41,11 @@ from tests.selector_service.hardening.conftest import (
 from tests.selector_service.transports.conftest import (
     GRPC_OPTIONS,
     TOKEN,
-    ServerThread,
     batch,
     report,
     to_proto,
 )
+from trainer_client.bench.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[3]
 METADATA = (("authorization", f"Bearer {TOKEN}"),)

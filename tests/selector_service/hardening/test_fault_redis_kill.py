@@ -30,29 +30,17 @@ from selector_service.service import SelectorService
 from selector_service.settings import Settings
 from selector_service.store import MemoryStore
 from selector_service.store.redis_store import RedisStore
-from tests.redis_server import RedisServer
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.hardening.conftest import serving
-from tests.selector_service.transports.conftest import ServerThread, batch
+from tests.selector_service.transports.conftest import batch
 from trainer_client import connect
+from trainer_client.bench.servers import RedisServer
 
 CLIENTS = 8
 STEPS = 14
 PHASES = 4
 RUN = "fault"
 OUTAGE_S = 1.5
-
-
-class EverysecRedis(RedisServer):
-    """AOF with `appendfsync everysec` (explicitly), killable with SIGKILL."""
-
-    def _command(self) -> list[str]:
-        return [*super()._command(), "--appendfsync", "everysec"]
-
-    def kill(self) -> None:
-        proc, self._proc = self._proc, None
-        assert proc is not None
-        proc.kill()  # SIGKILL: no AOF flush, no shutdown
-        proc.wait(10)
 
 
 def _trainer(index: int, url: str, out: dict[int, list[tuple[dict[str, Any], Any]]],
@@ -82,7 +70,9 @@ def _trainer(index: int, url: str, out: dict[int, list[tuple[dict[str, Any], Any
 def test_redis_sigkill_mid_run_loses_and_doubles_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="trainer_client.clients.fallback")
-    redis_server = EverysecRedis(data_dir=tmp_path / "redis", appendonly=True)
+    # AOF with `appendfsync everysec` (explicitly); kill() is a SIGKILL: no AOF flush, no shutdown
+    redis_server = RedisServer(data_dir=tmp_path / "redis", appendonly=True,
+                               options={"appendfsync": "everysec"})
     with redis_server, serving(store="redis", redis_url=redis_server.url, auth_tokens="",
                     worker_threads=8) as srv:
         with connect(srv.http_url) as admin:

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.hardening.conftest import serving
 from tests.selector_service.transports.conftest import (
     GRPC_OPTIONS,
     TOKEN,
-    ServerThread,
     batch,
     to_proto,
 )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.selector_process import SelectorProcess
 from tests.selector_service.hardening.conftest import read_all, status_of
+from trainer_client.bench.servers import SelectorProcess
 
 TOKEN = "rss-token"
 BODY_MB = 300

@@ -18,8 +18,8 @@ from selector_service.core import RunConfig, TaskState
 from selector_service.service import SelectorService
 from selector_service.store import CommitStatus
 from selector_service.store.redis_store import RedisStore, RunKeys, decode_answer, encode_answer
-from tests.redis_server import RedisServer
 from tests.selector_service.test_service_concurrency import make_request
+from trainer_client.bench.servers import RedisServer
 
 RUN = "run-r"
 DOWN_BOUND_S = 1.0  # liveness, not a benchmark: a down Redis must not make a call hang

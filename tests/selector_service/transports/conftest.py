@@ -1,11 +1,9 @@
-"""Real selector servers (gRPC + HTTP, one process) on free 127.0.0.1 ports, over the in-memory
-store (or the store PCM_STORE names), with raw clients: httpx and the generated gRPC stub."""
+"""Real selector servers (gRPC + HTTP, in this process: ServerThread of tests/fixtures/servers.py)
+on free 127.0.0.1 ports, over the in-memory store (or the store PCM_STORE names), with raw
+clients: httpx and the generated gRPC stub."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +15,8 @@ import pytest
 
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
-from selector_service.metrics import Metrics
-from selector_service.server import SelectorServer, build_store
-from selector_service.service import SelectorService
 from selector_service.settings import Settings
+from tests.fixtures.servers import ServerThread
 
 TOKEN = "s3cret-token"
 MAX_MESSAGE = 256 * 1024 * 1024
@@ -28,65 +24,10 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.max_receive_message_length", MAX_MESSAGE)]
 
 
-class ServerThread:
-    """A SelectorServer on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings, service: SelectorService | None = None) -> None:
-        self.metrics = Metrics.from_settings(settings)
-        self.service = service if service is not None else SelectorService(
-            build_store(settings, self.metrics), self.metrics)
-        self.server = SelectorServer(settings, service=self.service, metrics=self.metrics)
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="selector-server", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        except BaseException as exc:  # surfaced to the test thread
-            self._error = exc
-            self._started.set()
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        await self.server.start()
-        self._started.set()
-        await self.server.wait()
-        await self.server.stop()
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        if not self._started.wait(30) or self._error is not None:
-            raise RuntimeError(f"selector server did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self.server.request_stop)
-        self._thread.join(30)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.server.grpc_port}"
-
-
 def _settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0,
                             "auth_tokens": "", "grace_period_s": 2.0, "worker_threads": 4}
     return Settings(**{**base, **overrides})
-
-
-@pytest.fixture
-def unused_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="package")

@@ -15,10 +15,10 @@ from pcm_contract.errors import Unauthenticated
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.auth import TokenAuth
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.transports.conftest import (
     GRPC_OPTIONS,
     TOKEN,
-    ServerThread,
     batch,
     to_proto,
 )

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pcm_contract import codec
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.transports.conftest import (
     Grpc,
-    ServerThread,
     batch,
     from_proto,
     report,

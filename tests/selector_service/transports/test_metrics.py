@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.metrics import Metrics
 from selector_service.settings import Settings
+from tests.fixtures.servers import ServerThread
 from tests.selector_service.transports.conftest import (
     Grpc,
-    ServerThread,
     batch,
     from_proto,
     report,

@@ -4,9 +4,7 @@ exits 0."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,83 +22,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.selector_service.transports.conftest import GRPC_OPTIONS, batch, to_proto
+from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Served:
-    """`python -m selector_service.cli serve ...` with its stderr collected."""
-
-    def __init__(self, *args: str) -> None:
-        self.grpc_port, self.http_port = _free_port(), _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PCM_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "selector_service.cli", "serve",
-             "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-             "--host", "127.0.0.1", *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in list(self.lines)):
-            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log}"
-            assert self.proc.poll() is None, f"server exited:\n{self.log}"
-            time.sleep(0.02)
-
-    def wait_up(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log}"
-            try:
-                if httpx.get(f"{self.http_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"server not up:\n{self.log}"
-            time.sleep(0.1)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
+def _serve(log_dir: Path, *args: str) -> SelectorProcess:
+    """`pcm-selector serve ARGS` (not started); PCM_WORKERS 0, the setting's default: one
+    process a core with store=redis."""
+    return SelectorProcess(workers=0, args=args, log_dir=log_dir)
 
 
 @pytest.fixture
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SelectorProcess]:
     args = getattr(request, "param", ())
-    srv = Served("--log-level", "DEBUG", "--grace-period-s", "5", *args)
+    srv = _serve(tmp_path, "--log-level", "DEBUG", "--grace-period-s", "5", *args)
     try:
-        srv.wait_up()
-        yield srv
+        yield srv.start(ready=False, timeout=60)
     finally:
         srv.close()
 
@@ -116,7 +56,7 @@ def _big_select(run_id: str, n: int) -> pb.SelectChunksRequest:
         action_features=rng.normal(size=(n * c, d)).astype("<f4").tobytes(), feature_dim=d)
 
 
-def test_serve_answers_then_drains_on_sigterm(served: Served) -> None:
+def test_serve_answers_then_drains_on_sigterm(served: SelectorProcess) -> None:
     assert httpx.get(f"{served.http_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{served.http_url}/readyz").status_code == 200
     assert "pcm_select_requests_total" in httpx.get(f"{served.http_url}/metrics").text
@@ -168,13 +108,13 @@ def test_serve_answers_then_drains_on_sigterm(served: Served) -> None:
         not_serving_at = next(t for t, s in statuses if s == NOT_SERVING)
         assert not_serving_at < result["done"], "the select finished before the drain began"
 
-    assert served.proc.wait(15) == 0, served.log
+    assert served.proc.wait(15) == 0, served.log_text()
     assert time.monotonic() - sent < 10
-    assert "stopped" in served.log
+    assert "stopped" in served.log_text()
 
 
 @pytest.mark.parametrize("served", [("--shutdown-delay-s", "1.5")], indirect=True)
-def test_serve_sigint_reports_not_ready_during_the_shutdown_delay(served: Served) -> None:
+def test_serve_sigint_reports_not_ready_during_the_shutdown_delay(served: SelectorProcess) -> None:
     with grpc.insecure_channel(served.grpc_target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
@@ -185,14 +125,14 @@ def test_serve_sigint_reports_not_ready_during_the_shutdown_delay(served: Served
             time.sleep(0.02)
         assert httpx.get(f"{served.http_url}/healthz").status_code == 200  # still up
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == NOT_SERVING
-    assert served.proc.wait(15) == 0, served.log
+    assert served.proc.wait(15) == 0, served.log_text()
 
 
-def test_serve_over_redis(redis_url: str) -> None:
+def test_serve_over_redis(redis_url: str, tmp_path: Path) -> None:
     """PCM_STORE=redis: the same calls over a real Redis, from both transports."""
-    srv = Served("--store", "redis", "--redis-url", redis_url, "--grace-period-s", "2")
+    srv = _serve(tmp_path, "--store", "redis", "--redis-url", redis_url, "--grace-period-s", "2")
     try:
-        srv.wait_up()
+        srv.start(ready=False, timeout=60)
         assert httpx.get(f"{srv.http_url}/readyz").status_code == 200
         assert httpx.put(f"{srv.http_url}/v1/runs/red", json={"feature_dim": 4}).status_code == 200
         r = httpx.post(f"{srv.http_url}/v1/runs/red/select", json=batch("r-1"))
@@ -204,7 +144,7 @@ def test_serve_over_redis(redis_url: str) -> None:
             assert stub.SelectChunks(to_proto("red", batch("r-1")), timeout=10
                                      ).selection_id == r.json()["selection_id"]  # replay
         srv.proc.send_signal(signal.SIGTERM)
-        assert srv.proc.wait(15) == 0, srv.log
+        assert srv.proc.wait(15) == 0, srv.log_text()
     finally:
         srv.close()
 

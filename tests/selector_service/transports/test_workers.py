@@ -39,10 +39,10 @@ from pydantic import ValidationError
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings, available_cores
-from tests.selector_process import SelectorProcess
 from tests.selector_service.exact_counts import assert_exact, run_clients
 from tests.selector_service.transports.conftest import GRPC_OPTIONS, batch
 from trainer_client import connect
+from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 CLIENTS = 8

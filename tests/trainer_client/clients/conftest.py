@@ -1,22 +1,11 @@
-"""Fixtures for the remote-client tests: real `pcm-selector serve` processes (and, through
-tests/conftest.py, a real redis-server) on free 127.0.0.1 ports."""
+"""Helpers of the remote-client tests; their real servers (``memory_selector``, ``redis_url``)
+come from tests/fixtures/servers.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pytest
-
-from tests.selector_process import SelectorProcess
-
-
-@pytest.fixture(scope="session")
-def memory_selector() -> Iterator[SelectorProcess]:
-    """One selector on the in-memory store for the whole session (tests use their own runs)."""
-    with SelectorProcess(store="memory") as selector:
-        yield selector
 
 
 def small_batch(request_id: str, *, seed: int = 0, trajectories: int = 8, chunks: int = 6,

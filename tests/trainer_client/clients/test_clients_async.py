@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pcm_contract.errors import InvalidArgument, NotFound
-from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
+from trainer_client.bench.servers import SelectorProcess
 from trainer_client.clients.aio import AsyncSelectorClient, connect_async
 from trainer_client.clients.grpc_client import AsyncGrpcClient
 from trainer_client.clients.http_client import AsyncHttpClient

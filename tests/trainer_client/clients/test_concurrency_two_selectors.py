@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from pcm_contract.models import SelectResponse
-from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
+from trainer_client.bench.servers import SelectorProcess
 
 CLIENTS = 8
 SELECTS = 50

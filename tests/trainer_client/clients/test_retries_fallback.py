@@ -17,9 +17,9 @@ import pytest
 
 from pcm_contract.errors import InvalidArgument, NotFound, StoreUnavailable
 from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
-from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
+from trainer_client.bench.servers import SelectorProcess, free_port
 from trainer_client.clients.fallback import SelectorTimeout
 from trainer_client.clients.http_client import HttpClient
 
@@ -112,15 +112,9 @@ def test_timeout_is_not_retried() -> None:
 
 
 def test_no_fallback_without_a_seen_config() -> None:
-    with connect(f"grpc://127.0.0.1:{_unused_port()}", retries=1, backoff_s=0.01,
+    with connect(f"grpc://127.0.0.1:{free_port()}", retries=1, backoff_s=0.01,
                  fallback=True) as client, pytest.raises(StoreUnavailable, match="never saw"):
         client.select("unseen", small_batch("r"))
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])

@@ -1,0 +1,799 @@
+"""Real servers as child processes on free 127.0.0.1 ports, for the benchmarks and the tests:
+redis-server, a Redis Cluster, Prometheus and `pcm-selector serve`.
+
+    with RedisServer() as redis, SelectorProcess(store="redis", redis_url=redis.url) as sel:
+        client = connect(sel.grpc_url)          # or sel.http_url
+        sel.kill(); sel.start()                 # SIGKILL, then a new process on the same ports
+    with RedisClusterServers(masters=3) as cluster:
+        store = RedisStore(cluster.url)         # redis+cluster://127.0.0.1:P1,...
+    with PrometheusServer(config) as prom:
+        prom.wait_for_targets_up("pcm-selector")
+
+Each server is a context manager: started on enter (returning once it answers), stopped on exit
+(its child processes too) with its temp dir removed. `start()` after `stop()` or `kill()` brings
+it back on the same port(s) and dir; only a first start moves to other ports when the ones
+picked were taken meanwhile. A missing binary raises ServerNotInstalled, whose message names the
+Debian package (scripts/test.sh installs them). The pytest fixtures over these classes live in
+tests/fixtures/servers.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+HOST = "127.0.0.1"
+INSTALL_HINTS = {
+    "redis-server": "Debian's `redis-server` package (apt-get install -y redis-server)",
+    "redis-cli": "Debian's `redis-tools` package (apt-get install -y redis-tools)",
+    "prometheus": "Debian's `prometheus` package (apt-get install -y prometheus, which also "
+                  "ships promtool)",
+}
+
+
+class ServerNotInstalled(RuntimeError):
+    """A server's binary is not on PATH; the message says which package to install."""
+
+
+class PortTaken(OSError):
+    """The port picked was taken by another process before the server could bind it."""
+
+
+def find_executable(name: str) -> str:
+    """The path of binary `name` (a key of INSTALL_HINTS), or ServerNotInstalled."""
+    path = shutil.which(name)
+    if path is None:
+        raise ServerNotInstalled(f"{name} not found on PATH: install {INSTALL_HINTS[name]}; the "
+                                 "project's test command (scripts/test.sh) installs it")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# ports, processes, waiting
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on now (the OS's pick; another process may take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+CLUSTER_BUS_OFFSET = 10000  # a Redis Cluster node also listens on its port + 10000 (the bus)
+
+
+def free_cluster_port() -> int:
+    """A port whose cluster bus port (+10000) is free too; at most 55535 (Redis' limit), and
+    below the usual ephemeral range (32768-60999) so outgoing connections rarely take it."""
+    for _ in range(1000):
+        port = random.randint(12000, 22767)
+        if _is_free(port) and _is_free(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process `pid`, from /proc (Linux; [] when it has none or has exited)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            pids.extend(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+def listeners(port: int) -> int | None:
+    """How many sockets listen on TCP `port` in this network namespace (Linux /proc/net/tcp*;
+    None where that is not readable): a port several workers share has one per worker."""
+    count, found = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1],
+                                                             16) == port:
+                count += 1
+    return count if found else None
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a log file ("(no log)" when it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.05) -> None:
+    """Poll `predicate` every `interval` s until it is true; TimeoutError naming `what` after
+    `timeout` s. An exception `predicate` raises ends the wait."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        time.sleep(interval)
+
+
+class Started:
+    """A context manager over `start()` and `close()`: started on enter (closed should the
+    start fail), closed on exit."""
+
+    def start(self, timeout: float | None = None) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class ServerProcess(Started):
+    """One server as a child process, its output in `log_path` under `dir` (a temp dir this
+    object removes at `close()`, unless it was given).
+
+    A subclass names its binary's `command()`, how it tells it is up (`_is_ready`, which may
+    raise PortTaken) and how it picks new ports (`_pick_ports`)."""
+
+    name = "server"
+    poll_interval_s = 0.05
+    start_timeout_s = 30.0
+
+    def __init__(self, directory: str | os.PathLike[str] | None, *, ports_fixed: bool) -> None:
+        self._own_dir = directory is None
+        self.dir = Path(tempfile.mkdtemp(prefix=f"pcm-{self.name}-") if directory is None
+                        else directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ports_fixed = ports_fixed
+        self._started_once = False
+
+    # -- what a subclass says ---------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> Mapping[str, str] | None:
+        """The child's environment (None: this process's)."""
+        return None
+
+    def _is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _pick_ports(self) -> None:
+        raise NotImplementedError
+
+    def _before_spawn(self) -> None:
+        """Files the server reads at start (a config)."""
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def children(self) -> list[int]:
+        """The process ids of this process's children (Linux; [] elsewhere or when stopped)."""
+        return [] if self.proc is None else child_pids(self.proc.pid)
+
+    def start(self, timeout: float | None = None) -> Self:
+        """Spawn and wait until the server answers (`timeout` s, else RuntimeError with its log
+        tail). A first start whose ports were taken meanwhile moves to others (5 tries), unless
+        the ports were given."""
+        if self.is_running():
+            return self
+        for attempt in range(5):
+            try:
+                self._launch(self.start_timeout_s if timeout is None else timeout)
+                self._started_once = True
+                return self
+            except PortTaken:
+                if self._ports_fixed or self._started_once or attempt == 4:
+                    raise
+                self._pick_ports()
+        return self
+
+    def _launch(self, timeout: float) -> None:
+        self._before_spawn()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self.environment(),
+                                         cwd=self.dir)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until the running server answers; PortTaken or RuntimeError if it exits first."""
+        timeout = self.start_timeout_s if timeout is None else timeout
+
+        def ready() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                if "address already in use" in self.log_tail().lower():
+                    raise PortTaken(f"{self.name}: port taken:\n{self.log_tail()}")
+                raise self._fail(f"{self.name} exited with {code} during startup")
+            return self._is_ready()
+
+        try:
+            wait_until(ready, timeout, f"{self.name} answering", self.poll_interval_s)
+        except TimeoutError as exc:
+            raise self._fail(f"{self.name} did not answer within {timeout} s") from exc
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after `timeout`, to its children too); the exit status,
+        None if it was not started."""
+        return self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL, to the process and its children (a selector's workers): no shutdown of any
+        kind (Redis does not flush its AOF)."""
+        return self._end(signal.SIGKILL, 10.0)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it accepts connections but answers nothing."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop, and remove the dir if this object created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _end(self, sig: signal.Signals, timeout: float) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        children = child_pids(proc.pid) if sig == signal.SIGKILL else []
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # in case it was paused
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                children = child_pids(proc.pid)
+                proc.kill()
+                proc.wait(timeout)
+        for pid in children:  # our own children: a SIGKILLed supervisor cannot stop them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return proc.returncode
+
+    def log_text(self) -> str:
+        """Everything the server wrote (stdout and stderr) so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return log_tail(self.log_path, lines)
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        """Until `text` appears in the log; RuntimeError should the server exit first."""
+
+        def logged() -> bool:
+            if text in self.log_text():
+                return True
+            if not self.is_running():
+                raise self._fail(f"{self.name} is not running, and never logged {text!r}")
+            return False
+
+        wait_until(logged, timeout, f"{text!r} in the log of {self.name}", interval=0.02)
+
+    def _fail(self, message: str) -> RuntimeError:
+        return RuntimeError(f"{message}; log {self.log_path}:\n{self.log_tail()}")
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"{type(self).__name__}(dir={os.fspath(self.dir)!r}, {state})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis
+
+
+def answers_ping(port: int, timeout: float = 0.2) -> bool:
+    """True once the server on `port` answers PING with PONG (not LOADING or refused)."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def server_pid(port: int, timeout: float = 0.5) -> int | None:
+    """The process id the Redis server on `port` reports (INFO server), or None."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"process_id:"):
+            return int(line.split(b":", 1)[1])
+    return None
+
+
+class RedisServer(ServerProcess):
+    """One redis-server on 127.0.0.1 (no RDB snapshots), restartable on the same port and data
+    dir. `appendonly`: AOF persistence under `dir`; `options`: more `--NAME VALUE` settings
+    (e.g. {"appendfsync": "everysec"})."""
+
+    name = "redis"
+    poll_interval_s = 0.01
+    start_timeout_s = 10.0
+
+    def __init__(self, port: int | None = None, data_dir: str | os.PathLike[str] | None = None,
+                 *, appendonly: bool = False, options: Mapping[str, str] | None = None,
+                 executable: str | None = None) -> None:
+        self.executable = executable or find_executable("redis-server")
+        super().__init__(data_dir, ports_fixed=port is not None)
+        self.port = port or 0
+        if port is None:
+            self._pick_ports()
+        self.appendonly = appendonly
+        self.options = dict(options or {})
+
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int = 0) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+    def command(self) -> list[str]:
+        argv = [self.executable, "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir),
+                "--daemonize", "no", "--protected-mode", "no", "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no", "--loglevel", "warning"]
+        for name, value in self.options.items():
+            argv += [f"--{name}", value]
+        return argv
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    def _is_ready(self) -> bool:
+        if not answers_ping(self.port):
+            return False
+        if self.proc is not None and server_pid(self.port) != self.proc.pid:
+            raise PortTaken(f"port {self.port} is taken by another server")
+        return True
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, port={self.port})"
+
+
+def redis_command(port: int, *args: str, timeout: float = 1.0) -> Any:
+    """The answer of the Redis server on `port` to one command, None if it does not answer."""
+    import redis  # the trainer's own modules need no Redis client
+
+    try:
+        with redis.Redis(host=HOST, port=port, socket_timeout=timeout,
+                         socket_connect_timeout=timeout) as client:
+            return client.execute_command(*args)
+    except redis.RedisError:
+        return None
+
+
+def _text(answer: Any) -> str:
+    return answer.decode() if isinstance(answer, bytes) else str(answer)
+
+
+def cluster_state(port: int) -> str:
+    """`cluster_state` from CLUSTER INFO of the node on `port` ("" if it does not answer)."""
+    info = redis_command(port, "CLUSTER", "INFO")
+    for line in _text(info or "").splitlines():
+        if line.startswith("cluster_state:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+class ClusterNode(RedisServer):
+    """One redis-server with `cluster-enabled yes` on a port whose bus port is free too."""
+
+    def __init__(self, data_dir: Path, *, node_timeout_ms: int,
+                 executable: str | None = None) -> None:
+        super().__init__(data_dir=data_dir, executable=executable, options={
+            "cluster-enabled": "yes",
+            "cluster-config-file": str(Path(data_dir) / "nodes.conf"),
+            "cluster-node-timeout": str(node_timeout_ms),
+            "cluster-require-full-coverage": "no",
+        })
+
+    def _pick_ports(self) -> None:
+        self.port = free_cluster_port()
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+
+class RedisClusterServers(Started):
+    """`masters` cluster-mode redis-servers (no replicas) joined by `redis-cli --cluster create`
+    into one cluster covering all 16384 slots.
+
+    The nodes run with `cluster-require-full-coverage no`, so that the other masters keep
+    serving their slots while one is down (what docs/deploy.md tells operators to set), and a
+    short `cluster-node-timeout`. Every node must report `cluster_state:ok` within `timeout`
+    seconds of the create."""
+
+    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 1000,
+                 cli: str | None = None) -> None:
+        if masters < 3:
+            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        self.cli = cli or find_executable("redis-cli")
+        executable = find_executable("redis-server")
+        self.dir = Path(tempfile.mkdtemp(prefix="pcm-redis-cluster-"))
+        self.nodes = [ClusterNode(self.dir / f"node{i}", node_timeout_ms=node_timeout_ms,
+                                  executable=executable) for i in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """The selector's PCM_REDIS_URL for this cluster: every node as a startup node."""
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes)
+
+    def start(self, timeout: float | None = None) -> Self:
+        """Start the nodes, join them, and wait until every one reports the cluster ok
+        (`timeout` s, 30 by default)."""
+        timeout = 30.0 if timeout is None else timeout
+        for node in self.nodes:
+            node.start()
+        out = subprocess.run(
+            [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed ({out.returncode}):\n"
+                               f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        self.wait_state("ok", timeout)
+        return self
+
+    def _running(self, nodes: list[ClusterNode] | None = None) -> list[ClusterNode]:
+        return [n for n in (nodes or self.nodes) if n.is_running()]
+
+    def wait_state(self, state: str, timeout: float = 30.0,
+                   nodes: list[ClusterNode] | None = None) -> None:
+        """Until every (running) node of `nodes` reports cluster_state:`state`."""
+        running = self._running(nodes)
+        wait_until(lambda: all(cluster_state(n.port) == state for n in running), timeout,
+                   f"cluster_state:{state} on ports {[n.port for n in running]}")
+
+    def slot_owner(self, slot: int) -> ClusterNode:
+        """The master that serves `slot` (from CLUSTER SLOTS of a running node)."""
+        for node in self._running():
+            ranges = redis_command(node.port, "CLUSTER", "SLOTS")
+            if ranges is None:
+                continue
+            # [[start, end, [host, port, id, ...], replicas...], ...] (raw or parsed by redis-py)
+            items = ranges.items() if isinstance(ranges, dict) else (
+                ((r[0], r[1]), {"primary": (r[2][0], r[2][1])}) for r in ranges)
+            for (start, end), entry in items:
+                if int(start) <= slot <= int(end):
+                    port = int(entry["primary"][1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no running node knows the owner of slot {slot}")
+
+    def node_for_key(self, key: str) -> ClusterNode:
+        from redis.crc import key_slot
+
+        return self.slot_owner(key_slot(key.encode()))
+
+    def wait_marked_failed(self, dead: ClusterNode, timeout: float = 30.0) -> None:
+        """Until every running node flags `dead` as `fail` in CLUSTER NODES (after about
+        cluster-node-timeout)."""
+
+        def flagged(node: ClusterNode) -> bool:
+            text = _text(redis_command(node.port, "CLUSTER", "NODES") or "")
+            line = next((x for x in text.splitlines() if f":{dead.port}@" in x), "")
+            return "fail" in line.split()[2].split(",") if line else False
+
+        def all_flag() -> bool:
+            views = [flagged(node) for node in self._running()]
+            return bool(views) and all(views)
+
+        wait_until(all_flag, timeout, f"node {dead.address} marked failed")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prometheus
+
+PrometheusConfig = str | Callable[[int], str]
+
+
+class PrometheusError(RuntimeError):
+    """The Prometheus HTTP API answered an error (bad query, ...)."""
+
+
+class PrometheusServer(ServerProcess):
+    """One Prometheus (Debian's `prometheus` binary) with its TSDB in `dir`, queried through
+    its HTTP API.
+
+    `config` is YAML text, or a callable taking the port Prometheus will listen on (so a
+    self-scrape job can name it; the port is only known once picked)."""
+
+    name = "prometheus"
+
+    def __init__(self, config: PrometheusConfig, *, port: int | None = None,
+                 data_dir: str | os.PathLike[str] | None = None, executable: str | None = None,
+                 log_level: str = "warn") -> None:
+        self.executable = executable or find_executable("prometheus")
+        super().__init__(data_dir, ports_fixed=port is not None)
+        self._config = config
+        self.port = port if port is not None else free_port()
+        self.log_level = log_level
+        self._http: httpx.Client | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "prometheus.yml"
+
+    @property
+    def tsdb_path(self) -> Path:
+        return self.dir / "tsdb"
+
+    def config_text(self) -> str:
+        return self._config(self.port) if callable(self._config) else self._config
+
+    def command(self) -> list[str]:
+        return [self.executable, f"--config.file={self.config_path}",
+                f"--web.listen-address={HOST}:{self.port}",
+                f"--storage.tsdb.path={self.tsdb_path}", f"--log.level={self.log_level}"]
+
+    def _before_spawn(self) -> None:
+        self.config_path.write_text(self.config_text(), encoding="utf-8")  # may name the port
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    def _is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        return super().stop(timeout)
+
+    # -- HTTP API -----------------------------------------------------------------------------
+
+    def api(self, path: str, **params: Any) -> Any:
+        """GET /api/v1/PATH; the `data` of a successful answer, PrometheusError otherwise."""
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.url, timeout=10.0)
+        response = self._http.get(f"/api/v1/{path}", params=params)
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusError(
+                f"/api/v1/{path} {params}: HTTP {response.status_code}: {response.text[:500]}"
+            ) from None
+        if body.get("status") != "success":
+            raise PrometheusError(
+                f"/api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query: the result list of a vector (each {"metric": {...}, "value": [t, v]}),
+        or a one-element list for a scalar."""
+        params: dict[str, Any] = {"query": expr}
+        if at is not None:
+            params["time"] = at
+        data = self.api("query", **params)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        if data["resultType"] != "vector":
+            raise PrometheusError(f"{expr!r}: expected an instant vector, got {data['resultType']}")
+        return list(data["result"])
+
+    def values(self, expr: str) -> list[float]:
+        """The sample values of an instant query (NaN included)."""
+        return [float(item["value"][1]) for item in self.query(expr)]
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self.api("targets", state="active")["activeTargets"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every rule of every loaded group (alerting and recording)."""
+        return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
+
+    def wait_for_targets_up(self, job: str, timeout: float = 30.0) -> None:
+        """Until every target of `job` was scraped successfully."""
+
+        def all_up() -> bool:
+            targets = [t for t in self.targets() if t["labels"].get("job") == job]
+            return bool(targets) and all(t["health"] == "up" for t in targets)
+
+        self.wait_until(all_up, timeout, f"targets of job {job!r} up")
+
+    def wait_for_scrapes(self, job: str, count: int, timeout: float = 30.0) -> None:
+        """Until `count` more scrapes of every target of `job` happened (from now)."""
+
+        def scrape_times() -> dict[str, str]:
+            return {t["scrapeUrl"]: t["lastScrape"] for t in self.targets()
+                    if t["labels"].get("job") == job}
+
+        seen = {url: {last} for url, last in scrape_times().items()}
+
+        def done() -> bool:
+            for url, last in scrape_times().items():
+                seen.setdefault(url, set()).add(last)
+            return bool(seen) and all(len(s) > count for s in seen.values())
+
+        self.wait_until(done, timeout, f"{count} scrapes of job {job!r}", interval=0.1)
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str,
+                   interval: float = 0.25) -> None:
+        """`wait_until` (module function), failing at once should Prometheus exit."""
+
+        def alive_and() -> Any:
+            if not self.is_running():
+                raise RuntimeError(f"prometheus exited while waiting for {what}:\n"
+                                   f"{self.log_tail()}")
+            return predicate()
+
+        wait_until(alive_and, timeout, f"prometheus: {what}", interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# the selector
+
+
+class SelectorProcess(ServerProcess):
+    """`pcm-selector serve --host 127.0.0.1 --grpc-port P --http-port Q` as a subprocess (run
+    as `python -m selector_service.cli`, the console script's module, with this interpreter).
+
+    `env` adds PCM_* variables (e.g. PCM_AUTH_TOKENS); PCM_* variables of this process are not
+    inherited. `args`: more `serve` flags (e.g. ("--shutdown-delay-s", "1.5")), which override
+    the variables. Ports are picked free once and kept, so `start()` after `stop()` or `kill()`
+    brings a new process up on the same urls. `workers`: PCM_WORKERS (1, one process, unless
+    asked; 0 is the setting's default, one per core with Redis); with several, `start()` also
+    waits until every worker serves.
+    """
+
+    name = "selector"
+    start_timeout_s = 60.0  # its imports alone take seconds, many more on a busy machine
+
+    def __init__(self, *, store: str = "memory", redis_url: str | None = None,
+                 env: Mapping[str, str] | None = None, grpc_port: int | None = None,
+                 http_port: int | None = None, log_level: str = "WARNING",
+                 grace_period_s: float = 2.0, workers: int = 1, args: Sequence[str] = (),
+                 log_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(log_dir, ports_fixed=grpc_port is not None or http_port is not None)
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PCM_")}
+        self.env.update({"PCM_STORE": store, "PCM_LOG_LEVEL": log_level,
+                         "PCM_GRACE_PERIOD_S": str(grace_period_s),
+                         "PCM_WORKERS": str(workers)})
+        if redis_url is not None:
+            self.env["PCM_REDIS_URL"] = redis_url
+        self.env.update(env or {})
+        self.workers = int(self.env["PCM_WORKERS"] or 0)
+        self.args = list(args)
+        self._up_path = "/readyz"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://{HOST}:{self.grpc_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """HOST:PORT, what grpc.insecure_channel takes."""
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "selector_service.cli", "serve", "--host", HOST,
+                "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+                *self.args]
+
+    def environment(self) -> Mapping[str, str]:
+        return self.env
+
+    def start(self, timeout: float | None = None, *, ready: bool = True) -> Self:
+        """Spawn and wait until `/readyz` answers 200 (`ready=False`: until `/healthz` does,
+        for a selector whose store is down)."""
+        self._up_path = "/readyz" if ready else "/healthz"
+        return super().start(timeout)
+
+    def wait_up(self, *, ready: bool = True, timeout: float | None = None) -> None:
+        """Until the running selector answers `/readyz` (or `/healthz`) with every worker."""
+        self._up_path = "/readyz" if ready else "/healthz"
+        self.wait_ready(timeout)
+
+    def _pick_ports(self) -> None:
+        self.grpc_port, self.http_port = free_port(), free_port()
+
+    def _is_ready(self) -> bool:
+        try:
+            answered = httpx.get(f"{self.http_url}{self._up_path}", timeout=1.0).status_code
+        except httpx.TransportError:
+            return False
+        return answered == 200 and self._all_workers_listen()
+
+    def _all_workers_listen(self) -> bool:
+        """With several workers: each listens on both ports (until then the first ones get
+        every connection)."""
+        if self.workers <= 1:
+            return True
+        counts = [listeners(self.grpc_port), listeners(self.http_port)]
+        return all(c is None or c >= self.workers for c in counts)
+
