@@ -11,9 +11,12 @@ from selector_service.errors import InvalidArgument, NotFound
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.clients.aio import AsyncSelectorClient, connect_async
-from trainer_client.clients.grpc_client import AsyncGrpcClient
-from trainer_client.clients.http_client import AsyncHttpClient
+from trainer_client.clients.aio import (
+    AsyncGrpcClient,
+    AsyncHttpClient,
+    AsyncSelectorClient,
+    connect_async,
+)
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 9}
 

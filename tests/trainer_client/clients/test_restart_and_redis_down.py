@@ -20,7 +20,7 @@ from tests.redis_server import RedisServer
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.clients.http_client import select_body
+from trainer_client.clients.http_transport import select_body
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 5}
 SERVICE = "pcm.v1.ChunkSelector"

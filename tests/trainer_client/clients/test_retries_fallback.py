@@ -20,8 +20,8 @@ from selector_service.errors import InvalidArgument, NotFound, StoreUnavailable
 from tests.selector_process import SelectorProcess
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.clients.fallback import SelectorTimeout
-from trainer_client.clients.http_client import HttpClient
+from trainer_client.clients.errors import SelectorTimeout
+from trainer_client.clients.http_transport import HttpClient
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 3}
 FAST = {"retries": 40, "backoff_s": 0.05, "max_backoff_s": 0.2}
@@ -37,7 +37,7 @@ def test_selector_that_comes_up_late(tmp_path: Path, caplog: pytest.LogCaptureFi
             client.put_run(run_id, **CONFIG)  # retried until the selector is up
             results[url] = client.select(run_id, small_batch("r0"))
 
-    caplog.set_level(logging.INFO, logger="trainer_client.clients.fallback")
+    caplog.set_level(logging.INFO, logger="trainer_client.clients")
     threads = [threading.Thread(target=trainer, args=(url,))
                for url in (selector.grpc_url, selector.http_url)]
     for t in threads:
