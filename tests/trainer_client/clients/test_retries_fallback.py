@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -23,7 +24,7 @@ from trainer_client import connect
 from trainer_client.clients.errors import SelectorTimeout
 from trainer_client.clients.http_transport import HttpClient
 
-CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 3}
+CONFIG: dict[str, Any] = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 3}
 FAST = {"retries": 40, "backoff_s": 0.05, "max_backoff_s": 0.2}
 
 

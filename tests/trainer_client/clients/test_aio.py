@@ -31,7 +31,7 @@ async def test_concurrent_selects(memory_selector: SelectorProcess, transport: s
     expected_type = {"grpc": AsyncGrpcClient, "http": AsyncHttpClient}.get(transport)
     if expected_type is not None:
         assert isinstance(client, expected_type)
-    async with client:  # type: ignore[attr-defined]
+    async with client:
         await client.put_run(run_id, **CONFIG)
         batches = [small_batch(f"a{k}", seed=k) for k in range(6)]
         answers = await asyncio.gather(*(client.select(run_id, b) for b in batches))
@@ -83,3 +83,10 @@ async def test_async_fallback_selects_locally_then_replays(tmp_path: Path) -> No
     finally:
         await client.close()
         selector.stop()
+
+
+def test_each_async_client_takes_its_transports_urls() -> None:
+    with pytest.raises(ValueError, match="AsyncGrpcClient is for grpc urls"):
+        AsyncGrpcClient("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="unknown selector url"):
+        connect_async("ftp://127.0.0.1:1")
