@@ -28,8 +28,6 @@ from selector_service.models import (
 
 log = logging.getLogger(__name__)
 
-LOCAL_PREFIX = LOCAL_SELECTION_PREFIX
-
 
 @dataclass
 class _SeenRun:
@@ -54,7 +52,7 @@ class LocalFallback:
 
     def observe_answer(self, run_id: str, answer: SelectResponse) -> None:
         seen = self._runs.get(run_id)
-        if seen is None or answer.selection_id.startswith(LOCAL_PREFIX):
+        if seen is None or answer.selection_id.startswith(LOCAL_SELECTION_PREFIX):
             return
         seen.keep_probs.update(answer.keep_probs)
         seen.state_version = max(seen.state_version, answer.state_version)
@@ -87,7 +85,7 @@ class LocalFallback:
         log.warning("selector unreachable (%s): selected run %s request %s locally", cause,
                     run_id, request.request_id)
         return SelectResponse(
-            selection_id=LOCAL_PREFIX + request.request_id,
+            selection_id=LOCAL_SELECTION_PREFIX + request.request_id,
             state_version=seen.state_version,
             masks=batch.split(sel.mask),
             weights=batch.split(sel.weight),
