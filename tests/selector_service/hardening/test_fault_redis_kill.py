@@ -7,7 +7,7 @@ report is counted exactly once.
 While Redis is down the selector answers UNAVAILABLE / 503: the clients retry, then select
 locally and train on that, and replay those batches (with the masks they trained on) and their
 reports once it is back; a selection the service committed but could not answer in time is
-reconciled to the client's masks (trainer_client/clients/fallback.py). A SIGKILL of
+reconciled to the client's masks (trainer_client/clients/replay_log.py). A SIGKILL of
 redis-server loses no acknowledged write, as Redis writes the AOF before it answers;
 `test_writes_a_restarted_store_lost_are_replayed` covers a store that does lose some, as a host
 crash with `everysec` would. About 10-15 s.
@@ -69,7 +69,7 @@ def _trainer(index: int, url: str, out: dict[int, list[tuple[dict[str, Any], Any
 
 def test_redis_sigkill_mid_run_loses_and_doubles_nothing(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="trainer_client.clients.fallback")
+    caplog.set_level(logging.WARNING, logger="trainer_client.clients")
     # AOF with `appendfsync everysec` (explicitly); kill() is a SIGKILL: no AOF flush, no shutdown
     redis_server = RedisServer(data_dir=tmp_path / "redis", appendonly=True,
                                options={"appendfsync": "everysec"})

@@ -19,7 +19,7 @@ from selector_service.store.redis_store import RedisStore
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
 from trainer_client.bench.servers import RedisServer, SelectorProcess
-from trainer_client.clients.http_client import select_body
+from trainer_client.clients.http_transport import select_body
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 5}
 SERVICE = "pcm.v1.ChunkSelector"

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -20,10 +21,10 @@ from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
 from trainer_client.bench.servers import SelectorProcess, free_port
-from trainer_client.clients.fallback import SelectorTimeout
-from trainer_client.clients.http_client import HttpClient
+from trainer_client.clients.errors import SelectorTimeout
+from trainer_client.clients.http_transport import HttpClient
 
-CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 3}
+CONFIG: dict[str, Any] = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 3}
 FAST = {"retries": 40, "backoff_s": 0.05, "max_backoff_s": 0.2}
 
 
@@ -37,7 +38,7 @@ def test_selector_that_comes_up_late(tmp_path: Path, caplog: pytest.LogCaptureFi
             client.put_run(run_id, **CONFIG)  # retried until the selector is up
             results[url] = client.select(run_id, small_batch("r0"))
 
-    caplog.set_level(logging.INFO, logger="trainer_client.clients.fallback")
+    caplog.set_level(logging.INFO, logger="trainer_client.clients")
     threads = [threading.Thread(target=trainer, args=(url,))
                for url in (selector.grpc_url, selector.http_url)]
     for t in threads:

@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from pcm_contract.models import (
-    DeleteAck,
-    OutcomeAck,
-    OutcomeReport,
-    RunInfo,
-    SelectRequest,
-    SelectResponse,
-)
+from pcm_contract import models
 
 
 @runtime_checkable
@@ -22,17 +15,17 @@ class SelectorClient(Protocol):
 
     url: str
 
-    def put_run(self, run_id: str, **config: Any) -> RunInfo: ...
+    def put_run(self, run_id: str, **config: Any) -> models.RunInfo: ...
 
-    def get_run(self, run_id: str) -> RunInfo: ...
+    def get_run(self, run_id: str) -> models.RunInfo: ...
 
-    def delete_run(self, run_id: str) -> DeleteAck: ...
+    def delete_run(self, run_id: str) -> models.DeleteAck: ...
 
     def select(self, run_id: str,
-               request: SelectRequest | Mapping[str, Any]) -> SelectResponse: ...
+               request: models.SelectRequest | Mapping[str, Any]) -> models.SelectResponse: ...
 
     def report_outcomes(self, run_id: str,
-                        report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck: ...
+                        report: models.OutcomeReport | Mapping[str, Any]) -> models.OutcomeAck: ...
 
     @property
     def pending(self) -> int:
@@ -50,7 +43,7 @@ class SelectorClient(Protocol):
 
     def settle(self, run_id: str) -> None:
         """Before exiting: wait until what the service acknowledged is durable, replaying
-        whatever its store lost (fallback.py). A no-op embedded."""
+        whatever its store lost (replay_log.py). A no-op embedded."""
         ...
 
     def close(self) -> None: ...

@@ -11,9 +11,12 @@ from pcm_contract.errors import InvalidArgument, NotFound
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
 from trainer_client.bench.servers import SelectorProcess
-from trainer_client.clients.aio import AsyncSelectorClient, connect_async
-from trainer_client.clients.grpc_client import AsyncGrpcClient
-from trainer_client.clients.http_client import AsyncHttpClient
+from trainer_client.clients.aio import (
+    AsyncGrpcClient,
+    AsyncHttpClient,
+    AsyncSelectorClient,
+    connect_async,
+)
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 9}
 
@@ -28,7 +31,7 @@ async def test_concurrent_selects(memory_selector: SelectorProcess, transport: s
     expected_type = {"grpc": AsyncGrpcClient, "http": AsyncHttpClient}.get(transport)
     if expected_type is not None:
         assert isinstance(client, expected_type)
-    async with client:  # type: ignore[attr-defined]
+    async with client:
         await client.put_run(run_id, **CONFIG)
         batches = [small_batch(f"a{k}", seed=k) for k in range(6)]
         answers = await asyncio.gather(*(client.select(run_id, b) for b in batches))
@@ -80,3 +83,10 @@ async def test_async_fallback_selects_locally_then_replays(tmp_path: Path) -> No
     finally:
         await client.close()
         selector.stop()
+
+
+def test_each_async_client_takes_its_transports_urls() -> None:
+    with pytest.raises(ValueError, match="AsyncGrpcClient is for grpc urls"):
+        AsyncGrpcClient("http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="unknown selector url"):
+        connect_async("ftp://127.0.0.1:1")
