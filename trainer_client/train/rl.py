@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -465,30 +466,24 @@ def update(
     the same update with the gradients summed over the ranks), then the rollouts' replica
     refreshed under FSDP."""
     set_lr_for_step(learner.optimizer, step, cfg.lr_warmup_steps)
-    if dist.enabled:
-        stats = distributed_update(
-            learner.trained,
-            learner.optimizer,
-            trajectories,
-            sel.masks,
-            sel.weights,
-            config=cfg.grpo,
+    update_fn: Callable[..., UpdateStats] = grpo_update
+    if dist.enabled:  # the loss coefficients of the global batch, gradients summed over ranks
+        update_fn = functools.partial(
+            distributed_update,
             dist=dist,
             global_informative_chunks=sel.informative_chunks,
             global_informative_trajectories=sel.informative_trajectories,
             global_kept_chunks=sel.kept_chunks,
-            ref_policy=learner.ref_policy,
         )
-    else:
-        stats = grpo_update(
-            learner.trained,
-            learner.optimizer,
-            trajectories,
-            sel.masks,
-            sel.weights,
-            config=cfg.grpo,
-            ref_policy=learner.ref_policy,
-        )
+    stats = update_fn(
+        learner.trained,
+        learner.optimizer,
+        trajectories,
+        sel.masks,
+        sel.weights,
+        config=cfg.grpo,
+        ref_policy=learner.ref_policy,
+    )
     if learner.trained is not learner.policy:
         sync_replica(learner.trained, learner.policy)  # the rollouts' full copy of the new weights
     synchronize(device)  # CUDA runs asynchronously: time the finished update
