@@ -1,16 +1,16 @@
-"""`pcm-selector`: the selector's command line (one flag per PCM_* setting, defaults shown)."""
+"""`pcm-selector`: the selector's command line (one flag per PCM_* setting, defaults shown),
+generated from `Settings` by `pcm_contract.cli_options`."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import typing
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from pydantic import ValidationError
 
+from pcm_contract.cli_options import command, settings_options
 from selector_service.settings import Settings, configure_logging
 
 # One BLAS thread per selector process: selections are small and many run at once, and BLAS
@@ -36,36 +36,7 @@ def main() -> None:
     `--workers N` processes sharing both ports."""
 
 
-def _flag_type(annotation: Any) -> type:
-    """The CLI type of a setting: str for literals and token lists, else its own type."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal or annotation is str:
-        return str
-    if annotation in (int, float, bool):
-        return typing.cast(type, annotation)
-    return str
-
-
-def _parameters() -> list[inspect.Parameter]:
-    """One keyword parameter per Settings field: `--name-with-dashes`, default None (= the
-    environment, else the setting's default, which the help shows)."""
-    params = []
-    for name, info in Settings.model_fields.items():
-        kind = _flag_type(info.annotation)
-        default = _SHOWN_DEFAULTS.get(name, info.default)
-        if isinstance(default, bool):
-            default = "true" if default else "false"
-        description = info.description or name
-        help_text = (f"{description[0].upper()}{description[1:]} "
-                     f"(env PCM_{name.upper()}).{_EXTRA_HELP.get(name, '')}")
-        option = typer.Option(f"--{name.replace('_', '-')}", help=help_text,
-                              show_default=str(default), rich_help_panel=None)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[kind | None, option]))
-    return params
-
-
-def serve(**flags: Any) -> None:
+def serve(flags: dict[str, Any]) -> None:
     """Serve gRPC and HTTP (/v1/runs/..., /healthz, /readyz, /metrics) until SIGTERM/SIGINT.
     Flags override the PCM_* environment."""
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -90,9 +61,10 @@ def serve(**flags: Any) -> None:
     run_server(settings)
 
 
-serve.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
-serve.__annotations__ = {p.name: p.annotation for p in _parameters()}
-app.command()(serve)
+# one flag per Settings field (pcm_contract.cli_options), the settings' own defaults shown
+app.command("serve")(
+    command(settings_options(Settings, _SHOWN_DEFAULTS, _EXTRA_HELP), serve, serve.__doc__)
+)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@
     torchrun --nproc_per_node 4 -m trainer_client.cli rl --parallel fsdp --device cuda ...
 
 The flags of sft, rl and eval are generated from the fields (and help texts) of `SFTConfig`,
-`TrainConfig` and `EvalConfig` in `trainer_client.train.config`; a bad value exits with the
-config's message, which says how to fix it.
+`TrainConfig` (its `grpo: GRPOConfig` flattened: --lr, --clip-coef-low, --ppo-epochs, ...) and
+`EvalConfig` in `trainer_client.train.config`, by `pcm_contract.cli_options` (as the
+selector's flags are from its Settings); a bad value exits with the config's message, which
+says how to fix it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib
-import inspect
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_type_hints
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from pcm_contract.cli_options import build, command, dataclass_options
 from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 from trainer_client.train.config import EvalConfig, SFTConfig, TrainConfig
 
@@ -46,60 +47,24 @@ app = typer.Typer(
 )
 
 C = TypeVar("C")
+Body = Callable[[C], None]
 
 
-def _options_from(cls: type[C]) -> tuple[list[inspect.Parameter], dict[str, Any]]:
-    """typer parameters (Annotated[type, typer.Option]) for the fields of a config dataclass."""
-    hints = get_type_hints(cls)
-    params, annotations = [], {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        meta = f.metadata
-        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
-        decls = [flag] if hints[f.name] is not bool else [f"{flag}/--no-{flag[2:]}"]
-        option = typer.Option(
-            *decls,
-            help=meta.get("help", ""),
-            envvar=meta.get("envvar"),
-            show_default=meta.get("show_default", True),
-        )
-        annotation = Annotated[hints[f.name], option]  # type: ignore[name-defined,valid-type]
-        default = f.default if f.default is not MISSING else None
-        params.append(
-            inspect.Parameter(
-                f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-            )
-        )
-        annotations[f.name] = annotation
-    return params, annotations
+def _config_command(name: str, cls: type[C]) -> Callable[[Body[C]], Body[C]]:
+    """Register `body(config)` as a command whose flags are `cls`'s fields, nested configs
+    flattened (`pcm_contract.cli_options`); a bad value exits 2 with the config's message."""
 
-
-def _config_command(
-    name: str, cls: type[C], extra: list[inspect.Parameter] | None = None
-) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register `body(config, **extra)` as a command whose flags are `cls`'s fields."""
-
-    def register(body: Callable[..., None]) -> Callable[..., None]:
-        params, annotations = _options_from(cls)
-        extra_params = extra or []
-        names = {p.name for p in extra_params}
-
-        def command(**kwargs: Any) -> None:
-            extras = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    def register(body: Body[C]) -> Body[C]:
+        def run(values: dict[str, Any]) -> None:
             try:
-                config = cls(**kwargs)
+                config = build(cls, values)
             except ValueError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
             with _setup_errors():
-                body(config, **extras)
+                body(config)
 
-        command.__signature__ = inspect.Signature([*params, *extra_params])  # type: ignore[attr-defined]
-        command.__annotations__ = {
-            **annotations,
-            **{p.name: p.annotation for p in extra_params},
-        }
-        command.__doc__ = body.__doc__
-        app.command(name)(command)
+        app.command(name)(command(dataclass_options(cls), run, body.__doc__))
         return body
 
     return register

@@ -561,6 +561,10 @@ def selective_backward(
     )
 
 
+# the hook of `grpo_update` between an epoch's backward and its optimizer step
+AfterBackward = Callable[[UpdateStats], UpdateStats]
+
+
 def make_optimizer(policy: nn.Module, config: GRPOConfig | None = None) -> torch.optim.AdamW:
     """AdamW, fused (one kernel over all parameters: on CPU the default per-tensor loop costs
     several times more, a fixed cost per update that both GRPO and PCM pay)."""
@@ -584,10 +588,16 @@ def grpo_update(
     config: GRPOConfig | None = None,
     advantages: np.ndarray | None = None,
     ref_policy: LogProbPolicy | None = None,
+    after_backward: AfterBackward | None = None,
 ) -> UpdateStats:
     """The actor update: per epoch, zero grads, selective backward, clip, optimizer step.
     Loss and ratio stats are the last epoch's; times are summed over epochs. With no kept rows
-    (no informative trajectory) nothing is computed and the optimizer does not step."""
+    (no informative trajectory) nothing is computed and the optimizer does not step.
+
+    after_backward: called after each epoch's backward with its stats, before the clip and the
+    step; it returns the stats the update goes on with. The data-parallel update
+    (`trainer_client.train.distributed`) sums the gradients and the statistics over the ranks
+    here, so every rank clips and steps on the global gradient and takes the same branch."""
     cfg = config or GRPOConfig()
     t_start = time.perf_counter()
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -605,6 +615,8 @@ def grpo_update(
             ref_policy=ref_policy,
         )
         fb_s += stats.forward_backward_s
+        if after_backward is not None:
+            stats = after_backward(stats)
         if stats.kept_rows == 0:
             break
         t_opt = time.perf_counter()
@@ -613,6 +625,8 @@ def grpo_update(
             grad_norm = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         else:
             grad_norm = nn.utils.get_total_norm(grads)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor (FSDP2 shards): its full value
+            grad_norm = grad_norm.full_tensor()
         stats.grad_norm = float(grad_norm)
         optimizer.step()
         opt_s += time.perf_counter() - t_opt

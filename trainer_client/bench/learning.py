@@ -51,6 +51,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from pcm_contract.cli_options import build
 from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEFAULT_RL_LR, DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
@@ -58,7 +59,7 @@ from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split
 from trainer_client.train.rl import summarize, train_rl
 
-# algorithm name -> the TrainConfig fields that define it (everything else is shared)
+# algorithm name -> the TrainConfig options that define it (everything else is shared)
 ALGOS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "grpo"},
     "pcm": {"algo": "pcm"},  # the default PCM configuration (signal score, mean, gripper)
@@ -215,14 +216,14 @@ def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
              log: Callable[[str], None]) -> dict[str, Any]:
     run_dir = out / f"{algo}-s{seed}"
     resume = latest_checkpoint(run_dir) is not None
-    cfg = TrainConfig(
+    cfg = build(TrainConfig, dict(
         env=env, selector="embedded", run_id=f"learn-{algo}-s{seed}", out=str(run_dir),
         init=str(init), resume=resume, steps=steps, seed=seed, group_size=group_size,
         init_states=init_states, keep_fraction=keep_fraction, eval_every=steps // 2,
         eval_episodes=eval_episodes, checkpoint_every=10, keep_checkpoints=1,
         num_workers=num_workers, threads=threads, progress=False, trainer_id="bench",
         **{**rl_overrides, **ALGOS[algo]},
-    )
+    ))
     log(f"learning bench: {algo} seed {seed} ({steps} steps{', resumed' if resume else ''}) "
         f"-> {cfg.out}")
     t0 = time.perf_counter()

@@ -1,8 +1,9 @@
 """Configuration of the training commands: one dataclass per command, each field with its help
-text (the `pcm-train` flags are generated from these fields) and checks that say how to fix a bad
-value.
+text (the `pcm-train` flags are generated from these fields by `pcm_contract.cli_options`) and
+checks that say how to fix a bad value.
 
-- `TrainConfig`: `pcm-train rl` (GRPO / PCM post-training against a selector)
+- `TrainConfig`: `pcm-train rl` (GRPO / PCM post-training against a selector); the actor update
+  is its `grpo: GRPOConfig` (`trainer_client.grpo`), whose fields are flags of their own
 - `SFTConfig`: `pcm-train sft` (behaviour cloning on MetaWorld's noisy scripted expert)
 - `EvalConfig`: `pcm-train eval`
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pcm_contract.models import RUN_ID_PATTERN
@@ -34,7 +35,7 @@ from trainer_client.device import (
 from trainer_client.envs import parse_env_spec
 from trainer_client.envs.factory import check_env_installed
 from trainer_client.expert import DEMO_MAX_STEPS, DEMO_NOISE_STD, DEMO_TASK
-from trainer_client.grpo import AGGREGATIONS, micro_batch_rows
+from trainer_client.grpo import GRPOConfig
 from trainer_client.phases import SEGMENTERS
 from trainer_client.policy import PRESETS
 
@@ -54,6 +55,15 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
 # ---- RL ---------------------------------------------------------------------------------------
 
 DEFAULT_RL_LR = 3e-6  # the network's AdamW learning rate for `pcm-train rl` (the base trunk)
+# what the weighting asks of the loss: `mean` averages over the kept chunks, `ht` and `none`
+# divide by what the full loss divides by (trainer_client.grpo)
+LOSS_DENOMINATORS = {"mean": "kept", "ht": "full", "none": "full"}
+
+
+def rl_grpo_config(**overrides: Any) -> GRPOConfig:
+    """`GRPOConfig` with the defaults of `pcm-train rl`: a fine-tuned trunk's learning rate and
+    fixed micro-batches of 32 gathered rows."""
+    return GRPOConfig(**{"lr": DEFAULT_RL_LR, "micro_batch": "rows:32", **overrides})
 
 
 @dataclass
@@ -110,25 +120,22 @@ class TrainConfig:
     token: str | None = opt(
         None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
     )
-    # the update
-    lr: float = opt(
-        DEFAULT_RL_LR,
-        "AdamW learning rate of the network (base trunk: pcm/random diverged at 1e-5, see "
-        "docs/BENCHMARKS.md; the demo's compact trunk uses 3e-5)",
+    # the update: the GRPO config, its fields flattened into flags (--lr, --micro-batch, ...)
+    grpo: GRPOConfig = field(
+        default_factory=rl_grpo_config,
+        metadata={
+            "help": "the actor update (trainer_client.grpo.GRPOConfig)",
+            "derived": ("loss_denominator",),  # set from --weighting
+            "help_for": {
+                "lr": "AdamW learning rate of the network (base trunk: pcm/random diverged at "
+                "1e-5, see docs/BENCHMARKS.md; the demo's compact trunk uses 3e-5)",
+            },
+        },
     )
     log_std_lr: float = opt(
         1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
     )
     lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps")
-    micro_batch: str = opt(
-        "rows:32",
-        "trajectory | rows:N (micro-batches of gathered rows) | pack:N (the fewest micro-batches"
-        " of at most N rows, cut at trajectory boundaries where free) | pack (pack:N with N = 25%"
-        " of the longest informative trajectory: PCM's peak activations <= 25% of GRPO's"
-        " micro-batched per trajectory)",
-    )
-    aggregation: str = opt("chunk", "loss aggregation: chunk | trajectory")
-    max_grad_norm: float = opt(1.0, "gradient-norm clip")
     # a fresh policy (ignored with --init)
     preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
     chunk_size: int = opt(8, "K: actions per chunk (a fresh policy)")
@@ -155,7 +162,6 @@ class TrainConfig:
         _choice("score", self.score, SCORES)
         _positive("signal_dim", self.signal_dim, minimum=1)
         _positive("budget", self.budget, minimum=0)
-        _choice("aggregation", self.aggregation, AGGREGATIONS)
         _choice("preset", self.preset, tuple(PRESETS))
         if not self.selector == "embedded" and not self.selector.startswith(
             ("grpc://", "http://", "https://")
@@ -202,19 +208,13 @@ class TrainConfig:
             raise ValueError(f"--keep-fraction {self.keep_fraction}: must be in (0, 1]")
         if not 0.0 <= self.eps <= 1.0 or not 0.0 < self.eta <= 1.0:
             raise ValueError(f"--eps {self.eps} must be in [0, 1] and --eta {self.eta} in (0, 1]")
-        if self.lr <= 0 or self.max_grad_norm <= 0 or self.log_std_lr < 0:
-            raise ValueError(
-                f"--lr {self.lr} and --max-grad-norm {self.max_grad_norm} must be > 0, "
-                f"--log-std-lr {self.log_std_lr} >= 0 (0 = same as --lr)"
-            )
+        if self.log_std_lr < 0:
+            raise ValueError(f"--log-std-lr {self.log_std_lr}: must be >= 0 (0 = same as --lr)")
         if self.time_budget_s < 0:
             raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
         if self.num_workers < -1:
             raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
-        try:
-            micro_batch_rows(self.micro_batch)
-        except ValueError as exc:
-            raise ValueError(f"--micro-batch: {exc}") from None
+        self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.weighting])
         if self.algo == "grpo" and self.keep_fraction != 1.0:
             self.keep_fraction = 1.0  # grpo keeps every chunk: record what actually runs
         _check_runtime(self.device, self.precision, self.parallel)
@@ -363,11 +363,6 @@ def auto_workers(requested: int, world_size: int = 1) -> int:
     if requested >= 0:
         return requested
     return 0 if world_size > 1 else min(2, os.cpu_count() or 1)
-
-
-def config_help(cls: type) -> dict[str, str]:
-    """field name -> help text."""
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
 
 def _default_max_steps(max_steps: int | None, family: str) -> int | None:

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from pcm_contract.cli_options import build
 from trainer_client.bench.grad import SavedTensorMeter, select_masks
 from trainer_client.device import check_device_spec, check_precision, resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
@@ -129,13 +130,13 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
         overrides: dict[str, Any] = {**cfg.rl_overrides}
         if cfg.lr is not None:
             overrides["lr"] = cfg.lr
-        rl_cfg = TrainConfig(
+        rl_cfg = build(TrainConfig, dict(
             env=cfg.env, algo=algo, selector="embedded", run_id=f"demo-{algo}-s{cfg.seed}",
             out=str(out / algo), init=str(sft.checkpoint), steps=cfg.rl_steps, seed=cfg.seed,
             group_size=cfg.group_size, init_states=cfg.init_states,
             keep_fraction=cfg.keep_fraction, checkpoint_every=cfg.checkpoint_every,
             num_workers=cfg.num_workers, threads=cfg.threads, progress=cfg.progress,
-            device=cfg.device, precision=cfg.precision, **overrides)
+            device=cfg.device, precision=cfg.precision, **overrides))
         t_run = time.perf_counter()
         rl = train_rl(rl_cfg)
         if n == 0 and len(cfg.algos) > 1:
@@ -245,7 +246,7 @@ def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig
     advantages = np.where(np.arange(len(trajs)) % 2 == 0, 1.0, -1.0)
     params = list(policy.parameters())
     out: dict[str, Any] = {"chunks": sum(t.num_chunks for t in trajs)}
-    for label, micro_batch in (("micro_batched", rl_cfg.micro_batch),
+    for label, micro_batch in (("micro_batched", rl_cfg.grpo.micro_batch),
                                ("whole_batch", f"rows:{out['chunks']}")):
         peaks = {}
         for side, side_masks in (("grpo", None), ("pcm", masks)):
@@ -259,7 +260,7 @@ def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig
         out[f"grpo_bytes_{label}"] = peaks["grpo"]
         out[f"pcm_bytes_{label}"] = peaks["pcm"]
         out[f"ratio_{label}"] = peaks["pcm"] / peaks["grpo"] if peaks["grpo"] else None
-    out["micro_batch"] = rl_cfg.micro_batch
+    out["micro_batch"] = rl_cfg.grpo.micro_batch
     return out
 
 

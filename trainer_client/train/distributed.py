@@ -23,9 +23,11 @@ The update: each rank backpropagates its own kept chunks with the loss coefficie
 GLOBAL batch (the selector's weights are rescaled so that the denominator is the global count of
 informative chunks, or informative trajectories under `--aggregation trajectory`), then the
 gradients are summed with one all-reduce (flattened into a single buffer), clipped and stepped
-identically on every rank. Summing, not averaging, is what makes the result equal to the
-single-process gradient of the global loss. Parameters start identical (broadcast from rank 0)
-and stay identical; `check_in_sync` verifies that at every checkpoint.
+identically on every rank: `grpo_update` itself (its ppo_epochs loop and KL term), with the sum
+over ranks as its hook between the backward and the optimizer step (`sum_over_ranks`).
+Summing, not averaging, is what makes the result equal to the single-process gradient of the
+global loss. Parameters start identical (broadcast from rank 0) and stay identical;
+`check_in_sync` verifies that at every checkpoint.
 
 `--parallel fsdp` (FSDP2, `shard_policy`): each trunk block and the rest of the policy are
 `fully_shard`ed over the ranks, so parameters, gradients and the optimizer state are split
@@ -59,11 +61,12 @@ from torch import nn
 from trainer_client.device import SetupError
 from trainer_client.grpo import (
     GRPOConfig,
+    LogProbPolicy,
     UpdateStats,
     group_advantages,
+    grpo_update,
     informative_trajectories,
     plan_kept_rows,
-    selective_backward,
     split_for,
 )
 from trainer_client.policy import PolicyConfig
@@ -204,86 +207,101 @@ def distributed_update(
     global_informative_chunks: int,
     global_informative_trajectories: int,
     global_kept_chunks: int | None = None,
+    ref_policy: LogProbPolicy | None = None,
 ) -> UpdateStats:
     """One actor update on this rank's trajectories whose summed gradient over ranks equals the
     single-process gradient of the global masked loss (see the module docstring). `policy` is
-    the rank's full replica (ddp) or its FSDP2-sharded module (`shard_policy`)."""
-    import time
-
-    t0 = time.perf_counter()
+    the rank's full replica (ddp) or its FSDP2-sharded module (`shard_policy`). It is
+    `grpo_update` (its ppo_epochs loop and KL term included) with the loss coefficients rescaled
+    to the global counts and `sum_over_ranks` between each backward and optimizer step."""
     advantages = group_advantages(
         [t.success for t in trajectories], [t.group_id for t in trajectories], config.adv_eps
     )
-    informative = informative_trajectories(advantages)
-    # rescale: plan_kept_rows divides by the rank-local count; we want the global one
+    scale = _global_scale(
+        config,
+        trajectories,
+        masks,
+        informative_trajectories(advantages),
+        global_informative_chunks,
+        global_informative_trajectories,
+        global_kept_chunks,
+    )
+    scaled = [np.asarray(w, dtype=np.float64) * scale for w in weights]
+    passes = 0
+    if is_sharded(policy):  # FSDP: every rank runs as many forward/backward passes as the busiest
+        rows = plan_kept_rows(
+            trajectories, advantages, masks, scaled, config.aggregation, config.loss_denominator
+        )
+        passes = dist.all_max(len(split_for(rows, config)))  # agreed before any backward
+    return grpo_update(
+        policy,
+        optimizer,
+        trajectories,
+        masks,
+        scaled,
+        config=config,
+        advantages=advantages,
+        ref_policy=ref_policy,
+        after_backward=lambda stats: sum_over_ranks(stats, policy, dist, passes),
+    )
+
+
+def _global_scale(
+    config: GRPOConfig,
+    trajectories: Sequence[Trajectory],
+    masks: Sequence[np.ndarray],
+    informative: np.ndarray,
+    global_informative_chunks: int,
+    global_informative_trajectories: int,
+    global_kept_chunks: int | None,
+) -> float:
+    """The factor that turns `plan_kept_rows`' rank-local loss denominator into the global one."""
     if config.aggregation == "chunk" and config.loss_denominator == "kept":
         if global_kept_chunks is None:
             raise ValueError("loss_denominator 'kept' needs global_kept_chunks")
         local = sum(
             int(np.count_nonzero(m)) for m, inf in zip(masks, informative, strict=True) if inf
         )
-        scale = local / global_kept_chunks if local else 1.0
-    elif config.aggregation == "chunk":
+        return local / global_kept_chunks if local else 1.0
+    if config.aggregation == "chunk":
         local = sum(t.num_chunks for t, inf in zip(trajectories, informative, strict=True) if inf)
-        scale = local / global_informative_chunks if local else 1.0
-    elif config.aggregation == "trajectory":
+        return local / global_informative_chunks if local else 1.0
+    if config.aggregation == "trajectory":
         local = int(informative.sum())
-        scale = local / global_informative_trajectories if local else 1.0
-    else:
-        raise ValueError(f"unknown aggregation {config.aggregation!r}")
-    scaled = [np.asarray(w, dtype=np.float64) * scale for w in weights]
+        return local / global_informative_trajectories if local else 1.0
+    raise ValueError(f"unknown aggregation {config.aggregation!r}")
 
-    params = [p for p in policy.parameters() if p.requires_grad]
+
+def sum_over_ranks(stats: UpdateStats, policy: nn.Module, dist: Dist, passes: int) -> UpdateStats:
+    """`grpo_update`'s hook after a backward: the gradients summed over the ranks (one
+    all-reduce; under FSDP the backward has reduce-scattered them already, after this rank pads
+    to `passes` forward/backward passes) and the statistics made global, so every rank takes
+    the same branch and steps identically."""
     sharded = is_sharded(policy)
-    planned, passes = 0, 0
-    if sharded:  # FSDP: every rank runs as many forward/backward passes as the busiest one
-        rows = plan_kept_rows(
-            trajectories, advantages, masks, scaled, config.aggregation, config.loss_denominator
-        )
-        planned = len(split_for(rows, config))
-        passes = dist.all_max(planned)
-    optimizer.zero_grad(set_to_none=True)
-    stats = selective_backward(
-        policy,  # type: ignore[arg-type]
-        trajectories,
-        masks,
-        scaled,
-        config=config,
-        advantages=advantages,
-    )
     if sharded:
-        if stats.micro_batches != planned:
+        if stats.micro_batches > passes:
             raise RuntimeError(
                 f"FSDP update: selective_backward ran {stats.micro_batches} micro-batches, "
-                f"{planned} were planned; the ranks' collectives no longer match"
+                f"more than the {passes} the ranks agreed; their collectives no longer match"
             )
-        for _ in range(passes - planned):
+        for _ in range(passes - stats.micro_batches):
             _zero_backward(policy)
-    # global row count and loss; every rank takes the same branch below
-    kept, loss, clipped, kl = dist.all_sum(
+    kept, loss, clipped, approx_kl, kl_ref = dist.all_sum(
         [
             stats.kept_rows,
             stats.loss,
             stats.clip_frac * stats.kept_rows,
             stats.approx_kl * stats.kept_rows,
+            stats.kl_ref * stats.kept_rows,
         ]
     )
     stats.loss = loss
     stats.clip_frac = clipped / max(kept, 1.0)
-    stats.approx_kl = kl / max(kept, 1.0)
+    stats.approx_kl = approx_kl / max(kept, 1.0)
+    stats.kl_ref = kl_ref / max(kept, 1.0)
     stats.kept_rows = int(kept)
-    if kept > 0:
-        t_opt = time.perf_counter()
-        if not sharded:  # FSDP has reduce-scattered (summed) the gradients in the backward
-            dist.all_reduce_grads(params)
-        if config.max_grad_norm is not None:
-            grad_norm = nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        else:
-            grad_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        stats.grad_norm = float(_full(grad_norm))
-        optimizer.step()
-        stats.optimizer_s = time.perf_counter() - t_opt
-    stats.update_s = time.perf_counter() - t0
+    if kept > 0 and not sharded:
+        dist.all_reduce_grads([p for p in policy.parameters() if p.requires_grad])
     return stats
 
 

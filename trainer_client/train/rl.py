@@ -6,10 +6,16 @@ Each step:
    the old log-probs as the actions are sampled (no extra forward pass);
 2. submit the batch to the selector (one request for the global batch, id deterministic per
    (run, trainer, step)) and get chunk masks and weights back;
-3. selective backward: only the kept chunks are gathered, forwarded and backpropagated (the
-   gradients all-reduced across torchrun ranks), then one optimizer step;
+3. update: `grpo_update` (`trainer_client.grpo`) with the run's `GRPOConfig` (`cfg.grpo`):
+   only the kept chunks are gathered, forwarded and backpropagated, then the optimizer steps;
+   across torchrun ranks the same update, its gradients summed over the ranks
+   (`distributed_update`); with --kl-coef > 0 against the frozen start policy;
 4. report the outcome (success rate, loss, kept chunks, stage timings) to the selector; log a
    line, a metrics.jsonl row and, every --checkpoint-every steps, a checkpoint.
+
+`_train` reads top to bottom: the setup, then `for step` with each stage one call to a function
+of this module (rollout, select_chunks, update, report_outcome, log_step, checkpoint, evaluate),
+then `finish`.
 
 `--algo` is the selector's mode: pcm (phase-weighted fixed budget), grpo (every chunk of the
 informative trajectories), random (the same budget as pcm, drawn uniformly).
@@ -22,12 +28,15 @@ rollouts on a full replica refreshed after every step (`trainer_client.train.dis
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +95,7 @@ from trainer_client.train.model import (
 )
 from trainer_client.train.plots import PLOT_FILE, plot_training
 from trainer_client.train.selection import StepSelection, select_global
+from trainer_client.types import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +137,44 @@ def eval_init_states(num_init_states: int | None, episodes: int) -> list[int]:
 Observer = Callable[[int, torch.nn.Module, torch.optim.Optimizer], None]
 
 
+@dataclass
+class Learner:
+    """What a rank trains: the policy, the module the optimizer updates, where it starts."""
+
+    policy: TrainPolicy  # the full replica: rollouts, evaluation, checkpoints
+    trained: torch.nn.Module  # the policy itself, or its FSDP2 shards (--parallel fsdp)
+    optimizer: torch.optim.Optimizer
+    ref_policy: TrainPolicy | None  # the frozen start policy of the KL term (--kl-coef > 0)
+    start_step: int = 0
+    wall_s: float = 0.0  # training seconds so far (resumed runs count the earlier ones)
+    resumed_from: Path | None = None
+
+
+@dataclass
+class SelectorRun:
+    """Rank 0's side of the run at the selector (client and metrics are None on other ranks)."""
+
+    client: SelectorClient | None
+    metrics: MetricsLog | None
+    feature_dim: int
+
+
+@dataclass
+class StepTimes:
+    """Seconds of a step's stages, as the outcome report and the metrics carry them."""
+
+    rollout_s: float = 0.0
+    select_s: float = 0.0
+    backward_s: float = 0.0
+    step_s: float = 0.0
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        setattr(self, f"{name}_s", time.perf_counter() - t0)
+
+
 def train_rl(
     cfg: TrainConfig,
     log_line: Callable[[str], None] | None = None,
@@ -161,246 +209,402 @@ def _train(
     assert cfg.run_id is not None and cfg.trainer_id is not None
     if not dist.is_main:
         say = lambda _line: None  # noqa: E731 - only rank 0 talks
-    if cfg.parallel == "fsdp" and (problem := fsdp_problem(device)) is not None:
-        raise SetupError(problem)  # refused at start-up, also where one process would not shard
-    fsdp = cfg.parallel == "fsdp" and dist.enabled
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.world_size))
-    torch.manual_seed(cfg.seed)
-    grpo_cfg = GRPOConfig(
-        lr=cfg.lr,
-        micro_batch=cfg.micro_batch,
-        aggregation=cfg.aggregation,
-        loss_denominator="kept" if cfg.weighting == "mean" else "full",
-        max_grad_norm=cfg.max_grad_norm,
-    )
-
-    # ---- 1. the envs of this rank, the policy and the optimizer -----------------------------
-    env_spec = probe_env(cfg.env, {"max_steps": cfg.max_steps} if cfg.max_steps else None)
+    out = prepare_run(cfg, dist, device)
     with RolloutCollector(
-        cfg.env,
-        num_workers=auto_workers(cfg.num_workers, dist.world_size),
-        max_steps=cfg.max_steps,
+        cfg.env, num_workers=auto_workers(cfg.num_workers, dist.world_size), max_steps=cfg.max_steps
     ) as collector:
-        info = collector.info
-        ckpt_path = latest_checkpoint(out) if cfg.resume else None
-        if ckpt_path is not None:
-            policy = load_policy(ckpt_path)
-        elif cfg.init is not None:
-            policy = load_policy(cfg.init)
-        else:
-            policy = TrainPolicy(
-                policy_config_for_env(
-                    env_spec,
-                    preset=cfg.preset,
-                    chunk_size=cfg.chunk_size,
-                    init_log_std=cfg.init_log_std,
-                )
-            )
-        check_policy_fits_env(policy, env_spec)
-        policy.to(device)
-        policy.set_precision(cfg.precision)
-        dist.broadcast_parameters(policy)  # identical start on every rank
-        # the module the optimizer updates: the policy itself, or its FSDP2 shards (the policy
-        # then stays a full replica for the rollouts, evaluation and checkpoints)
-        trained = shard_policy(policy, device, dist.world_size) if fsdp else policy
-        optimizer = make_rl_optimizer(trained, grpo_cfg, cfg.log_std_lr)
-        start_step, wall_s = 0, 0.0
-        if ckpt_path is not None:
-            ckpt = load_checkpoint(ckpt_path)
-            load_optimizer_state(optimizer, ckpt["optimizer"])
-            set_rng_state(ckpt["rng"])
-            start_step, wall_s = int(ckpt["step"]), float(ckpt["wall_s"])
-            say(f"resuming from {ckpt_path} (step {start_step})")
-        elif cfg.resume:
-            say(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
-        if ckpt_path is None and dist.is_main:  # a fresh run owns this dir: drop an old run's files
-            for _, old in list_checkpoints(out):
-                old.unlink()
+        # ---- setup: the policy and the optimizer, the selector run, the step-0 evaluation ------
+        learner = setup_learner(cfg, dist, device, out, say)
         if observer is not None:
-            observer(start_step, trained, optimizer)
-        k, a = policy.chunk_size, policy.action_dim
-        feature_dim = feature_dim_for(cfg.score, k, a, cfg.signal_dim)
+            observer(learner.start_step, learner.trained, learner.optimizer)
+        run = open_selector_run(cfg, dist, device, learner, collector.info, client, say)
+        if cfg.eval_every and learner.start_step == 0:
+            evaluate(cfg, dist, learner, collector, run, 0, say)
+        bar = progress_bar(cfg, dist, learner.start_step)
 
-        # ---- 2. the selector run (rank 0 talks to the selector) ---------------------------------
-        metrics: MetricsLog | None = None
-        if dist.is_main:
-            if client is None:
-                options = {"token": cfg.token} if cfg.token and cfg.selector != "embedded" else {}
-                client = connect(cfg.selector, **options)
-            run = client.put_run(
-                cfg.run_id,
-                phases=cfg.phases,
-                keep_fraction=cfg.keep_fraction,
-                eps=cfg.eps,
-                eta=cfg.eta,
-                weighting=cfg.weighting,
-                seed=cfg.seed,
-                feature_dim=feature_dim,
-                mode=cfg.algo,
-                score=cfg.score,
-                budget=cfg.budget,
-            )
-            if run.state_version and ckpt_path is None:
-                say(
-                    f"note: run {cfg.run_id} already has {run.state_version} selections at "
-                    f"{cfg.selector}; steps this trainer repeats replay their stored answers "
-                    "(use a new --run-id for an independent run)"
-                )
-            metrics = MetricsLog(
-                out / METRICS_FILE, resume_after=start_step if ckpt_path is not None else None
-            )
-            say(
-                f"rl: {cfg.algo} on {cfg.env} | run {cfg.run_id} | trainer {cfg.trainer_id} | "
-                f"selector {cfg.selector} | {dist.world_size} rank(s)"
-                + (f" ({cfg.parallel})" if dist.enabled else "")
-                + f" | {device} ({device_name(device)}) {cfg.precision} | policy "
-                f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
-                f"x G={cfg.group_size} | keep fraction {cfg.keep_fraction} | {info.task_id} "
-                f"max {info.max_steps} steps"
-            )
-            if cfg.algo == "pcm" and start_step == 0:
-                say(f"pcm: {cfg.score} score, {cfg.weighting} weighting, {cfg.segmenter} phases;"
-                    " keep probs before the first batch: uniform ["
-                    + " ".join(f"{1 / cfg.phases:.2f}" for _ in range(cfg.phases)) + "]")
-            if cfg.parallel == "fsdp" and not dist.enabled:
-                say("--parallel fsdp: a single process has nothing to shard; running unsharded")
-
-        def evaluate(step: int) -> None:
-            """Held-out success (rank 0; the other ranks wait at their next collective)."""
-            if not dist.is_main or metrics is None:
-                return
-            r = evaluate_policy(
-                policy,
-                cfg.env,
-                eval_init_states(info.num_init_states, cfg.eval_episodes),
-                seed=cfg.seed,
-                collector=collector,
-            )
-            metrics.write(
-                {
-                    "kind": "eval",
-                    "step": step,
-                    "mode": r.mode,
-                    "wall_s": wall_s,
-                    "success_rate": r.success_rate,
-                    "episodes": r.episodes,
-                }
-            )
-            say(f"eval step {step}: held-out success {r.success_rate:.1%} ({r.episodes} episodes)")
-
-        if cfg.eval_every and start_step == 0:
-            evaluate(0)
-
-        # ---- 3. the training loop ---------------------------------------------------------------
-        bar = tqdm(
-            total=cfg.steps,
-            initial=start_step,
-            desc=f"rl {cfg.algo}",
-            # a bar on a terminal; in a file or CI only the per-step lines (no \r flood)
-            disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        step = start_step
-        budget_hit = False
-        for step in range(start_step + 1, cfg.steps + 1):
+        step = learner.start_step
+        for step in range(learner.start_step + 1, cfg.steps + 1):
+            times = StepTimes()
             t_step = time.perf_counter()
-
             # rollout: G episodes from each of this rank's initial states; old log-probs recorded
-            t0 = time.perf_counter()
-            init_states = shard(step_init_states(cfg, step, info.num_init_states), dist)
-            trajectories = collector.collect(
-                policy,
-                init_states,
-                group_size=cfg.group_size,
-                segmenter=cfg.segmenter,
-                num_phases=cfg.phases,
-                seed=step_seed(cfg, step, dist.rank),
-                step=step,
-                head_grads=cfg.score == "signal",
-            )
-            rollout_s = time.perf_counter() - t0
+            with times.stage("rollout"):
+                trajectories = rollout(cfg, dist, collector, learner.policy, step)
             env_steps = dist.all_sum([sum(t.num_steps for t in trajectories)])[0]
+            # select: one request for the global batch; masks and weights for our trajectories
+            with times.stage("select"):
+                sel = select_chunks(cfg, dist, run, trajectories, step)
+            # update: selective backward over the kept chunks only, then the optimizer step
+            with times.stage("backward"):
+                stats = update(cfg, dist, device, learner, trajectories, sel, step)
+            times.step_s = time.perf_counter() - t_step
+            learner.wall_s += times.step_s
 
-            # selection: one request for the global batch; masks and weights for our trajectories
-            t0 = time.perf_counter()
-            sel = select_global(
-                dist,
-                client,
-                cfg.run_id,
-                trajectories,
-                request_id=request_id(cfg.run_id, cfg.trainer_id, step),
-                trainer_id=cfg.trainer_id,
-                step=step,
-                score=cfg.score,
-                feature_dim=feature_dim,
-            )
-            select_s = time.perf_counter() - t0
-
-            # selective backward over the kept chunks only, then the optimizer step
-            t0 = time.perf_counter()
-            set_lr_for_step(optimizer, step, cfg.lr_warmup_steps)
-            stats = _update(trained, optimizer, trajectories, sel, grpo_cfg, dist)
-            if trained is not policy:
-                sync_replica(trained, policy)  # the rollouts' full copy of the new weights
-            synchronize(device)  # CUDA runs asynchronously: time the finished update
-            backward_s = time.perf_counter() - t0
-
-            # report the outcome, log, checkpoint
-            step_s = time.perf_counter() - t_step
-            wall_s += step_s
-            if dist.is_main and client is not None and metrics is not None:
-                client.report_outcomes(
-                    cfg.run_id,
-                    {
-                        "selection_id": sel.selection_id,
-                        "request_id": sel.request_id + "/outcome",
-                        "trainer_id": cfg.trainer_id,
-                        "step": step,
-                        "success_rate": sel.success_rate,
-                        "loss": float(stats.loss),
-                        "kept_chunks": sel.kept_chunks,
-                        "timings": {
-                            "rollout_s": rollout_s,
-                            "select_s": select_s,
-                            "backward_s": backward_s,
-                        },
-                    },
-                )
-                row = _step_row(
-                    step,
-                    sel,
-                    stats,
-                    policy,
-                    info.task_id,
-                    env_steps,
-                    rollout_s,
-                    select_s,
-                    backward_s,
-                    step_s,
-                    wall_s,
-                )
-                metrics.write(row)
-                say(_format_line(row, cfg.steps, cfg.algo))
+            # report the outcome to the selector, log the step
+            if dist.is_main:
+                report_outcome(cfg, run, sel, stats, times, step)
+                log_step(cfg, run, learner, collector.info, sel, stats, times, env_steps, step, say)
             bar.update(1)
             bar.set_postfix(success=f"{sel.success_rate:.2f}", kept=f"{sel.kept_fraction:.2f}")
 
-            budget_hit = bool(cfg.time_budget_s) and wall_s >= cfg.time_budget_s
+            # checkpoint and evaluate
+            budget_hit = bool(cfg.time_budget_s) and learner.wall_s >= cfg.time_budget_s
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or budget_hit:
-                _checkpoint(out, step, policy, optimizer, wall_s, cfg, dist)
+                checkpoint(cfg, dist, out, learner, step)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps or budget_hit):
-                evaluate(step)
+                evaluate(cfg, dist, learner, collector, run, step, say)
             if observer is not None:
-                observer(step, trained, optimizer)
+                observer(step, learner.trained, learner.optimizer)
             dist.barrier()
             if budget_hit:
                 say(f"time budget of {cfg.time_budget_s:.0f}s reached after step {step}; stopping")
                 break
         bar.close()
 
-    # ---- 4. the final policy, the summary and the PNG ---------------------------------------
+    # ---- the final policy, the summary and the PNG ----------------------------------------------
+    return finish(cfg, dist, device, out, learner, run, step, say)
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+
+def prepare_run(cfg: TrainConfig, dist: Dist, device: torch.device) -> Path:
+    """Refuse what cannot run here, make the output dir, set the threads and the seed."""
+    if cfg.parallel == "fsdp" and (problem := fsdp_problem(device)) is not None:
+        raise SetupError(problem)  # refused at start-up, also where one process would not shard
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.world_size))
+    torch.manual_seed(cfg.seed)
+    return out
+
+
+def setup_learner(
+    cfg: TrainConfig, dist: Dist, device: torch.device, out: Path, say: Callable[[str], None]
+) -> Learner:
+    """The policy (the latest checkpoint's with --resume, else --init's or a fresh one), the same
+    on every rank, on the device; the module the optimizer updates and the optimizer, their
+    state restored when resuming."""
+    env_spec = probe_env(cfg.env, {"max_steps": cfg.max_steps} if cfg.max_steps else None)
+    ckpt_path = latest_checkpoint(out) if cfg.resume else None
+    policy, ref_policy = load_policies(cfg, env_spec, ckpt_path)
+    check_policy_fits_env(policy, env_spec)
+    for p in (policy, ref_policy):
+        if p is not None:
+            p.to(device)
+            p.set_precision(cfg.precision)
+    dist.broadcast_parameters(policy)  # identical start on every rank
+    # the module the optimizer updates: the policy itself, or its FSDP2 shards (the policy then
+    # stays a full replica for the rollouts, evaluation and checkpoints)
+    fsdp = cfg.parallel == "fsdp" and dist.enabled
+    trained = shard_policy(policy, device, dist.world_size) if fsdp else policy
+    optimizer = make_rl_optimizer(trained, cfg.grpo, cfg.log_std_lr)
+    learner = Learner(policy, trained, optimizer, ref_policy, resumed_from=ckpt_path)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        load_optimizer_state(optimizer, ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        learner.start_step, learner.wall_s = int(ckpt["step"]), float(ckpt["wall_s"])
+        say(f"resuming from {ckpt_path} (step {learner.start_step})")
+    elif cfg.resume:
+        say(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+    if ckpt_path is None and dist.is_main:  # a fresh run owns this dir: drop an old run's files
+        for _, old in list_checkpoints(out):
+            old.unlink()
+    return learner
+
+
+def load_policies(
+    cfg: TrainConfig, env_spec: Any, ckpt_path: Path | None
+) -> tuple[TrainPolicy, TrainPolicy | None]:
+    """The policy to train (the checkpoint's when resuming, else the run's start policy: --init's
+    or a fresh one) and, where the update has a KL term (--kl-coef > 0), the frozen reference:
+    the run's start policy."""
+    ref_policy = start_policy(cfg, env_spec) if cfg.grpo.kl_coef > 0 else None
+    if ckpt_path is not None:
+        policy = load_policy(ckpt_path)
+    elif ref_policy is not None:
+        policy = copy.deepcopy(ref_policy)
+    else:
+        policy = start_policy(cfg, env_spec)
+    if ref_policy is not None:
+        ref_policy.requires_grad_(False)
+    return policy, ref_policy
+
+
+def start_policy(cfg: TrainConfig, env_spec: Any) -> TrainPolicy:
+    """The run's start: the --init checkpoint, or a fresh policy of --preset for the env."""
+    if cfg.init is not None:
+        return load_policy(cfg.init)
+    return TrainPolicy(
+        policy_config_for_env(
+            env_spec, preset=cfg.preset, chunk_size=cfg.chunk_size, init_log_std=cfg.init_log_std
+        )
+    )
+
+
+def open_selector_run(
+    cfg: TrainConfig,
+    dist: Dist,
+    device: torch.device,
+    learner: Learner,
+    info: Any,
+    client: SelectorClient | None,
+    say: Callable[[str], None],
+) -> SelectorRun:
+    """Rank 0 connects to the selector, creates (or joins) the run and opens metrics.jsonl."""
+    policy = learner.policy
+    feature_dim = feature_dim_for(cfg.score, policy.chunk_size, policy.action_dim, cfg.signal_dim)
+    if not dist.is_main:
+        return SelectorRun(client=None, metrics=None, feature_dim=feature_dim)
+    if client is None:
+        options = {"token": cfg.token} if cfg.token and cfg.selector != "embedded" else {}
+        client = connect(cfg.selector, **options)
+    assert cfg.run_id is not None
+    run = client.put_run(
+        cfg.run_id,
+        phases=cfg.phases,
+        keep_fraction=cfg.keep_fraction,
+        eps=cfg.eps,
+        eta=cfg.eta,
+        weighting=cfg.weighting,
+        seed=cfg.seed,
+        feature_dim=feature_dim,
+        mode=cfg.algo,
+        score=cfg.score,
+        budget=cfg.budget,
+    )
+    resumed = learner.resumed_from is not None
+    if run.state_version and not resumed:
+        say(
+            f"note: run {cfg.run_id} already has {run.state_version} selections at "
+            f"{cfg.selector}; steps this trainer repeats replay their stored answers "
+            "(use a new --run-id for an independent run)"
+        )
+    metrics = MetricsLog(
+        Path(cfg.out) / METRICS_FILE, resume_after=learner.start_step if resumed else None
+    )
+    say(
+        f"rl: {cfg.algo} on {cfg.env} | run {cfg.run_id} | trainer {cfg.trainer_id} | "
+        f"selector {cfg.selector} | {dist.world_size} rank(s)"
+        + (f" ({cfg.parallel})" if dist.enabled else "")
+        + f" | {device} ({device_name(device)}) {cfg.precision} | policy "
+        f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
+        f"x G={cfg.group_size} | keep fraction {cfg.keep_fraction} | {info.task_id} "
+        f"max {info.max_steps} steps"
+    )
+    if cfg.algo == "pcm" and learner.start_step == 0:
+        say(f"pcm: {cfg.score} score, {cfg.weighting} weighting, {cfg.segmenter} phases;"
+            " keep probs before the first batch: uniform ["
+            + " ".join(f"{1 / cfg.phases:.2f}" for _ in range(cfg.phases)) + "]")
+    if cfg.parallel == "fsdp" and not dist.enabled:
+        say("--parallel fsdp: a single process has nothing to shard; running unsharded")
+    return SelectorRun(client=client, metrics=metrics, feature_dim=feature_dim)
+
+
+def progress_bar(cfg: TrainConfig, dist: Dist, start_step: int) -> tqdm:
+    """A bar on a terminal; in a file or CI only the per-step lines (no carriage-return
+    flood)."""
+    return tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        desc=f"rl {cfg.algo}",
+        disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+# ---- a step -----------------------------------------------------------------------------------
+
+
+def rollout(
+    cfg: TrainConfig, dist: Dist, collector: RolloutCollector, policy: TrainPolicy, step: int
+) -> list[Trajectory]:
+    """G episodes from each of this rank's share of the step's initial states."""
+    init_states = shard(step_init_states(cfg, step, collector.info.num_init_states), dist)
+    return collector.collect(
+        policy,
+        init_states,
+        group_size=cfg.group_size,
+        segmenter=cfg.segmenter,
+        num_phases=cfg.phases,
+        seed=step_seed(cfg, step, dist.rank),
+        step=step,
+        head_grads=cfg.score == "signal",
+    )
+
+
+def select_chunks(
+    cfg: TrainConfig, dist: Dist, run: SelectorRun, trajectories: list[Trajectory], step: int
+) -> StepSelection:
+    """The selector's masks and weights for this rank's trajectories: one request for the global
+    batch, its id deterministic per (run, trainer, step)."""
+    assert cfg.run_id is not None and cfg.trainer_id is not None
+    return select_global(
+        dist,
+        run.client,
+        cfg.run_id,
+        trajectories,
+        request_id=request_id(cfg.run_id, cfg.trainer_id, step),
+        trainer_id=cfg.trainer_id,
+        step=step,
+        score=cfg.score,
+        feature_dim=run.feature_dim,
+    )
+
+
+def update(
+    cfg: TrainConfig,
+    dist: Dist,
+    device: torch.device,
+    learner: Learner,
+    trajectories: list[Trajectory],
+    sel: StepSelection,
+    step: int,
+) -> UpdateStats:
+    """The actor update on the kept chunks (`grpo_update`; across ranks `distributed_update`,
+    the same update with the gradients summed over the ranks), then the rollouts' replica
+    refreshed under FSDP."""
+    set_lr_for_step(learner.optimizer, step, cfg.lr_warmup_steps)
+    update_fn: Callable[..., UpdateStats] = grpo_update
+    if dist.enabled:  # the loss coefficients of the global batch, gradients summed over ranks
+        update_fn = functools.partial(
+            distributed_update,
+            dist=dist,
+            global_informative_chunks=sel.informative_chunks,
+            global_informative_trajectories=sel.informative_trajectories,
+            global_kept_chunks=sel.kept_chunks,
+        )
+    stats = update_fn(
+        learner.trained,
+        learner.optimizer,
+        trajectories,
+        sel.masks,
+        sel.weights,
+        config=cfg.grpo,
+        ref_policy=learner.ref_policy,
+    )
+    if learner.trained is not learner.policy:
+        sync_replica(learner.trained, learner.policy)  # the rollouts' full copy of the new weights
+    synchronize(device)  # CUDA runs asynchronously: time the finished update
+    return stats
+
+
+def report_outcome(
+    cfg: TrainConfig,
+    run: SelectorRun,
+    sel: StepSelection,
+    stats: UpdateStats,
+    times: StepTimes,
+    step: int,
+) -> None:
+    """Tell the selector how the step went (rank 0): its outcome updates the phase scores."""
+    assert run.client is not None and cfg.run_id is not None
+    run.client.report_outcomes(
+        cfg.run_id,
+        {
+            "selection_id": sel.selection_id,
+            "request_id": sel.request_id + "/outcome",
+            "trainer_id": cfg.trainer_id,
+            "step": step,
+            "success_rate": sel.success_rate,
+            "loss": float(stats.loss),
+            "kept_chunks": sel.kept_chunks,
+            "timings": {
+                "rollout_s": times.rollout_s,
+                "select_s": times.select_s,
+                "backward_s": times.backward_s,
+            },
+        },
+    )
+
+
+def log_step(
+    cfg: TrainConfig,
+    run: SelectorRun,
+    learner: Learner,
+    info: Any,
+    sel: StepSelection,
+    stats: UpdateStats,
+    times: StepTimes,
+    env_steps: float,
+    step: int,
+    say: Callable[[str], None],
+) -> None:
+    """A metrics.jsonl row and a line (rank 0)."""
+    assert run.metrics is not None
+    row = _step_row(
+        step, sel, stats, learner.policy, info.task_id, env_steps, times, learner.wall_s
+    )
+    run.metrics.write(row)
+    say(_format_line(row, cfg.steps, cfg.algo))
+
+
+def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, step: int) -> None:
+    """The policy, the optimizer state and the RNG state (rank 0 writes; every rank takes part:
+    the ranks must agree first, and FSDP gathers the optimizer state from the shards)."""
+    dist.check_in_sync(learner.policy)  # ranks must agree before one of them speaks for all
+    state = optimizer_state(learner.optimizer)  # gathered from the shards under FSDP
+    if dist.is_main:
+        save_checkpoint(
+            out,
+            step,
+            learner.policy,
+            learner.optimizer,
+            optimizer_state=state,
+            wall_s=learner.wall_s,
+            config=cfg.to_dict(),
+            keep=cfg.keep_checkpoints,
+        )
+
+
+def evaluate(
+    cfg: TrainConfig,
+    dist: Dist,
+    learner: Learner,
+    collector: RolloutCollector,
+    run: SelectorRun,
+    step: int,
+    say: Callable[[str], None],
+) -> None:
+    """Held-out success (rank 0; the other ranks wait at their next collective)."""
+    if not dist.is_main or run.metrics is None:
+        return
+    r = evaluate_policy(
+        learner.policy,
+        cfg.env,
+        eval_init_states(collector.info.num_init_states, cfg.eval_episodes),
+        seed=cfg.seed,
+        collector=collector,
+    )
+    run.metrics.write(
+        {
+            "kind": "eval",
+            "step": step,
+            "mode": r.mode,
+            "wall_s": learner.wall_s,
+            "success_rate": r.success_rate,
+            "episodes": r.episodes,
+        }
+    )
+    say(f"eval step {step}: held-out success {r.success_rate:.1%} ({r.episodes} episodes)")
+
+
+# ---- the end ----------------------------------------------------------------------------------
+
+
+def finish(
+    cfg: TrainConfig,
+    dist: Dist,
+    device: torch.device,
+    out: Path,
+    learner: Learner,
+    run: SelectorRun,
+    step: int,
+    say: Callable[[str], None],
+) -> RLResult:
+    """The final policy, summary.json and the PNG (rank 0); every rank's parameter digest."""
+    policy = learner.policy
     digest = dist.check_in_sync(policy)
     if dist.enabled:
         (out / DIGEST_FILE.format(rank=dist.rank)).write_text(digest + "\n")
@@ -411,33 +615,34 @@ def _train(
         metrics=out / METRICS_FILE,
         plot=None,
     )
-    if dist.is_main:
-        save_policy(result.final_policy, policy, extra={"rl": cfg.to_dict(), "step": step})
-        rows = read_metrics(result.metrics)
-        result.summary = summarize(rows, cfg)
-        result.summary["runtime"] = {
-            "device": str(device),
-            "device_name": device_name(device),
-            "precision": cfg.precision,
-            "parallel": cfg.parallel if dist.enabled else "none",
-            "world_size": dist.world_size,
-        }
-        (out / SUMMARY_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")
-        result.plot = plot_training(
-            rows, out / PLOT_FILE, title=f"{cfg.algo} on {cfg.env} (run {cfg.run_id})"
+    if not dist.is_main:
+        return result
+    save_policy(result.final_policy, policy, extra={"rl": cfg.to_dict(), "step": step})
+    rows = read_metrics(result.metrics)
+    result.summary = summarize(rows, cfg)
+    result.summary["runtime"] = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "precision": cfg.precision,
+        "parallel": cfg.parallel if dist.enabled else "none",
+        "world_size": dist.world_size,
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")
+    result.plot = plot_training(
+        rows, out / PLOT_FILE, title=f"{cfg.algo} on {cfg.env} (run {cfg.run_id})"
+    )
+    s = result.summary
+    if s.get("steps"):
+        say(
+            f"rl done: {s['steps']} steps in {s['wall_s']:.0f}s | time split rollout "
+            f"{s['time_split']['rollout']:.0%} select {s['time_split']['select']:.0%} "
+            f"backward {s['time_split']['backward']:.0%} | kept fraction "
+            f"{s['kept_fraction']:.2f} | success first/last 10 steps "
+            f"{s['success_first10']:.2f} -> {s['success_last10']:.2f}"
         )
-        s = result.summary
-        if s.get("steps"):
-            say(
-                f"rl done: {s['steps']} steps in {s['wall_s']:.0f}s | time split rollout "
-                f"{s['time_split']['rollout']:.0%} select {s['time_split']['select']:.0%} "
-                f"backward {s['time_split']['backward']:.0%} | kept fraction "
-                f"{s['kept_fraction']:.2f} | success first/last 10 steps "
-                f"{s['success_first10']:.2f} -> {s['success_last10']:.2f}"
-            )
-        say(f"wrote {result.final_policy}, {result.metrics}, {result.plot}")
-        if client is not None and cfg.selector != "embedded":
-            client.close()
+    say(f"wrote {result.final_policy}, {result.metrics}, {result.plot}")
+    if run.client is not None and cfg.selector != "embedded":
+        run.client.close()
     return result
 
 
@@ -473,54 +678,6 @@ def set_lr_for_step(optimizer: torch.optim.Optimizer, step: int, warmup_steps: i
         group["lr"] = group["initial_lr"] * factor
 
 
-def _update(
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trajectories: list[Any],
-    sel: StepSelection,
-    grpo_cfg: GRPOConfig,
-    dist: Dist,
-) -> UpdateStats:
-    if not dist.enabled:
-        return grpo_update(policy, optimizer, trajectories, sel.masks, sel.weights, config=grpo_cfg)
-    return distributed_update(
-        policy,
-        optimizer,
-        trajectories,
-        sel.masks,
-        sel.weights,
-        config=grpo_cfg,
-        dist=dist,
-        global_informative_chunks=sel.informative_chunks,
-        global_informative_trajectories=sel.informative_trajectories,
-        global_kept_chunks=sel.kept_chunks,
-    )
-
-
-def _checkpoint(
-    out: Path,
-    step: int,
-    policy: TrainPolicy,
-    optimizer: torch.optim.Optimizer,
-    wall_s: float,
-    cfg: TrainConfig,
-    dist: Dist,
-) -> None:
-    dist.check_in_sync(policy)  # ranks must agree before one of them speaks for all
-    state = optimizer_state(optimizer)  # gathered from the shards under FSDP: every rank calls
-    if dist.is_main:
-        save_checkpoint(
-            out,
-            step,
-            policy,
-            optimizer,
-            optimizer_state=state,
-            wall_s=wall_s,
-            config=cfg.to_dict(),
-            keep=cfg.keep_checkpoints,
-        )
-
-
 def _step_row(
     step: int,
     sel: StepSelection,
@@ -528,10 +685,7 @@ def _step_row(
     policy: TrainPolicy,
     task_id: str,
     env_steps: float,
-    rollout_s: float,
-    select_s: float,
-    backward_s: float,
-    step_s: float,
+    times: StepTimes,
     wall_s: float,
 ) -> dict[str, Any]:
     return {
@@ -551,10 +705,10 @@ def _step_row(
         "approx_kl": stats.approx_kl,
         "log_std": float(policy.log_std.detach().mean()),
         "env_steps": int(env_steps),
-        "rollout_s": rollout_s,
-        "select_s": select_s,
-        "backward_s": backward_s,
-        "step_s": step_s,
+        "rollout_s": times.rollout_s,
+        "select_s": times.select_s,
+        "backward_s": times.backward_s,
+        "step_s": times.step_s,
         "wall_s": wall_s,
         "keep_probs": sel.keep_probs.get(task_id),
         "selection_id": sel.selection_id,

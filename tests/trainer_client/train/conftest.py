@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pcm_contract.cli_options import build
 from trainer_client.train.config import SFTConfig, TrainConfig
 from trainer_client.train.sft import SFTResult, run_sft
 
@@ -61,4 +62,4 @@ def tiny_rl_config(out: Path, init: Path, **overrides: object) -> TrainConfig:
         lr=1e-3,
     )
     kw.update(overrides)
-    return TrainConfig(**kw)  # type: ignore[arg-type]
+    return build(TrainConfig, kw)  # lr is the nested GRPO config's (--lr)

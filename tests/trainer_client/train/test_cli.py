@@ -45,8 +45,17 @@ def test_help_lists_the_commands_and_the_rl_contract_flags() -> None:
         "--token",
         "--resume",
         "PCM_AUTH_TOKEN",
+        # the GRPO config's fields, flattened into flags of their own
+        "--lr",
+        "--micro-batch",
+        "--aggregation",
+        "--max-grad-norm",
+        "--clip-coef-low",
+        "--ppo-epochs",
+        "--kl-coef",
     ):
         assert flag in result.output, flag
+    assert "--loss-denominator" not in result.output  # derived from --weighting
 
 
 @pytest.mark.parametrize(
@@ -60,6 +69,7 @@ def test_help_lists_the_commands_and_the_rl_contract_flags() -> None:
         (["rl", "--micro-batch", "rows:x"], "rows:N"),
         (["rl", "--micro-batch", "pack:0"], "pack:N"),
         (["rl", "--micro-batch", "chunks"], "'pack'"),
+        (["rl", "--ppo-epochs", "0"], "ppo_epochs=0: must be >= 1"),
         (["eval", "--env", "libero:libero_object:0", "--episodes", "60"], "50 initial states"),
     ],
 )
@@ -76,6 +86,24 @@ def test_token_comes_from_the_environment_and_never_reaches_disk(
     cfg = TrainConfig()
     assert cfg.token == "s3cret" and cfg.to_dict()["token"] == "***"
     assert cfg.run_id == "pcm-pick-place-v3-s0" and cfg.trainer_id
+
+
+def test_the_rl_config_is_composed_of_the_grpo_config() -> None:
+    """One definition per field: --lr and --micro-batch are GRPOConfig's, with the RL defaults;
+    the loss denominator follows the selector weighting."""
+    from pcm_contract.cli_options import build
+    from trainer_client.grpo import GRPOConfig
+
+    cfg = TrainConfig()
+    assert isinstance(cfg.grpo, GRPOConfig) and not hasattr(cfg, "lr")
+    assert (cfg.grpo.lr, cfg.grpo.micro_batch, cfg.grpo.loss_denominator) == (
+        3e-6,
+        "rows:32",
+        "kept",
+    )
+    cfg = build(TrainConfig, {"weighting": "ht", "lr": 1e-4, "ppo_epochs": 2})
+    assert (cfg.grpo.lr, cfg.grpo.ppo_epochs, cfg.grpo.loss_denominator) == (1e-4, 2, "full")
+    assert cfg.to_dict()["grpo"]["lr"] == 1e-4
 
 
 def test_ids_are_valid_and_deterministic() -> None:

@@ -1,0 +1,218 @@
+"""Command-line options generated from the configs: the one mechanism behind `pcm-train` (its
+config dataclasses) and `pcm-selector` (its pydantic-settings `Settings`). Every option shows
+its help and its default in `--help`.
+
+- `dataclass_options(cls)`: one option per field of a config dataclass, `--field-name`, from
+  the field's metadata: "help", and optionally "flag" (another flag name), "envvar",
+  "show_default" (False: not shown) and "cli" (False: no option). A field whose type is itself
+  a dataclass (`TrainConfig.grpo: GRPOConfig`) is flattened: its fields become options of their
+  own, with the defaults of the parent's default instance; the parent field's metadata "derived"
+  names the nested fields the parent sets itself (they get no option), and "help_for" replaces
+  the help of nested fields where the parent's use of them needs other words.
+- `build(cls, values)`: the config from option values by name (what the command receives, or a
+  flat dict of overrides), nested configs included.
+- `settings_options(cls)`: one option per field of a pydantic-settings class, with its
+  description and the environment variable it reads; an option not given is None, so the
+  environment and then the setting's default apply.
+- `command(options, body)`: the function typer registers as a command with these options; it
+  calls `body(values)` with the values by option name.
+
+Imports neither `selector_service` nor `trainer_client`: both sides build their commands here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, fields, is_dataclass, replace
+from typing import Annotated, Any, TypeVar, get_type_hints
+
+import typer
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: the keyword the command receives and how typer shows it."""
+
+    name: str  # the keyword argument (unique within a command)
+    annotation: Any  # the value's type
+    default: Any
+    flag: str  # e.g. "--clip-coef-low"
+    help: str = ""
+    envvar: str | None = None
+    show_default: bool | str = True
+
+    def parameter(self) -> inspect.Parameter:
+        """A keyword parameter annotated for typer (a bool field gets --flag/--no-flag)."""
+        decls = [f"{self.flag}/--no-{self.flag[2:]}" if self.annotation is bool else self.flag]
+        info = typer.Option(
+            *decls, help=self.help, envvar=self.envvar, show_default=self.show_default
+        )
+        return inspect.Parameter(
+            self.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=self.default,
+            annotation=Annotated[self.annotation, info],
+        )
+
+
+# ---- config dataclasses -----------------------------------------------------------------------
+
+
+def dataclass_options(cls: type, defaults: Any = None) -> list[Option]:
+    """The options of a config dataclass, nested dataclass fields flattened (see the module
+    docstring); `defaults`: an instance whose values are shown instead of the fields' own."""
+    hints = get_type_hints(cls)
+    options: list[Option] = []
+    for f in fields(cls):
+        if not f.init or f.metadata.get("cli", True) is False:
+            continue
+        default = _default(f, defaults)
+        if _is_config(hints[f.name]):
+            derived = set(f.metadata.get("derived", ()))
+            help_for = f.metadata.get("help_for", {})
+            nested = dataclass_options(hints[f.name], default)
+            options += [
+                replace(o, help=help_for.get(o.name, o.help))
+                for o in nested
+                if o.name not in derived
+            ]
+            continue
+        meta = f.metadata
+        options.append(
+            Option(
+                name=f.name,
+                annotation=hints[f.name],
+                default=default,
+                flag=meta.get("flag", "--" + f.name.replace("_", "-")),
+                help=meta.get("help", ""),
+                envvar=meta.get("envvar"),
+                show_default=meta.get("show_default", True),
+            )
+        )
+    seen: set[str] = set()
+    for o in options:
+        if o.name in seen:
+            raise TypeError(f"{cls.__name__}: option {o.name!r} is defined twice; rename one")
+        seen.add(o.name)
+    return options
+
+
+def build(cls: type[C], values: Mapping[str, Any]) -> C:
+    """The config `cls` from option values by name; options not given keep their defaults, and
+    a nested config starts from the parent's default instance. A name that is no option of
+    `cls` raises TypeError; a bad value, the config's own ValueError (which says how to fix
+    it)."""
+    rest = dict(values)
+    config = _build(cls, rest, base=None)
+    if rest:
+        raise TypeError(f"{cls.__name__}: no option named {', '.join(sorted(rest))}")
+    return config
+
+
+def _build(cls: type[C], values: dict[str, Any], base: Any) -> C:
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if f.name in values:
+            kwargs[f.name] = values.pop(f.name)
+        elif _is_config(hints[f.name]) and _names(hints[f.name]) & values.keys():
+            kwargs[f.name] = _build(hints[f.name], values, _default(f, base))
+    if base is not None:
+        return typing.cast(C, replace(base, **kwargs))
+    return cls(**kwargs)
+
+
+def _names(cls: type) -> set[str]:
+    """Every option name of a config, its nested configs' included."""
+    hints = get_type_hints(cls)
+    out: set[str] = set()
+    for f in fields(cls):
+        out |= _names(hints[f.name]) if _is_config(hints[f.name]) else {f.name}
+    return out
+
+
+def _is_config(annotation: Any) -> bool:
+    return isinstance(annotation, type) and is_dataclass(annotation)
+
+
+def _default(f: Field[Any], instance: Any) -> Any:
+    """A field's default: `instance`'s value if given, else its default (or factory's)."""
+    if instance is not None:
+        return getattr(instance, f.name)
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+# ---- pydantic-settings ------------------------------------------------------------------------
+
+
+def settings_options(
+    cls: Any,
+    shown_defaults: Mapping[str, str] | None = None,
+    extra_help: Mapping[str, str] | None = None,
+) -> list[Option]:
+    """One option per field of a pydantic-settings class: `--name-with-dashes`, typed str for
+    literals and anything not a plain int / float / bool, default None (= the environment,
+    else the setting's default, which the help shows: `shown_defaults` replaces it where a
+    plain value says too little). The help is the field's description and its environment
+    variable, then `extra_help`'s words for it."""
+    prefix = cls.model_config.get("env_prefix", "")
+    shown_defaults, extra_help = shown_defaults or {}, extra_help or {}
+    options = []
+    for name, info in cls.model_fields.items():
+        default = shown_defaults.get(name, info.default)
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        description = info.description or name
+        help_text = (
+            f"{description[0].upper()}{description[1:]} (env {prefix}{name.upper()})."
+            f"{extra_help.get(name, '')}"
+        )
+        options.append(
+            Option(
+                name=name,
+                annotation=_settings_type(info.annotation) | None,
+                default=None,
+                flag="--" + name.replace("_", "-"),
+                help=help_text,
+                show_default=str(default),
+            )
+        )
+    return options
+
+
+def _settings_type(annotation: Any) -> type:
+    """The CLI type of a setting: str for literals and token lists, else its own type."""
+    if annotation in (int, float, bool):
+        return typing.cast(type, annotation)
+    return str
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def command(
+    options: Sequence[Option],
+    body: Callable[[dict[str, Any]], None],
+    doc: str | None = None,
+) -> Callable[..., None]:
+    """A function whose keyword parameters are `options` (register it with `app.command`); it
+    calls `body` with the values by option name. `doc`: the command's help."""
+
+    def run(**values: Any) -> None:
+        body(values)
+
+    params = [o.parameter() for o in options]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__doc__ = doc
+    return run
