@@ -41,7 +41,7 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SELECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+=-]{0,255}$"
 _RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 _ID_RE = re.compile(ID_PATTERN)
-# selection_id of a client's local selection (trainer_client.clients.fallback): the prefix and
+# selection_id of a client's local selection (trainer_client.clients.local): the prefix and
 # the request_id. The service registers it when the client replays that batch.
 LOCAL_SELECTION_PREFIX = "local-"
 RUN_ID_DESCRIPTION = "1-64 chars: letters, digits, ._- (first a letter or digit)"
