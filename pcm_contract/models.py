@@ -168,7 +168,7 @@ def _body_field(f: dataclasses.Field[Any]) -> tuple[Any, Any]:
     meta = f.metadata
     kind = field_type(f)
     strict: Any = {int: StrictInt, float: StrictFloat, str: str}[kind]
-    annotation = Literal[meta["choices"]] if meta["choices"] else strict  # type: ignore[valid-type]
+    annotation: Any = Literal[meta["choices"]] if meta["choices"] else strict
     bounds = {k: meta[k] for k in ("ge", "gt", "le", "lt") if meta[k] is not None}
     return annotation | None, Field(None, description=f"{meta['help']} (default {f.default})",
                                     **bounds)

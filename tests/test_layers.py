@@ -45,10 +45,10 @@ def _imports_of(source: str, module: str, is_package: bool) -> list[tuple[str, b
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             eager = False
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.body:
-                visit(child, False)
-            for child in node.orelse:
-                visit(child, eager)
+            for stmt in node.body:
+                visit(stmt, False)
+            for stmt in node.orelse:
+                visit(stmt, eager)
             return
         if isinstance(node, ast.Import):
             out.extend((alias.name, eager) for alias in node.names)

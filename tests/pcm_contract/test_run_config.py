@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import fields
+from typing import Any
 
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
@@ -91,10 +92,12 @@ def _outside(f) -> list[object]:  # values the schema refuses for field f
 @pytest.mark.parametrize("f", schema_fields(), ids=lambda f: f.name)
 def test_the_core_checks_are_the_schemas(f) -> None:
     for value in _outside(f):
+        bad: dict[str, Any] = {f.name: value}
         with pytest.raises(InvalidArgument) as exc:
-            RunConfig(**{f.name: value})
+            RunConfig(**bad)
         assert exc.value.field == f.name
-    RunConfig(**{f.name: f.default})
+    good: dict[str, Any] = {f.name: f.default}
+    RunConfig(**good)
 
 
 def test_the_codec_carries_every_schema_field() -> None:
