@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -20,12 +21,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     Strict,
+    ValidationError,
     WithJsonSchema,
     create_model,
     model_validator,
 )
 
-from pcm_contract.errors import InvalidArgument
+from pcm_contract.errors import InvalidArgument, invalid_from_validation
 from pcm_contract.run_config import MAX_FEATURE_DIM, MAX_PHASES, field_type, schema_fields
 
 # Limits on one Select request. The largest public shape, a full LIBERO GRPO step, is
@@ -475,3 +477,18 @@ class OutcomeReport(_Model):
 class OutcomeAck(_Model):
     accepted: bool
     store_epoch: str = Field(default="", description=STORE_EPOCH_DESCRIPTION)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], value: M | Mapping[str, Any]) -> M:
+    """`value` validated as `model` (a model instance passes through); a pydantic error becomes
+    the InvalidArgument naming the first bad field, e.g. ``trajectories[2].action_features``.
+    The service and the remote clients check input with this one function."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import numpy as np
-from pydantic import ValidationError
 
 from pcm_contract.errors import (
     Conflict,
@@ -36,7 +35,6 @@ from pcm_contract.errors import (
     NotFound,
     StoreUnavailable,
     clip,
-    invalid_from_validation,
 )
 from pcm_contract.models import (
     LOCAL_SELECTION_PREFIX,
@@ -51,6 +49,7 @@ from pcm_contract.models import (
     SelectResponse,
     TaskStateOut,
     check_trained,
+    parse,
     valid_run_id,
 )
 from selector_service.core import (
@@ -173,7 +172,7 @@ class SelectorService:
         keep their stored (or default) values. `phases` and `feature_dim` cannot change once
         the run has state: delete the run first."""
         _check_run_id(run_id)
-        body = _parse(RunConfigBody, {**_as_dict(config), **fields})
+        body = parse(RunConfigBody, {**_as_dict(config), **fields})
         current = self._store.get_config(run_id)
         config_new = _build_config((current or RunConfig()), body.changes())
         if current is not None:
@@ -225,7 +224,7 @@ class SelectorService:
         """Select on a request model (or its dict): the embedded client and HTTP. Validated by
         the model, then flattened onto the same path as gRPC's (`select_flat`)."""
         _check_run_id(run_id)
-        req = _parse(SelectRequest, request)
+        req = parse(SelectRequest, request)
         check_trained(req)
         try:
             flat = FlatSelect.from_request(req)
@@ -384,7 +383,7 @@ class SelectorService:
     def report_outcomes(self, run_id: str,
                         report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck:
         _check_run_id(run_id)
-        rep = _parse(OutcomeReport, report)
+        rep = parse(OutcomeReport, report)
         digest = report_digest(rep)
         history = {"type": "report", "request_id": rep.request_id, "trainer_id": rep.trainer_id,
                    "step": rep.step, "selection_id": rep.selection_id,
@@ -542,12 +541,3 @@ def _build_config(base: RunConfig, changes: dict[str, Any]) -> RunConfig:
     return base.updated(**changes)
 
 
-def _parse(model: Any, value: Any) -> Any:
-    """Validate a dict (or pass a model through); pydantic errors become InvalidArgument naming
-    the first bad field, e.g. ``trajectories[2].action_features``."""
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None

@@ -20,16 +20,13 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Self, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any, Self
 
 from pcm_contract.errors import (
     InvalidArgument,
     PCMError,
     StoreUnavailable,
     clip,
-    invalid_from_validation,
 )
 from pcm_contract.models import (
     DeleteAck,
@@ -39,6 +36,7 @@ from pcm_contract.models import (
     RunInfo,
     SelectRequest,
     SelectResponse,
+    parse,
     valid_run_id,
 )
 from trainer_client.clients.errors import FINAL_ERRORS
@@ -48,20 +46,12 @@ from trainer_client.clients.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 
 
 # ---------------------------------------------------------------------------------------------
 # Input checks: the same models (and errors) as the embedded selector
 
 
-def parse(model: type[M], value: M | Mapping[str, Any]) -> M:
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise invalid_from_validation(exc) from None
 
 
 def check_run_id(run_id: str) -> str:
