@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.selector_service.transports.conftest import batch
+from tests.selector_service.conftest import batch
 from trainer_client import connect
 
 TASKS = ("pick", "place", "push")

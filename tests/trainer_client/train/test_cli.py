@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.trainer_client.train.conftest import MAX_STEPS, TASK
+from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.cli import app
 from trainer_client.train.config import TrainConfig, request_id, sanitize_id
 

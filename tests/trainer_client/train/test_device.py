@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.trainer_client.train.conftest import tiny_rl_config
+from tests.trainer_client.conftest import tiny_rl_config
 from trainer_client.bench.grad import SavedTensorMeter, run_grad_bench
 from trainer_client.cli import app
 from trainer_client.device import (

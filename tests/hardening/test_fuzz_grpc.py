@@ -4,7 +4,7 @@ bytes, sent to every ChunkSelector method of a real server. Every call ends OK,
 INVALID_ARGUMENT or NOT_FOUND; no rejected call changes the sentinel run's state.
 
 Bounded: `MAX_EXAMPLES` examples per test (a few seconds each).
-    python -m pytest tests/selector_service/hardening/test_fuzz_grpc.py -q
+    python -m pytest tests/hardening/test_fuzz_grpc.py -q
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.hardening.conftest import serving
-from tests.selector_service.transports.conftest import (
+from tests.hardening.conftest import serving
+from tests.selector_service.conftest import (
     GRPC_OPTIONS,
     TOKEN,
     batch,

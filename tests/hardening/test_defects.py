@@ -30,7 +30,7 @@ from selector_service.service import SelectorService
 from selector_service.settings import Settings
 from selector_service.store import MemoryStore
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.hardening.conftest import (
+from tests.hardening.conftest import (
     AUTH,
     make_run,
     read_all,
@@ -38,7 +38,7 @@ from tests.selector_service.hardening.conftest import (
     state,
     status_of,
 )
-from tests.selector_service.transports.conftest import (
+from tests.selector_service.conftest import (
     GRPC_OPTIONS,
     TOKEN,
     batch,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.train.conftest import MAX_STEPS, TASK
+from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.bench.estimator import (
     SignFoldSketch,
     cross_batch_signal,

@@ -17,7 +17,7 @@ from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from selector_service.metrics import Metrics
 from selector_service.settings import Settings
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.transports.conftest import (
+from tests.selector_service.conftest import (
     Grpc,
     batch,
     from_proto,

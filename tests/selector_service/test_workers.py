@@ -12,7 +12,7 @@
 - the memory store refuses more than one worker, naming the setting.
 
 About 30 s on 2 busy cores (each serve spawns 2 interpreters).
-    python -m pytest tests/selector_service/transports/test_workers.py -q
+    python -m pytest tests/selector_service/test_workers.py -q
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from pydantic import ValidationError
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings, available_cores
+from tests.selector_service.conftest import GRPC_OPTIONS, batch
 from tests.selector_service.exact_counts import assert_exact, run_clients
-from tests.selector_service.transports.conftest import GRPC_OPTIONS, batch
 from trainer_client import connect
 from trainer_client.bench.servers import SelectorProcess
 

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
-from tests.selector_service.transports.conftest import GRPC_OPTIONS, batch, to_proto
+from tests.selector_service.conftest import GRPC_OPTIONS, batch, to_proto
 from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[3]

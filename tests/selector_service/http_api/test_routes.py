@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pcm_contract.models import MAX_TRAJECTORIES
-from tests.selector_service.transports.conftest import batch, report
+from tests.selector_service.conftest import batch, report
 
 RUN = "http-run"
 

@@ -18,7 +18,7 @@ from pcm_contract import codec
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.transports.conftest import (
+from tests.selector_service.conftest import (
     Grpc,
     batch,
     from_proto,

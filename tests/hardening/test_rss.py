@@ -1,7 +1,7 @@
 """Peak RSS of a real `pcm-selector serve` process (default limits) while it rejects 300 MB
 bodies, with and without a token (issue 10, "Must show"): under 300 MB, measured by this test
 from /proc/PID/status (VmHWM, the process's peak resident set). About 10 s.
-    python -m pytest tests/selector_service/hardening/test_rss.py -q
+    python -m pytest tests/hardening/test_rss.py -q
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.selector_service.hardening.conftest import read_all, status_of
+from tests.hardening.conftest import read_all, status_of
 from trainer_client.bench.servers import SelectorProcess
 
 TOKEN = "rss-token"

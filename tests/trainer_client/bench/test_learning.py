@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.trainer_client.train.conftest import MAX_STEPS, TASK
+from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.bench.cli import app
 from trainer_client.bench.learning import (
     RUNS_FILE,

@@ -16,7 +16,7 @@ from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.auth import TokenAuth
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.transports.conftest import (
+from tests.selector_service.conftest import (
     GRPC_OPTIONS,
     TOKEN,
     batch,

@@ -11,7 +11,7 @@ reconciled to the client's masks (trainer_client/clients/replay_log.py). A SIGKI
 redis-server loses no acknowledged write, as Redis writes the AOF before it answers;
 `test_writes_a_restarted_store_lost_are_replayed` covers a store that does lose some, as a host
 crash with `everysec` would. About 10-15 s.
-    python -m pytest tests/selector_service/hardening/test_fault_redis_kill.py -q
+    python -m pytest tests/hardening/test_fault_redis_kill.py -q
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from selector_service.settings import Settings
 from selector_service.store import MemoryStore
 from selector_service.store.redis_store import RedisStore
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.hardening.conftest import serving
-from tests.selector_service.transports.conftest import batch
+from tests.hardening.conftest import serving
+from tests.selector_service.conftest import batch
 from trainer_client import connect
 from trainer_client.bench.servers import RedisServer
 

@@ -4,7 +4,7 @@ no rejected request changes the stored state of a sentinel run.
 
 The app runs over ASGI in this process, on the in-memory store. Bounded: `MAX_EXAMPLES` cases
 per operation (about 10 s in all on the 2-core development machine).
-    python -m pytest tests/selector_service/hardening/test_fuzz_http.py -q
+    python -m pytest tests/hardening/test_fuzz_http.py -q
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from selector_service.http_api import create_app
 from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 from selector_service.store import MemoryStore
-from tests.selector_service.hardening.conftest import AUTH
-from tests.selector_service.hardening.conftest import settings as make_settings
-from tests.selector_service.transports.conftest import batch, report
+from tests.hardening.conftest import AUTH
+from tests.hardening.conftest import settings as make_settings
+from tests.selector_service.conftest import batch, report
 
 MAX_EXAMPLES = 40
 SENTINEL = "sentinel"

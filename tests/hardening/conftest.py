@@ -14,7 +14,7 @@ import pytest
 
 from selector_service.settings import Settings
 from tests.fixtures.servers import ServerThread
-from tests.selector_service.transports.conftest import TOKEN, batch
+from tests.selector_service.conftest import TOKEN, batch
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
