@@ -47,7 +47,7 @@ from tests.selector_service.conftest import (
 )
 from trainer_client.bench.servers import RedisServer
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 METADATA = (("authorization", f"Bearer {TOKEN}"),)
 
 

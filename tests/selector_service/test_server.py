@@ -24,7 +24,7 @@ from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.selector_service.conftest import GRPC_OPTIONS, batch, to_proto
 from trainer_client.bench.servers import SelectorProcess
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -44,7 +44,7 @@ from tests.selector_service.exact_counts import assert_exact, run_clients
 from trainer_client import connect
 from trainer_client.bench.servers import SelectorProcess
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
 STEPS = 6
 WORKERS = 2
