@@ -113,16 +113,21 @@ def build(cls: type[C], values: Mapping[str, Any]) -> C:
     return config
 
 
-def _build(cls: type[C], values: dict[str, Any], base: Any) -> C:
+def _build(
+    cls: type[C], values: dict[str, Any], base: Any, derived: frozenset[str] = frozenset()
+) -> C:
+    """`derived`: names the parent sets itself (not options here: they stay the parent's)."""
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
-        if not f.init:
+        if not f.init or f.name in derived:
             continue
         if f.name in values:
             kwargs[f.name] = values.pop(f.name)
-        elif _is_config(hints[f.name]) and _names(hints[f.name]) & values.keys():
-            kwargs[f.name] = _build(hints[f.name], values, _default(f, base))
+        elif _is_config(hints[f.name]):
+            skip = frozenset(f.metadata.get("derived", ()))
+            if (_names(hints[f.name]) - skip) & values.keys():
+                kwargs[f.name] = _build(hints[f.name], values, _default(f, base), skip)
     if base is not None:
         return typing.cast(C, replace(base, **kwargs))
     return cls(**kwargs)

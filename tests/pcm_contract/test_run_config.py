@@ -109,6 +109,10 @@ def test_the_codec_carries_every_schema_field() -> None:
 
 def test_the_trainer_validates_against_the_schemas_choices() -> None:
     config = pytest.importorskip("trainer_client.train.config")
-    assert (config.ALGOS, config.WEIGHTINGS, config.SCORES) == (MODES, WEIGHTINGS, SCORES)
+    assert config.ALGOS == MODES  # --algo is the run's mode
+    assert isinstance(config.TrainConfig().selection, RunConfigSchema)  # its flags: the schema's
+    for name, value in (("weighting", "ht2"), ("score", "variance"), ("keep_fraction", 0.0)):
+        with pytest.raises(ValueError, match="--" + name.replace("_", "-")):
+            config.TrainConfig(selection=RunConfigSchema(**{name: value}))
     assert {f.name: f.metadata["choices"] for f in schema_fields() if f.metadata["choices"]} == {
         "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES}

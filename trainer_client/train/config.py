@@ -3,7 +3,9 @@ text (the `pcm-train` flags are generated from these fields by `pcm_contract.cli
 checks that say how to fix a bad value.
 
 - `TrainConfig`: `pcm-train rl` (GRPO / PCM post-training against a selector); the actor update
-  is its `grpo: GRPOConfig` (`trainer_client.grpo`), whose fields are flags of their own
+  is its `grpo: GRPOConfig` (`trainer_client.grpo`) and the selector run config its
+  `selection: RunConfigSchema` (`pcm_contract.run_config`, checked by the schema's own checks),
+  whose fields are flags of their own
 - `SFTConfig`: `pcm-train sft` (behaviour cloning on MetaWorld's noisy scripted expert)
 - `EvalConfig`: `pcm-train eval`
 
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pcm_contract.models import RUN_ID_PATTERN
-from pcm_contract.run_config import MODES, SCORES, WEIGHTINGS
+from pcm_contract.run_config import MODES, RunConfigSchema, problem, schema_fields
 from trainer_client.device import (
     DEVICE_HELP,
     PARALLEL_HELP,
@@ -45,6 +47,9 @@ EVAL_INIT_OFFSET = 50_000  # MetaWorld evaluation uses init states EVAL_INIT_OFF
 DEMO_ENV = f"metaworld:{DEMO_TASK}"
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)  # the selector's run id pattern
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._:/@+=-]")
+# the run config's fields the trainer sets itself: mode from --algo, seed from --seed, feature_dim
+# from the score and the policy (trainer_client.train.rl)
+SELECTION_DERIVED = ("mode", "seed", "feature_dim")
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -95,27 +100,26 @@ class TrainConfig:
         "suite's limit for LIBERO; 0 = the env's own default",
         show_default=False,
     )
-    # chunk selection (the selector run config)
-    keep_fraction: float = opt(0.2, "f: fraction of each trajectory's chunks backpropagated")
-    phases: int = opt(4, "P: phases per task")
+    # chunk selection: the selector run config (pcm_contract.run_config.RunConfigSchema), its
+    # fields flattened into flags (--keep-fraction, --phases, --eps, --eta, --weighting, --score,
+    # --budget, and any field the schema gains)
+    selection: RunConfigSchema = field(
+        default_factory=RunConfigSchema,
+        metadata={
+            "help": "the selector run config (pcm_contract.run_config.RunConfigSchema)",
+            "derived": SELECTION_DERIVED,
+            "help_for": {
+                "budget": "B: a fixed number of chunks per trajectory (k_i = min(B, C_i)) "
+                "instead of --keep-fraction; 0 = off",
+            },
+        },
+    )
     segmenter: str = opt(
         "gripper",
         "phase labels: gripper (a new phase at each gripper close / open; the estimator bench's "
         "best) | progress (equal time bins) | env",
     )
-    eps: float = opt(0.1, "selector exploration mix")
-    eta: float = opt(0.1, "selector EMA rate of the phase scores")
-    weighting: str = opt(
-        "mean",
-        "mean (the paper's: loss averaged over kept chunks) | ht (1/pi, unbiased) | none",
-    )
-    score: str = opt(
-        "signal",
-        "phase score: signal (learning signal of action-head gradient sketches) | action (the "
-        "paper's success-failure action variance)",
-    )
     signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches")
-    budget: int = opt(0, "B: fixed chunks per trajectory instead of --keep-fraction; 0 = off")
     trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
     token: str | None = opt(
         None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
@@ -158,10 +162,8 @@ class TrainConfig:
         spec = _check_env(self.env)
         _choice("algo", self.algo, ALGOS)
         _choice("segmenter", self.segmenter, SEGMENTERS)
-        _choice("weighting", self.weighting, WEIGHTINGS)
-        _choice("score", self.score, SCORES)
+        _check_selection(self.selection)
         _positive("signal_dim", self.signal_dim, minimum=1)
-        _positive("budget", self.budget, minimum=0)
         _choice("preset", self.preset, tuple(PRESETS))
         if not self.selector == "embedded" and not self.selector.startswith(
             ("grpc://", "http://", "https://")
@@ -194,7 +196,6 @@ class TrainConfig:
         _positive("init_states", self.init_states, minimum=1)
         if spec.family == "libero" and self.init_states > 50:
             raise ValueError(f"--init-states {self.init_states}: LIBERO tasks have 50")
-        _positive("phases", self.phases, minimum=1)
         _positive("chunk_size", self.chunk_size, minimum=1)
         _positive("checkpoint_every", self.checkpoint_every, minimum=1)
         _positive("keep_checkpoints", self.keep_checkpoints, minimum=1)
@@ -204,25 +205,30 @@ class TrainConfig:
         _positive("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps, minimum=1)
-        if not 0.0 < self.keep_fraction <= 1.0:
-            raise ValueError(f"--keep-fraction {self.keep_fraction}: must be in (0, 1]")
-        if not 0.0 <= self.eps <= 1.0 or not 0.0 < self.eta <= 1.0:
-            raise ValueError(f"--eps {self.eps} must be in [0, 1] and --eta {self.eta} in (0, 1]")
         if self.log_std_lr < 0:
             raise ValueError(f"--log-std-lr {self.log_std_lr}: must be >= 0 (0 = same as --lr)")
         if self.time_budget_s < 0:
             raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
         if self.num_workers < -1:
             raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
-        self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.weighting])
-        if self.algo == "grpo" and self.keep_fraction != 1.0:
-            self.keep_fraction = 1.0  # grpo keeps every chunk: record what actually runs
+        self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.selection.weighting])
+        # the run config's derived fields (feature_dim is set when the policy is known, see
+        # `run_config`); grpo keeps every chunk: record what actually runs
+        keep_fraction = 1.0 if self.algo == "grpo" else self.selection.keep_fraction
+        self.selection = replace(
+            self.selection, mode=self.algo, seed=self.seed, keep_fraction=keep_fraction
+        )
         _check_runtime(self.device, self.precision, self.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["token"] = "***" if self.token else None  # never written to disk
         return d
+
+    def run_config(self, feature_dim: int) -> dict[str, Any]:
+        """The selector run config (`put_run`'s fields): every field of `selection`, with the
+        feature dimension of the score's rows (which needs the policy)."""
+        return {**asdict(self.selection), "feature_dim": feature_dim}
 
 
 # ---- SFT --------------------------------------------------------------------------------------
@@ -390,6 +396,17 @@ def _check_runtime(device: str, precision: str, parallel: str = "ddp") -> None:
     check_device_spec(device)
     check_precision(precision)
     check_parallel(parallel)
+
+
+def _check_selection(selection: RunConfigSchema) -> None:
+    """The run config's flags, by the schema's own checks (what the selector would refuse)."""
+    for f in schema_fields():
+        if f.name in SELECTION_DERIVED:
+            continue
+        value = getattr(selection, f.name)
+        why = problem(f, value)
+        if why is not None:
+            raise ValueError(f"--{f.name.replace('_', '-')} {value!r}: {why}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

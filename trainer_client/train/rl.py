@@ -353,26 +353,15 @@ def open_selector_run(
 ) -> SelectorRun:
     """Rank 0 connects to the selector, creates (or joins) the run and opens metrics.jsonl."""
     policy = learner.policy
-    feature_dim = feature_dim_for(cfg.score, policy.chunk_size, policy.action_dim, cfg.signal_dim)
+    sel = cfg.selection
+    feature_dim = feature_dim_for(sel.score, policy.chunk_size, policy.action_dim, cfg.signal_dim)
     if not dist.is_main:
         return SelectorRun(client=None, metrics=None, feature_dim=feature_dim)
     if client is None:
         options = {"token": cfg.token} if cfg.token and cfg.selector != "embedded" else {}
         client = connect(cfg.selector, **options)
     assert cfg.run_id is not None
-    run = client.put_run(
-        cfg.run_id,
-        phases=cfg.phases,
-        keep_fraction=cfg.keep_fraction,
-        eps=cfg.eps,
-        eta=cfg.eta,
-        weighting=cfg.weighting,
-        seed=cfg.seed,
-        feature_dim=feature_dim,
-        mode=cfg.algo,
-        score=cfg.score,
-        budget=cfg.budget,
-    )
+    run = client.put_run(cfg.run_id, **cfg.run_config(feature_dim))
     resumed = learner.resumed_from is not None
     if run.state_version and not resumed:
         say(
@@ -389,13 +378,13 @@ def open_selector_run(
         + (f" ({cfg.parallel})" if dist.enabled else "")
         + f" | {device} ({device_name(device)}) {cfg.precision} | policy "
         f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
-        f"x G={cfg.group_size} | keep fraction {cfg.keep_fraction} | {info.task_id} "
+        f"x G={cfg.group_size} | keep fraction {sel.keep_fraction} | {info.task_id} "
         f"max {info.max_steps} steps"
     )
     if cfg.algo == "pcm" and learner.start_step == 0:
-        say(f"pcm: {cfg.score} score, {cfg.weighting} weighting, {cfg.segmenter} phases;"
+        say(f"pcm: {sel.score} score, {sel.weighting} weighting, {cfg.segmenter} phases;"
             " keep probs before the first batch: uniform ["
-            + " ".join(f"{1 / cfg.phases:.2f}" for _ in range(cfg.phases)) + "]")
+            + " ".join(f"{1 / sel.phases:.2f}" for _ in range(sel.phases)) + "]")
     if cfg.parallel == "fsdp" and not dist.enabled:
         say("--parallel fsdp: a single process has nothing to shard; running unsharded")
     return SelectorRun(client=client, metrics=metrics, feature_dim=feature_dim)
@@ -427,10 +416,10 @@ def rollout(
         init_states,
         group_size=cfg.group_size,
         segmenter=cfg.segmenter,
-        num_phases=cfg.phases,
+        num_phases=cfg.selection.phases,
         seed=step_seed(cfg, step, dist.rank),
         step=step,
-        head_grads=cfg.score == "signal",
+        head_grads=cfg.selection.score == "signal",
     )
 
 
@@ -448,7 +437,7 @@ def select_chunks(
         request_id=request_id(cfg.run_id, cfg.trainer_id, step),
         trainer_id=cfg.trainer_id,
         step=step,
-        score=cfg.score,
+        score=cfg.selection.score,
         feature_dim=run.feature_dim,
     )
 

@@ -248,3 +248,45 @@ def test_demo_is_deterministic_per_step(tmp_path: Path) -> None:
         assert a["success_rate"] == b["success_rate"] and len(a["success_rate"]) == 3
         assert (a["heldout_start"], a["heldout_end"]) == (b["heldout_start"], b["heldout_end"])
     assert any(r > 0 for r in first["algos"]["grpo"]["success_rate"])  # not trivially equal
+
+
+def test_the_rl_config_is_composed_of_the_run_config_schema() -> None:
+    """The selector run config's fields are the schema's: flags of their own, checked by the
+    schema's checks; mode, seed and feature_dim are the trainer's (not flags)."""
+    from dataclasses import fields
+
+    from pcm_contract.cli_options import build
+    from pcm_contract.run_config import RunConfigSchema
+
+    cfg = build(TrainConfig, {"algo": "random", "seed": 7, "eps": 0.2, "budget": 3})
+    assert isinstance(cfg.selection, RunConfigSchema) and not hasattr(cfg, "keep_fraction")
+    sent = cfg.run_config(feature_dim=32)
+    assert set(sent) == {f.name for f in fields(RunConfigSchema)}
+    assert (sent["mode"], sent["seed"], sent["eps"], sent["budget"], sent["feature_dim"]) == (
+        "random",
+        7,
+        0.2,
+        3,
+        32,
+    )
+    assert build(TrainConfig, {"algo": "grpo"}).selection.keep_fraction == 1.0
+    result = runner.invoke(app, ["rl", "--help"], env={"COLUMNS": "200"})
+    for flag in ("--eps", "--eta", "--weighting", "--score", "--budget"):
+        assert flag in result.output, flag
+    assert "--feature-dim" not in result.output and "--mode" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rl", "--keep-fraction", "1.5"], "--keep-fraction 1.5: must be in (0, 1]"),
+        (["rl", "--eps", "-0.5"], "--eps -0.5: must be 0 or in [1e-09, 1]"),
+        (["rl", "--weighting", "mode"], "--weighting 'mode': must be one of"),
+        (["rl", "--phases", "0"], "--phases 0: must be an integer in [1, 64]"),
+        (["rl", "--budget", "-1"], "--budget -1: must be an integer in [0, 1000000]"),
+    ],
+)
+def test_bad_run_config_flags_name_the_flag(argv: list[str], message: str) -> None:
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
