@@ -7,8 +7,9 @@ its help and its default in `--help`.
   "show_default" (False: not shown) and "cli" (False: no option). A field whose type is itself
   a dataclass (`TrainConfig.grpo: GRPOConfig`) is flattened: its fields become options of their
   own, with the defaults of the parent's default instance; the parent field's metadata "derived"
-  names the nested fields the parent sets itself (they get no option), and "help_for" replaces
-  the help of nested fields where the parent's use of them needs other words.
+  names the nested fields the parent sets itself and "unused" those it does not use (neither
+  gets an option; an unused one keeps its default), and "help_for" replaces the help of nested
+  fields where the parent's use of them needs other words.
 - `build(cls, values)`: the config from option values by name (what the command receives, or a
   flat dict of overrides), nested configs included.
 - `settings_options(cls)`: one option per field of a pydantic-settings class, with its
@@ -72,13 +73,11 @@ def dataclass_options(cls: type, defaults: Any = None) -> list[Option]:
             continue
         default = _default(f, defaults)
         if _is_config(hints[f.name]):
-            derived = set(f.metadata.get("derived", ()))
+            skip = _not_options(f)
             help_for = f.metadata.get("help_for", {})
             nested = dataclass_options(hints[f.name], default)
             options += [
-                replace(o, help=help_for.get(o.name, o.help))
-                for o in nested
-                if o.name not in derived
+                replace(o, help=help_for.get(o.name, o.help)) for o in nested if o.name not in skip
             ]
             continue
         meta = f.metadata
@@ -114,23 +113,29 @@ def build(cls: type[C], values: Mapping[str, Any]) -> C:
 
 
 def _build(
-    cls: type[C], values: dict[str, Any], base: Any, derived: frozenset[str] = frozenset()
+    cls: type[C], values: dict[str, Any], base: Any, not_options: frozenset[str] = frozenset()
 ) -> C:
-    """`derived`: names the parent sets itself (not options here: they stay the parent's)."""
+    """`not_options`: names that are no options here (the parent sets them itself or does not use
+    them): they keep `base`'s values."""
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
-        if not f.init or f.name in derived:
+        if not f.init or f.name in not_options:
             continue
         if f.name in values:
             kwargs[f.name] = values.pop(f.name)
         elif _is_config(hints[f.name]):
-            skip = frozenset(f.metadata.get("derived", ()))
+            skip = _not_options(f)
             if (_names(hints[f.name]) - skip) & values.keys():
                 kwargs[f.name] = _build(hints[f.name], values, _default(f, base), skip)
     if base is not None:
         return typing.cast(C, replace(base, **kwargs))
     return cls(**kwargs)
+
+
+def _not_options(f: Field[Any]) -> frozenset[str]:
+    """The fields of a nested config field `f` that get no option: "derived" and "unused"."""
+    return frozenset(f.metadata.get("derived", ())) | frozenset(f.metadata.get("unused", ()))
 
 
 def _names(cls: type) -> set[str]:

@@ -11,7 +11,8 @@
 
 The flags of sft, rl and eval are generated from the fields (and help texts) of `SFTConfig`,
 `TrainConfig` (its `grpo: GRPOConfig` flattened: --lr, --clip-coef-low, --ppo-epochs, ...) and
-`EvalConfig` in `trainer_client.train.config`, by `pcm_contract.cli_options` (as the
+`EvalConfig` in `trainer_client.train.config`, each with its `runtime: Runtime` flattened
+(--num-workers, --device, --precision, ...), by `pcm_contract.cli_options` (as the
 selector's flags are from its Settings); a bad value exits with the config's message, which
 says how to fix it.
 """
@@ -30,6 +31,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -123,10 +125,10 @@ def evaluate(config: EvalConfig) -> None:
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     prepare_device(device)
     policy.to(device)
-    policy.set_precision(config.precision)
+    policy.set_precision(config.runtime.precision)
     assert config.init_offset is not None
     init_states = list(range(config.init_offset, config.init_offset + config.episodes))
     modes = [config.mode] if config.mode != "both" else ["sampled", "deterministic"]
@@ -139,14 +141,14 @@ def evaluate(config: EvalConfig) -> None:
             deterministic=mode == "deterministic",
             seed=config.seed,
             max_steps=config.max_steps,
-            num_workers=auto_workers(config.num_workers),
+            num_workers=auto_workers(config.runtime.num_workers),
         )
         results[mode] = r.as_dict()
         typer.echo(
             f"{config.checkpoint}: {mode} success {r.success_rate:.1%} over {r.episodes} "
             f"episodes on {config.env} (init states {init_states[0]}..{init_states[-1]}, "
             f"{r.mean_steps:.0f} steps on average, {r.seconds:.1f}s; {device}, "
-            f"{config.precision})"
+            f"{config.runtime.precision})"
         )
     if config.json_path:
         Path(config.json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +158,7 @@ def evaluate(config: EvalConfig) -> None:
                     "checkpoint": config.checkpoint,
                     "env": config.env,
                     "device": str(device),
-                    "precision": config.precision,
+                    "precision": config.runtime.precision,
                     "results": results,
                 },
                 indent=2,
@@ -192,9 +194,9 @@ def demo(
     cfg.algos = tuple(a.strip() for a in algos.split(",") if a.strip())
     if rl_steps is not None:
         cfg.rl_steps = rl_steps
-    cfg.progress = progress
-    cfg.device, cfg.precision = device, precision
     try:
+        # Runtime checks --device and --precision when it is made
+        cfg.runtime = replace(cfg.runtime, progress=progress, device=device, precision=precision)
         cfg.check()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

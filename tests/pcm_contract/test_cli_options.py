@@ -62,6 +62,28 @@ def test_build_routes_flat_values_into_the_nested_config() -> None:
 
 
 @dataclass
+class Where:
+    device: str = field(default="cpu", metadata={"help": "device"})
+    threads: int = field(default=0, metadata={"help": "torch threads"})
+
+
+@dataclass
+class Light:
+    where: Where = field(
+        default_factory=Where,
+        metadata={"unused": ("threads",), "help_for": {"device": "where it runs"}},
+    )
+
+
+def test_unused_nested_fields_get_no_option_and_keep_their_defaults() -> None:
+    options = dataclass_options(Light)
+    assert [(o.name, o.help) for o in options] == [("device", "where it runs")]
+    assert build(Light, {"device": "cuda"}).where == Where(device="cuda", threads=0)
+    with pytest.raises(TypeError, match="no option named threads"):
+        build(Light, {"threads": 2})
+
+
+@dataclass
 class Grown(Inner):
     momentum: float = field(default=0.9, metadata={"help": "a new field"})
 

@@ -32,7 +32,7 @@ def tiny_sft_config(out: Path, **overrides: object) -> SFTConfig:
         progress=False,
     )
     kw.update(overrides)
-    return SFTConfig(**kw)  # type: ignore[arg-type]
+    return build(SFTConfig, kw)  # num_workers, threads, progress: its runtime's (--threads)
 
 
 @pytest.fixture(scope="session")

@@ -118,8 +118,9 @@ def run_learning_bench(
         if not init.is_file():
             from trainer_client.train.sft import run_sft
 
-            sft_cfg = SFTConfig(env=env, out=str(out / "sft"), progress=False,
-                                num_workers=num_workers, threads=threads, **(sft_overrides or {}))
+            sft_cfg = build(SFTConfig, dict(env=env, out=str(out / "sft"), progress=False,
+                                            num_workers=num_workers, threads=threads,
+                                            **(sft_overrides or {})))
             init = run_sft(sft_cfg, log=log).checkpoint
     config = {
         "env": env, "checkpoint": str(init), "steps": steps, "init_states": init_states,

@@ -9,6 +9,10 @@ checks that say how to fix a bad value.
 - `SFTConfig`: `pcm-train sft` (behaviour cloning on MetaWorld's noisy scripted expert)
 - `EvalConfig`: `pcm-train eval`
 
+Each is composed of `runtime: Runtime` (where and how the command runs: env workers, torch
+threads, progress bar, device, precision, parallelism; the same flags for every command, checked
+once), declared with `runtime_options`, which names the options a command does not use.
+
 Init states. MetaWorld has unboundedly many initial states: RL training draws each step's from
 [0, TRAIN_INIT_POOL), evaluation uses the held-out EVAL_INIT_OFFSET + i, and the SFT demos use
 `trainer_client.expert.DEMO_INIT_STATE_OFFSET + e`, so the three never overlap. LIBERO has 50
@@ -55,6 +59,40 @@ SELECTION_DERIVED = ("mode", "seed", "feature_dim")
 def opt(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field with CLI metadata: help, and optionally flag / envvar / cli=False."""
     return field(default=default, metadata={"help": help, **meta})
+
+
+# ---- where and how a command runs -------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where and how a training command runs: env worker processes, torch threads, the progress
+    bar, and the device, precision and parallelism of the policy (`trainer_client.device`). One
+    definition for every command (its `runtime` field, see `runtime_options`); the checks run when
+    it is made, and each error says how to fix the value. A bf16 request on a GPU without bf16
+    is refused when the job starts."""
+
+    num_workers: int = opt(-1, "env worker processes; -1 = auto")
+    threads: int = opt(0, "torch threads; 0 = all cores")
+    progress: bool = opt(True, "show a progress bar")
+    device: str = opt("auto", DEVICE_HELP)
+    precision: str = opt("fp32", PRECISION_HELP)
+    parallel: str = opt("ddp", PARALLEL_HELP)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < -1:
+            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
+        _positive("threads", self.threads, minimum=0)
+        check_device_spec(self.device)
+        check_precision(self.precision)
+        check_parallel(self.parallel)
+
+
+def runtime_options(unused: tuple[str, ...] = (), **help_for: str) -> dict[str, Any]:
+    """The metadata of a command's `runtime: Runtime` field, whose fields are flags of their own
+    (`--device`, ...): `unused` names those the command does not use (no flag; they keep their
+    defaults), `help_for` the help of those whose use by the command needs other words."""
+    return {"help": "where and how it runs (Runtime)", "unused": unused, "help_for": help_for}
 
 
 # ---- RL ---------------------------------------------------------------------------------------
@@ -150,13 +188,13 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate on held-out init states every N steps; 0 = never")
     eval_episodes: int = opt(32, "episodes of each evaluation (one per held-out init state)")
     time_budget_s: float = opt(0.0, "stop after the step that passes this many seconds; 0 = off")
-    num_workers: int = opt(-1, "env worker processes; -1 = auto (2, or 0 under torchrun)")
-    threads: int = opt(0, "torch threads; 0 = auto (cores / ranks)")
-    progress: bool = opt(True, "show a progress bar")
-    # where it runs (trainer_client.device)
-    device: str = opt("auto", DEVICE_HELP)
-    precision: str = opt("fp32", PRECISION_HELP)
-    parallel: str = opt("ddp", PARALLEL_HELP)
+    runtime: Runtime = field(
+        default_factory=Runtime,
+        metadata=runtime_options(
+            num_workers="env worker processes; -1 = auto (2, or 0 under torchrun)",
+            threads="torch threads; 0 = auto (cores / ranks)",
+        ),
+    )
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -201,7 +239,6 @@ class TrainConfig:
         _positive("keep_checkpoints", self.keep_checkpoints, minimum=1)
         _positive("eval_episodes", self.eval_episodes, minimum=1)
         _positive("eval_every", self.eval_every, minimum=0)
-        _positive("threads", self.threads, minimum=0)
         _positive("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps, minimum=1)
@@ -209,8 +246,6 @@ class TrainConfig:
             raise ValueError(f"--log-std-lr {self.log_std_lr}: must be >= 0 (0 = same as --lr)")
         if self.time_budget_s < 0:
             raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
-        if self.num_workers < -1:
-            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
         self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.selection.weighting])
         # the run config's derived fields (feature_dim is set when the policy is known, see
         # `run_config`); grpo keeps every chunk: record what actually runs
@@ -218,7 +253,6 @@ class TrainConfig:
         self.selection = replace(
             self.selection, mode=self.algo, seed=self.seed, keep_fraction=keep_fraction
         )
-        _check_runtime(self.device, self.precision, self.parallel)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -256,12 +290,12 @@ class SFTConfig:
     )
     seed: int = opt(0, "seed of the demo noise, the init and the batches")
     eval_episodes: int = opt(32, "held-out episodes to evaluate the SFT policy; 0 = skip")
-    num_workers: int = opt(-1, "env worker processes for evaluation; -1 = auto")
-    threads: int = opt(0, "torch threads; 0 = all cores")
-    progress: bool = opt(True, "show a progress bar")
-    # where it runs (trainer_client.device)
-    device: str = opt("auto", DEVICE_HELP)
-    precision: str = opt("fp32", PRECISION_HELP)
+    runtime: Runtime = field(
+        default_factory=Runtime,
+        metadata=runtime_options(
+            unused=("parallel",), num_workers="env worker processes for evaluation; -1 = auto"
+        ),
+    )
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -277,14 +311,10 @@ class SFTConfig:
         _positive("max_steps", self.max_steps, minimum=1)
         _positive("chunk_size", self.chunk_size, minimum=1)
         _positive("eval_episodes", self.eval_episodes, minimum=0)
-        _positive("threads", self.threads, minimum=0)
         if self.noise_std < 0:
             raise ValueError(f"--noise-std {self.noise_std}: must be >= 0")
         if self.lr <= 0:
             raise ValueError(f"--lr {self.lr}: must be > 0")
-        if self.num_workers < -1:
-            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
-        _check_runtime(self.device, self.precision)
 
     @property
     def task(self) -> str:
@@ -314,11 +344,11 @@ class EvalConfig:
         None, "first initial state; default: the held-out range (MetaWorld), 0 (LIBERO)"
     )
     seed: int = opt(0, "seed of the action sampling")
-    num_workers: int = opt(-1, "env worker processes; -1 = auto")
     json_path: str | None = opt(None, "also write the figures here as JSON", flag="--json")
-    # where it runs (trainer_client.device)
-    device: str = opt("auto", DEVICE_HELP)
-    precision: str = opt("fp32", PRECISION_HELP)
+    runtime: Runtime = field(
+        default_factory=Runtime,
+        metadata=runtime_options(unused=("threads", "progress", "parallel")),
+    )
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
@@ -332,9 +362,6 @@ class EvalConfig:
                 f"--episodes {self.episodes} from --init-offset {self.init_offset}: LIBERO "
                 "tasks have 50 initial states"
             )
-        if self.num_workers < -1:
-            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
-        _check_runtime(self.device, self.precision)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -388,14 +415,6 @@ def _check_env(env: str) -> Any:
         return check_env_installed(env)
     except ValueError as exc:
         raise ValueError(f"--env: {exc}") from None
-
-
-def _check_runtime(device: str, precision: str, parallel: str = "ddp") -> None:
-    """--device, --precision and --parallel (trainer_client.device); each error says how to
-    fix it. A bf16 request on a GPU without bf16 is refused when the job starts."""
-    check_device_spec(device)
-    check_precision(precision)
-    check_parallel(parallel)
 
 
 def _check_selection(selection: RunConfigSchema) -> None:

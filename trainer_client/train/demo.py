@@ -32,10 +32,16 @@ from scipy import stats
 
 from pcm_contract.cli_options import build
 from trainer_client.bench.grad import SavedTensorMeter, select_masks
-from trainer_client.device import check_device_spec, check_precision, resolve_device
+from trainer_client.device import resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
 from trainer_client.rollout import collect_groups
-from trainer_client.train.config import DEMO_ENV, EVAL_INIT_OFFSET, SFTConfig, TrainConfig
+from trainer_client.train.config import (
+    DEMO_ENV,
+    EVAL_INIT_OFFSET,
+    Runtime,
+    SFTConfig,
+    TrainConfig,
+)
 from trainer_client.train.evaluate import evaluate_policy
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
@@ -73,17 +79,13 @@ class DemoConfig:
     checkpoint_every: int = 10
     # held-out evaluation (the SFT and each RL policy on the same initial states and seed)
     eval_episodes: int = 100
-    num_workers: int = -1
-    threads: int = 0
-    progress: bool = True
-    device: str = "auto"
-    precision: str = "fp32"
+    # workers, threads, progress bar, device, precision: those of pcm-train sft and rl (checked
+    # when made)
+    runtime: Runtime = field(default_factory=Runtime)
     rl_overrides: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise a ValueError saying how to fix a bad option."""
-        check_device_spec(self.device)
-        check_precision(self.precision)
         for algo in self.algos:
             if algo not in ("grpo", "pcm", "random"):
                 raise ValueError(f"--algos: unknown {algo!r}; use grpo, pcm and / or random")
@@ -99,7 +101,7 @@ class DemoConfig:
         """The same path at toy sizes (a test runs it in well under a minute)."""
         return cls(out=Path(out), seed=seed, sft_episodes=4, sft_iters=20, preset="tiny",
                    rl_steps=2, init_states=2, group_size=4, checkpoint_every=1, eval_episodes=4,
-                   num_workers=0, threads=1)
+                   runtime=Runtime(num_workers=0, threads=1))
 
 
 def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
@@ -118,8 +120,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     sft = run_sft(SFTConfig(
         env=cfg.env, out=str(out / "sft"), episodes=cfg.sft_episodes, iters=cfg.sft_iters,
         batch_size=cfg.sft_batch_size, preset=cfg.preset, **sft_lr, seed=cfg.seed,
-        eval_episodes=0, num_workers=cfg.num_workers,
-        threads=cfg.threads, progress=cfg.progress, device=cfg.device, precision=cfg.precision))
+        eval_episodes=0, runtime=cfg.runtime))
     init_states = list(range(EVAL_INIT_OFFSET, EVAL_INIT_OFFSET + cfg.eval_episodes))
     start = _evaluate("the SFT policy", sft.checkpoint, cfg, init_states, say)
 
@@ -135,8 +136,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
             out=str(out / algo), init=str(sft.checkpoint), steps=cfg.rl_steps, seed=cfg.seed,
             group_size=cfg.group_size, init_states=cfg.init_states,
             keep_fraction=cfg.keep_fraction, checkpoint_every=cfg.checkpoint_every,
-            num_workers=cfg.num_workers, threads=cfg.threads, progress=cfg.progress,
-            device=cfg.device, precision=cfg.precision, **overrides))
+            runtime=cfg.runtime, **overrides))
         t_run = time.perf_counter()
         rl = train_rl(rl_cfg)
         if n == 0 and len(cfg.algos) > 1:
@@ -183,10 +183,10 @@ def _evaluate(what: str, checkpoint: Path, cfg: DemoConfig, init_states: list[in
     """Held-out success (sampled actions) with its 95% Wilson interval; says what it does."""
     say(f"[3/4] evaluating {what} on {len(init_states)} held-out initial states "
         "(sampled actions, one episode each) ...")
-    policy = load_policy(checkpoint).to(resolve_device(cfg.device))
-    policy.set_precision(cfg.precision)
+    policy = load_policy(checkpoint).to(resolve_device(cfg.runtime.device))
+    policy.set_precision(cfg.runtime.precision)
     r = evaluate_policy(policy, cfg.env, init_states, seed=cfg.seed,
-                        num_workers=0 if cfg.num_workers == 0 else 2)
+                        num_workers=0 if cfg.runtime.num_workers == 0 else 2)
     k = round(r.success_rate * r.episodes)
     ci = stats.binomtest(k, r.episodes).proportion_ci(confidence_level=0.95, method="wilson")
     say(f"      {what}: {r.success_rate:.1%} [{ci.low:.1%}, {ci.high:.1%}] "
@@ -235,12 +235,12 @@ def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig
     """Peak bytes saved for backward by one actor update, full GRPO vs PCM's budget (k_i =
     round(f C_i) chunks per trajectory), with the runs' micro-batching and with the whole batch
     in one micro-batch (what the paper's figure compares)."""
-    policy = load_policy(checkpoint).to(resolve_device(cfg.device))
-    policy.set_precision(cfg.precision)
+    policy = load_policy(checkpoint).to(resolve_device(cfg.runtime.device))
+    policy.set_precision(cfg.runtime.precision)
     trajs = collect_groups(policy, cfg.env, list(range(cfg.init_states)),
                            group_size=cfg.group_size, chunk_size=policy.chunk_size,
                            seed=cfg.seed, max_steps=rl_cfg.max_steps,
-                           num_workers=0 if cfg.num_workers == 0 else 2)
+                           num_workers=0 if cfg.runtime.num_workers == 0 else 2)
     masks, _ = select_masks(trajs, cfg.keep_fraction, cfg.seed)
     # memory depends on which rows are computed, not on the outcomes: count every trajectory
     advantages = np.where(np.arange(len(trajs)) % 2 == 0, 1.0, -1.0)

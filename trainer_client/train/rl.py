@@ -185,7 +185,7 @@ def train_rl(
     `observer` sees the trained module and the optimizer after set-up and after every step.
     Raises `SetupError` (one line saying what to change) when the device, precision or
     parallelism asked for cannot run here."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.runtime.device)
     prepare_device(device)
     dist = init_distributed(device)
     try:
@@ -211,7 +211,9 @@ def _train(
         say = lambda _line: None  # noqa: E731 - only rank 0 talks
     out = prepare_run(cfg, dist, device)
     with RolloutCollector(
-        cfg.env, num_workers=auto_workers(cfg.num_workers, dist.world_size), max_steps=cfg.max_steps
+        cfg.env,
+        num_workers=auto_workers(cfg.runtime.num_workers, dist.world_size),
+        max_steps=cfg.max_steps,
     ) as collector:
         # ---- setup: the policy and the optimizer, the selector run, the step-0 evaluation ------
         learner = setup_learner(cfg, dist, device, out, say)
@@ -269,11 +271,11 @@ def _train(
 
 def prepare_run(cfg: TrainConfig, dist: Dist, device: torch.device) -> Path:
     """Refuse what cannot run here, make the output dir, set the threads and the seed."""
-    if cfg.parallel == "fsdp" and (problem := fsdp_problem(device)) is not None:
+    if cfg.runtime.parallel == "fsdp" and (problem := fsdp_problem(device)) is not None:
         raise SetupError(problem)  # refused at start-up, also where one process would not shard
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // dist.world_size))
+    torch.set_num_threads(cfg.runtime.threads or max(1, (os.cpu_count() or 1) // dist.world_size))
     torch.manual_seed(cfg.seed)
     return out
 
@@ -291,11 +293,11 @@ def setup_learner(
     for p in (policy, ref_policy):
         if p is not None:
             p.to(device)
-            p.set_precision(cfg.precision)
+            p.set_precision(cfg.runtime.precision)
     dist.broadcast_parameters(policy)  # identical start on every rank
     # the module the optimizer updates: the policy itself, or its FSDP2 shards (the policy then
     # stays a full replica for the rollouts, evaluation and checkpoints)
-    fsdp = cfg.parallel == "fsdp" and dist.enabled
+    fsdp = cfg.runtime.parallel == "fsdp" and dist.enabled
     trained = shard_policy(policy, device, dist.world_size) if fsdp else policy
     optimizer = make_rl_optimizer(trained, cfg.grpo, cfg.log_std_lr)
     learner = Learner(policy, trained, optimizer, ref_policy, resumed_from=ckpt_path)
@@ -375,8 +377,8 @@ def open_selector_run(
     say(
         f"rl: {cfg.algo} on {cfg.env} | run {cfg.run_id} | trainer {cfg.trainer_id} | "
         f"selector {cfg.selector} | {dist.world_size} rank(s)"
-        + (f" ({cfg.parallel})" if dist.enabled else "")
-        + f" | {device} ({device_name(device)}) {cfg.precision} | policy "
+        + (f" ({cfg.runtime.parallel})" if dist.enabled else "")
+        + f" | {device} ({device_name(device)}) {cfg.runtime.precision} | policy "
         f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
         f"x G={cfg.group_size} | keep fraction {sel.keep_fraction} | {info.task_id} "
         f"max {info.max_steps} steps"
@@ -385,7 +387,7 @@ def open_selector_run(
         say(f"pcm: {sel.score} score, {sel.weighting} weighting, {cfg.segmenter} phases;"
             " keep probs before the first batch: uniform ["
             + " ".join(f"{1 / sel.phases:.2f}" for _ in range(sel.phases)) + "]")
-    if cfg.parallel == "fsdp" and not dist.enabled:
+    if cfg.runtime.parallel == "fsdp" and not dist.enabled:
         say("--parallel fsdp: a single process has nothing to shard; running unsharded")
     return SelectorRun(client=client, metrics=metrics, feature_dim=feature_dim)
 
@@ -397,7 +399,7 @@ def progress_bar(cfg: TrainConfig, dist: Dist, start_step: int) -> tqdm:
         total=cfg.steps,
         initial=start_step,
         desc=f"rl {cfg.algo}",
-        disable=not (cfg.progress and dist.is_main and sys.stderr.isatty()),
+        disable=not (cfg.runtime.progress and dist.is_main and sys.stderr.isatty()),
         file=sys.stderr,
         dynamic_ncols=True,
     )
@@ -612,8 +614,8 @@ def finish(
     result.summary["runtime"] = {
         "device": str(device),
         "device_name": device_name(device),
-        "precision": cfg.precision,
-        "parallel": cfg.parallel if dist.enabled else "none",
+        "precision": cfg.runtime.precision,
+        "parallel": cfg.runtime.parallel if dist.enabled else "none",
         "world_size": dist.world_size,
     }
     (out / SUMMARY_FILE).write_text(json.dumps(result.summary, indent=2) + "\n")

@@ -73,12 +73,12 @@ def lr_factor(i: int, iters: int, warmup: float = 0.05, floor: float = 0.1) -> f
 
 
 def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.runtime.device)
     prepare_device(device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
@@ -121,7 +121,7 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     )
     policy.set_state_normalization(states)
     policy.to(device)
-    policy.set_precision(cfg.precision)
+    policy.set_precision(cfg.runtime.precision)
     optimizer = torch.optim.AdamW(
         [p for name, p in policy.named_parameters() if name != "log_std"], lr=cfg.lr
     )
@@ -136,16 +136,16 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
     loss_start = probe_loss()
     log(
         f"sft: policy {policy.num_params() / 1e6:.2f} M params on {device} "
-        f"({device_name(device)}, {cfg.precision}); BC loss {loss_start:.4f}"
+        f"({device_name(device)}, {cfg.runtime.precision}); BC loss {loss_start:.4f}"
     )
 
     # 3. behaviour cloning: MSE of the chunk mean to the demo chunk, uniform minibatches
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.iters), desc="sft", leave=False,
-               disable=not (cfg.progress and sys.stderr.isatty()))  # no \r flood in files
+               disable=not (cfg.runtime.progress and sys.stderr.isatty()))  # no \r flood in files
     running = loss_start
     # without a bar (a file, CI): a plain line about every tenth of the run
-    plain = cfg.progress and bar.disable
+    plain = cfg.runtime.progress and bar.disable
     every = max(cfg.iters // 10, 1)
     for it in bar:
         idx = rng.integers(0, n, size=cfg.batch_size)
@@ -187,7 +187,7 @@ def run_sft(cfg: SFTConfig, log: Callable[[str], None] = print) -> SFTResult:
                 deterministic=deterministic,
                 seed=cfg.seed,
                 max_steps=cfg.max_steps,
-                num_workers=auto_workers(cfg.num_workers),
+                num_workers=auto_workers(cfg.runtime.num_workers),
             )
             result.evals[r.mode] = r
             log(

@@ -106,6 +106,40 @@ def test_the_rl_config_is_composed_of_the_grpo_config() -> None:
     assert cfg.to_dict()["grpo"]["lr"] == 1e-4
 
 
+def test_every_command_config_is_composed_of_one_runtime() -> None:
+    """--num-workers, --threads, --progress, --device, --precision (and --parallel for rl) are
+    declared once, in Runtime: each command has those it uses, with Runtime's defaults, built
+    from flat values and checked by Runtime's checks."""
+    from dataclasses import fields
+
+    from pcm_contract.cli_options import build, dataclass_options
+    from trainer_client.train.config import EvalConfig, Runtime, SFTConfig
+    from trainer_client.train.demo import DemoConfig
+
+    every = {f.name for f in fields(Runtime)}
+    used = {
+        TrainConfig: every,
+        SFTConfig: every - {"parallel"},
+        EvalConfig: {"num_workers", "device", "precision"},
+    }
+    for cls, names in used.items():
+        assert cls().runtime == Runtime() and not every & {f.name for f in fields(cls)}
+        options = {o.name: o for o in dataclass_options(cls)}
+        assert every & options.keys() == names, cls
+        assert all(options[n].default == getattr(Runtime(), n) for n in names)
+        for name in every - names:
+            with pytest.raises(TypeError, match=f"no option named {name}"):
+                build(cls, {name: getattr(Runtime(), name)})
+    cfg = build(TrainConfig, {"device": "cpu", "threads": 1, "parallel": "fsdp"})
+    assert cfg.runtime == Runtime(threads=1, device="cpu", parallel="fsdp")
+    assert cfg.to_dict()["runtime"]["device"] == "cpu"
+    assert DemoConfig.quick(Path("out")).runtime == Runtime(num_workers=0, threads=1)
+    with pytest.raises(ValueError, match="--num-workers -2"):
+        build(SFTConfig, {"num_workers": -2})
+    with pytest.raises(ValueError, match="--threads -1"):
+        Runtime(threads=-1)
+
+
 def test_ids_are_valid_and_deterministic() -> None:
     assert sanitize_id("my host_1 (docker)") == "my-host_1--docker-"
     assert request_id("run", "t1", 7) == request_id("run", "t1", 7) == "run/t1/step7"

@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pcm_contract.cli_options import build
 from tests.trainer_client.conftest import tiny_rl_config
 from trainer_client.bench.grad import SavedTensorMeter, run_grad_bench
 from trainer_client.cli import app
@@ -84,14 +85,14 @@ def test_configs_check_device_and_precision(
     cls: type, field: str, value: str, message: str
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        cls(**{field: value})
+        build(cls, {field: value})
 
 
 def test_parallel_is_checked_and_cuda_without_a_gpu_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(ValueError, match=re.escape("use one of ddp | fsdp")):
-        TrainConfig(parallel="zero")
+        build(TrainConfig, {"parallel": "zero"})
     _fake_cuda(monkeypatch, 0)
     result = runner.invoke(app, ["rl", "--device", "cuda"])
     assert result.exit_code == 2 and "sees no CUDA GPU" in result.output
