@@ -234,12 +234,8 @@ class TrainConfig:
         _positive("init_states", self.init_states, minimum=1)
         if spec.family == "libero" and self.init_states > 50:
             raise ValueError(f"--init-states {self.init_states}: LIBERO tasks have 50")
-        _positive("chunk_size", self.chunk_size, minimum=1)
-        _positive("checkpoint_every", self.checkpoint_every, minimum=1)
-        _positive("keep_checkpoints", self.keep_checkpoints, minimum=1)
-        _positive("eval_episodes", self.eval_episodes, minimum=1)
-        _positive("eval_every", self.eval_every, minimum=0)
-        _positive("lr_warmup_steps", self.lr_warmup_steps, minimum=0)
+        _at_least(self, chunk_size=1, checkpoint_every=1, keep_checkpoints=1, eval_episodes=1,
+                  eval_every=0, lr_warmup_steps=0)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps, minimum=1)
         if self.log_std_lr < 0:
@@ -305,12 +301,8 @@ class SFTConfig:
             )
         _choice("labels", self.labels, ("noisy", "expert"))
         _choice("preset", self.preset, tuple(PRESETS))
-        _positive("episodes", self.episodes, minimum=1)
-        _positive("iters", self.iters, minimum=1)
-        _positive("batch_size", self.batch_size, minimum=1)
-        _positive("max_steps", self.max_steps, minimum=1)
-        _positive("chunk_size", self.chunk_size, minimum=1)
-        _positive("eval_episodes", self.eval_episodes, minimum=0)
+        _at_least(self, episodes=1, iters=1, batch_size=1, max_steps=1, chunk_size=1,
+                  eval_episodes=0)
         if self.noise_std < 0:
             raise ValueError(f"--noise-std {self.noise_std}: must be >= 0")
         if self.lr <= 0:
@@ -432,6 +424,13 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         flag = "--" + name.replace("_", "-")
         raise ValueError(f"{flag} {value!r}: use one of {' | '.join(choices)}")
+
+
+def _at_least(config: object, **minimums: int) -> None:
+    """Each named field of `config` must be >= its minimum (in this order; the error names the
+    flag)."""
+    for name, minimum in minimums.items():
+        _positive(name, getattr(config, name), minimum)
 
 
 def _positive(name: str, value: int, minimum: int, why: str = "") -> None:
