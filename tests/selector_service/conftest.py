@@ -119,3 +119,15 @@ def report(selection_id: str, request_id: str, *, trainer_id: str = "trainer-0",
     return {"selection_id": selection_id, "request_id": request_id, "trainer_id": trainer_id,
             "step": 1, "success_rate": 0.5, "loss": 0.25, "kept_chunks": 3,
             "timings": {"rollout_s": 1.5, "select_s": 0.01, "backward_s": 0.75}, **extra}
+
+
+def big_select(run_id: str, n: int) -> pb.SelectChunksRequest:
+    """A batch of n trajectories x 64 chunks that keeps a server (worker) busy for a while
+    (about a second on an idle core): what the drain-on-SIGTERM tests send."""
+    c, d = 64, 56
+    rng = np.random.default_rng(0)
+    return pb.SelectChunksRequest(
+        run_id=run_id, request_id="drain-1", task_ids=["t"] * n,
+        group_ids=[f"g{i // 8}" for i in range(n)], success=[i % 2 == 0 for i in range(n)],
+        chunk_counts=[c] * n, phase_ids=np.tile(np.arange(c) // 16, n).tolist(),
+        action_features=rng.normal(size=(n * c, d)).astype("<f4").tobytes(), feature_dim=d)

@@ -15,13 +15,11 @@ from typing import Any
 
 import grpc
 import httpx
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
-from tests.selector_service.conftest import GRPC_OPTIONS, batch, to_proto
+from tests.selector_service.conftest import GRPC_OPTIONS, batch, big_select, to_proto
 from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,16 +42,6 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SelectorP
     finally:
         srv.close()
 
-
-def _big_select(run_id: str, n: int) -> pb.SelectChunksRequest:
-    """A batch that keeps the server busy for a while (~1 s)."""
-    c, d = 64, 56
-    rng = np.random.default_rng(0)
-    return pb.SelectChunksRequest(
-        run_id=run_id, request_id="drain-1", task_ids=["t"] * n,
-        group_ids=[f"g{i // 8}" for i in range(n)], success=[i % 2 == 0 for i in range(n)],
-        chunk_counts=[c] * n, phase_ids=np.tile(np.arange(c) // 16, n).tolist(),
-        action_features=rng.normal(size=(n * c, d)).astype("<f4").tobytes(), feature_dim=d)
 
 
 def test_serve_answers_then_drains_on_sigterm(served: SelectorProcess) -> None:
@@ -86,7 +74,7 @@ def test_serve_answers_then_drains_on_sigterm(served: SelectorProcess) -> None:
         def select() -> None:
             stub = pb_grpc.ChunkSelectorStub(channel)
             try:
-                result["answer"] = stub.SelectChunks(_big_select("drain", 2048), timeout=60)
+                result["answer"] = stub.SelectChunks(big_select("drain", 2048), timeout=60)
             except grpc.RpcError as exc:
                 result["error"] = exc
             result["done"] = time.monotonic()

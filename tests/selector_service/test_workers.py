@@ -30,16 +30,14 @@ from typing import Any
 
 import grpc
 import httpx
-import numpy as np
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings, available_cores
-from tests.selector_service.conftest import GRPC_OPTIONS, batch
+from tests.selector_service.conftest import GRPC_OPTIONS, batch, big_select
 from tests.selector_service.exact_counts import assert_exact, run_clients
 from trainer_client import connect
 from trainer_client.bench.servers import SelectorProcess
@@ -137,16 +135,6 @@ def test_two_workers_share_state_exactly_and_metrics_sum(redis_url: str, tmp_pat
         assert selector.stop() == 0
 
 
-def _big_select(run_id: str, n: int) -> pb.SelectChunksRequest:
-    """A batch that keeps a worker busy for a while (about a second on an idle core)."""
-    c, d = 64, 56
-    rng = np.random.default_rng(0)
-    return pb.SelectChunksRequest(
-        run_id=run_id, request_id="drain-1", task_ids=["t"] * n,
-        group_ids=[f"g{i // 8}" for i in range(n)], success=[i % 2 == 0 for i in range(n)],
-        chunk_counts=[c] * n, phase_ids=np.tile(np.arange(c) // 16, n).tolist(),
-        action_features=rng.normal(size=(n * c, d)).astype("<f4").tobytes(), feature_dim=d)
-
 
 def test_sigterm_drains_every_worker(redis_url: str, tmp_path: Path) -> None:
     selector = SelectorProcess(store="redis", redis_url=redis_url, workers=WORKERS,
@@ -162,7 +150,7 @@ def test_sigterm_drains_every_worker(redis_url: str, tmp_path: Path) -> None:
             def select() -> None:
                 stub = pb_grpc.ChunkSelectorStub(channel)
                 try:
-                    result["answer"] = stub.SelectChunks(_big_select("drain", 2048), timeout=120)
+                    result["answer"] = stub.SelectChunks(big_select("drain", 2048), timeout=120)
                 except grpc.RpcError as exc:
                     result["error"] = exc
 
