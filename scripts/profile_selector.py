@@ -57,15 +57,18 @@ def main() -> int:
     parser.add_argument("--shape", default="64,32,56", help="trajectories,chunks,feature_dim")
     parser.add_argument("--top", type=int, default=30, help="frames to print")
     parser.add_argument("--no-py-spy", dest="py_spy", action="store_false")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set in the selector's environment (repeatable)")
     args = parser.parse_args()
     n, c, d = (int(x) for x in args.shape.split(","))
     template = SelectRequest.model_validate(synthetic_request(Shape(n, c, d)))
     py_spy = shutil.which("py-spy") if args.py_spy else None
+    extra_env = dict(item.split("=", 1) for item in args.env)
     # the selector runs this checkout's code, whatever else is installed
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis, \
             SelectorProcess(store="redis", redis_url=redis.url,
-                            env={"PYTHONPATH": path}) as selector, \
+                            env={"PYTHONPATH": path, **extra_env}) as selector, \
             closing(connect(selector.grpc_url)) as client:
         client.put_run("profile", feature_dim=d)
         for i in range(20):

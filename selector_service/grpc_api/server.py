@@ -128,7 +128,9 @@ def build_grpc_server(service: SelectorService, *, host: str, port: int,
         options.append(("grpc.so_reuseport", 1))
     server = grpc.aio.server(interceptors=interceptors, options=options,
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    pb_grpc.add_ChunkSelectorServicer_to_server(ChunkSelectorServicer(service, metrics), server)
+    servicer = ChunkSelectorServicer(service, metrics,
+                                     inline_chunks=settings.grpc_inline_select_chunks)
+    pb_grpc.add_ChunkSelectorServicer_to_server(servicer, server)
     health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -1,7 +1,11 @@
 """The ChunkSelector servicer: decode, call the application layer in a thread, encode.
 
 Every blocking step (conversion of a large batch, the selection, the store) runs in the event
-loop's default executor, so one slow call never stalls the loop that also serves HTTP.
+loop's default executor, so one slow call never stalls the loop that also serves HTTP. The one
+exception: a Select of at most `inline_chunks` chunks runs on the event loop itself while the
+store answers (a small select costs less than handing it to a thread and back); after a failed
+store call, selects go to a thread until the store answers again, so a slow or lost store
+never stalls the loop for more than one call's socket timeout.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ Resp = TypeVar("Resp")
 
 
 class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
-    def __init__(self, service: SelectorService, metrics: Metrics | None = None) -> None:
+    def __init__(self, service: SelectorService, metrics: Metrics | None = None,
+                 inline_chunks: int = 0) -> None:
         self.service = service
         self.metrics = metrics
+        self.inline_chunks = inline_chunks
 
     async def PutRun(self, request: pb.PutRunRequest,
                      context: grpc.aio.ServicerContext) -> pb.RunInfo:
@@ -46,6 +52,11 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
 
     async def SelectChunks(self, request: pb.SelectChunksRequest,
                            context: grpc.aio.ServicerContext) -> pb.SelectChunksResponse:
+        if len(request.phase_ids) <= self.inline_chunks and self.service.store_ok:
+            try:
+                return self._select(request)
+            except Exception as exc:
+                await abort(context, exc)
         return await _call(context, self._select, request)
 
     async def ReportOutcomes(self, request: pb.ReportOutcomesRequest,

@@ -67,14 +67,17 @@ def _trainer(index: int, url: str, out: dict[int, list[tuple[dict[str, Any], Any
         errors.append(exc)
 
 
+@pytest.mark.parametrize("inline_chunks", [0, 4096], ids=["threaded", "inline"])
 def test_redis_sigkill_mid_run_loses_and_doubles_nothing(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, inline_chunks: int) -> None:
+    """Both gRPC select paths: every Select in a worker thread, and small ones on the event
+    loop while the store answers (grpc_inline_select_chunks)."""
     caplog.set_level(logging.WARNING, logger="trainer_client.clients")
     # AOF with `appendfsync everysec` (explicitly); kill() is a SIGKILL: no AOF flush, no shutdown
     redis_server = RedisServer(data_dir=tmp_path / "redis", appendonly=True,
                                options={"appendfsync": "everysec"})
     with redis_server, serving(store="redis", redis_url=redis_server.url, auth_tokens="",
-                    worker_threads=8) as srv:
+                    worker_threads=8, grpc_inline_select_chunks=inline_chunks) as srv:
         with connect(srv.http_url) as admin:
             admin.put_run(RUN, phases=PHASES, feature_dim=4, keep_fraction=0.25, seed=11)
         trained: dict[int, list[tuple[dict[str, Any], Any]]] = {i: [] for i in range(CLIENTS)}

@@ -73,6 +73,17 @@ def core(
     _write(json_path, {"benchmark": "core", "machine": _machine(), "results": rows})
 
 
+def _key_values(items: list[str], option: str) -> dict[str, str]:
+    """KEY=VALUE strings -> a dict; a malformed one is a usage error naming the option."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        out[key] = value
+    return out
+
+
 def _csv(value: str, cast: type = str) -> tuple:
     return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
 
@@ -95,6 +106,9 @@ def selector(
         min=1, help="worker processes of the Redis selector (pcm-selector serve --workers)")] = 1,
     shared_run: Annotated[bool, typer.Option(
         help="all clients select on one run (contend on its state)")] = False,
+    selector_env: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE set in the selector processes' environment (repeatable), e.g. "
+             "PCM_GRPC_INLINE_SELECT_CHUNKS=0")] = None,
 ) -> None:
     """Select latency p50/p99, throughput and server CPU per select over gRPC and HTTP, memory
     and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes. Starts its
@@ -108,6 +122,7 @@ def selector(
         transports=_csv(transports), stores=_csv(stores), clients=_csv(clients, int),
         shapes=_csv(shapes), requests=requests, interval_s=interval_s, time_cap_s=time_cap_s,
         step_time_s=step_time_s, workers=workers, shared_run=shared_run,
+        selector_env=_key_values(selector_env or [], "--selector-env"),
         progress=lambda row: console.print(" ".join(format_rows([row])[0])))
     for cells in format_rows(result["rows"]):
         table.add_row(*cells)

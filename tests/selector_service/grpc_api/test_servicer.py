@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pcm_contract import codec
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
+from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
 from tests.fixtures.servers import ServerThread
 from tests.selector_service.conftest import (
@@ -302,3 +303,39 @@ def test_convert_round_trips(server: ServerThread, grpc_client: Grpc) -> None:
                                         "success_rate": 0.25, "phase_grad_norms": [1.0, 2.0]})
     assert OutcomeReport.model_validate(codec.outcome_report_from_proto(
         codec.outcome_report_to_proto("rt-run", rep))) == rep
+
+
+def test_inline_selects_answer_as_threaded_ones(server: ServerThread, grpc_client: Grpc) -> None:
+    """grpc_inline_select_chunks: selects up to that many chunks run on the event loop. They
+    get the same masks, weights and state as the threaded path (the package server), the same
+    idempotent replay, and a bad one the same INVALID_ARGUMENT naming the field; a larger
+    select still goes to a thread and answers the same."""
+    from tests.selector_service.conftest import _settings
+
+    inline = ServerThread(_settings(grpc_inline_select_chunks=200)).start()
+    try:
+        with grpc.insecure_channel(inline.grpc_target) as channel:
+            stub = pb_grpc.ChunkSelectorStub(channel)
+            config = pb.RunConfig(feature_dim=4, seed=5, keep_fraction=0.3)
+            server.service.store.delete_run("inline")
+            for s in (stub, grpc_client.stub):
+                s.PutRun(pb.PutRunRequest(run_id="inline", config=config))
+            # 16 x 8 = 128 chunks run inline; 30 x 10 = 300 go to a thread
+            for step, (n, c) in enumerate([(16, 8), (30, 10), (16, 8)]):
+                msg = to_proto("inline", batch(f"s{step}", n=n, c=c, seed=step))
+                got, want = stub.SelectChunks(msg), grpc_client.stub.SelectChunks(msg)
+                assert got.masks == want.masks and got.weights == want.weights
+                assert stub.SelectChunks(msg) == got  # the stored answer, replayed
+            assert inline.service.get_run("inline").tasks == server.service.get_run(
+                "inline").tasks
+            bad = to_proto("inline", batch("bad", n=4, c=3), feature_dim=5)
+            for s in (stub, grpc_client.stub):
+                with pytest.raises(grpc.RpcError) as err:
+                    s.SelectChunks(bad)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert dict(err.value.trailing_metadata())["pcm-error-field"] == (
+                    "action_features")
+            assert inline.service.get_run("inline").tasks == server.service.get_run(
+                "inline").tasks
+    finally:
+        inline.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from trainer_client.bench.selector import ROW_FIELDS, run_selector_bench
 
@@ -37,3 +38,25 @@ def test_selector_bench_workers_and_server_cpu() -> None:
     assert row["errors"] == 0 and row["requests"] == 8
     # /proc counts CPU time in clock ticks (10 ms), so a few selects may read as 0
     assert 0 <= row["server_cpu_ms"] < 10_000 and 0 <= row["redis_cpu_ms"] < 10_000
+
+
+def test_selector_env_option_reaches_the_selector_and_is_checked(tmp_path: Path) -> None:
+    """`pcm-bench selector --selector-env KEY=VALUE` sets the variable in the selector
+    processes (here the inline select path) and records it; a malformed one is a usage error
+    naming the option, before any server starts."""
+    from typer.testing import CliRunner
+
+    from trainer_client.bench.cli import app
+
+    out = tmp_path / "sel.json"
+    ok = CliRunner().invoke(app, [
+        "selector", "--transports", "grpc", "--stores", "memory", "--clients", "1",
+        "--shapes", "small", "--requests", "4", "--time-cap-s", "20",
+        "--selector-env", "PCM_GRPC_INLINE_SELECT_CHUNKS=4096", "--json", str(out)])
+    assert ok.exit_code == 0, ok.output
+    result = json.loads(out.read_text())
+    assert result["settings"]["selector_env"] == {"PCM_GRPC_INLINE_SELECT_CHUNKS": "4096"}
+    assert result["rows"][0]["errors"] == 0
+    bad = CliRunner().invoke(app, ["selector", "--selector-env", "NO_EQUALS_SIGN"])
+    assert bad.exit_code == 2
+    assert "--selector-env" in bad.output and "KEY=VALUE" in bad.output
