@@ -19,6 +19,7 @@ tests/fixtures/servers.py.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import random
@@ -142,15 +143,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-class Started:
+class Started(abc.ABC):
     """A context manager over `start()` and `close()`: started on enter (closed should the
     start fail), closed on exit."""
 
-    def start(self, timeout: float | None = None) -> Self:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self, timeout: float | None = None) -> Self: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
     def __enter__(self) -> Self:
         try:
@@ -187,18 +188,18 @@ class ServerProcess(Started):
 
     # -- what a subclass says ---------------------------------------------------------------
 
-    def command(self) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def command(self) -> list[str]: ...
 
     def environment(self) -> Mapping[str, str] | None:
         """The child's environment (None: this process's)."""
         return None
 
-    def _is_ready(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _is_ready(self) -> bool: ...
 
-    def _pick_ports(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _pick_ports(self) -> None: ...
 
     def _before_spawn(self) -> None:
         """Files the server reads at start (a config)."""

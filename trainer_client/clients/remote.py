@@ -15,6 +15,7 @@ implementation of the logic.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 import threading
@@ -74,7 +75,7 @@ def check_aligned(request: SelectRequest, answer: SelectResponse) -> SelectRespo
 # The client
 
 
-class RemoteClient:
+class RemoteClient(abc.ABC):
     """The SelectorClient methods over transport hooks (``_put_run`` ... ``_report``) that send
     one request and raise the project's exceptions. Thread-safe when the transport is."""
 
@@ -101,23 +102,23 @@ class RemoteClient:
 
     # -- transport hooks: one request each, no retries ----------------------------------------
 
-    def _put_run(self, run_id: str, changes: dict[str, Any]) -> RunInfo:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _put_run(self, run_id: str, changes: dict[str, Any]) -> RunInfo: ...
 
-    def _get_run(self, run_id: str) -> RunInfo:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _get_run(self, run_id: str) -> RunInfo: ...
 
-    def _delete_run(self, run_id: str) -> DeleteAck:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _delete_run(self, run_id: str) -> DeleteAck: ...
 
-    def _select(self, run_id: str, request: SelectRequest) -> SelectResponse:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _select(self, run_id: str, request: SelectRequest) -> SelectResponse: ...
 
-    def _report(self, run_id: str, report: OutcomeReport) -> OutcomeAck:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _report(self, run_id: str, report: OutcomeReport) -> OutcomeAck: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
     # -- SelectorClient -----------------------------------------------------------------------
 
