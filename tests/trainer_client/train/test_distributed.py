@@ -86,6 +86,8 @@ def _worker(
     parallel: str = "ddp",
     layout: str = "round-robin",
     optim: str = "sgd",
+    ppo_epochs: int = 1,
+    kl_coef: float = 0.0,
 ) -> None:
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=2
@@ -102,7 +104,7 @@ def _worker(
     mine = [t for g in my_groups for t in groups[g]]
     idx = [index[id(t)] for t in mine]
     informative = [g for g in range(len(groups)) if len(set(GROUPS[g][2])) > 1]
-    cfg = GRPOConfig(aggregation=aggregation, max_grad_norm=None, micro_batch="rows:3")
+    cfg = _config(aggregation, ppo_epochs, kl_coef)
     # fsdp: the update runs on the shards; `policy` stays the full replica, refreshed after
     trained = shard_policy(policy, torch.device("cpu"), 2) if parallel == "fsdp" else policy
     optimizer = _optimizer(trained, optim)
@@ -119,6 +121,7 @@ def _worker(
         global_kept_chunks=sum(
             int(masks[i].sum()) for i, t in enumerate(flat) if int(t.group_id[1:]) in informative
         ),
+        ref_policy=_policy() if kl_coef else None,
     )
     if trained is not policy:
         sync_replica(trained, policy)
@@ -131,6 +134,16 @@ def _worker(
     torch.distributed.destroy_process_group()
 
 
+def _config(aggregation: str, ppo_epochs: int = 1, kl_coef: float = 0.0) -> GRPOConfig:
+    return GRPOConfig(
+        aggregation=aggregation,
+        max_grad_norm=None,
+        micro_batch="rows:3",
+        ppo_epochs=ppo_epochs,
+        kl_coef=kl_coef,
+    )
+
+
 def _optimizer(module: torch.nn.Module, optim: str) -> torch.optim.Optimizer:
     if optim == "sgd":
         return torch.optim.SGD(module.parameters(), lr=1.0)
@@ -140,15 +153,18 @@ def _optimizer(module: torch.nn.Module, optim: str) -> torch.optim.Optimizer:
         raise ValueError(optim)
 
 
-def _single_process_update(aggregation: str, optim: str) -> tuple[torch.Tensor, dict]:
+def _single_process_update(
+    aggregation: str, optim: str, ppo_epochs: int = 1, kl_coef: float = 0.0
+) -> tuple[torch.Tensor, dict]:
     """The reference: the whole batch in one process, same optimizer. Returns the parameters
     and the optimizer state after the update."""
     policy = _policy()
     groups, masks, weights = _batch(policy)
     flat = [t for grp in groups for t in grp]
-    cfg = GRPOConfig(aggregation=aggregation, max_grad_norm=None, micro_batch="rows:3")
+    cfg = _config(aggregation, ppo_epochs, kl_coef)
     optimizer = _optimizer(policy, optim)
-    grpo_update(policy, optimizer, flat, masks, weights, config=cfg)
+    ref_policy = _policy() if kl_coef else None
+    grpo_update(policy, optimizer, flat, masks, weights, config=cfg, ref_policy=ref_policy)
     return param_vector(policy), optimizer.state_dict()
 
 
@@ -177,6 +193,48 @@ def test_distributed_update_equals_the_single_process_update(
     assert torch.equal(r0, r1)
     assert not torch.equal(r0, param_vector(_policy()))
     torch.testing.assert_close(r0, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_distributed_update_runs_the_epochs_and_the_kl_term_of_grpo_update(
+    parallel: str, tmp_path: Path
+) -> None:
+    """The data-parallel update is `grpo_update` itself: two PPO epochs with a KL term to a
+    reference policy give the single-process result (AdamW: its steps are bounded).
+
+    Except the attention key biases: a key bias adds the same q . b_k to every logit of a query,
+    which softmax ignores, so its gradient is exactly zero in theory and only rounding noise
+    (~1e-17) in practice, summed in another order across ranks; AdamW divides each coordinate
+    by its own scale, so that noise moves those 2 x 16 entries by ~1e-7 after two epochs. Every
+    other parameter must match to 1e-10."""
+    torch.multiprocessing.spawn(
+        _worker,
+        args=(str(tmp_path / "store"), "chunk", str(tmp_path), parallel, "round-robin",
+              "adamw", 2, 0.5),
+        nprocs=2,
+    )
+    expected, _ = _single_process_update("chunk", "adamw", ppo_epochs=2, kl_coef=0.5)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(r0, r1)
+    one_epoch, _ = _single_process_update("chunk", "adamw")
+    assert not torch.allclose(expected, one_epoch)  # the second epoch stepped
+    key_bias = _key_bias_entries(_policy())
+    assert int(key_bias.sum()) == 32
+    torch.testing.assert_close(r0[~key_bias], expected[~key_bias], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(r0[key_bias], expected[key_bias], rtol=0, atol=1e-5)
+
+
+def _key_bias_entries(policy: torch.nn.Module) -> torch.Tensor:
+    """Which entries of `param_vector(policy)` are attention key biases (the middle third of
+    each `in_proj_bias`: query, key, value)."""
+    flags = []
+    for name, p in policy.named_parameters():
+        flag = torch.zeros(p.numel(), dtype=torch.bool)
+        if name.endswith("self_attn.in_proj_bias"):
+            third = p.numel() // 3
+            flag[third:2 * third] = True
+        flags.append(flag)
+    return torch.cat(flags)
 
 
 def test_fsdp_runs_on_cpu_with_gloo_here() -> None:
