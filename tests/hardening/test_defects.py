@@ -226,11 +226,13 @@ def test_defect_04_no_phantom_commit_after_a_client_timeout(transport: str) -> N
     url = srv.http_url if transport == "http" else f"grpc://{srv.grpc_target}"
     run = f"phantom-{transport}"
     try:
-        with connect(url, timeout_s=0.3, retries=0, fallback=True) as client:
+        # a timeout that a loaded machine's ordinary calls stay well inside, and a delay
+        # well past it for the one late answer
+        with connect(url, timeout_s=2.0, retries=0, fallback=True) as client:
             client.put_run(run, phases=4, feature_dim=4, keep_fraction=0.25, seed=3)
             bodies = [batch(f"{run}-0", seed=0)]
             trained = [client.select(run, bodies[0]).masks]
-            service.delay_s = 1.0  # the next answer comes after the client gave up
+            service.delay_s = 4.0  # the next answer comes after the client gave up
             bodies.append(batch(f"{run}-1", seed=1))
             local = client.select(run, bodies[1])
             assert local.selection_id == f"local-{run}-1"

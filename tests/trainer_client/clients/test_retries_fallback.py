@@ -33,7 +33,9 @@ def test_selector_that_comes_up_late(tmp_path: Path, caplog: pytest.LogCaptureFi
     results: dict[str, object] = {}
 
     def trainer(url: str) -> None:
-        with connect(url, **FAST) as client:
+        # retried for up to ~80 s: the selector's start may take most of its 60 s readiness
+        # wait on a loaded machine (its imports alone)
+        with connect(url, **{**FAST, "retries": 400}) as client:
             run_id = f"late-{url[:4]}"
             client.put_run(run_id, **CONFIG)  # retried until the selector is up
             results[url] = client.select(run_id, small_batch("r0"))
@@ -47,7 +49,7 @@ def test_selector_that_comes_up_late(tmp_path: Path, caplog: pytest.LogCaptureFi
     try:
         selector.start()
         for t in threads:
-            t.join(30)
+            t.join(90)
         assert sorted(results) == sorted([selector.grpc_url, selector.http_url])
         assert "retry" in caplog.text  # the first attempts failed and were retried
     finally:
