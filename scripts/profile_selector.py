@@ -51,19 +51,26 @@ def summarise(raw: Path, top: int) -> list[str]:
     return lines
 
 
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE")
+    return key, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--selects", type=int, default=300, help="timed selects")
     parser.add_argument("--shape", default="64,32,56", help="trajectories,chunks,feature_dim")
     parser.add_argument("--top", type=int, default=30, help="frames to print")
     parser.add_argument("--no-py-spy", dest="py_spy", action="store_false")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                         help="set in the selector's environment (repeatable)")
     args = parser.parse_args()
     n, c, d = (int(x) for x in args.shape.split(","))
     template = SelectRequest.model_validate(synthetic_request(Shape(n, c, d)))
     py_spy = shutil.which("py-spy") if args.py_spy else None
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    extra_env = dict(args.env)
     # the selector runs this checkout's code, whatever else is installed
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as redis, \

@@ -52,12 +52,8 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
 
     async def SelectChunks(self, request: pb.SelectChunksRequest,
                            context: grpc.aio.ServicerContext) -> pb.SelectChunksResponse:
-        if len(request.phase_ids) <= self.inline_chunks and self.service.store_ok:
-            try:
-                return self._select(request)
-            except Exception as exc:
-                await abort(context, exc)
-        return await _call(context, self._select, request)
+        inline = len(request.phase_ids) <= self.inline_chunks and self.service.store_ok
+        return await _call(context, self._select, request, inline=inline)
 
     async def ReportOutcomes(self, request: pb.ReportOutcomesRequest,
                              context: grpc.aio.ServicerContext) -> pb.ReportOutcomesResponse:
@@ -96,9 +92,11 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
 
 
 async def _call(context: grpc.aio.ServicerContext, fn: Callable[[Req], Resp],
-                request: Req) -> Resp:
+                request: Req, inline: bool = False) -> Resp:
+    """`fn(request)` in a worker thread (on the event loop itself when `inline`), its error
+    turned into the call's gRPC status."""
     try:
-        return await asyncio.to_thread(fn, request)
+        return fn(request) if inline else await asyncio.to_thread(fn, request)
     except Exception as exc:
         await abort(context, exc)
 
