@@ -222,8 +222,8 @@ def estimator(
                       f"{p['signal']:.4g}", f"{p['share']:.3f}")
     console.print(table)
     table = Table(title=f"estimators at keep {keep_fraction} (default: {result['default']})")
-    for col in ("estimator", "alignment", "+-se", "- grpo (paired)", "- random", "cosine",
-                "rel. variance", "max weight", "keep weights"):
+    for col in ("estimator", "alignment", "+-se", "- grpo (paired)", "- random",
+                "half-split avg", "cosine", "rel. variance", "max weight", "keep weights"):
         table.add_column(col, justify="right")
     for r in result["estimators"]:
         w = result["keep_weights"][r["name"]]
@@ -231,7 +231,7 @@ def estimator(
                       f"{r['alignment_se']:.3f}",
                       f"{r['alignment_vs_grpo']:+.3f} +-{r['alignment_vs_grpo_se']:.3f}",
                       f"{r['alignment_vs_random']:+.3f} +-{r['alignment_vs_random_se']:.3f}",
-                      f"{r['cosine']:.3f}",
+                      f"{r['alignment_avg']:.3f}", f"{r['cosine']:.3f}",
                       f"{r['relative_variance']:.2f}", f"{r['max_weight']:.1f}",
                       " ".join(f"{x:.2f}" for x in w))
     console.print(table)

@@ -28,7 +28,13 @@ From one checkpoint and one task:
    held-out expected gradient mean_{b' != b} g_b' (leave-one-batch-out; what an update should
    move along); `cosine` with its own batch's GRPO gradient g_b; `relative_variance`,
    E||g_hat - E g_hat||^2 / ||E g_hat||^2 over the mask draws; `max_weight`, the largest loss
-   weight the selector answered (1 / pi under `ht`).
+   weight the selector answered (1 / pi under `ht`); `alignment_avg`, the cosine of the
+   estimator's mean over half of the batches (each batch's g_hat averaged over its draws) with
+   GRPO's mean over the other half, averaged over random half-splits: the direction left once
+   averaging over many steps (Adam's momentum, a whole run) has removed the per-batch noise, so
+   it exposes an estimator's bias (weight taken off a phase that holds signal) that the
+   one-batch `alignment`, dominated by noise, hides. GRPO's own `alignment_avg` is the ceiling
+   that the other half's rollout noise leaves.
 
 Gradient-norm clipping at 1.0 is active on every step at these sizes, so the direction of an
 update, which these cosines measure, is what an estimator changes.
@@ -65,6 +71,7 @@ from trainer_client.train.model import load_policy
 from trainer_client.types import Trajectory
 
 CACHE_VERSION = 1
+AVG_SPLITS = 64  # random half-splits behind `alignment_avg` (the same splits for every estimator)
 
 
 @dataclass(frozen=True)
@@ -420,6 +427,22 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where((na > 0) & (nb > 0), a @ b / (na * nb), 0.0)
 
 
+def averaged_alignment(est_means: np.ndarray, full: np.ndarray, splits: int,
+                       seed: int) -> float:
+    """Mean over `splits` random half-splits (A, B) of the batches of
+    cos(mean_A est_means, mean_B full); est_means, full: (K, S), one row per batch."""
+    k = len(full)
+    if k < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(splits):
+        order = rng.permutation(k)
+        a, b = order[: k // 2], order[k // 2:]
+        out.append(float(_cos(est_means[a].mean(0)[None, :], full[b].mean(0))[0]))
+    return float(np.mean(out))
+
+
 def evaluate_estimators(
     estimators: Sequence[Estimator], data: Sequence[BatchData],
     phases: Sequence[list[np.ndarray]], parts: np.ndarray, num_phases: int,
@@ -435,6 +458,7 @@ def evaluate_estimators(
         ws = _keep_weights_per_batch(est, data, phases, parts, num_phases, keep_fraction, seed)
         weights_out[est.name] = np.mean(ws, axis=0).tolist()
         align, cosine, relvar, max_w = [], [], [], 0.0
+        means, used = [], []  # per batch: g_hat averaged over the draws, and the batch index
         for b, d in enumerate(data):
             if len(d.rows) == 0:
                 continue
@@ -445,6 +469,8 @@ def evaluate_estimators(
             held_out = (total - full[b]) / (len(data) - 1)
             align.append(float(_cos(g_hat, held_out).mean()))
             cosine.append(float(_cos(g_hat, full[b]).mean()))
+            means.append(g_hat.mean(0))
+            used.append(b)
             if len(g_hat) > 1:
                 mean = g_hat.mean(0)
                 spread = np.sum((g_hat - mean) ** 2, axis=1).mean() * len(g_hat) / (len(g_hat) - 1)
@@ -458,6 +484,8 @@ def evaluate_estimators(
             "signal_dim": est.signal_dim if est.score == "signal" else None,
             "variant": est.variant,
             "alignment": float(np.mean(align)), "alignment_se": _se(align),
+            "alignment_avg": averaged_alignment(np.stack(means), np.stack([full[b] for b in used]),
+                                                AVG_SPLITS, seed) if means else 0.0,
             "cosine": float(np.mean(cosine)),
             "relative_variance": float(np.mean(relvar)),
             "max_weight": max_w,

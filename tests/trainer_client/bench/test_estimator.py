@@ -13,14 +13,15 @@ import torch
 from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.bench.estimator import (
     SignFoldSketch,
+    averaged_alignment,
     cross_batch_signal,
     plot_estimator,
     run_estimator_bench,
 )
 
 PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
-ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "cosine", "relative_variance",
-                    "max_weight"}
+ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "alignment_avg", "cosine",
+                    "relative_variance", "max_weight"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,8 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     # GRPO is the batch gradient itself: cosine 1, no mask variance
     assert rows["grpo"]["cosine"] == pytest.approx(1.0)
     assert rows["grpo"]["relative_variance"] == 0.0
+    for r in rows.values():
+        assert -1.0 <= r["alignment_avg"] <= 1.0
     # paired differences over the same batches
     assert rows["grpo"]["alignment_vs_grpo"] == 0.0 and rows["grpo"]["alignment_vs_grpo_se"] == 0
     assert rows["random mean"]["alignment_vs_random"] == 0.0
@@ -104,3 +107,33 @@ def test_cross_batch_signal_removes_the_noise_term() -> None:
     parts = mean[None] + rng.normal(0, 1.0, size=(400, 2, 64))  # noise norm^2 ~ 64 per draw
     signal = cross_batch_signal(parts)
     assert signal[0] == pytest.approx(4.0, abs=0.5) and abs(signal[1]) < 0.5
+
+
+def test_averaged_alignment_exposes_bias_that_noise_hides() -> None:
+    rng = np.random.default_rng(0)
+    k, dim = 20, 400
+    s0, s1 = np.zeros(dim), np.zeros(dim)
+    s0[:10], s1[10:20] = 1.0, 0.9  # the signal of two phases: |s0|^2 = 10, |s1|^2 = 8.1
+    signal = s0 + s1
+    # without noise: an estimator that drops phase 1 keeps cos(s0, s0 + s1) of the direction
+    full = np.tile(signal, (k, 1))
+    biased = np.tile(s0, (k, 1))
+    assert averaged_alignment(biased, full, 8, 0) == pytest.approx(
+        np.sqrt(10.0 / 18.1))
+    assert averaged_alignment(3.0 * full, full, 8, 0) == pytest.approx(1.0)
+    # with per-batch noise: the masked mean (unbiased, noisier) wins over the biased one once
+    # averaged, though each of its batches aligns worse than the biased one's
+    noise = rng.normal(0, 0.15, size=(k, dim))  # |noise|^2 ~ 9 per batch
+    full = signal + noise
+    unbiased = full + rng.normal(0, 0.25, size=(k, dim))  # a mask's noise on top, ~ 25
+    biased = s0 + 0.2 * noise
+
+    def one_batch(est: np.ndarray) -> float:  # the leave-one-batch-out `alignment`
+        held_out = [(full.sum(0) - full[b]) / (k - 1) for b in range(k)]
+        return float(np.mean([e @ h / np.linalg.norm(e) / np.linalg.norm(h)
+                              for e, h in zip(est, held_out, strict=True)]))
+
+    assert one_batch(unbiased) < one_batch(biased) - 0.05
+    assert averaged_alignment(unbiased, full, 64, 0) > averaged_alignment(biased, full, 64, 0)
+    # the same splits for every estimator: GRPO's own figure is the ceiling
+    assert averaged_alignment(full, full, 64, 0) >= averaged_alignment(unbiased, full, 64, 0)
