@@ -33,8 +33,8 @@ From one checkpoint and one task:
    GRPO's mean over the other half, averaged over random half-splits: the direction left once
    averaging over many steps (Adam's momentum, a whole run) has removed the per-batch noise, so
    it exposes an estimator's bias (weight taken off a phase that holds signal) that the
-   one-batch `alignment`, dominated by noise, hides. GRPO's own `alignment_avg` is the ceiling
-   that the other half's rollout noise leaves.
+   one-batch `alignment`, dominated by noise, hides. GRPO's own `alignment_avg` is the
+   reference, not a ceiling: an estimator quieter than GRPO's half-mean can exceed it.
 
 Gradient-norm clipping at 1.0 is active on every step at these sizes, so the direction of an
 update, which these cosines measure, is what an estimator changes.
@@ -469,10 +469,10 @@ def evaluate_estimators(
             held_out = (total - full[b]) / (len(data) - 1)
             align.append(float(_cos(g_hat, held_out).mean()))
             cosine.append(float(_cos(g_hat, full[b]).mean()))
-            means.append(g_hat.mean(0))
+            mean = g_hat.mean(0)  # E g_hat over the draws
+            means.append(mean)
             used.append(b)
             if len(g_hat) > 1:
-                mean = g_hat.mean(0)
                 spread = np.sum((g_hat - mean) ** 2, axis=1).mean() * len(g_hat) / (len(g_hat) - 1)
                 relvar.append(float(spread / max(float(mean @ mean), 1e-300)))
             else:
