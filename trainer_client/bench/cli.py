@@ -236,6 +236,14 @@ def estimator(
                       " ".join(f"{x:.2f}" for x in w))
     console.print(table)
     console.print("* a tried variant")
+    if (online := result["online"]) is not None:
+        console.print(
+            f"online ({online['estimator']}, from an empty state at this policy, "
+            f"{online['orders']} batch orders): largest weight on phase "
+            f"{online['signal_top_phase']} (most signal) after "
+            + ", ".join(f"{n} batches {frac:.0%}" for n, frac in
+                        zip(online["positions"], online["top_on_signal_phase"], strict=True)),
+            markup=False, highlight=False)
     png = plot_estimator(result, (json_path.with_suffix(".png") if json_path
                                   else out / "estimator.png"))
     console.print(f"wrote {png}")

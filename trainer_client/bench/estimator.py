@@ -35,6 +35,9 @@ From one checkpoint and one task:
    it exposes an estimator's bias (weight taken off a phase that holds signal) that the
    one-batch `alignment`, dominated by noise, hides. GRPO's own `alignment_avg` is the
    reference, not a ceiling: an estimator quieter than GRPO's half-mean can exceed it.
+5. `online` (the default PCM): how many batches its online score needs, from an empty state at
+   this fixed policy, to put the largest keep weight on the phase with the most signal, over
+   random orders of the K batches (`online_convergence`).
 
 Gradient-norm clipping at 1.0 is active on every step at these sizes, so the direction of an
 update, which these cosines measure, is what an estimator changes.
@@ -72,6 +75,7 @@ from trainer_client.types import Trajectory
 
 CACHE_VERSION = 1
 AVG_SPLITS = 64  # random half-splits behind `alignment_avg` (the same splits for every estimator)
+ONLINE_ORDERS = 64  # random batch orders behind `online` (when the online score finds the signal)
 
 
 @dataclass(frozen=True)
@@ -380,6 +384,35 @@ def _keep_weights_per_batch(est: Estimator, data: Sequence[BatchData],
     return out
 
 
+def online_convergence(est: Estimator, data: Sequence[BatchData],
+                       phases: Sequence[list[np.ndarray]], parts: np.ndarray, num_phases: int,
+                       keep_fraction: float, seed: int, orders: int = ONLINE_ORDERS
+                       ) -> dict[str, Any]:
+    """How many batches the online phase score needs, at this fixed policy, to put its weight
+    where the signal is: the selector run from an empty state over `orders` random orders of
+    the K batches. Per position n (1, 2, 5, 10, K batches seen): the mean keep weights (P,) and
+    the fraction of orders whose largest weight is on the phase with the largest measured
+    signal share (`phase_table`). A training run starts from an empty state too, so the first
+    positions are its first steps, before the policy has moved."""
+    k = len(data)
+    top = int(np.argmax(_shares(cross_batch_signal(parts))))
+    positions = sorted({n for n in (1, 2, 5, 10, k) if n <= k})
+    rng = np.random.default_rng(seed)
+    ws = np.zeros((orders, k, num_phases))
+    for o in range(orders):
+        order = rng.permutation(k)
+        ws[o] = _keep_weights_per_batch(est, [data[i] for i in order],
+                                        [phases[i] for i in order], parts, num_phases,
+                                        keep_fraction, seed)
+    return {
+        "estimator": est.name, "orders": orders, "signal_top_phase": top,
+        "positions": positions,
+        "mean_keep_weights": [ws[:, n - 1].mean(0).tolist() for n in positions],
+        "top_on_signal_phase": [float(np.mean(ws[:, n - 1].argmax(1) == top))
+                                for n in positions],
+    }
+
+
 def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
                        w: np.ndarray, keep_fraction: float, draws: int,
                        seed: int, b: int) -> tuple[np.ndarray, float]:
@@ -540,6 +573,9 @@ def run_estimator_bench(
                                               keep_fraction, draws, seed)
     defaults = RunConfig()
     default_name = f"pcm {defaults.score} {defaults.weighting}"
+    default_est = next((e for e in ests if e.name == default_name), None)
+    online = (online_convergence(default_est, data, traj_phases, parts, phases, keep_fraction,
+                                 seed) if default_est is not None else None)
     return {
         "benchmark": "estimator",
         "task": env,
@@ -556,6 +592,7 @@ def run_estimator_bench(
         "phases": phase_rows,
         "estimators": table,
         "keep_weights": keep_weights,
+        "online": online,
         "elapsed_s": time.perf_counter() - t0,
     }
 

@@ -70,11 +70,20 @@ ALGOS: dict[str, dict[str, Any]] = {
     # the masked gradient is ~sqrt(5) noisier (its norm, ~2.4x GRPO's on pick-place), so under
     # Adam's per-coordinate normalization its signal per step is ~1/sqrt(5) of GRPO's
     "pcm-lr": {"algo": "pcm", "lr": DEFAULT_RL_LR * 5 ** 0.5},
+    # the default PCM with exploration floor 0.5 instead of 0.1 (a phase's keep weight between
+    # 0.125 and 0.625 with 4 phases): a test of the explanation that PCM's dip in steps 10-30
+    # comes from ~90% of the budget sitting on one phase for 10-20 steps
+    "pcm-eps0.5": {"algo": "pcm", "eps": 0.5},
 }
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
-          "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple"}
+          "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple", "pcm-eps0.5": "tab:orange"}
 RUNS_FILE = "runs.jsonl"
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked (the CLI prints it and exits 2)."""
+
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 
@@ -96,18 +105,20 @@ def run_learning_bench(
     threads: int = 0,
     rl_overrides: dict[str, Any] | None = None,
     sft_overrides: dict[str, Any] | None = None,
+    summarize_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run what is missing of the study (seeds first_seed .. first_seed + seeds - 1, each algo),
     then write and return the figures of every finished run. Without `init`, an SFT checkpoint is
     trained first into OUT/sft (reused by later calls). `budget_s` bounds this call: a run starts
     only if the longest run of its algorithm so far still fits (an algorithm not run yet
-    always starts)."""
+    always starts). `summarize_only` starts nothing: it writes the figures of the runs that
+    OUT/runs.jsonl holds (a study stopped between runs has no learning.json until then)."""
     for algo in algos:
         if algo not in ALGOS:
-            raise ValueError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
+            raise StudyError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
     if seeds < 1 or steps < 2 or budget_s <= 0 or eval_episodes < 1:
-        raise ValueError("need seeds >= 1, steps >= 2, budget_s > 0 and eval_episodes >= 1")
+        raise StudyError("need seeds >= 1, steps >= 2, budget_s > 0 and eval_episodes >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -115,6 +126,8 @@ def run_learning_bench(
     # ---- the one SFT checkpoint every run starts from -----------------------------------------
     if init is None:
         init = out / "sft" / "sft.pt"
+        if not init.is_file() and summarize_only:
+            raise StudyError(f"{init} does not exist: nothing to summarize (pass --init)")
         if not init.is_file():
             from trainer_client.train.sft import run_sft
 
@@ -132,18 +145,22 @@ def run_learning_bench(
     done = load_runs(out)
     for record in done:
         if record["fingerprint"] != fingerprint:
-            raise ValueError(
+            raise StudyError(
                 f"{out / RUNS_FILE} holds runs of another configuration (checkpoint, steps, "
                 "batch, keep fraction, evaluation or overrides differ); use another --out for "
                 f"this one (theirs: {record['config']}, this: {config})")
     finished = {(r["algo"], r["seed"]) for r in done}
+    if summarize_only and not done:
+        raise StudyError(f"{out / RUNS_FILE} holds no finished run: nothing to summarize")
 
     # ---- the runs: seed-major, algorithms interleaved -----------------------------------------
     durations: dict[str, float] = {}
     for r in done:
         durations[r["algo"]] = max(durations.get(r["algo"], 0.0), r["duration_s"])
-    stopped = False
+    stopped = summarize_only  # set when the budget would end during the next run
     for seed in range(first_seed, first_seed + seeds):
+        if stopped:
+            break
         for algo in algos:
             if (algo, seed) in finished:
                 continue
@@ -161,8 +178,6 @@ def run_learning_bench(
             with (out / RUNS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
             durations[algo] = max(durations.get(algo, 0.0), record["duration_s"])
-        if stopped:
-            break
 
     # ---- the figures of every finished run ----------------------------------------------------
     runs = load_runs(out)
@@ -483,6 +498,8 @@ def learning_command(
     lr: Annotated[
         float | None, typer.Option(help="network learning rate; default: pcm-train rl's")
     ] = None,
+    summarize_only: Annotated[bool, typer.Option(
+        help="start no run: write the figures of the finished runs in OUT/runs.jsonl")] = False,
 ) -> None:
     """Paired learning comparison from one SFT checkpoint: held-out gain per algorithm with 95%
     intervals, success vs step and vs wall-clock, the time split. Resumable."""
@@ -491,12 +508,17 @@ def learning_command(
     if unknown or not algo_list:
         raise typer.BadParameter(f"unknown {unknown}; use some of {', '.join(ALGOS)}",
                                  param_hint="--algos")
-    result = run_learning_bench(
-        out, init=init, env=env, algos=algo_list,
-        seeds=seeds, first_seed=first_seed, steps=steps, budget_s=budget_s,
-        init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
-        eval_episodes=eval_episodes, rl_overrides={"lr": lr} if lr is not None else None,
-    )
+    try:
+        result = run_learning_bench(
+            out, init=init, env=env, algos=algo_list,
+            seeds=seeds, first_seed=first_seed, steps=steps, budget_s=budget_s,
+            init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
+            eval_episodes=eval_episodes, rl_overrides={"lr": lr} if lr is not None else None,
+            summarize_only=summarize_only,
+        )
+    except StudyError as exc:
+        Console().print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     print_table(result)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

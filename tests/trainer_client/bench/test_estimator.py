@@ -12,12 +12,16 @@ import torch
 
 from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.bench.estimator import (
+    BatchData,
+    Estimator,
     SignFoldSketch,
     averaged_alignment,
     cross_batch_signal,
+    online_convergence,
     plot_estimator,
     run_estimator_bench,
 )
+from trainer_client.types import Trajectory
 
 PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
 ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "alignment_avg", "cosine",
@@ -59,6 +63,12 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     # mean weighting answers weight 1; HT weights are 1/pi >= 1 and exceed 1 when f < 1
     assert rows["pcm signal mean"]["max_weight"] == 1.0
     assert rows["random ht"]["max_weight"] > 1.0
+    # the online convergence of the default: positions up to K, weights that sum to 1
+    online = result["online"]
+    assert online["estimator"] == result["default"] and online["positions"] == [1, 2, 3]
+    assert online["signal_top_phase"] == int(np.argmax([p["share"] for p in result["phases"]]))
+    for w, frac in zip(online["mean_keep_weights"], online["top_on_signal_phase"], strict=True):
+        assert sum(w) == pytest.approx(1.0) and 0.0 <= frac <= 1.0
     # masks at 20% of the chunks are noisier than the full batch
     assert rows["random mean"]["relative_variance"] > 0
     assert rows["random mean"]["cosine"] < 1.0
@@ -137,3 +147,45 @@ def test_averaged_alignment_exposes_bias_that_noise_hides() -> None:
     assert averaged_alignment(unbiased, full, 64, 0) > averaged_alignment(biased, full, 64, 0)
     # the same splits for every estimator: here, GRPO's own figure is above the noisier one's
     assert averaged_alignment(full, full, 64, 0) >= averaged_alignment(unbiased, full, 64, 0)
+
+
+def _planted_batch(rng: np.random.Generator, b: int, strength: float) -> BatchData:
+    """4 groups of 2 successes and 2 failures, 6 chunks each (phases 0 0 1 1 1 1); the head
+    gradient of a phase-0 chunk leans towards a fixed direction in successes and away from it
+    in failures (signal), phase 1 is noise only (no signal, twice the chunks)."""
+    direction = np.zeros(16, dtype=np.float32)
+    direction[0] = strength
+    trajs, adv = [], []
+    for g in range(4):
+        for i in range(4):
+            success = i < 2
+            head = rng.normal(0, 1.0, size=(6, 16)).astype(np.float32)
+            head[:2] += direction if success else -direction
+            trajs.append(Trajectory(
+                task_id="t", group_id=f"b{b}/g{g}", instruction="", obs={},
+                actions=np.zeros((6, 1, 1), np.float32), old_logp=np.zeros(6, np.float32),
+                phase_ids=np.array([0, 0, 1, 1, 1, 1]), success=success, num_steps=6,
+                head_grad=head))
+            adv.append(1.0 if success else -1.0)
+    return BatchData(trajectories=trajs, advantages=np.array(adv), rows=np.zeros((0, 2), int),
+                     grads=np.zeros((0, 1), np.float32))
+
+
+def test_online_convergence_finds_the_planted_phase_with_more_batches() -> None:
+    rng = np.random.default_rng(0)
+    k = 12
+    data = [_planted_batch(rng, b, strength=0.4) for b in range(k)]
+    phases = [[t.phase_ids for t in d.trajectories] for d in data]
+    parts = np.zeros((k, 2, 3))
+    parts[:, 0, 0] = 1.0  # the measured signal: all in phase 0
+    est = Estimator("pcm signal mean", "pcm", "signal", "mean", 0.1, signal_dim=32)
+    online = online_convergence(est, data, phases, parts, 2, 0.2, seed=0, orders=16)
+    assert online["signal_top_phase"] == 0 and online["positions"] == [1, 2, 5, 10, 12]
+    first, last = online["top_on_signal_phase"][0], online["top_on_signal_phase"][-1]
+    assert last >= 0.9 and last >= first
+    assert online["mean_keep_weights"][-1][0] > online["mean_keep_weights"][0][0]
+    # the measured top phase is what the fractions count: name phase 1 and they flip
+    parts = parts[:, ::-1]
+    flipped = online_convergence(est, data, phases, parts, 2, 0.2, seed=0, orders=16)
+    assert flipped["signal_top_phase"] == 1
+    assert flipped["top_on_signal_phase"][-1] == pytest.approx(1.0 - last)

@@ -55,6 +55,15 @@ def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: P
     # a budget that cannot fit the next run stops before it, and the study is incomplete
     stopped = _bench(tmp_path, sft_checkpoint, seeds=2, budget_s=0.01)
     assert len(stopped["runs"]) == 3 and not stopped["complete"]
+    # --summarize-only starts nothing and rewrites the figures of the finished runs
+    (tmp_path / "learning.json").unlink()
+    lines_before = (tmp_path / RUNS_FILE).read_text().count("\n")
+    summary = _bench(tmp_path, sft_checkpoint, seeds=2, summarize_only=True)
+    assert len(summary["runs"]) == 3 and not summary["complete"]
+    assert (tmp_path / RUNS_FILE).read_text().count("\n") == lines_before
+    assert json.loads((tmp_path / "learning.json").read_text())["summary"] == summary["summary"]
+    with pytest.raises(ValueError, match="nothing to summarize"):
+        _bench(tmp_path / "empty", sft_checkpoint, summarize_only=True)
     # the same command continues: only seed 1 runs, seed 0 is not repeated
     lines_before = (tmp_path / RUNS_FILE).read_text().count("\n")
     full = _bench(tmp_path, sft_checkpoint, seeds=2)
@@ -89,3 +98,9 @@ def test_mean_ci95_is_the_student_t_interval() -> None:
 def test_cli_rejects_unknown_algo(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["learning", "--algos", "grpo,ppo", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "--algos" in r.output and "ppo" in r.output
+
+
+def test_cli_summarize_only_without_runs_names_the_problem(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["learning", "--summarize-only", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "nothing to summarize" in r.output
+    assert not (tmp_path / "learning.json").exists()
