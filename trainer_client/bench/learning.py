@@ -79,12 +79,11 @@ DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
           "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple", "pcm-eps0.5": "tab:orange"}
 RUNS_FILE = "runs.jsonl"
+SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 
 class StudyError(ValueError):
     """A study that cannot run as asked (the CLI prints it and exits 2)."""
-
-SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 
 def run_learning_bench(
@@ -120,7 +119,8 @@ def run_learning_bench(
     if seeds < 1 or steps < 2 or budget_s <= 0 or eval_episodes < 1:
         raise StudyError("need seeds >= 1, steps >= 2, budget_s > 0 and eval_episodes >= 1")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not summarize_only:
+        out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     # ---- the one SFT checkpoint every run starts from -----------------------------------------

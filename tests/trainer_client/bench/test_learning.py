@@ -64,6 +64,7 @@ def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: P
     assert json.loads((tmp_path / "learning.json").read_text())["summary"] == summary["summary"]
     with pytest.raises(ValueError, match="nothing to summarize"):
         _bench(tmp_path / "empty", sft_checkpoint, summarize_only=True)
+    assert not (tmp_path / "empty").exists()  # nothing written where nothing was
     # the same command continues: only seed 1 runs, seed 0 is not repeated
     lines_before = (tmp_path / RUNS_FILE).read_text().count("\n")
     full = _bench(tmp_path, sft_checkpoint, seeds=2)
