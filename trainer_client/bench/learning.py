@@ -157,7 +157,7 @@ def run_learning_bench(
     durations: dict[str, float] = {}
     for r in done:
         durations[r["algo"]] = max(durations.get(r["algo"], 0.0), r["duration_s"])
-    stopped = summarize_only  # set when the budget would end during the next run
+    stopped = summarize_only  # no (further) run: --summarize-only, or the budget is spent
     for seed in range(first_seed, first_seed + seeds):
         if stopped:
             break
