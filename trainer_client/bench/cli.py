@@ -223,7 +223,8 @@ def estimator(
     console.print(table)
     table = Table(title=f"estimators at keep {keep_fraction} (default: {result['default']})")
     for col in ("estimator", "alignment", "+-se", "- grpo (paired)", "- random",
-                "half-split avg", "cosine", "rel. variance", "max weight", "keep weights"):
+                "half-split avg", "cosine", "rel. variance", "max weight", "net adv.",
+                "keep weights"):
         table.add_column(col, justify="right")
     for r in result["estimators"]:
         w = result["keep_weights"][r["name"]]
@@ -233,6 +234,7 @@ def estimator(
                       f"{r['alignment_vs_random']:+.3f} +-{r['alignment_vs_random_se']:.3f}",
                       f"{r['alignment_avg']:.3f}", f"{r['cosine']:.3f}",
                       f"{r['relative_variance']:.2f}", f"{r['max_weight']:.1f}",
+                      f"{r['net_advantage']:+.2f}",
                       " ".join(f"{x:.2f}" for x in w))
     console.print(table)
     console.print("* a tried variant")

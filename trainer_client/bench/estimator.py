@@ -34,7 +34,9 @@ From one checkpoint and one task:
    averaging over many steps (Adam's momentum, a whole run) has removed the per-batch noise, so
    it exposes an estimator's bias (weight taken off a phase that holds signal) that the
    one-batch `alignment`, dominated by noise, hides. GRPO's own `alignment_avg` is the
-   reference, not a ceiling: an estimator quieter than GRPO's half-mean can exceed it.
+   reference, not a ceiling: an estimator quieter than GRPO's half-mean can exceed it;
+   `net_advantage`, sum_c coef_c A_c / sum_c coef_c |A_c| over the kept chunks, averaged over
+   the draws: how far the kept set leans to failures' (< 0) or successes' (> 0) chunks.
 5. `online` (the default PCM): how many batches its online score needs, from an empty state at
    this fixed policy, to put the largest keep weight on the phase with the most signal, over
    random orders of the K batches (`online_convergence`).
@@ -452,6 +454,19 @@ def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.nda
     return coef, max_weight
 
 
+def net_advantage(coef: np.ndarray, row_adv: np.ndarray) -> float:
+    """The kept set's net advantage, sum_c coef_c A_c / sum_c coef_c |A_c|, averaged over the
+    draws; coef (draws, R) as `_draw_coefficients` returns, row_adv (R,) each informative row's
+    trajectory advantage. In [-1, 1]: 0 when the kept chunks' positive and negative advantages
+    balance, -1 when only failures' chunks are kept. GRPO's own value is the batch's imbalance
+    between the chunk counts of its successes and failures."""
+    signed = coef @ row_adv  # (draws,)
+    absolute = coef @ np.abs(row_adv)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(absolute > 0, signed / absolute, 0.0)
+    return float(ratio.mean())
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of a (R, S) with b (S,)."""
     na = np.linalg.norm(a, axis=1)
@@ -490,7 +505,7 @@ def evaluate_estimators(
     for est in estimators:
         ws = _keep_weights_per_batch(est, data, phases, parts, num_phases, keep_fraction, seed)
         weights_out[est.name] = np.mean(ws, axis=0).tolist()
-        align, cosine, relvar, max_w = [], [], [], 0.0
+        align, cosine, relvar, net, max_w = [], [], [], [], 0.0
         means, used = [], []  # per batch: g_hat averaged over the draws, and the batch index
         for b, d in enumerate(data):
             if len(d.rows) == 0:
@@ -499,6 +514,7 @@ def evaluate_estimators(
                                           b)
             max_w = max(max_w, mw)
             g_hat = coef @ d.grads.astype(np.float64)  # (R, S)
+            net.append(net_advantage(coef, d.advantages[d.rows[:, 0]]))
             held_out = (total - full[b]) / (len(data) - 1)
             align.append(float(_cos(g_hat, held_out).mean()))
             cosine.append(float(_cos(g_hat, full[b]).mean()))
@@ -522,6 +538,7 @@ def evaluate_estimators(
             "cosine": float(np.mean(cosine)),
             "relative_variance": float(np.mean(relvar)),
             "max_weight": max_w,
+            "net_advantage": float(np.mean(net)) if net else 0.0,
         })
     # paired over the same batches: the difference to grpo and to random (mean), with its SE
     for row in rows:

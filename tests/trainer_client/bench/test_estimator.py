@@ -17,6 +17,7 @@ from trainer_client.bench.estimator import (
     SignFoldSketch,
     averaged_alignment,
     cross_batch_signal,
+    net_advantage,
     online_convergence,
     plot_estimator,
     run_estimator_bench,
@@ -25,7 +26,7 @@ from trainer_client.types import Trajectory
 
 PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
 ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "alignment_avg", "cosine",
-                    "relative_variance", "max_weight"}
+                    "relative_variance", "max_weight", "net_advantage"}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,8 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     assert online["signal_top_phase"] == int(np.argmax([p["share"] for p in result["phases"]]))
     for w, frac in zip(online["mean_keep_weights"], online["top_on_signal_phase"], strict=True):
         assert sum(w) == pytest.approx(1.0) and 0.0 <= frac <= 1.0
+    for r in rows.values():
+        assert -1.0 <= r["net_advantage"] <= 1.0
     # masks at 20% of the chunks are noisier than the full batch
     assert rows["random mean"]["relative_variance"] > 0
     assert rows["random mean"]["cosine"] < 1.0
@@ -108,6 +111,19 @@ def test_sign_fold_sketch_preserves_inner_products() -> None:
     # unbiased: the mean over independent sign draws is within 5 standard errors
     se = np.std(estimates) / np.sqrt(len(estimates))
     assert abs(np.mean(estimates) - exact) < 5 * se
+
+
+def test_net_advantage_of_the_kept_set() -> None:
+    # one success (A = +1, 2 chunks) and one failure (A = -1, 6 chunks): all 8 rows
+    row_adv = np.array([1.0] * 2 + [-1.0] * 6)
+    everything = np.full((1, 8), 1 / 8)  # GRPO: the chunk counts' imbalance, (2 - 6) / 8
+    assert net_advantage(everything, row_adv) == pytest.approx(-0.5)
+    # two draws: a balanced kept set (one chunk of each), then the failure's chunks alone
+    draws = np.zeros((2, 8))
+    draws[0, [0, 2]] = 0.5
+    draws[1, [3, 4]] = 0.5
+    assert net_advantage(draws, row_adv) == pytest.approx((0.0 - 1.0) / 2)
+    assert net_advantage(np.zeros((1, 8)), row_adv) == 0.0  # nothing kept: no lean
 
 
 def test_cross_batch_signal_removes_the_noise_term() -> None:
