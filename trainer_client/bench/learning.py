@@ -26,7 +26,9 @@ fit). OUT/learning.json and OUT/learning.png are rewritten from all finished run
 
 JSON: {benchmark, task, checkpoint, config, machine, policy, summary: {ALGO: {seeds,
 heldout_start, heldout_mid, heldout_end, gain_mean, gain_ci95, gain_vs_grpo_mean,
-gain_vs_grpo_ci95, gain_vs_random_mean, gain_vs_random_ci95, s_per_step, rollout_share,
+gain_vs_grpo_ci95, gain_vs_random_mean, gain_vs_random_ci95, halves: {first_half,
+second_half: {change_mean, change_ci95, vs_grpo_mean, vs_grpo_ci95, vs_random_mean,
+vs_random_ci95}}, s_per_step, rollout_share,
 select_share, backward_share, backward_speedup_vs_grpo, step_speedup_vs_grpo, kept_fraction,
 time_to_grpo_final_s, time_to_grpo_final_ratio}}, runs: [{task, algo, seed, step, success_rate,
 wall_s, rollout_s, select_s, backward_s, kept_fraction, evals: [{step, success_rate, episodes}],
@@ -291,12 +293,37 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
     return mean, [mean - half, mean + half]
 
 
-def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]]
+def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]],
+            change: Callable[[dict[str, Any]], float] = lambda r: r["gain"],
             ) -> tuple[float | None, list[float] | None]:
+    """Mean and 95% interval over the shared seeds of change(mine) - change(other)."""
     seeds = sorted(set(mine) & set(other))
     if not seeds:
         return None, None
-    return mean_ci95([mine[s]["gain"] - other[s]["gain"] for s in seeds])
+    return mean_ci95([change(mine[s]) - change(other[s]) for s in seeds])
+
+
+# The two halves of a run: held-out change from the start to the middle evaluation, and from
+# the middle to the end (where in a run a gap between algorithms arises).
+HALVES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "first_half": lambda r: r["heldout_mid"] - r["heldout_start"],
+    "second_half": lambda r: r["heldout_end"] - r["heldout_mid"],
+}
+
+
+def _halves(mine: dict[int, dict[str, Any]], by_algo: dict[str, dict[int, dict[str, Any]]]
+            ) -> dict[str, dict[str, Any]]:
+    """Per half: the held-out change (mean, 95% CI over seeds) and its paired differences to
+    grpo's and random's at the same seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for half, change in HALVES.items():
+        mean, ci = mean_ci95([change(r) for r in mine.values()])
+        vs_grpo = _paired(mine, by_algo.get("grpo", {}), change)
+        vs_random = _paired(mine, by_algo.get("random", {}), change)
+        out[half] = {"change_mean": mean, "change_ci95": ci,
+                     "vs_grpo_mean": vs_grpo[0], "vs_grpo_ci95": vs_grpo[1],
+                     "vs_random_mean": vs_random[0], "vs_random_ci95": vs_random[1]}
+    return out
 
 
 def _median_grad_norm(runs: Sequence[dict[str, Any]]) -> float | None:
@@ -349,6 +376,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "gain_mean": gain_mean, "gain_ci95": gain_ci,
             "gain_vs_grpo_mean": vs_grpo[0], "gain_vs_grpo_ci95": vs_grpo[1],
             "gain_vs_random_mean": vs_random[0], "gain_vs_random_ci95": vs_random[1],
+            "halves": _halves(mine, by_algo),
             "s_per_step": total / n_steps,
             "seconds_per_step": {k: v / n_steps for k, v in secs.items()},
             "rollout_share": secs["rollout"] / total,
@@ -466,6 +494,20 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
             f"{a['grad_norm_median']:.1f}" if a.get("grad_norm_median") else "-",
         )
     console.print(table)
+    halves = Table(title="where in the run: held-out change per half (start -> mid, mid -> end)"
+                         "; paired differences over seeds")
+    for col in ("algo", "first half", "minus grpo's", "minus random's", "second half",
+                "minus grpo's", "minus random's"):
+        halves.add_column(col, justify="right")
+    for algo, a in result["summary"].items():
+        cells = [algo]
+        for half in HALVES:
+            h = a["halves"][half]
+            cells += [_pm(h["change_mean"], h["change_ci95"]),
+                      _pm(h["vs_grpo_mean"], h["vs_grpo_ci95"]) if algo != "grpo" else "0",
+                      _pm(h["vs_random_mean"], h["vs_random_ci95"]) if algo != "random" else "0"]
+        halves.add_row(*cells)
+    console.print(halves)
     if result.get("plot"):
         console.print(f"plot: {result['plot']}")
     if not result.get("complete", True):

@@ -17,6 +17,7 @@ from trainer_client.bench.learning import (
     mean_ci95,
     print_table,
     run_learning_bench,
+    summarize_runs,
 )
 
 SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci95",
@@ -81,6 +82,7 @@ def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: P
     saved = json.loads((tmp_path / "learning.json").read_text())
     assert saved["summary"].keys() == full["summary"].keys() and saved["task"] == TASK
     assert (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert saved["summary"]["pcm"]["halves"]["first_half"]["vs_grpo_ci95"] is not None
     print_table(full)
 
     # another configuration in the same study dir is refused, naming what to do
@@ -94,6 +96,41 @@ def test_mean_ci95_is_the_student_t_interval() -> None:
     assert mean == pytest.approx(0.2)
     assert ci == pytest.approx([0.2 - 1.27062, 0.2 + 1.27062], abs=1e-4)
     assert mean_ci95([0.5]) == (0.5, None)
+
+
+def _record(algo: str, seed: int, start: float, mid: float, end: float) -> dict:
+    """A finished run's record with planted held-out figures (two steps, fixed timings)."""
+    return {"algo": algo, "seed": seed, "step": [1, 2], "success_rate": [0.0, 1.0],
+            "wall_s": [1.0, 2.0], "rollout_s": [0.5, 0.5], "select_s": [0.0, 0.0],
+            "backward_s": [0.5, 0.5], "grad_norm": [1.0, 1.0],
+            "summary": {"kept_fraction": 1.0 if algo == "grpo" else 0.2},
+            "heldout_start": start, "heldout_mid": mid, "heldout_end": end, "gain": end - start}
+
+
+def test_halves_are_paired_per_seed_changes() -> None:
+    # planted: pcm dips in the first half and recovers in the second, on both seeds
+    runs = [_record("grpo", 0, 0.2, 0.5, 0.6), _record("grpo", 1, 0.3, 0.5, 0.6),
+            _record("random", 0, 0.2, 0.4, 0.5), _record("random", 1, 0.3, 0.4, 0.6),
+            _record("pcm", 0, 0.2, 0.1, 0.5), _record("pcm", 1, 0.3, 0.2, 0.4)]
+    pcm = summarize_runs(runs)["pcm"]["halves"]
+    first, second = pcm["first_half"], pcm["second_half"]
+    assert first["change_mean"] == pytest.approx(-0.1)  # (-0.1 - 0.1) / 2
+    assert first["vs_grpo_mean"] == pytest.approx(-0.35)  # (-0.1 - 0.3, -0.1 - 0.2) / 2
+    assert first["vs_random_mean"] == pytest.approx(-0.25)  # (-0.3, -0.2)
+    # the interval is the t interval of the per-seed differences, not of the two changes
+    assert first["vs_random_ci95"] == pytest.approx(mean_ci95([-0.3, -0.2])[1])
+    assert second["change_mean"] == pytest.approx(0.3)  # (0.4 + 0.2) / 2
+    assert second["vs_grpo_mean"] == pytest.approx(0.2)  # (0.4 - 0.1, 0.2 - 0.1)
+    assert second["vs_random_mean"] == pytest.approx(0.15)  # (0.4 - 0.1, 0.2 - 0.2)
+    # the halves add up to the gain, per seed and so in the mean
+    summary = summarize_runs(runs)
+    for a in summary.values():
+        h = a["halves"]
+        assert h["first_half"]["change_mean"] + h["second_half"]["change_mean"] == \
+            pytest.approx(a["gain_mean"])
+    grpo = summary["grpo"]["halves"]["first_half"]
+    # grpo 0.3, 0.2 against random 0.2, 0.1
+    assert grpo["vs_grpo_mean"] == 0.0 and grpo["vs_random_mean"] == pytest.approx(0.1)
 
 
 def test_cli_rejects_unknown_algo(tmp_path: Path) -> None:
