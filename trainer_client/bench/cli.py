@@ -252,5 +252,107 @@ def estimator(
     _write(json_path, {**result, "machine": _machine()})
 
 
+@app.command()
+def replay(
+    init: Annotated[Path, typer.Option(
+        help="checkpoint every update starts from (`pcm-train sft` writes runs/sft/sft.pt)",
+        exists=True, dir_okay=False)],
+    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
+    algos: Annotated[str, typer.Option(
+        help="comma-separated, from pcm-bench learning's (pcm = the default PCM)")
+    ] = "grpo,pcm,random",
+    seeds: Annotated[int, typer.Option(min=1, help="seeds (each its own batches)")] = 3,
+    first_seed: Annotated[int, typer.Option(min=0)] = 0,
+    train_batches: Annotated[int, typer.Option(
+        min=1, help="T: updates, one per training batch")] = 30,
+    eval_batches: Annotated[int, typer.Option(
+        min=2, help="M: evaluation batches the updates are scored on")] = 8,
+    at: Annotated[str, typer.Option(
+        help="comma-separated update counts to score after (T is always scored)")] = "1,3,10,30",
+    init_states: Annotated[int, typer.Option(min=1, help="initial states per batch")] = 4,
+    group_size: Annotated[int, typer.Option(min=2, help="G rollouts per initial state")] = 8,
+    keep_fraction: Annotated[float, typer.Option(help="pcm / random keep fraction")] = 0.2,
+    eval_episodes: Annotated[int, typer.Option(
+        min=0, help="held-out episodes before and after the T updates (0: none)")] = 100,
+    out: Annotated[Path, typer.Option(
+        help="batch cache, runs.jsonl (appended per run), replay.json; rerun to continue")
+    ] = Path("runs/bench-replay"),
+    summarize_only: Annotated[bool, typer.Option(
+        help="run nothing: write the figures of the finished runs")] = False,
+    json_path: JsonPath = None,
+) -> None:
+    """What each selection's first updates do to the policy, per phase: the same training
+    batches replayed through pcm-train rl's update for every algorithm, scored on held-out
+    batches (the PPO surrogate's gain dJ and how far the policy moved, per phase) and by
+    held-out success. Resumable."""
+    from trainer_client.bench.learning import ALGOS, StudyError
+    from trainer_client.bench.replay import run_replay_bench
+
+    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
+    if not algo_list or any(a not in ALGOS for a in algo_list):
+        raise typer.BadParameter(f"use some of {', '.join(ALGOS)}", param_hint="--algos")
+    try:
+        at_list = [int(x) for x in at.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{at!r} is not a list of integers", param_hint="--at") from None
+    try:
+        result = run_replay_bench(
+            out, init=init, env=env, algos=algo_list, seeds=seeds, first_seed=first_seed,
+            train_batches=train_batches, eval_batches=eval_batches, at=at_list,
+            init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
+            eval_episodes=eval_episodes, summarize_only=summarize_only, log=console.print)
+    except StudyError as e:
+        console.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    print_replay(result)
+    _write(json_path, {**result, "machine": _machine()})
+
+
+def print_replay(result: dict[str, Any]) -> None:
+    summary = result["summary"]
+    steps = sorted({t for a in summary.values() for t in a["at"]}, key=int)
+
+    def pm(mean: Any, ci: Any, scale: float = 1e3) -> str:
+        if mean is None:
+            return "-"
+        if ci is None:
+            return f"{mean * scale:+.2f}"
+        return f"{mean * scale:+.2f} [{ci[0] * scale:+.2f}, {ci[1] * scale:+.2f}]"
+
+    table = Table(title=f"pcm-bench replay: {result['task']}; dJ x 1e3 on the evaluation "
+                        "batches (mean over seeds, 95% CI)")
+    table.add_column("algo")
+    table.add_column("after")
+    for col in ("dJ", "- random", "- grpo", "dJ per phase", "move per phase"):
+        table.add_column(col, justify="right")
+    for algo, a in summary.items():
+        for t in steps:
+            if t not in a["at"]:
+                continue
+            r = a["at"][t]
+            table.add_row(algo, t, pm(r["dJ"], r["dJ_ci95"]),
+                          pm(r["dJ_vs_random"], r["dJ_vs_random_ci95"]),
+                          pm(r["dJ_vs_grpo"], r["dJ_vs_grpo_ci95"]),
+                          " ".join(f"{x * 1e3:+.2f}" for x in r["dJ_phase"]),
+                          " ".join(f"{x:.3f}" for x in r["move_phase"]))
+    console.print(table)
+    table = Table(title="held-out success before and after the updates; the budget per phase")
+    for col in ("algo", "seeds", "start -> end", "change", "- random", "- grpo",
+                "budget per phase", "grad norm"):
+        table.add_column(col, justify="right")
+    for algo, a in summary.items():
+        share = a.get("budget_share")
+        table.add_row(algo, str(len(a["seeds"])),
+                      f"{a['heldout_start']:.2f} -> {a['heldout_end']:.2f}",
+                      pm(a["heldout_change"], a["heldout_change_ci95"], 1),
+                      pm(a["heldout_vs_random"], a["heldout_vs_random_ci95"], 1),
+                      pm(a["heldout_vs_grpo"], a["heldout_vs_grpo_ci95"], 1),
+                      " ".join(f"{x:.2f}" for x in share) if share else "-",
+                      f"{a['grad_norm_median']:.1f}")
+    console.print(table)
+    if not result.get("complete", True):
+        console.print("incomplete: rerun the same command to continue")
+
+
 if __name__ == "__main__":
     app()

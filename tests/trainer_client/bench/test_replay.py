@@ -1,0 +1,139 @@
+"""`pcm-bench replay` at toy sizes (the real update path on reach-v3), and its per-phase score on
+planted log-probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.trainer_client.conftest import MAX_STEPS, TASK
+from trainer_client.bench.cli import app
+from trainer_client.bench.learning import StudyError
+from trainer_client.bench.replay import (
+    RUNS_FILE,
+    EvalSet,
+    _load_trajectories,
+    _save_trajectories,
+    run_replay_bench,
+)
+from trainer_client.types import OBS_STATE, Trajectory
+
+
+def _bench(out: Path, init: Path, **kw: object) -> dict:
+    args: dict = dict(init=init, env=TASK, seeds=1, train_batches=2, eval_batches=2, at=(1,),
+                      init_states=2, group_size=4, eval_episodes=3, num_workers=0, threads=1,
+                      rl_overrides={"max_steps": MAX_STEPS}, log=lambda _m: None)
+    args.update(kw)
+    return run_replay_bench(out, **args)
+
+
+def test_replay_runs_the_real_updates_and_resumes(sft_checkpoint: Path, tmp_path: Path) -> None:
+    result = _bench(tmp_path, sft_checkpoint)
+    assert result["complete"] and {(r["algo"], r["seed"]) for r in result["runs"]} == {
+        ("grpo", 0), ("pcm", 0), ("random", 0)}
+    for run in result["runs"]:
+        assert set(run["at"]) == {"1", "2"}  # --at 1 and the last update
+        for scored in run["at"].values():
+            # the phases split the surrogate's gain exactly
+            assert sum(scored["dJ_phase"]) == pytest.approx(scored["dJ"])
+            assert len(scored["dJ_batches"]) == 2 and scored["dJ_se"] is not None
+            assert max(scored["move_phase"]) > 0  # an update moved the policy
+        assert [u["step"] for u in run["updates"]] == [1, 2]
+    kept = {r["algo"]: np.mean([u["kept_fraction"] for u in r["updates"]])
+            for r in result["runs"]}
+    assert kept["grpo"] == 1.0 and kept["pcm"] < 0.5 and kept["random"] < 0.5
+    # paired: one held-out start per seed, the same batches for every algorithm
+    assert len({r["heldout_start"] for r in result["runs"]}) == 1
+    summary = result["summary"]
+    assert summary["random"]["at"]["1"]["dJ_vs_random"] == 0.0
+    pcm = summary["pcm"]
+    by = {r["algo"]: r for r in result["runs"]}
+    assert pcm["at"]["2"]["dJ_vs_grpo"] == pytest.approx(
+        by["pcm"]["at"]["2"]["dJ"] - by["grpo"]["at"]["2"]["dJ"])
+    assert pcm["budget_share"] is not None and summary["random"]["budget_share"] is None
+    cached = sorted(p.name for p in next(tmp_path.glob("cache-*")).iterdir())
+    assert cached == ["s0-eval000.npz", "s0-eval001.npz", "s0-train000.npz", "s0-train001.npz"]
+
+    # the same command again runs nothing; --summarize-only rewrites the figures
+    lines = (tmp_path / RUNS_FILE).read_text().count("\n")
+    again = _bench(tmp_path, sft_checkpoint, summarize_only=True)
+    assert again["summary"] == summary
+    assert (tmp_path / RUNS_FILE).read_text().count("\n") == lines
+    assert json.loads((tmp_path / "replay.json").read_text())["summary"]["pcm"]["seeds"] == [0]
+    with pytest.raises(StudyError, match="another configuration"):
+        _bench(tmp_path, sft_checkpoint, keep_fraction=0.5)
+    with pytest.raises(StudyError, match="nothing to summarize"):
+        _bench(tmp_path / "empty", sft_checkpoint, summarize_only=True)
+
+
+def _trajectory(group: str, success: bool, phases: list[int], row0: int) -> Trajectory:
+    c = len(phases)
+    actions = np.zeros((c, 1, 1), np.float32)
+    actions[:, 0, 0] = np.arange(row0, row0 + c)  # each chunk's action holds its row id
+    return Trajectory(task_id="t", group_id=group, instruction="", obs={OBS_STATE: np.zeros(
+        (c, 2), np.float32)}, actions=actions, old_logp=np.zeros(c, np.float32),
+        phase_ids=np.asarray(phases, np.int64), success=success, num_steps=c)
+
+
+class _PlantedPolicy:
+    """log pi(a | o) = shift[row id in a]: a policy known row by row."""
+
+    obs_keys = (OBS_STATE,)
+
+    def __init__(self, shift: np.ndarray) -> None:
+        self.shift = shift
+
+    def log_prob(self, obs: dict, instructions: list[str], actions: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(self.shift[actions[:, 0, 0].astype(int)])
+
+
+def test_eval_score_is_the_surrogate_gain_per_phase() -> None:
+    # one group, one success (A = +1.5 / sqrt(.75)...: group_advantages decides) and three
+    # failures; plus an all-failure group whose chunks are uninformative
+    trajs = [_trajectory("g", True, [0, 1], 0), _trajectory("g", False, [0, 1, 1], 2),
+             _trajectory("g", False, [0, 0], 5), _trajectory("g", False, [1], 7)]
+    dead = [_trajectory("h", False, [0, 1], 8), _trajectory("h", False, [1], 10)]
+    evalset = EvalSet([trajs, dead], num_phases=3)
+    rows = 11
+    evalset.logp0 = evalset.log_probs(_PlantedPolicy(np.zeros(rows)))
+    same = evalset.score(_PlantedPolicy(np.zeros(rows)))
+    assert same["dJ"] == 0.0 and same["move_phase"] == [0.0, 0.0, 0.0]
+    # the policy moves on phase-1 chunks only: rho = 1.5 there
+    shift = np.zeros(rows)
+    phase = evalset.phase
+    shift[phase == 1] = np.log(1.5)
+    moved = evalset.score(_PlantedPolicy(shift))
+    adv = evalset.adv
+    informative = adv != 0
+    assert informative.sum() == 8  # the first group's chunks only
+    expected = float(np.sum(adv[informative & (phase == 1)] * 0.5) / 8)
+    assert moved["dJ_phase"] == pytest.approx([0.0, expected, 0.0])
+    assert moved["dJ"] == pytest.approx(expected)
+    assert moved["move_phase"] == pytest.approx([0.0, np.log(1.5), 0.0])  # empty phase 2: 0
+    assert moved["dJ_batches"][1] == 0.0  # the all-failure batch carries no signal
+    assert evalset.phase_shares()["informative_chunks"][2] == 0.0
+
+
+def test_trajectories_round_trip_through_the_cache(tmp_path: Path) -> None:
+    t = _trajectory("g", True, [0, 1], 0)
+    t.head_grad = np.ones((2, 3), np.float32)
+    _save_trajectories(tmp_path / "b.npz", [t])
+    (back,) = _load_trajectories(tmp_path / "b.npz")
+    assert back.group_id == "g" and back.success and back.gripper is None
+    np.testing.assert_array_equal(back.obs[OBS_STATE], t.obs[OBS_STATE])
+    np.testing.assert_array_equal(back.head_grad, t.head_grad)
+    np.testing.assert_array_equal(back.phase_ids, t.phase_ids)
+
+
+def test_cli_rejects_bad_options(tmp_path: Path) -> None:
+    ckpt = tmp_path / "x.pt"
+    ckpt.write_bytes(b"")
+    r = CliRunner().invoke(app, ["replay", "--init", str(ckpt), "--algos", "grpo,ppo"])
+    assert r.exit_code == 2 and "--algos" in r.output
+    r = CliRunner().invoke(app, ["replay", "--init", str(ckpt), "--at", "1,x"])
+    assert r.exit_code == 2 and "--at" in r.output

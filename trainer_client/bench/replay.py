@@ -1,0 +1,446 @@
+"""`pcm-bench replay`: what do each selection's first updates do to the policy, phase by phase?
+
+The learning study's open question on pick-place (docs/BENCHMARKS.md, "Left to test"): the
+default PCM falls below random in steps 0-30 although the estimator, at the same policy, ranks
+its per-batch gradient above random's. The estimator measures one raw gradient's direction; a
+training step is that gradient clipped, then Adam's per-coordinate step with its running
+moments, applied to a shared network whose other phases move with it. This bench measures what
+the real updates do, on data they never saw, split by phase.
+
+From one checkpoint and one task, per seed:
+
+1. Collect T training batches and M evaluation batches at the checkpoint (init_states x
+   group_size rollouts each, initial states from the training pool, seeded; the evaluation
+   batches on their own draws and sampling seeds), labelled with the run's phases. Cached in
+   OUT, so a rerun or another algorithm reuses them.
+2. Per algorithm, from the checkpoint and a fresh optimizer: `pcm-train rl`'s own update
+   (its TrainConfig with the algorithm's overrides, `make_rl_optimizer`, the warm-up,
+   `grpo_update` with its clipping, and the embedded selector with its online state and
+   outcome reports), one update per training batch in order. Every algorithm replays the
+   same batches, so they differ only in the selection: the data are the checkpoint's, and
+   the PPO ratio (clipped at the config's clip range) accounts for the policy having moved.
+3. After the updates in --at, on the evaluation batches, with pi_0 the checkpoint and pi_t the
+   policy after t updates, per phase p:
+   - dJ_p = sum over the informative chunks c in p of A_c (pi_t(a_c|o_c) / pi_0(a_c|o_c) - 1),
+     divided by the number of informative chunks N: the PPO surrogate's gain, a first-order
+     estimate of how much the updates raised the expected (group-normalised) advantage, i.e.
+     improved the policy, where its actions in phase p are concerned; dJ = sum_p dJ_p.
+   - move_p = root mean square of log pi_t - log pi_0 over every chunk in p (informative or
+     not): how far the policy moved on that phase's observations.
+   dJ is computed per evaluation batch too; its spread gives a standard error within a seed.
+4. Held-out success (sampled; the held-out initial states, the seed's evaluation seed) at the
+   checkpoint and after the last update, as `pcm-bench learning` evaluates.
+
+Per algorithm over seeds: mean and 95% t-interval of dJ, dJ_p and move_p at each t, of the
+held-out change, and the paired differences to random and to grpo (the same seed's batches).
+
+Resumable: each finished (algo, seed) is appended to OUT/runs.jsonl; a rerun skips them.
+
+JSON: {benchmark, task, checkpoint, config, phases, summary: {ALGO: {seeds, at: {T: {dJ, dJ_ci95,
+dJ_phase, dJ_phase_ci95, move_phase, dJ_vs_random, dJ_vs_random_ci95, dJ_vs_grpo,
+dJ_vs_grpo_ci95, dJ_phase_vs_random}}, heldout_change, heldout_change_ci95,
+heldout_vs_random, heldout_vs_random_ci95, heldout_vs_grpo, heldout_vs_grpo_ci95,
+budget_share}}, runs: [{algo, seed, at: {T: {dJ, dJ_se, dJ_phase, move_phase}}, heldout_start,
+heldout_end, updates: [{step, grad_norm, kept_fraction, clip_frac, keep_probs}]}]}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pcm_contract.cli_options import build
+from trainer_client.bench.learning import ALGOS, StudyError, mean_ci95
+from trainer_client.clients import connect
+from trainer_client.features import feature_dim_for
+from trainer_client.grpo import group_advantages, grpo_update
+from trainer_client.rollout import RolloutCollector
+from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, TrainConfig, auto_workers
+from trainer_client.train.distributed import Dist
+from trainer_client.train.evaluate import evaluate_policy
+from trainer_client.train.model import load_policy
+from trainer_client.train.rl import eval_init_states, make_rl_optimizer, set_lr_for_step
+from trainer_client.train.selection import select_global
+from trainer_client.types import Trajectory
+
+CACHE_VERSION = 1
+RUNS_FILE = "runs.jsonl"
+DEFAULT_AT = (1, 3, 10, 30)
+EVAL_ROWS = 256  # chunk rows per forward pass when scoring the evaluation batches
+
+
+# ---- 1. the batches, cached ---------------------------------------------------------------------
+
+
+def _save_trajectories(path: Path, trajs: Sequence[Trajectory]) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    meta = []
+    for i, t in enumerate(trajs):
+        meta.append({"task_id": t.task_id, "group_id": t.group_id,
+                     "instruction": t.instruction, "success": bool(t.success),
+                     "num_steps": int(t.num_steps), "obs": sorted(t.obs)})
+        for k, v in t.obs.items():
+            arrays[f"obs_{k}_{i}"] = v
+        arrays[f"actions_{i}"] = t.actions
+        arrays[f"old_logp_{i}"] = t.old_logp
+        arrays[f"phase_ids_{i}"] = t.phase_ids
+        for name in ("gripper", "env_phase_ids", "head_grad"):
+            value = getattr(t, name)
+            if value is not None:
+                arrays[f"{name}_{i}"] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(path)
+
+
+def _load_trajectories(path: Path) -> list[Trajectory]:
+    z = np.load(path, allow_pickle=False)
+    out = []
+    for i, t in enumerate(json.loads(str(z["meta"]))):
+        out.append(Trajectory(
+            task_id=t["task_id"], group_id=t["group_id"], instruction=t["instruction"],
+            obs={k: z[f"obs_{k}_{i}"] for k in t["obs"]}, actions=z[f"actions_{i}"],
+            old_logp=z[f"old_logp_{i}"], phase_ids=z[f"phase_ids_{i}"],
+            success=bool(t["success"]), num_steps=int(t["num_steps"]),
+            gripper=z.get(f"gripper_{i}"), env_phase_ids=z.get(f"env_phase_ids_{i}"),
+            head_grad=z.get(f"head_grad_{i}")))
+    return out
+
+
+def collect_batches(
+    cfg: TrainConfig, seed: int, kind: str, count: int, cache: Path,
+    collector_factory: Callable[[], RolloutCollector], log: Callable[[str], None],
+) -> list[list[Trajectory]]:
+    """`count` batches of `kind` ("train" or "eval") for a seed, from the cache where present."""
+    salt = {"train": 0x7E1, "eval": 0xE7A}[kind]
+    out: list[list[Trajectory]] = []
+    policy = None
+    collector: RolloutCollector | None = None
+    try:
+        for b in range(count):
+            path = cache / f"s{seed}-{kind}{b:03d}.npz"
+            if path.exists():
+                out.append(_load_trajectories(path))
+                continue
+            if policy is None:
+                assert cfg.init is not None
+                policy = load_policy(Path(cfg.init))
+                collector = collector_factory()
+            assert collector is not None
+            rng = np.random.default_rng([seed, b, salt])
+            states = sorted(int(i) for i in rng.choice(TRAIN_INIT_POOL, cfg.init_states,
+                                                       replace=False))
+            t0 = time.perf_counter()
+            trajs = collector.collect(
+                policy, states, group_size=cfg.group_size, segmenter=cfg.segmenter,
+                num_phases=cfg.selection.phases,
+                seed=int(np.random.SeedSequence([seed, b, salt]).generate_state(1)[0]),
+                step=b + 1, head_grads=True)
+            _save_trajectories(path, trajs)
+            out.append(trajs)
+            log(f"replay: seed {seed} {kind} batch {b + 1}/{count}: success "
+                f"{np.mean([t.success for t in trajs]):.2f} ({time.perf_counter() - t0:.1f}s)")
+    finally:
+        if collector is not None:
+            collector.close()
+    return out
+
+
+# ---- 3. the updates' effect on the evaluation batches -------------------------------------------
+
+
+class EvalSet:
+    """The evaluation batches' chunks as rows: their observations, actions, advantages, phases
+    and log pi_0; `score(policy)` gives dJ (total, per phase, per batch) and move per phase."""
+
+    def __init__(self, batches: Sequence[Sequence[Trajectory]], num_phases: int) -> None:
+        self.num_phases = num_phases
+        self.items: list[tuple[Trajectory, int]] = []  # (trajectory, chunk)
+        adv, phase, batch = [], [], []
+        for b, trajs in enumerate(batches):
+            a = group_advantages([t.success for t in trajs], [t.group_id for t in trajs])
+            for t, a_i in zip(trajs, a, strict=True):
+                for c in range(t.num_chunks):
+                    self.items.append((t, c))
+                    adv.append(float(a_i))
+                    phase.append(int(t.phase_ids[c]))
+                    batch.append(b)
+        self.adv = np.asarray(adv)  # (R,)
+        self.phase = np.asarray(phase, dtype=np.int64)  # (R,)
+        self.batch = np.asarray(batch, dtype=np.int64)  # (R,)
+        self.num_batches = len(batches)
+        self.informative = self.adv != 0.0
+        self.logp0: np.ndarray | None = None
+
+    def log_probs(self, policy: Any) -> np.ndarray:
+        """(R,) log pi(a_c | o_c) of every row, no gradient."""
+        out = np.empty(len(self.items))
+        keys = policy.obs_keys
+        with torch.no_grad():
+            for s in range(0, len(self.items), EVAL_ROWS):
+                part = self.items[s:s + EVAL_ROWS]
+                obs = {k: np.stack([t.obs[k][c] for t, c in part]) for k in keys}
+                actions = np.stack([t.actions[c] for t, c in part])
+                lp = policy.log_prob(obs, [t.instruction for t, _ in part], actions)
+                out[s:s + len(part)] = lp.double().cpu().numpy()
+        return out
+
+    def score(self, policy: Any) -> dict[str, Any]:
+        logp = self.log_probs(policy)
+        if self.logp0 is None:
+            raise RuntimeError("EvalSet.logp0 is unset: score the checkpoint first")
+        diff = logp - self.logp0
+        gain = np.where(self.informative, self.adv * np.expm1(diff), 0.0)  # A (rho - 1)
+        n_inf = max(int(self.informative.sum()), 1)
+        per_batch = []
+        for b in range(self.num_batches):
+            rows = self.batch == b
+            per_batch.append(float(gain[rows].sum() / max(int(self.informative[rows].sum()), 1)))
+        d_j_phase = [float(gain[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
+        move = [float(np.sqrt(np.mean(diff[self.phase == p] ** 2)))
+                if np.any(self.phase == p) else 0.0 for p in range(self.num_phases)]
+        se = (float(np.std(per_batch, ddof=1) / np.sqrt(len(per_batch)))
+              if len(per_batch) > 1 else None)
+        return {"dJ": float(gain.sum() / n_inf), "dJ_se": se, "dJ_batches": per_batch,
+                "dJ_phase": d_j_phase, "move_phase": move}
+
+    def phase_shares(self) -> dict[str, list[float]]:
+        """Per phase: its share of the chunks, and of the informative chunks."""
+        counts = np.bincount(self.phase, minlength=self.num_phases)
+        inf = np.bincount(self.phase[self.informative], minlength=self.num_phases)
+        return {"chunks": (counts / counts.sum()).tolist(),
+                "informative_chunks": (inf / max(inf.sum(), 1)).tolist()}
+
+
+# ---- 2. one algorithm's updates on one seed's batches ------------------------------------------
+
+
+def replay_run(cfg: TrainConfig, train: Sequence[list[Trajectory]], evalset: EvalSet,
+               at: Sequence[int], heldout: Callable[[Any], float],
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """`pcm-train rl`'s updates on the given batches, scored after the updates in `at`."""
+    assert cfg.init is not None and cfg.run_id is not None and cfg.trainer_id is not None
+    policy = load_policy(Path(cfg.init))
+    optimizer = make_rl_optimizer(policy, cfg.grpo, cfg.log_std_lr)
+    sel_cfg = cfg.selection
+    feature_dim = feature_dim_for(sel_cfg.score, policy.chunk_size, policy.action_dim,
+                                  cfg.signal_dim)
+    client = connect("embedded")
+    client.put_run(cfg.run_id, **cfg.run_config(feature_dim))
+    dist = Dist()
+    scores: dict[str, Any] = {}
+    updates = []
+    try:
+        for step, trajs in enumerate(train, start=1):
+            # select (the selector's online state carried from step to step), then update
+            sel = select_global(dist, client, cfg.run_id, trajs,
+                                request_id=f"{cfg.run_id}/step{step}", trainer_id=cfg.trainer_id,
+                                step=step, score=sel_cfg.score, feature_dim=feature_dim)
+            set_lr_for_step(optimizer, step, cfg.lr_warmup_steps)
+            stats = grpo_update(policy, optimizer, trajs, sel.masks, sel.weights,
+                                config=cfg.grpo)
+            client.report_outcomes(cfg.run_id, {
+                "selection_id": sel.selection_id, "request_id": sel.request_id + "/outcome",
+                "trainer_id": cfg.trainer_id, "step": step, "success_rate": sel.success_rate,
+                "loss": float(stats.loss), "kept_chunks": sel.kept_chunks,
+                "timings": {"rollout_s": 0.0, "select_s": sel.select_s,
+                            "backward_s": stats.update_s}})
+            updates.append({"step": step, "grad_norm": stats.grad_norm,
+                            "kept_fraction": sel.kept_fraction, "clip_frac": stats.clip_frac,
+                            "keep_probs": next(iter(sel.keep_probs.values()), None)})
+            if step in at:
+                scores[str(step)] = evalset.score(policy)
+                s = scores[str(step)]
+                log(f"  after {step} update(s): dJ {s['dJ'] * 1e3:+.2f}e-3, per phase "
+                    + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"]))
+    finally:
+        client.close()
+    return {"at": scores, "updates": updates, "heldout_end": heldout(policy)}
+
+
+# ---- the study ----------------------------------------------------------------------------------
+
+
+def run_replay_bench(
+    out: Path, *, init: Path, env: str = DEMO_ENV, algos: Sequence[str] = ("grpo", "pcm",
+                                                                            "random"),
+    seeds: int = 3, first_seed: int = 0, train_batches: int = 30, eval_batches: int = 8,
+    at: Sequence[int] = DEFAULT_AT, init_states: int = 4, group_size: int = 8,
+    keep_fraction: float = 0.2, eval_episodes: int = 100, num_workers: int = -1,
+    threads: int = 0, rl_overrides: dict[str, Any] | None = None, summarize_only: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run what is missing (each algo on seeds first_seed .. first_seed + seeds - 1), then
+    write OUT/replay.json from every finished run and return it. `summarize_only` runs nothing."""
+    for algo in algos:
+        if algo not in ALGOS:
+            raise StudyError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
+    at = sorted({int(t) for t in at if 1 <= int(t) <= train_batches} | {train_batches})
+    if seeds < 1 or train_batches < 1 or eval_batches < 2 or eval_episodes < 0:
+        raise StudyError("need seeds >= 1, train_batches >= 1, eval_batches >= 2 and "
+                         "eval_episodes >= 0")
+    if not Path(init).is_file():
+        raise StudyError(f"--init {init} is not a file (an SFT checkpoint, `pcm-train sft`)")
+    out = Path(out)
+
+    def config_for(algo: str, seed: int) -> TrainConfig:
+        return build(TrainConfig, dict(
+            env=env, selector="embedded", run_id=f"replay-{algo}-s{seed}", out=str(out),
+            init=str(init), seed=seed, group_size=group_size, init_states=init_states,
+            keep_fraction=keep_fraction, num_workers=num_workers, threads=threads,
+            progress=False, trainer_id="bench", **{**(rl_overrides or {}), **ALGOS[algo]}))
+
+    base = config_for("grpo", 0)
+    for algo in algos:
+        c = config_for(algo, 0)
+        if (c.segmenter, c.selection.phases) != (base.segmenter, base.selection.phases):
+            raise StudyError(f"{algo} labels phases otherwise ({c.segmenter}); the batches are "
+                             f"labelled with {base.segmenter}: run it with another --out")
+    config = {"env": env, "train_batches": train_batches, "eval_batches": eval_batches,
+              "at": at, "init_states": init_states, "group_size": group_size,
+              "keep_fraction": keep_fraction, "eval_episodes": eval_episodes,
+              "segmenter": base.segmenter, "phases": base.selection.phases,
+              "cache_version": CACHE_VERSION, **(rl_overrides or {})}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
+                            + Path(init).read_bytes()).hexdigest()[:16]
+    done = _load_runs(out)
+    for r in done:
+        if r["fingerprint"] != digest:
+            raise StudyError(f"{out / RUNS_FILE} holds runs of another configuration; use "
+                             f"another --out (theirs: {r['config']}, this: {config})")
+    if summarize_only and not done:
+        raise StudyError(f"{out / RUNS_FILE} holds no finished run: nothing to summarize")
+    finished = {(r["algo"], r["seed"]) for r in done}
+    torch.set_num_threads(threads or torch.get_num_threads())
+
+    def collector() -> RolloutCollector:
+        return RolloutCollector(env, num_workers=auto_workers(num_workers, 1),
+                                max_steps=base.max_steps)
+
+    if not summarize_only:
+        cache = out / f"cache-{digest}"
+        cache.mkdir(parents=True, exist_ok=True)
+        for seed in range(first_seed, first_seed + seeds):
+            todo = [a for a in algos if (a, seed) not in finished]
+            if not todo:
+                continue
+            train = collect_batches(base, seed, "train", train_batches, cache, collector, log)
+            evalset = EvalSet(collect_batches(base, seed, "eval", eval_batches, cache,
+                                              collector, log), base.selection.phases)
+            checkpoint = load_policy(Path(init))
+            evalset.logp0 = evalset.log_probs(checkpoint)
+            with collector() as coll:
+
+                def heldout(policy: Any, coll: RolloutCollector = coll, seed: int = seed
+                            ) -> float:
+                    if not eval_episodes:
+                        return float("nan")
+                    r = evaluate_policy(policy, env, eval_init_states(
+                        coll.info.num_init_states, eval_episodes), seed=seed, collector=coll)
+                    return r.success_rate
+
+                start = heldout(checkpoint)
+                for algo in todo:
+                    log(f"replay: {algo} seed {seed}, {train_batches} updates")
+                    t0 = time.perf_counter()
+                    record = replay_run(config_for(algo, seed), train, evalset, at, heldout, log)
+                    record.update(algo=algo, seed=seed, heldout_start=start,
+                                  duration_s=time.perf_counter() - t0, fingerprint=digest,
+                                  config=config, phases=evalset.phase_shares())
+                    log(f"  held-out {start:.2f} -> {record['heldout_end']:.2f} "
+                        f"({record['duration_s']:.0f}s)")
+                    with (out / RUNS_FILE).open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+    runs = _load_runs(out)
+    result = {"benchmark": "replay", "task": env, "checkpoint": str(init), "config": config,
+              "summary": summarize_replay(runs), "runs": runs,
+              "complete": all((a, s) in {(r["algo"], r["seed"]) for r in runs}
+                              for a in algos for s in range(first_seed, first_seed + seeds))}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _load_runs(out: Path) -> list[dict[str, Any]]:
+    path = out / RUNS_FILE
+    if not path.is_file():
+        return []
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[(r["algo"], r["seed"])] = r
+    return list(records.values())
+
+
+def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]],
+            value: Callable[[dict[str, Any]], Any]) -> tuple[Any, Any]:
+    """Mean and 95% interval over shared seeds of value(mine) - value(other), elementwise."""
+    seeds = sorted(set(mine) & set(other))
+    if not seeds:
+        return None, None
+    diffs = np.array([np.asarray(value(mine[s])) - np.asarray(value(other[s])) for s in seeds])
+    return _mean_ci(diffs)
+
+
+def _mean_ci(values: np.ndarray) -> tuple[Any, Any]:
+    if values.ndim == 1:
+        return mean_ci95(values.tolist())
+    pairs = [mean_ci95(values[:, j].tolist()) for j in range(values.shape[1])]
+    return [m for m, _ in pairs], [ci for _, ci in pairs]
+
+
+def _at_value(t: str, key: str) -> Callable[[dict[str, Any]], Any]:
+    """A run's figure `key` after t updates."""
+    return lambda r: r["at"][t][key]
+
+
+def summarize_replay(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    by_algo: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        by_algo.setdefault(r["algo"], {})[r["seed"]] = r
+    out: dict[str, Any] = {}
+    for algo, mine in by_algo.items():
+        rs = list(mine.values())
+        steps = sorted(set.intersection(*(set(r["at"]) for r in rs)), key=int)
+        at: dict[str, Any] = {}
+        for t in steps:
+            d_j, d_j_ci = mean_ci95([r["at"][t]["dJ"] for r in rs])
+            phase, phase_ci = _mean_ci(np.array([r["at"][t]["dJ_phase"] for r in rs]))
+            row: dict[str, Any] = {
+                "dJ": d_j, "dJ_ci95": d_j_ci, "dJ_phase": phase, "dJ_phase_ci95": phase_ci,
+                "move_phase": np.mean([r["at"][t]["move_phase"] for r in rs], axis=0).tolist()}
+            for ref in ("random", "grpo"):
+                other = {s: r for s, r in by_algo.get(ref, {}).items() if t in r["at"]}
+                row[f"dJ_vs_{ref}"], row[f"dJ_vs_{ref}_ci95"] = _paired(
+                    mine, other, _at_value(t, "dJ"))
+                row[f"dJ_phase_vs_{ref}"], row[f"dJ_phase_vs_{ref}_ci95"] = _paired(
+                    mine, other, _at_value(t, "dJ_phase"))
+            at[t] = row
+        change, change_ci = mean_ci95([r["heldout_end"] - r["heldout_start"] for r in rs])
+        summary: dict[str, Any] = {"seeds": sorted(mine), "at": at,
+                                   "heldout_start": float(np.mean([r["heldout_start"]
+                                                                   for r in rs])),
+                                   "heldout_end": float(np.mean([r["heldout_end"] for r in rs])),
+                                   "heldout_change": change, "heldout_change_ci95": change_ci}
+        for ref in ("random", "grpo"):
+            summary[f"heldout_vs_{ref}"], summary[f"heldout_vs_{ref}_ci95"] = _paired(
+                mine, by_algo.get(ref, {}), lambda r: r["heldout_end"] - r["heldout_start"])
+        # the selection's budget per phase over the updates (the selector's keep weights)
+        # (grpo and random runs record the selector's weights too, but do not use them)
+        probs = [u["keep_probs"] for r in rs for u in r["updates"] if u.get("keep_probs")]
+        uses = ALGOS.get(algo, {}).get("algo") == "pcm"
+        summary["budget_share"] = np.mean(probs, axis=0).tolist() if probs and uses else None
+        summary["grad_norm_median"] = float(np.median(
+            [u["grad_norm"] for r in rs for u in r["updates"] if u["grad_norm"] is not None]))
+        summary["clip_frac_last"] = float(np.mean([r["updates"][-1]["clip_frac"] for r in rs]))
+        out[algo] = summary
+    return out
