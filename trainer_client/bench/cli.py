@@ -279,6 +279,11 @@ def replay(
     ] = Path("runs/bench-replay"),
     summarize_only: Annotated[bool, typer.Option(
         help="run nothing: write the figures of the finished runs")] = False,
+    runs: Annotated[str | None, typer.Option(
+        help="comma-separated `pcm-train rl` run dirs started from --init: score their step "
+             "checkpoints on the evaluation batches instead of replaying")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="with --runs: the evaluation batches' seed")
+                    ] = 0,
     json_path: JsonPath = None,
 ) -> None:
     """What each selection's first updates do to the policy, per phase: the same training
@@ -286,7 +291,20 @@ def replay(
     batches (the PPO surrogate's gain dJ and how far the policy moved, per phase) and by
     held-out success. Resumable."""
     from trainer_client.bench.learning import ALGOS, StudyError
-    from trainer_client.bench.replay import run_replay_bench
+    from trainer_client.bench.replay import run_replay_bench, score_runs
+
+    if runs is not None:
+        try:
+            scored = score_runs([Path(r.strip()) for r in runs.split(",") if r.strip()],
+                                init=init, env=env, eval_batches=eval_batches, seed=seed,
+                                init_states=init_states, group_size=group_size, out=out,
+                                log=console.print)
+        except StudyError as e:
+            console.print(f"error: {e}", markup=False)
+            raise typer.Exit(2) from None
+        print_scored_runs(scored)
+        _write(json_path, {**scored, "machine": _machine()})
+        return
 
     algo_list = [a.strip() for a in algos.split(",") if a.strip()]
     if not algo_list or any(a not in ALGOS for a in algo_list):
@@ -306,6 +324,27 @@ def replay(
         raise typer.Exit(2) from None
     print_replay(result)
     _write(json_path, {**result, "machine": _machine()})
+
+
+def print_scored_runs(result: dict[str, Any]) -> None:
+    table = Table(title=f"pcm-bench replay --runs: {result['task']}; each step checkpoint "
+                        "against the start, on the evaluation batches (dJ x 1e3)")
+    for col in ("run", "step", "held-out", "dJ", "+-se", "dJ per phase", "move per phase",
+                "keep weights so far"):
+        table.add_column(col, justify="right")
+    for run in result["runs"]:
+        for c in run["checkpoints"]:
+            w = c.get("keep_probs_mean")
+            table.add_row(Path(run["run"]).name, str(c["step"]),
+                          "-" if c["heldout"] is None else f"{c['heldout']:.2f}",
+                          f"{c['dJ'] * 1e3:+.2f}", f"{(c['dJ_se'] or 0) * 1e3:.2f}",
+                          " ".join(f"{x * 1e3:+.2f}" for x in c["dJ_phase"]),
+                          " ".join(f"{x:.3f}" for x in c["move_phase"]),
+                          " ".join(f"{x:.2f}" for x in w) if w else "-")
+    console.print(table)
+    shares = result["phases"]
+    console.print("phases' share of the evaluation chunks: "
+                  + " ".join(f"{x:.2f}" for x in shares["chunks"]))
 
 
 def print_replay(result: dict[str, Any]) -> None:

@@ -36,6 +36,10 @@ held-out change, and the paired differences to random and to grpo (the same seed
 
 Resumable: each finished (algo, seed) is appended to OUT/runs.jsonl; a rerun skips them.
 
+`--runs DIR,...` applies step 3 to finished `pcm-train rl` runs instead (on-policy training,
+where a replay of fixed batches goes off-policy after a few updates): each step checkpoint
+against the runs' start checkpoint, with the runs' held-out evaluations beside it.
+
 JSON: {benchmark, task, checkpoint, config, phases, summary: {ALGO: {seeds, at: {T: {dJ, dJ_ci95,
 dJ_phase, dJ_phase_ci95, move_phase, dJ_vs_random, dJ_vs_random_ci95, dJ_vs_grpo,
 dJ_vs_grpo_ci95, dJ_phase_vs_random}}, heldout_change, heldout_change_ci95,
@@ -62,9 +66,11 @@ from trainer_client.clients import connect
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import group_advantages, grpo_update
 from trainer_client.rollout import RolloutCollector
+from trainer_client.train.checkpoint import list_checkpoints
 from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, TrainConfig, auto_workers
 from trainer_client.train.distributed import Dist
 from trainer_client.train.evaluate import evaluate_policy
+from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.rl import eval_init_states, make_rl_optimizer, set_lr_for_step
 from trainer_client.train.selection import select_global
@@ -444,3 +450,76 @@ def summarize_replay(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         summary["clip_frac_last"] = float(np.mean([r["updates"][-1]["clip_frac"] for r in rs]))
         out[algo] = summary
     return out
+
+
+# ---- the same score along finished runs: `--runs` -----------------------------------------------
+
+
+def score_runs(
+    run_dirs: Sequence[Path], *, init: Path, env: str = DEMO_ENV, eval_batches: int = 8,
+    seed: int = 0, init_states: int = 4, group_size: int = 8, out: Path,
+    num_workers: int = -1, log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Step 3 on the step checkpoints of finished `pcm-train rl` runs that started from `init`:
+    dJ and move per phase of each checkpoint against `init`, on evaluation batches collected at
+    `init` (cached in OUT), with the run's held-out evaluations and the mean keep weights the
+    selector answered in the steps up to each checkpoint (from its metrics.jsonl)."""
+    if not Path(init).is_file():
+        raise StudyError(f"--init {init} is not a file (the runs' start checkpoint)")
+    base = build(TrainConfig, dict(env=env, selector="embedded", init=str(init),
+                                   init_states=init_states, group_size=group_size,
+                                   num_workers=num_workers, progress=False))
+    config = {"env": env, "eval_batches": eval_batches, "seed": seed,
+              "init_states": init_states, "group_size": group_size,
+              "segmenter": base.segmenter, "phases": base.selection.phases,
+              "cache_version": CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
+                            + Path(init).read_bytes()).hexdigest()[:16]
+    cache = Path(out) / f"cache-{digest}"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def collector() -> RolloutCollector:
+        return RolloutCollector(env, num_workers=auto_workers(num_workers, 1),
+                                max_steps=base.max_steps)
+
+    evalset = EvalSet(collect_batches(base, seed, "eval", eval_batches, cache, collector, log),
+                      base.selection.phases)
+    evalset.logp0 = evalset.log_probs(load_policy(Path(init)))
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise StudyError(f"{run_dir} holds no step checkpoint (pcm-train rl --out DIR "
+                             "writes DIR/checkpoints; --keep-checkpoints keeps more)")
+        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl"
+                                                            ).is_file() else []
+        steps = [r for r in rows if r.get("kind", "step") == "step"]
+        evals = {r["step"]: r["success_rate"] for r in rows if r.get("kind") == "eval"}
+        summary_path = run_dir / "summary.json"
+        algo = (json.loads(summary_path.read_text()).get("algo") if summary_path.is_file()
+                else None)
+        scored = []
+        for step, path in found:
+            s = evalset.score(load_policy(path))
+            # the selector's weights, where the run used them (grpo and random record them too)
+            probs = [r["keep_probs"] for r in steps
+                     if r["step"] <= step and r.get("keep_probs") and algo == "pcm"]
+            s.update(step=step, heldout=evals.get(step),
+                     keep_probs_mean=(np.mean([_phase_weights(p) for p in probs], axis=0)
+                                      .tolist() if probs else None))
+            log(f"{run_dir.name} step {step}: dJ {s['dJ'] * 1e3:+.2f}e-3 (se "
+                f"{(s['dJ_se'] or 0) * 1e3:.2f}), per phase "
+                + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"]) + "; move "
+                + " ".join(f"{x:.3f}" for x in s["move_phase"]))
+            scored.append(s)
+        runs.append({"run": str(run_dir), "algo": algo, "heldout_start": evals.get(0),
+                     "checkpoints": scored})
+    return {"benchmark": "replay --runs", "task": env, "checkpoint": str(init),
+            "config": config, "phases": evalset.phase_shares(), "runs": runs}
+
+
+def _phase_weights(keep_probs: Any) -> list[float]:
+    """metrics.jsonl's keep_probs: a list of weights, or {task: weights} (one task here)."""
+    if isinstance(keep_probs, dict):
+        keep_probs = next(iter(keep_probs.values()))
+    return [float(x) for x in keep_probs]

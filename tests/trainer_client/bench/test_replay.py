@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.trainer_client.conftest import MAX_STEPS, TASK
+from tests.trainer_client.conftest import MAX_STEPS, TASK, tiny_rl_config
 from trainer_client.bench.cli import app
 from trainer_client.bench.learning import StudyError
 from trainer_client.bench.replay import (
@@ -20,7 +20,9 @@ from trainer_client.bench.replay import (
     _load_trajectories,
     _save_trajectories,
     run_replay_bench,
+    score_runs,
 )
+from trainer_client.train.rl import train_rl
 from trainer_client.types import OBS_STATE, Trajectory
 
 
@@ -69,6 +71,28 @@ def test_replay_runs_the_real_updates_and_resumes(sft_checkpoint: Path, tmp_path
         _bench(tmp_path, sft_checkpoint, keep_fraction=0.5)
     with pytest.raises(StudyError, match="nothing to summarize"):
         _bench(tmp_path / "empty", sft_checkpoint, summarize_only=True)
+
+
+def test_runs_are_scored_checkpoint_by_checkpoint(sft_checkpoint: Path, tmp_path: Path) -> None:
+    run = tmp_path / "pcm-run"
+    train_rl(tiny_rl_config(run, sft_checkpoint, algo="pcm", steps=2, checkpoint_every=1,
+                            keep_checkpoints=2, eval_every=1, eval_episodes=3),
+             log_line=lambda _line: None)
+    scored = score_runs([run], init=sft_checkpoint, env=TASK, eval_batches=2, init_states=2,
+                        group_size=4, out=tmp_path / "score", num_workers=0,
+                        log=lambda _m: None)
+    (result,) = scored["runs"]
+    assert result["algo"] == "pcm" and result["heldout_start"] is not None
+    assert [c["step"] for c in result["checkpoints"]] == [1, 2]
+    for c in result["checkpoints"]:
+        assert sum(c["dJ_phase"]) == pytest.approx(c["dJ"])
+        assert c["heldout"] is not None  # the run's own evaluation at that step
+        assert len(c["keep_probs_mean"]) == scored["config"]["phases"]
+        assert max(c["move_phase"]) > 0
+    with pytest.raises(StudyError, match="no step checkpoint"):
+        score_runs([tmp_path / "score"], init=sft_checkpoint, env=TASK, eval_batches=2,
+                   init_states=2, group_size=4, out=tmp_path / "score", num_workers=0,
+                   log=lambda _m: None)
 
 
 def _trajectory(group: str, success: bool, phases: list[int], row0: int) -> Trajectory:
