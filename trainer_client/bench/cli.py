@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -328,9 +329,9 @@ def replay(
 
 def print_scored_runs(result: dict[str, Any]) -> None:
     table = Table(title=f"pcm-bench replay --runs: {result['task']}; each step checkpoint "
-                        "against the start, on the evaluation batches (dJ x 1e3)")
-    for col in ("run", "step", "held-out", "dJ", "+-se", "dJ per phase", "move per phase",
-                "keep weights so far"):
+                        "against the start, on the evaluation batches (dJ, dL x 1e3)")
+    for col in ("run", "step", "held-out", "dJ", "+-se", "dJ per phase", "dL", "+-se",
+                "dL per phase", "move per phase", "keep weights so far"):
         table.add_column(col, justify="right")
     for run in result["runs"]:
         for c in run["checkpoints"]:
@@ -339,9 +340,12 @@ def print_scored_runs(result: dict[str, Any]) -> None:
                           "-" if c["heldout"] is None else f"{c['heldout']:.2f}",
                           f"{c['dJ'] * 1e3:+.2f}", f"{(c['dJ_se'] or 0) * 1e3:.2f}",
                           " ".join(f"{x * 1e3:+.2f}" for x in c["dJ_phase"]),
+                          f"{c['dL'] * 1e3:+.2f}", f"{(c['dL_se'] or 0) * 1e3:.2f}",
+                          " ".join(f"{x * 1e3:+.2f}" for x in c["dL_phase"]),
                           " ".join(f"{x:.3f}" for x in c["move_phase"]),
                           " ".join(f"{x:.2f}" for x in w) if w else "-")
-    console.print(table)
+    # in a file: wide enough for the table
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
     shares = result["phases"]
     console.print("phases' share of the evaluation chunks: "
                   + " ".join(f"{x:.2f}" for x in shares["chunks"]))

@@ -25,6 +25,9 @@ From one checkpoint and one task, per seed:
      divided by the number of informative chunks N: the PPO surrogate's gain, a first-order
      estimate of how much the updates raised the expected (group-normalised) advantage, i.e.
      improved the policy, where its actions in phase p are concerned; dJ = sum_p dJ_p.
+   - dL_p, the same with log(pi_t / pi_0) for pi_t / pi_0 - 1: the surrogate's first-order
+     term, whether the policy moved towards the actions of successes and away from those of
+     failures; it stays bounded where dJ's ratio explodes (a policy far from pi_0).
    - move_p = root mean square of log pi_t - log pi_0 over every chunk in p (informative or
      not): how far the policy moved on that phase's observations.
    dJ is computed per evaluation batch too; its spread gives a standard error within a seed.
@@ -44,7 +47,8 @@ JSON: {benchmark, task, checkpoint, config, phases, summary: {ALGO: {seeds, at: 
 dJ_phase, dJ_phase_ci95, move_phase, dJ_vs_random, dJ_vs_random_ci95, dJ_vs_grpo,
 dJ_vs_grpo_ci95, dJ_phase_vs_random}}, heldout_change, heldout_change_ci95,
 heldout_vs_random, heldout_vs_random_ci95, heldout_vs_grpo, heldout_vs_grpo_ci95,
-budget_share}}, runs: [{algo, seed, at: {T: {dJ, dJ_se, dJ_phase, move_phase}}, heldout_start,
+budget_share}}, runs: [{algo, seed, at: {T: {dJ, dJ_se, dJ_phase, dL, dL_se, dL_phase, move_phase}},
+heldout_start,
 heldout_end, updates: [{step, grad_norm, kept_fraction, clip_frac, keep_probs}]}]}.
 """
 
@@ -211,12 +215,22 @@ class EvalSet:
             rows = self.batch == b
             per_batch.append(float(gain[rows].sum() / max(int(self.informative[rows].sum()), 1)))
         d_j_phase = [float(gain[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
+        # the same in log space, A (log pi_t - log pi_0): the surrogate's first-order term,
+        # bounded where rho = pi_t / pi_0 is not (policies far from pi_0)
+        lin = np.where(self.informative, self.adv * diff, 0.0)
+        d_l_batches = [float(lin[self.batch == b].sum()
+                             / max(int(self.informative[self.batch == b].sum()), 1))
+                       for b in range(self.num_batches)]
+        d_l_phase = [float(lin[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
         move = [float(np.sqrt(np.mean(diff[self.phase == p] ** 2)))
                 if np.any(self.phase == p) else 0.0 for p in range(self.num_phases)]
         se = (float(np.std(per_batch, ddof=1) / np.sqrt(len(per_batch)))
               if len(per_batch) > 1 else None)
+        se_l = (float(np.std(d_l_batches, ddof=1) / np.sqrt(len(d_l_batches)))
+                if len(d_l_batches) > 1 else None)
         return {"dJ": float(gain.sum() / n_inf), "dJ_se": se, "dJ_batches": per_batch,
-                "dJ_phase": d_j_phase, "move_phase": move}
+                "dJ_phase": d_j_phase, "dL": float(lin.sum() / n_inf), "dL_se": se_l,
+                "dL_phase": d_l_phase, "move_phase": move}
 
     def phase_shares(self) -> dict[str, list[float]]:
         """Per phase: its share of the chunks, and of the informative chunks."""
@@ -509,7 +523,9 @@ def score_runs(
                                       .tolist() if probs else None))
             log(f"{run_dir.name} step {step}: dJ {s['dJ'] * 1e3:+.2f}e-3 (se "
                 f"{(s['dJ_se'] or 0) * 1e3:.2f}), per phase "
-                + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"]) + "; move "
+                + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"])
+                + f"; dL {s['dL'] * 1e3:+.2f}e-3 (se {(s['dL_se'] or 0) * 1e3:.2f}), per phase "
+                + " ".join(f"{x * 1e3:+.2f}" for x in s["dL_phase"]) + "; move "
                 + " ".join(f"{x:.3f}" for x in s["move_phase"]))
             scored.append(s)
         runs.append({"run": str(run_dir), "algo": algo, "heldout_start": evals.get(0),

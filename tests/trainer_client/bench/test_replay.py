@@ -43,6 +43,7 @@ def test_replay_runs_the_real_updates_and_resumes(sft_checkpoint: Path, tmp_path
         for scored in run["at"].values():
             # the phases split the surrogate's gain exactly
             assert sum(scored["dJ_phase"]) == pytest.approx(scored["dJ"])
+            assert sum(scored["dL_phase"]) == pytest.approx(scored["dL"])
             assert len(scored["dJ_batches"]) == 2 and scored["dJ_se"] is not None
             assert max(scored["move_phase"]) > 0  # an update moved the policy
         assert [u["step"] for u in run["updates"]] == [1, 2]
@@ -138,6 +139,10 @@ def test_eval_score_is_the_surrogate_gain_per_phase() -> None:
     expected = float(np.sum(adv[informative & (phase == 1)] * 0.5) / 8)
     assert moved["dJ_phase"] == pytest.approx([0.0, expected, 0.0])
     assert moved["dJ"] == pytest.approx(expected)
+    # its log-space term: A log rho
+    expected_log = float(np.sum(adv[informative & (phase == 1)] * np.log(1.5)) / 8)
+    assert moved["dL_phase"] == pytest.approx([0.0, expected_log, 0.0])
+    assert moved["dL"] == pytest.approx(expected_log)
     assert moved["move_phase"] == pytest.approx([0.0, np.log(1.5), 0.0])  # empty phase 2: 0
     assert moved["dJ_batches"][1] == 0.0  # the all-failure batch carries no signal
     assert evalset.phase_shares()["informative_chunks"][2] == 0.0
