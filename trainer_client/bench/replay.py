@@ -25,9 +25,12 @@ From one checkpoint and one task, per seed:
      divided by the number of informative chunks N: the PPO surrogate's gain, a first-order
      estimate of how much the updates raised the expected (group-normalised) advantage, i.e.
      improved the policy, where its actions in phase p are concerned; dJ = sum_p dJ_p.
-   - dL_p, the same with log(pi_t / pi_0) for pi_t / pi_0 - 1: the surrogate's first-order
-     term, whether the policy moved towards the actions of successes and away from those of
-     failures; it stays bounded where dJ's ratio explodes (a policy far from pi_0).
+   - dL_p, the same with log(pi_t / pi_0) for pi_t / pi_0 - 1, centred within each (group,
+     phase): the surrogate's first-order term as a within-group contrast, whether the policy
+     made the actions of successes likelier than those of failures; it stays bounded where
+     dJ's ratio explodes (a policy far from pi_0), and the centring removes the part that
+     grows with any move (every sampled action loses log-prob by the KL, and failures'
+     chunks outnumber successes').
    - move_p = root mean square of log pi_t - log pi_0 over every chunk in p (informative or
      not): how far the policy moved on that phase's observations.
    dJ is computed per evaluation batch too; its spread gives a standard error within a seed.
@@ -174,18 +177,24 @@ class EvalSet:
     def __init__(self, batches: Sequence[Sequence[Trajectory]], num_phases: int) -> None:
         self.num_phases = num_phases
         self.items: list[tuple[Trajectory, int]] = []  # (trajectory, chunk)
-        adv, phase, batch = [], [], []
+        adv, phase, batch, group = [], [], [], []
+        groups: dict[tuple[int, str], int] = {}
         for b, trajs in enumerate(batches):
             a = group_advantages([t.success for t in trajs], [t.group_id for t in trajs])
             for t, a_i in zip(trajs, a, strict=True):
+                g = groups.setdefault((b, t.group_id), len(groups))
                 for c in range(t.num_chunks):
                     self.items.append((t, c))
                     adv.append(float(a_i))
                     phase.append(int(t.phase_ids[c]))
                     batch.append(b)
+                    group.append(g)
         self.adv = np.asarray(adv)  # (R,)
         self.phase = np.asarray(phase, dtype=np.int64)  # (R,)
         self.batch = np.asarray(batch, dtype=np.int64)  # (R,)
+        # (group, phase) cell of each row: log-ratios are centred within a cell for dL
+        cell = np.asarray(group, dtype=np.int64) * num_phases + self.phase
+        self.cell = np.unique(cell, return_inverse=True)[1]  # (R,) in [0, cells)
         self.num_batches = len(batches)
         self.informative = self.adv != 0.0
         self.logp0: np.ndarray | None = None
@@ -215,9 +224,17 @@ class EvalSet:
             rows = self.batch == b
             per_batch.append(float(gain[rows].sum() / max(int(self.informative[rows].sum()), 1)))
         d_j_phase = [float(gain[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
-        # the same in log space, A (log pi_t - log pi_0): the surrogate's first-order term,
-        # bounded where rho = pi_t / pi_0 is not (policies far from pi_0)
-        lin = np.where(self.informative, self.adv * diff, 0.0)
+        # the same in log space, A (log pi_t - log pi_0), the surrogate's first-order term,
+        # with the log-ratio centred within each (group, phase): a move away from pi_0 lowers
+        # every sampled action's log-prob on average (by the KL), and failures' chunks
+        # outnumber successes' (sum A < 0), so the raw term grows with any move; centred, it
+        # is the within-group contrast (successes' actions made likelier than failures').
+        # Bounded where rho is not (policies far from pi_0).
+        cells = int(self.cell.max()) + 1 if self.cell.size else 0
+        inf = self.informative.astype(np.float64)
+        cell_mean = (np.bincount(self.cell, weights=diff * inf, minlength=cells)
+                     / np.maximum(np.bincount(self.cell, weights=inf, minlength=cells), 1.0))
+        lin = np.where(self.informative, self.adv * (diff - cell_mean[self.cell]), 0.0)
         d_l_batches = [float(lin[self.batch == b].sum()
                              / max(int(self.informative[self.batch == b].sum()), 1))
                        for b in range(self.num_batches)]

@@ -139,10 +139,20 @@ def test_eval_score_is_the_surrogate_gain_per_phase() -> None:
     expected = float(np.sum(adv[informative & (phase == 1)] * 0.5) / 8)
     assert moved["dJ_phase"] == pytest.approx([0.0, expected, 0.0])
     assert moved["dJ"] == pytest.approx(expected)
-    # its log-space term: A log rho
-    expected_log = float(np.sum(adv[informative & (phase == 1)] * np.log(1.5)) / 8)
-    assert moved["dL_phase"] == pytest.approx([0.0, expected_log, 0.0])
-    assert moved["dL"] == pytest.approx(expected_log)
+    # its log-space term is a within-group contrast: a shift shared by a group's chunks of a
+    # phase (what any move away from pi_0 does on average) contributes nothing
+    assert moved["dL_phase"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-12)
+    # the success's actions (rows 0-1: phases 0 and 1) made likelier: a positive contrast
+    favoured = np.zeros(rows)
+    favoured[[0, 1]] = np.log(1.5)
+    scored = evalset.score(_PlantedPolicy(favoured))
+    expected = []
+    for p in range(3):  # by hand: centre within group g's chunks of phase p (all informative)
+        in_p = informative & (phase == p)
+        centred = favoured[in_p] - favoured[in_p].mean() if in_p.any() else favoured[in_p]
+        expected.append(float(np.sum(adv[in_p] * centred) / 8))
+    assert scored["dL_phase"] == pytest.approx(expected)
+    assert scored["dL"] == pytest.approx(sum(expected)) and scored["dL"] > 0
     assert moved["move_phase"] == pytest.approx([0.0, np.log(1.5), 0.0])  # empty phase 2: 0
     assert moved["dJ_batches"][1] == 0.0  # the all-failure batch carries no signal
     assert evalset.phase_shares()["informative_chunks"][2] == 0.0
