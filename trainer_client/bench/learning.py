@@ -353,11 +353,17 @@ def _time_to(wall: np.ndarray, success: np.ndarray, target: float) -> float | No
     return float(wall[hit[0]]) if hit.size else None
 
 
-def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per algorithm over its seeds; see the module docstring."""
+def runs_by_algo(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """{algo: {seed: run}}: the pairing key of every comparison."""
     by_algo: dict[str, dict[int, dict[str, Any]]] = {}
     for r in runs:
         by_algo.setdefault(r["algo"], {})[r["seed"]] = r
+    return by_algo
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per algorithm over its seeds; see the module docstring."""
+    by_algo = runs_by_algo(runs)
     out: dict[str, Any] = {}
     for algo, mine in by_algo.items():
         rs = list(mine.values())

@@ -68,7 +68,14 @@ import numpy as np
 import torch
 
 from pcm_contract.cli_options import build
-from trainer_client.bench.learning import ALGOS, StudyError, mean_ci95
+from trainer_client.bench.learning import (
+    ALGOS,
+    RUNS_FILE,
+    StudyError,
+    load_runs,
+    mean_ci95,
+    runs_by_algo,
+)
 from trainer_client.clients import connect
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import group_advantages, grpo_update
@@ -84,7 +91,6 @@ from trainer_client.train.selection import select_global
 from trainer_client.types import Trajectory
 
 CACHE_VERSION = 1
-RUNS_FILE = "runs.jsonl"
 DEFAULT_AT = (1, 3, 10, 30)
 EVAL_ROWS = 256  # chunk rows per forward pass when scoring the evaluation batches
 
@@ -348,7 +354,7 @@ def run_replay_bench(
               "cache_version": CACHE_VERSION, **(rl_overrides or {})}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
                             + Path(init).read_bytes()).hexdigest()[:16]
-    done = _load_runs(out)
+    done = load_runs(out)
     for r in done:
         if r["fingerprint"] != digest:
             raise StudyError(f"{out / RUNS_FILE} holds runs of another configuration; use "
@@ -396,7 +402,7 @@ def run_replay_bench(
                         f"({record['duration_s']:.0f}s)")
                     with (out / RUNS_FILE).open("a") as f:
                         f.write(json.dumps(record) + "\n")
-    runs = _load_runs(out)
+    runs = load_runs(out)
     result = {"benchmark": "replay", "task": env, "checkpoint": str(init), "config": config,
               "summary": summarize_replay(runs), "runs": runs,
               "complete": all((a, s) in {(r["algo"], r["seed"]) for r in runs}
@@ -404,18 +410,6 @@ def run_replay_bench(
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _load_runs(out: Path) -> list[dict[str, Any]]:
-    path = out / RUNS_FILE
-    if not path.is_file():
-        return []
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[(r["algo"], r["seed"])] = r
-    return list(records.values())
 
 
 def _paired(mine: dict[int, dict[str, Any]], other: dict[int, dict[str, Any]],
@@ -441,9 +435,8 @@ def _at_value(t: str, key: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def summarize_replay(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    by_algo: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in runs:
-        by_algo.setdefault(r["algo"], {})[r["seed"]] = r
+    """Per algorithm over its seeds: the module docstring's figures."""
+    by_algo = runs_by_algo(runs)
     out: dict[str, Any] = {}
     for algo, mine in by_algo.items():
         rs = list(mine.values())
