@@ -223,37 +223,29 @@ class EvalSet:
         if self.logp0 is None:
             raise RuntimeError("EvalSet.logp0 is unset: score the checkpoint first")
         diff = logp - self.logp0
-        gain = np.where(self.informative, self.adv * np.expm1(diff), 0.0)  # A (rho - 1)
-        n_inf = max(int(self.informative.sum()), 1)
-        per_batch = []
-        for b in range(self.num_batches):
-            rows = self.batch == b
-            per_batch.append(float(gain[rows].sum() / max(int(self.informative[rows].sum()), 1)))
-        d_j_phase = [float(gain[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
+        inf = self.informative.astype(np.float64)
+        gain = inf * self.adv * np.expm1(diff)  # A (rho - 1) on informative rows
         # the same in log space, A (log pi_t - log pi_0), the surrogate's first-order term,
         # with the log-ratio centred within each (group, phase): a move away from pi_0 lowers
         # every sampled action's log-prob on average (by the KL), and failures' chunks
         # outnumber successes' (sum A < 0), so the raw term grows with any move; centred, it
         # is the within-group contrast (successes' actions made likelier than failures').
         # Bounded where rho is not (policies far from pi_0).
-        cells = int(self.cell.max()) + 1 if self.cell.size else 0
-        inf = self.informative.astype(np.float64)
-        cell_mean = (np.bincount(self.cell, weights=diff * inf, minlength=cells)
-                     / np.maximum(np.bincount(self.cell, weights=inf, minlength=cells), 1.0))
-        lin = np.where(self.informative, self.adv * (diff - cell_mean[self.cell]), 0.0)
-        d_l_batches = [float(lin[self.batch == b].sum()
-                             / max(int(self.informative[self.batch == b].sum()), 1))
-                       for b in range(self.num_batches)]
-        d_l_phase = [float(lin[self.phase == p].sum() / n_inf) for p in range(self.num_phases)]
-        move = [float(np.sqrt(np.mean(diff[self.phase == p] ** 2)))
-                if np.any(self.phase == p) else 0.0 for p in range(self.num_phases)]
-        se = (float(np.std(per_batch, ddof=1) / np.sqrt(len(per_batch)))
-              if len(per_batch) > 1 else None)
-        se_l = (float(np.std(d_l_batches, ddof=1) / np.sqrt(len(d_l_batches)))
-                if len(d_l_batches) > 1 else None)
-        return {"dJ": float(gain.sum() / n_inf), "dJ_se": se, "dJ_batches": per_batch,
-                "dJ_phase": d_j_phase, "dL": float(lin.sum() / n_inf), "dL_se": se_l,
-                "dL_phase": d_l_phase, "move_phase": move}
+        cell_mean = _sums(diff * inf, self.cell) / np.maximum(_sums(inf, self.cell), 1.0)
+        lin = inf * self.adv * (diff - cell_mean[self.cell])
+        n_inf = max(float(inf.sum()), 1.0)
+        batch_inf = np.maximum(_sums(inf, self.batch, self.num_batches), 1.0)
+        rows = _sums(np.ones_like(diff), self.phase, self.num_phases)
+        move = np.sqrt(_sums(diff ** 2, self.phase, self.num_phases) / np.maximum(rows, 1.0))
+        out: dict[str, Any] = {"move_phase": move.tolist()}
+        for name, values in (("dJ", gain), ("dL", lin)):
+            per_batch = _sums(values, self.batch, self.num_batches) / batch_inf
+            out[name] = float(values.sum() / n_inf)
+            out[f"{name}_se"] = (float(np.std(per_batch, ddof=1) / np.sqrt(per_batch.size))
+                                 if per_batch.size > 1 else None)
+            out[f"{name}_batches"] = per_batch.tolist()
+            out[f"{name}_phase"] = (_sums(values, self.phase, self.num_phases) / n_inf).tolist()
+        return out
 
     def phase_shares(self) -> dict[str, list[float]]:
         """Per phase: its share of the chunks, and of the informative chunks."""
@@ -261,6 +253,11 @@ class EvalSet:
         inf = np.bincount(self.phase[self.informative], minlength=self.num_phases)
         return {"chunks": (counts / counts.sum()).tolist(),
                 "informative_chunks": (inf / max(inf.sum(), 1)).tolist()}
+
+
+def _sums(values: np.ndarray, index: np.ndarray, length: int = 0) -> np.ndarray:
+    """(length,) sums of `values` per index (rows share an index: a phase, batch or cell)."""
+    return np.bincount(index, weights=values, minlength=length)
 
 
 # ---- 2. one algorithm's updates on one seed's batches ------------------------------------------
