@@ -41,6 +41,7 @@ class EnvInfo:
     max_steps: int
     obs_keys: tuple[str, ...]
     gripper_threshold: float
+    gripper_index: int  # action dim holding the gripper command
     num_init_states: int | None
 
     @classmethod
@@ -52,6 +53,7 @@ class EnvInfo:
             max_steps=env.max_steps,
             obs_keys=tuple(env.obs_keys),
             gripper_threshold=float(env.gripper_threshold),
+            gripper_index=int(env.gripper_index),
             num_init_states=env.num_init_states,
         )
 

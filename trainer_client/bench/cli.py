@@ -285,6 +285,14 @@ def replay(
              "checkpoints on the evaluation batches instead of replaying")] = None,
     seed: Annotated[int, typer.Option(min=0, help="with --runs: the evaluation batches' seed")
                     ] = 0,
+    heldout_episodes: Annotated[int, typer.Option(
+        min=0, help="with --runs: also run each checkpoint (and --init) on this many held-out "
+                    "episodes, as pcm-train rl evaluates, and report how far they get (reach, "
+                    "grasp, success) and how its action means moved, arm and gripper apart")
+    ] = 0,
+    heldout_seed: Annotated[int, typer.Option(
+        min=0, help="with --heldout-episodes: the runs' --seed (their evaluation's sampling "
+                    "seed), so that the success at their evaluation steps is theirs")] = 0,
     json_path: JsonPath = None,
 ) -> None:
     """What each selection's first updates do to the policy, per phase: the same training
@@ -299,7 +307,8 @@ def replay(
             scored = score_runs([Path(r.strip()) for r in runs.split(",") if r.strip()],
                                 init=init, env=env, eval_batches=eval_batches, seed=seed,
                                 init_states=init_states, group_size=group_size, out=out,
-                                log=console.print)
+                                heldout_episodes=heldout_episodes,
+                                heldout_seed=heldout_seed, log=console.print)
         except StudyError as e:
             console.print(f"error: {e}", markup=False)
             raise typer.Exit(2) from None
@@ -349,6 +358,44 @@ def print_scored_runs(result: dict[str, Any]) -> None:
     shares = result["phases"]
     console.print("phases' share of the evaluation chunks: "
                   + " ".join(f"{x:.2f}" for x in shares["chunks"]))
+    if result.get("start") is not None:
+        print_behaviour(result)
+
+
+def print_behaviour(result: dict[str, Any]) -> None:
+    """--heldout-episodes: each checkpoint on its own held-out episodes."""
+    table = Table(title="each checkpoint on its own held-out episodes: how far they get, and "
+                        "its action means minus --init's, per env phase (approach / at the "
+                        "object / grasped)")
+    for col in ("run", "step", "success", "reach", "grasp", "grasp | reach",
+                "success | grasp", "chunks per phase", "arm rms", "gripper shift",
+                "gripper flips", "same on the eval batches: gripper shift", "flips"):
+        table.add_column(col, justify="right")
+
+    def row(name: str, step: int, b: dict[str, Any]) -> None:
+        f, own, ref = b["funnel"] or {}, b["shift_own"] or {}, b["shift_ref"] or {}
+        table.add_row(name, str(step), f"{b['success']:.2f}",
+                      *(_num(f.get(k)) for k in ("reached", "grasped", "grasp_given_reach",
+                                                 "success_given_grasp")),
+                      *(_nums(own.get(k), fmt) for k, fmt in (
+                          ("chunks", ".2f"), ("arm_rms", ".3f"), ("gripper_shift", "+.3f"),
+                          ("flip", ".3f"))),
+                      _nums(ref.get("gripper_shift"), "+.3f"), _nums(ref.get("flip"), ".3f"))
+
+    row("start", 0, result["start"])
+    for run in result["runs"]:
+        for c in run["checkpoints"]:
+            if "behaviour" in c:
+                row(Path(run["run"]).name, c["step"], c["behaviour"])
+    Console(width=None if sys.stdout.isatty() else 260).print(table)
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _nums(xs: list[float | None] | None, fmt: str) -> str:
+    return "-" if xs is None else " ".join(_num(x, fmt) for x in xs)
 
 
 def print_replay(result: dict[str, Any]) -> None:

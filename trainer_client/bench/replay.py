@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from pcm_contract.cli_options import build
+from trainer_client.bench import behaviour
 from trainer_client.bench.learning import (
     ALGOS,
     RUNS_FILE,
@@ -77,6 +78,7 @@ from trainer_client.bench.learning import (
     runs_by_algo,
 )
 from trainer_client.clients import connect
+from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import group_advantages, grpo_update
 from trainer_client.rollout import RolloutCollector
@@ -479,19 +481,32 @@ def summarize_replay(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def score_runs(
     run_dirs: Sequence[Path], *, init: Path, env: str = DEMO_ENV, eval_batches: int = 8,
     seed: int = 0, init_states: int = 4, group_size: int = 8, out: Path,
+    heldout_episodes: int = 0, heldout_seed: int = 0, max_steps: int | None = None,
     num_workers: int = -1, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Step 3 on the step checkpoints of finished `pcm-train rl` runs that started from `init`:
     dJ and move per phase of each checkpoint against `init`, on evaluation batches collected at
     `init` (cached in OUT), with the run's held-out evaluations and the mean keep weights the
-    selector answered in the steps up to each checkpoint (from its metrics.jsonl)."""
+    selector answered in the steps up to each checkpoint (from its metrics.jsonl).
+
+    With `heldout_episodes` > 0, also what each checkpoint does on its own held-out episodes
+    (`pcm-train rl`'s evaluation: its held-out initial states, sampled with `heldout_seed`, the
+    run's --seed, so that at the run's evaluation steps the success equals the run's): the
+    funnel (reach, grasp, success), and the shift of its action means from `init`'s, arm and
+    gripper apart, by env phase, on those episodes' states (`shift_own`) and on the evaluation
+    batches' (`shift_ref`); see trainer_client/bench/behaviour.py. `max_steps`: the runs'
+    episode limit, where they set one (the env's default otherwise)."""
     if not Path(init).is_file():
         raise StudyError(f"--init {init} is not a file (the runs' start checkpoint)")
+    if heldout_episodes < 0:
+        raise StudyError(f"--heldout-episodes must be >= 0, got {heldout_episodes}")
     base = build(TrainConfig, dict(env=env, selector="embedded", init=str(init),
                                    init_states=init_states, group_size=group_size,
-                                   num_workers=num_workers, progress=False))
+                                   num_workers=num_workers, progress=False,
+                                   max_steps=max_steps))
     config = {"env": env, "eval_batches": eval_batches, "seed": seed,
               "init_states": init_states, "group_size": group_size,
+              **({"max_steps": max_steps} if max_steps is not None else {}),
               "segmenter": base.segmenter, "phases": base.selection.phases,
               "cache_version": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
@@ -505,40 +520,111 @@ def score_runs(
 
     evalset = EvalSet(collect_batches(base, seed, "eval", eval_batches, cache, collector, log),
                       base.selection.phases)
-    evalset.logp0 = evalset.log_probs(load_policy(Path(init)))
-    runs = []
-    for run_dir in map(Path, run_dirs):
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise StudyError(f"{run_dir} holds no step checkpoint (pcm-train rl --out DIR "
-                             "writes DIR/checkpoints; --keep-checkpoints keeps more)")
-        rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl"
-                                                            ).is_file() else []
-        steps = [r for r in rows if r.get("kind", "step") == "step"]
-        evals = {r["step"]: r["success_rate"] for r in rows if r.get("kind") == "eval"}
-        summary_path = run_dir / "summary.json"
-        algo = (json.loads(summary_path.read_text()).get("algo") if summary_path.is_file()
-                else None)
-        scored = []
-        for step, path in found:
-            s = evalset.score(load_policy(path))
-            # the selector's weights, where the run used them (grpo and random record them too)
-            probs = [r["keep_probs"] for r in steps
-                     if r["step"] <= step and r.get("keep_probs") and algo == "pcm"]
-            s.update(step=step, heldout=evals.get(step),
-                     keep_probs_mean=(np.mean([_phase_weights(p) for p in probs], axis=0)
-                                      .tolist() if probs else None))
-            log(f"{run_dir.name} step {step}: dJ {s['dJ'] * 1e3:+.2f}e-3 (se "
-                f"{(s['dJ_se'] or 0) * 1e3:.2f}), per phase "
-                + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"])
-                + f"; dL {s['dL'] * 1e3:+.2f}e-3 (se {(s['dL_se'] or 0) * 1e3:.2f}), per phase "
-                + " ".join(f"{x * 1e3:+.2f}" for x in s["dL_phase"]) + "; move "
-                + " ".join(f"{x:.3f}" for x in s["move_phase"]))
-            scored.append(s)
-        runs.append({"run": str(run_dir), "algo": algo, "heldout_start": evals.get(0),
-                     "checkpoints": scored})
+    start = load_policy(Path(init))
+    evalset.logp0 = evalset.log_probs(start)
+    behaviour = (_Behaviour(start, evalset, collector(), heldout_episodes, heldout_seed)
+                 if heldout_episodes else None)
+    try:
+        runs = [_score_run(Path(d), evalset, behaviour, log) for d in run_dirs]
+    finally:
+        if behaviour is not None:
+            behaviour.close()
+    config.update(heldout_episodes=heldout_episodes, heldout_seed=heldout_seed)
     return {"benchmark": "replay --runs", "task": env, "checkpoint": str(init),
-            "config": config, "phases": evalset.phase_shares(), "runs": runs}
+            "config": config, "phases": evalset.phase_shares(),
+            "start": behaviour.start if behaviour is not None else None, "runs": runs}
+
+
+class _Behaviour:
+    """A policy's held-out episodes (the funnel) and its action means' shift from the start
+    policy's, on those episodes' states and on the evaluation batches' (behaviour.py)."""
+
+    def __init__(self, start: Any, evalset: EvalSet, coll: RolloutCollector, episodes: int,
+                 seed: int) -> None:
+        self.start_policy, self.coll, self.seed = start, coll, seed
+        self.states = eval_init_states(coll.info.num_init_states, episodes)
+        self.ref_items, self.ref_phase = behaviour.chunk_items(
+            [t for t, c in evalset.items if c == 0])
+        self.ref_mu0 = behaviour.chunk_means(start, self.ref_items)
+        self.start = self.score(start)
+
+    def score(self, policy: Any) -> dict[str, Any]:
+        info = self.coll.info
+        r = evaluate_policy(policy, info.task_id, self.states, seed=self.seed,
+                            collector=self.coll, keep_trajectories=True)
+        items, phase = behaviour.chunk_items(r.trajectories)
+        kw: dict[str, Any] = {"gripper_index": info.gripper_index,
+                              "threshold": info.gripper_threshold,
+                              "num_env_phases": NUM_ENV_PHASES}
+        own = (behaviour.mean_shift(behaviour.chunk_means(policy, items),
+                                    behaviour.chunk_means(self.start_policy, items), phase, **kw)
+               if items else None)
+        ref = (behaviour.mean_shift(behaviour.chunk_means(policy, self.ref_items),
+                                    self.ref_mu0, self.ref_phase, **kw)
+               if self.ref_items else None)
+        return {"success": r.success_rate, "funnel": behaviour.funnel(r.trajectories),
+                "shift_own": own, "shift_ref": ref}
+
+    def close(self) -> None:
+        self.coll.close()
+
+
+def _score_run(run_dir: Path, evalset: EvalSet, behaviour_: _Behaviour | None,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """One `pcm-train rl` run's checkpoints, scored."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise StudyError(f"{run_dir} holds no step checkpoint (pcm-train rl --out DIR "
+                         "writes DIR/checkpoints; --keep-checkpoints keeps more)")
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl"
+                                                        ).is_file() else []
+    steps = [r for r in rows if r.get("kind", "step") == "step"]
+    evals = {r["step"]: r["success_rate"] for r in rows if r.get("kind") == "eval"}
+    summary_path = run_dir / "summary.json"
+    algo = (json.loads(summary_path.read_text()).get("algo") if summary_path.is_file()
+            else None)
+    if (behaviour_ is not None and evals.get(0) is not None
+            and abs(behaviour_.start["success"] - evals[0]) > 1e-9):
+        log(f"  warning: --init's held-out success {behaviour_.start['success']:.2f} here, "
+            f"{evals[0]:.2f} in {run_dir.name}: another --heldout-seed or episodes?")
+    scored = []
+    for step, path in found:
+        policy = load_policy(path)
+        s = evalset.score(policy)
+        # the selector's weights, where the run used them (grpo and random record them too)
+        probs = [r["keep_probs"] for r in steps
+                 if r["step"] <= step and r.get("keep_probs") and algo == "pcm"]
+        s.update(step=step, heldout=evals.get(step),
+                 keep_probs_mean=(np.mean([_phase_weights(p) for p in probs], axis=0)
+                                  .tolist() if probs else None))
+        log(f"{run_dir.name} step {step}: dJ {s['dJ'] * 1e3:+.2f}e-3 (se "
+            f"{(s['dJ_se'] or 0) * 1e3:.2f}), per phase "
+            + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"])
+            + f"; dL {s['dL'] * 1e3:+.2f}e-3 (se {(s['dL_se'] or 0) * 1e3:.2f}), per phase "
+            + " ".join(f"{x * 1e3:+.2f}" for x in s["dL_phase"]) + "; move "
+            + " ".join(f"{x:.3f}" for x in s["move_phase"]))
+        if behaviour_ is not None:
+            b = behaviour_.score(policy)
+            s["behaviour"] = b
+            if s["heldout"] is not None and abs(b["success"] - s["heldout"]) > 1e-9:
+                log(f"  warning: held-out success {b['success']:.2f} here, "
+                    f"{s['heldout']:.2f} in the run: another --heldout-seed or episodes?")
+            log("  own episodes: " + _describe(b))
+        scored.append(s)
+    return {"run": str(run_dir), "algo": algo, "heldout_start": evals.get(0),
+            "checkpoints": scored}
+
+
+def _describe(b: dict[str, Any]) -> str:
+    f, own = b["funnel"], b["shift_own"]
+    text = f"success {b['success']:.2f}"
+    if f is not None:
+        text += f", reach {f['reached']:.2f}, grasp {f['grasped']:.2f}"
+    if own is not None:
+        text += ("; gripper shift per env phase "
+                 + " ".join("-" if x is None else f"{x:+.3f}" for x in own["gripper_shift"])
+                 + ", flips " + " ".join("-" if x is None else f"{x:.3f}" for x in own["flip"]))
+    return text
 
 
 def _phase_weights(keep_probs: Any) -> list[float]:

@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from trainer_client.rollout import RolloutCollector
-from trainer_client.types import ChunkPolicy
+from trainer_client.types import ChunkPolicy, Trajectory
 
 
 @dataclass
@@ -24,11 +24,15 @@ class EvalResult:
     mean_steps: float  # env steps per episode
     init_states: list[int]
     seconds: float
+    # the episodes themselves, with keep_trajectories=True (not in as_dict)
+    trajectories: list[Trajectory] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["init_states"] = [self.init_states[0], self.init_states[-1]]  # the range, not the list
-        return d
+        return {"mode": self.mode, "success_rate": self.success_rate, "episodes": self.episodes,
+                "mean_steps": self.mean_steps,
+                # the range, not the list
+                "init_states": [self.init_states[0], self.init_states[-1]],
+                "seconds": self.seconds}
 
 
 def evaluate_policy(
@@ -41,8 +45,10 @@ def evaluate_policy(
     max_steps: int | None = None,
     num_workers: int = 0,
     collector: RolloutCollector | None = None,
+    keep_trajectories: bool = False,
 ) -> EvalResult:
-    """One episode per initial state. Pass `collector` to reuse its envs (and its max_steps)."""
+    """One episode per initial state. Pass `collector` to reuse its envs (and its max_steps);
+    `keep_trajectories` returns the episodes in `EvalResult.trajectories`."""
     t0 = time.perf_counter()
     own = collector is None
     coll = collector or RolloutCollector(env_spec, num_workers=num_workers, max_steps=max_steps)
@@ -66,4 +72,5 @@ def evaluate_policy(
         mean_steps=float(np.mean([t.num_steps for t in trajs])),
         init_states=list(init_states),
         seconds=time.perf_counter() - t0,
+        trajectories=list(trajs) if keep_trajectories else [],
     )

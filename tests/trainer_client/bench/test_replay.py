@@ -79,17 +79,38 @@ def test_runs_are_scored_checkpoint_by_checkpoint(sft_checkpoint: Path, tmp_path
     train_rl(tiny_rl_config(run, sft_checkpoint, algo="pcm", steps=2, checkpoint_every=1,
                             keep_checkpoints=2, eval_every=1, eval_episodes=3),
              log_line=lambda _line: None)
+    logged: list[str] = []
     scored = score_runs([run], init=sft_checkpoint, env=TASK, eval_batches=2, init_states=2,
                         group_size=4, out=tmp_path / "score", num_workers=0,
-                        log=lambda _m: None)
+                        heldout_episodes=3, heldout_seed=0, max_steps=MAX_STEPS,
+                        log=logged.append)
     (result,) = scored["runs"]
     assert result["algo"] == "pcm" and result["heldout_start"] is not None
     assert [c["step"] for c in result["checkpoints"]] == [1, 2]
+    # --heldout-episodes replays the run's own evaluation: the same success at every step
+    assert scored["start"]["success"] == result["heldout_start"]
+    assert not [m for m in logged if "warning" in m]
     for c in result["checkpoints"]:
         assert sum(c["dJ_phase"]) == pytest.approx(c["dJ"])
         assert c["heldout"] is not None  # the run's own evaluation at that step
+        assert c["behaviour"]["success"] == c["heldout"]
         assert len(c["keep_probs_mean"]) == scored["config"]["phases"]
         assert max(c["move_phase"]) > 0
+        # reach-v3 reports no env phases: no funnel, the mean shift over all chunks only
+        b = c["behaviour"]
+        assert b["funnel"] is None
+        for shift in (b["shift_own"], b["shift_ref"]):
+            assert shift["arm_rms_all"] > 0 and 0 <= shift["flip_all"] <= 1
+            assert shift["chunks"] == [0.0, 0.0, 0.0]
+    # the start against itself: no shift
+    assert scored["start"]["shift_own"]["arm_rms_all"] == 0.0
+    # another seed is not the run's evaluation, and says so
+    other = score_runs([run], init=sft_checkpoint, env=TASK, eval_batches=2, init_states=2,
+                       group_size=4, out=tmp_path / "score", num_workers=0,
+                       heldout_episodes=3, heldout_seed=1, max_steps=MAX_STEPS,
+                       log=logged.append)
+    if any(c["behaviour"]["success"] != c["heldout"] for c in other["runs"][0]["checkpoints"]):
+        assert [m for m in logged if "warning" in m]
     with pytest.raises(StudyError, match="no step checkpoint"):
         score_runs([tmp_path / "score"], init=sft_checkpoint, env=TASK, eval_batches=2,
                    init_states=2, group_size=4, out=tmp_path / "score", num_workers=0,
@@ -176,3 +197,6 @@ def test_cli_rejects_bad_options(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--algos" in r.output
     r = CliRunner().invoke(app, ["replay", "--init", str(ckpt), "--at", "1,x"])
     assert r.exit_code == 2 and "--at" in r.output
+    r = CliRunner().invoke(app, ["replay", "--init", str(ckpt), "--runs", str(tmp_path),
+                                 "--heldout-episodes", "-1"])
+    assert r.exit_code == 2 and "--heldout-episodes" in r.output
