@@ -9,7 +9,9 @@ they are computed on the reference policy's states, not the states the moved pol
 This module measures both on the moved policy's own held-out episodes.
 
 - `funnel`: over episodes, the share that reach the object (env phase >= 1 at some chunk), that
-  grasp it (env phase 2), and that succeed, with the conditional rates between the stages.
+  grasp it (env phase 2), and that succeed, with the conditional rates between the stages;
+  of the episodes that grasped and failed, the share that no longer held the object at their
+  last chunk (dropped, against carried but not placed in time).
   Staged MetaWorld tasks report env phases 0 approach, 1 at the object, 2 grasped
   (trainer_client/envs/metaworld_env.py); other tasks have no funnel (None).
 - `mean_shift`: per env phase, over the chunks whose start lies in it, and over all chunks
@@ -43,6 +45,8 @@ def funnel(trajs: Sequence[Trajectory]) -> dict[str, Any] | None:
         return None
     top = np.array([int(np.max(t.env_phase_ids)) if t.num_chunks else 0  # type: ignore[arg-type]
                     for t in trajs])
+    last = np.array([int(t.env_phase_ids[-1]) if t.num_chunks else 0  # type: ignore[index]
+                     for t in trajs])
     success = np.array([t.success for t in trajs], dtype=bool)
     reached, grasped = top >= 1, top >= 2
 
@@ -53,7 +57,8 @@ def funnel(trajs: Sequence[Trajectory]) -> dict[str, Any] | None:
             "reached": float(reached.mean()), "grasped": float(grasped.mean()),
             "grasp_given_reach": share(grasped, reached),
             "success_given_grasp": share(success, grasped),
-            "success_without_grasp": share(success, ~grasped)}
+            "success_without_grasp": share(success, ~grasped),
+            "dropped_given_failed_grasp": share(last < 2, grasped & ~success)}
 
 
 def chunk_means(policy: Any, items: Sequence[tuple[Trajectory, int]]) -> np.ndarray:

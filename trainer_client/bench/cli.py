@@ -368,15 +368,17 @@ def print_behaviour(result: dict[str, Any]) -> None:
                         "its action means minus --init's, per env phase (approach / at the "
                         "object / grasped)")
     for col in ("run", "step", "success", "reach", "grasp", "grasp | reach",
-                "success | grasp", "chunks per phase", "arm rms", "gripper shift",
-                "gripper flips", "same on the eval batches: gripper shift", "flips"):
+                "success | grasp", "dropped | failed grasp", "chunks per phase", "arm rms",
+                "gripper shift", "gripper flips", "same on the eval batches: gripper shift",
+                "flips"):
         table.add_column(col, justify="right")
 
     def row(name: str, step: int, b: dict[str, Any]) -> None:
         f, own, ref = b["funnel"] or {}, b["shift_own"] or {}, b["shift_ref"] or {}
         table.add_row(name, str(step), f"{b['success']:.2f}",
                       *(_num(f.get(k)) for k in ("reached", "grasped", "grasp_given_reach",
-                                                 "success_given_grasp")),
+                                                 "success_given_grasp",
+                                                 "dropped_given_failed_grasp")),
                       *(_nums(own.get(k), fmt) for k, fmt in (
                           ("chunks", ".2f"), ("arm_rms", ".3f"), ("gripper_shift", "+.3f"),
                           ("flip", ".3f"))),

@@ -36,6 +36,9 @@ def test_funnel_counts_how_far_each_episode_got() -> None:
     assert f["grasp_given_reach"] == pytest.approx(2 / 4)
     assert f["success_given_grasp"] == pytest.approx(1 / 2)
     assert f["success_without_grasp"] == pytest.approx(1 / 3)
+    assert f["dropped_given_failed_grasp"] == 0.0  # the one failed grasp still held at the end
+    dropped = funnel([_episode([0, 1, 2, 1], False), _episode([0, 2, 2], False)])
+    assert dropped["dropped_given_failed_grasp"] == pytest.approx(0.5)  # type: ignore[index]
     # no grasp at all: the conditional rate is undefined, not 0
     assert funnel([_episode([0, 1], False)])["success_given_grasp"] is None  # type: ignore[index]
     # a task without env phases has no funnel
