@@ -340,11 +340,12 @@ def print_scored_runs(result: dict[str, Any]) -> None:
     table = Table(title=f"pcm-bench replay --runs: {result['task']}; each step checkpoint "
                         "against the start, on the evaluation batches (dJ, dL x 1e3)")
     for col in ("run", "step", "held-out", "dJ", "+-se", "dJ per phase", "dL", "+-se",
-                "dL per phase", "move per phase", "keep weights so far"):
+                "dL per phase", "move per phase", "keep weights so far",
+                "keep rate vs random since the last checkpoint"):
         table.add_column(col, justify="right")
     for run in result["runs"]:
         for c in run["checkpoints"]:
-            w = c.get("keep_probs_mean")
+            w, rate = c.get("keep_probs_mean"), c.get("keep_rate_window")
             table.add_row(Path(run["run"]).name, str(c["step"]),
                           "-" if c["heldout"] is None else f"{c['heldout']:.2f}",
                           f"{c['dJ'] * 1e3:+.2f}", f"{(c['dJ_se'] or 0) * 1e3:.2f}",
@@ -352,7 +353,8 @@ def print_scored_runs(result: dict[str, Any]) -> None:
                           f"{c['dL'] * 1e3:+.2f}", f"{(c['dL_se'] or 0) * 1e3:.2f}",
                           " ".join(f"{x * 1e3:+.2f}" for x in c["dL_phase"]),
                           " ".join(f"{x:.3f}" for x in c["move_phase"]),
-                          " ".join(f"{x:.2f}" for x in w) if w else "-")
+                          " ".join(f"{x:.2f}" for x in w) if w else "-",
+                          " ".join(f"{x:.2f}" for x in rate) if rate else "-")
     # in a file: wide enough for the table
     Console(width=None if sys.stdout.isatty() else 220).print(table)
     shares = result["phases"]

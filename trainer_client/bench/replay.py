@@ -588,15 +588,21 @@ def _score_run(run_dir: Path, evalset: EvalSet, behaviour_: _Behaviour | None,
         log(f"  warning: --init's held-out success {behaviour_.start['success']:.2f} here, "
             f"{evals[0]:.2f} in {run_dir.name}: another --heldout-seed or episodes?")
     scored = []
+    shares = np.asarray(evalset.phase_shares()["chunks"])
+    previous = 0
     for step, path in found:
         policy = load_policy(path)
         s = evalset.score(policy)
         # the selector's weights, where the run used them (grpo and random record them too)
         probs = [r["keep_probs"] for r in steps
                  if r["step"] <= step and r.get("keep_probs") and algo == "pcm"]
+        window = [_phase_weights(r["keep_probs"]) for r in steps
+                  if previous < r["step"] <= step and r.get("keep_probs") and algo == "pcm"]
         s.update(step=step, heldout=evals.get(step),
                  keep_probs_mean=(np.mean([_phase_weights(p) for p in probs], axis=0)
-                                  .tolist() if probs else None))
+                                  .tolist() if probs else None),
+                 keep_rate_window=_keep_rate(window, shares) if window else None)
+        previous = step
         log(f"{run_dir.name} step {step}: dJ {s['dJ'] * 1e3:+.2f}e-3 (se "
             f"{(s['dJ_se'] or 0) * 1e3:.2f}), per phase "
             + " ".join(f"{x * 1e3:+.2f}" for x in s["dJ_phase"])
@@ -625,6 +631,16 @@ def _describe(b: dict[str, Any]) -> str:
                  + " ".join("-" if x is None else f"{x:+.3f}" for x in own["gripper_shift"])
                  + ", flips " + " ".join("-" if x is None else f"{x:.3f}" for x in own["flip"]))
     return text
+
+
+def _keep_rate(weights: Sequence[Sequence[float]], shares: np.ndarray) -> list[float]:
+    """Per phase, the rate at which a selection with these keep weights (averaged over the
+    steps) keeps a chunk, relative to a uniform selection at the same budget: w_p / sum_q s_q
+    w_q, with s the phases' shares of the chunks (the evaluation batches'). 1 is random's rate;
+    sum_p s_p rate_p = 1 (the budget). Approximate: a trajectory's own phase mix, and chunks
+    kept with certainty, move it."""
+    w = np.mean(np.asarray(weights, dtype=np.float64), axis=0)
+    return (w / max(float(shares @ w), 1e-12)).tolist()
 
 
 def _phase_weights(keep_probs: Any) -> list[float]:

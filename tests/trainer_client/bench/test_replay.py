@@ -95,6 +95,9 @@ def test_runs_are_scored_checkpoint_by_checkpoint(sft_checkpoint: Path, tmp_path
         assert c["heldout"] is not None  # the run's own evaluation at that step
         assert c["behaviour"]["success"] == c["heldout"]
         assert len(c["keep_probs_mean"]) == scored["config"]["phases"]
+        # the window's keep rate relative to random's spends the same budget
+        shares = np.asarray(scored["phases"]["chunks"])
+        assert float(shares @ np.asarray(c["keep_rate_window"])) == pytest.approx(1.0)
         assert max(c["move_phase"]) > 0
         # reach-v3 reports no env phases: no funnel, the mean shift over all chunks only
         b = c["behaviour"]
