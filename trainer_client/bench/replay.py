@@ -522,17 +522,17 @@ def score_runs(
                       base.selection.phases)
     start = load_policy(Path(init))
     evalset.logp0 = evalset.log_probs(start)
-    behaviour = (_Behaviour(start, evalset, collector(), heldout_episodes, heldout_seed)
-                 if heldout_episodes else None)
+    episodes = (_Behaviour(start, evalset, collector(), heldout_episodes, heldout_seed)
+                if heldout_episodes else None)
     try:
-        runs = [_score_run(Path(d), evalset, behaviour, log) for d in run_dirs]
+        runs = [_score_run(Path(d), evalset, episodes, log) for d in run_dirs]
     finally:
-        if behaviour is not None:
-            behaviour.close()
+        if episodes is not None:
+            episodes.close()
     config.update(heldout_episodes=heldout_episodes, heldout_seed=heldout_seed)
     return {"benchmark": "replay --runs", "task": env, "checkpoint": str(init),
             "config": config, "phases": evalset.phase_shares(),
-            "start": behaviour.start if behaviour is not None else None, "runs": runs}
+            "start": episodes.start if episodes is not None else None, "runs": runs}
 
 
 class _Behaviour:
@@ -542,11 +542,15 @@ class _Behaviour:
     def __init__(self, start: Any, evalset: EvalSet, coll: RolloutCollector, episodes: int,
                  seed: int) -> None:
         self.start_policy, self.coll, self.seed = start, coll, seed
-        self.states = eval_init_states(coll.info.num_init_states, episodes)
-        self.ref_items, self.ref_phase = behaviour.chunk_items(
-            [t for t, c in evalset.items if c == 0])
-        self.ref_mu0 = behaviour.chunk_means(start, self.ref_items)
-        self.start = self.score(start)
+        try:
+            self.states = eval_init_states(coll.info.num_init_states, episodes)
+            self.ref_items, self.ref_phase = behaviour.chunk_items(
+                [t for t, c in evalset.items if c == 0])
+            self.ref_mu0 = behaviour.chunk_means(start, self.ref_items)
+            self.start = self.score(start)
+        except BaseException:
+            coll.close()
+            raise
 
     def score(self, policy: Any) -> dict[str, Any]:
         info = self.coll.info
@@ -569,7 +573,7 @@ class _Behaviour:
         self.coll.close()
 
 
-def _score_run(run_dir: Path, evalset: EvalSet, behaviour_: _Behaviour | None,
+def _score_run(run_dir: Path, evalset: EvalSet, episodes: _Behaviour | None,
                log: Callable[[str], None]) -> dict[str, Any]:
     """One `pcm-train rl` run's checkpoints, scored."""
     found = list_checkpoints(run_dir)
@@ -583,9 +587,9 @@ def _score_run(run_dir: Path, evalset: EvalSet, behaviour_: _Behaviour | None,
     summary_path = run_dir / "summary.json"
     algo = (json.loads(summary_path.read_text()).get("algo") if summary_path.is_file()
             else None)
-    if (behaviour_ is not None and evals.get(0) is not None
-            and abs(behaviour_.start["success"] - evals[0]) > 1e-9):
-        log(f"  warning: --init's held-out success {behaviour_.start['success']:.2f} here, "
+    if (episodes is not None and evals.get(0) is not None
+            and abs(episodes.start["success"] - evals[0]) > 1e-9):
+        log(f"  warning: --init's held-out success {episodes.start['success']:.2f} here, "
             f"{evals[0]:.2f} in {run_dir.name}: another --heldout-seed or episodes?")
     scored = []
     shares = np.asarray(evalset.phase_shares()["chunks"])
@@ -609,8 +613,8 @@ def _score_run(run_dir: Path, evalset: EvalSet, behaviour_: _Behaviour | None,
             + f"; dL {s['dL'] * 1e3:+.2f}e-3 (se {(s['dL_se'] or 0) * 1e3:.2f}), per phase "
             + " ".join(f"{x * 1e3:+.2f}" for x in s["dL_phase"]) + "; move "
             + " ".join(f"{x:.3f}" for x in s["move_phase"]))
-        if behaviour_ is not None:
-            b = behaviour_.score(policy)
+        if episodes is not None:
+            b = episodes.score(policy)
             s["behaviour"] = b
             if s["heldout"] is not None and abs(b["success"] - s["heldout"]) > 1e-9:
                 log(f"  warning: held-out success {b['success']:.2f} here, "
