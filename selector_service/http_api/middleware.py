@@ -24,15 +24,24 @@ class SelectMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status: dict[str, Any] = {"code": 500}
+        status: dict[str, Any] = {"code": 500, "observed": False}
+
+        def observe() -> None:
+            if not status["observed"]:
+                status["observed"] = True
+                self.metrics.observe_select("http", status_of_http(int(status["code"])),
+                                            time.perf_counter() - start)
 
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # counted before the last byte leaves: a client that has its answer finds it
+                # counted, even if this worker dies right after
+                observe()
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            self.metrics.observe_select("http", status_of_http(int(status["code"])),
-                                        time.perf_counter() - start)
+            observe()  # no complete response (an error before it): counted once here
