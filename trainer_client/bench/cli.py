@@ -347,7 +347,7 @@ def print_scored_runs(result: dict[str, Any]) -> None:
         for c in run["checkpoints"]:
             w, rate = c.get("keep_probs_mean"), c.get("keep_rate_window")
             table.add_row(Path(run["run"]).name, str(c["step"]),
-                          "-" if c["heldout"] is None else f"{c['heldout']:.2f}",
+                          _num(c["heldout"]),
                           f"{c['dJ'] * 1e3:+.2f}", f"{(c['dJ_se'] or 0) * 1e3:.2f}",
                           " ".join(f"{x * 1e3:+.2f}" for x in c["dJ_phase"]),
                           f"{c['dL'] * 1e3:+.2f}", f"{(c['dL_se'] or 0) * 1e3:.2f}",
