@@ -19,6 +19,7 @@ from typing import Any
 MODES = ("pcm", "grpo", "random")
 WEIGHTINGS = ("mean", "ht", "none")
 SCORES = ("signal", "action")
+BUDGET_RULES = ("auto", "fixed")
 MAX_PHASES = 64
 MAX_FEATURE_DIM = 4096
 MAX_BUDGET = 1_000_000
@@ -57,8 +58,9 @@ class RunConfigSchema:
     eta: float = option(0.1, "EMA rate of the online phase scores", gt=0, le=1)
     weighting: str = option(
         "mean", "loss weights of kept chunks: mean (the paper's: weight 1, the loss averaged "
-        "over the kept chunks) | ht (1/pi, Horvitz-Thompson, unbiased for the full loss) | "
-        "none (weight 1, the full loss's denominator)", choices=WEIGHTINGS)
+        "over the kept chunks) | ht (1/pi, Horvitz-Thompson, unbiased for the full loss; "
+        "pcm-train's default) | none (weight 1, the full loss's denominator)",
+        choices=WEIGHTINGS)
     seed: int = option(
         0, "run seed: selection is deterministic given (seed, request_id) and the stored state",
         ge=0, lt=MAX_SEED)
@@ -76,6 +78,22 @@ class RunConfigSchema:
         0, "B: a fixed number of chunks per trajectory (k_i = min(B, C_i)) instead of the keep "
         "fraction; 0 uses keep_fraction", ge=0, le=MAX_BUDGET,
         hint="chunks per trajectory; 0 = use keep_fraction")
+    budget_rule: str = option(
+        "fixed", "how many chunks each batch keeps: fixed (keep_fraction or budget, drawn with "
+        "the phase keep weights: the paper's setting) | auto (the fewest that keep "
+        "target_efficiency of the full batch's expected progress, each chunk kept with "
+        "probability proportional to its gradient sketch's norm; needs score signal; "
+        "pcm-train's default)", choices=BUDGET_RULES)
+    target_efficiency: float = option(
+        0.6, "e*: with budget_rule auto, the share of the full batch's expected progress per "
+             "step that the kept chunks must keep (noise-scale model)", gt=0, lt=1,
+        hint="use budget_rule fixed with keep_fraction 1.0 to keep every chunk")
+    min_keep_fraction: float = option(
+        0.1, "f_min: with budget_rule auto, the least fraction of the informative chunks kept",
+        gt=0, le=1)
+    rate_floor: float = option(
+        0.25, "rho: with budget_rule auto, every chunk's keep probability is at least rho times "
+              "the batch's kept fraction (so is every phase's keep rate)", ge=0, le=1)
 
 
 def schema_fields() -> tuple[Field[Any], ...]:

@@ -23,6 +23,11 @@ class RunConfig(RunConfigSchema):
             message = problem(f, getattr(self, f.name))
             if message is not None:
                 raise InvalidArgument(f.name, message)
+        if self.budget_rule == "auto" and self.mode != "grpo" and self.score != "signal":
+            raise InvalidArgument(
+                "budget_rule", "auto chooses the chunks from their gradient sketches, which "
+                f"only score 'signal' sends (score is {self.score!r}); use budget_rule 'fixed' "
+                "with score 'action'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

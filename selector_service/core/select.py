@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from selector_service.core.batch import ChunkBatch
+from selector_service.core.budget import Budget, choose_budget
 from selector_service.core.config import RunConfig, check_keep_fraction
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.signal import group_phase_sums, signal_scores
@@ -33,6 +34,7 @@ class Selection:
     kept_chunks: int
     total_chunks: int
     skipped_trajectories: int
+    budget: Budget | None = None  # budget_rule auto: the chosen budget and its prediction
 
 
 def request_rng(seed: int, request_id: str) -> np.random.Generator:
@@ -91,8 +93,18 @@ def select_chunks(
     scores = update_scores(prior, v, observed, config.eta, counts)  # (T, P)
     w = keep_weights(scores, config.eps)  # (T, P), rows sum to 1
 
-    # 4-5. Fixed-budget sampling with the phase keep weights, and the loss weights.
-    mask, weight, pi = sample_chunks(config, batch, w, informative, rng, f)
+    # 4-5. The chunks to keep and their loss weights: budget_rule auto chooses how many and
+    #      which from the chunks' gradient sketches (core/budget.py); fixed samples the fixed
+    #      budget with the phase keep weights.
+    budget = None
+    if config.budget_rule == "auto" and config.mode != "grpo":
+        budget = auto_budget(config, batch, informative, scores, keep_fraction)
+        mask, weight, pi = sample_budget(config, batch, budget, rng)
+        w = phase_shares(batch, pi, num_phases)
+    elif config.budget_rule in ("auto", "fixed"):
+        mask, weight, pi = sample_chunks(config, batch, w, informative, rng, f)
+    else:
+        raise ValueError(f"unknown budget_rule {config.budget_rule!r}")
 
     new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases,
                               signal_ref)
@@ -106,7 +118,64 @@ def select_chunks(
         kept_chunks=int(mask.sum()),
         total_chunks=batch.num_chunks,
         skipped_trajectories=int((~informative).sum()),
+        budget=budget,
     )
+
+
+def auto_budget(
+    config: RunConfig,
+    batch: ChunkBatch,
+    informative: np.ndarray,  # bool (N,)
+    scores: np.ndarray,  # (T, P): the phase scores after this batch (`signal`: ||E S_tp||^2)
+    keep_fraction: float | None,  # a request's override: keep round(f M), still by the rule's pi
+) -> Budget:
+    """The auto budget's inclusion probabilities (core/budget.py). S = sum_t G_t^2 sum_p
+    max(s_tp, 0), G_t the task's informative groups; random mode draws uniformly (rho = 1)."""
+    informative_chunk = informative[batch.traj_of_chunk]  # (M,)
+    group_of_chunk = batch.group_index[batch.traj_of_chunk]  # (M,)
+    groups_per_task = np.zeros(len(batch.task_ids))
+    for g in np.unique(batch.group_index[informative]):
+        groups_per_task[batch.task_index[batch.group_index == g][0]] += 1
+    phase_signal = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0).sum(axis=1)  # (T,)
+    signal = float(np.sum(groups_per_task ** 2 * phase_signal))
+    return choose_budget(
+        batch.features, informative_chunk, group_of_chunk, signal,
+        target=config.target_efficiency, min_fraction=config.min_keep_fraction,
+        rate_floor=1.0 if config.mode == "random" else config.rate_floor,
+        fixed_fraction=None if keep_fraction is None else check_keep_fraction(keep_fraction),
+        fallback_fraction=config.keep_fraction)
+
+
+def sample_budget(config: RunConfig, batch: ChunkBatch, budget: Budget,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The auto budget's draw: exactly K chunks over the whole batch (randomised systematic
+    sampling on one line), chunk c kept with probability pi_c; mask (M,), weight (M,), pi (M,)."""
+    pi = budget.pi
+    on = pi > 0
+    mask = np.zeros(batch.num_chunks, dtype=bool)
+    if budget.kept:
+        line = np.zeros(int(on.sum()), dtype=np.int64)
+        mask[on] = systematic_sample(pi[on], line, np.array([budget.kept]), rng)
+    if config.weighting == "ht":
+        weight = np.zeros(batch.num_chunks)
+        np.divide(1.0, pi, out=weight, where=mask)
+    elif config.weighting in ("mean", "none"):
+        weight = mask.astype(np.float64)
+    else:
+        raise ValueError(f"unknown weighting {config.weighting!r}")
+    return mask, weight, pi
+
+
+def phase_shares(batch: ChunkBatch, pi: np.ndarray, num_phases: int) -> np.ndarray:
+    """(T, P): each task's expected kept chunks per phase over its total, the keep weights an
+    auto budget used (uniform for a task that keeps nothing)."""
+    num_tasks = len(batch.task_ids)
+    cell = batch.task_index[batch.traj_of_chunk] * num_phases + batch.phase
+    mass = np.bincount(cell, weights=pi, minlength=num_tasks * num_phases)
+    mass = mass.reshape(num_tasks, num_phases)
+    total = mass.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, mass / total, 1.0 / num_phases)
 
 
 def sample_chunks(

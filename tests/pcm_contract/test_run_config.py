@@ -16,6 +16,7 @@ from pcm_contract.errors import InvalidArgument
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.models import RunConfigBody, RunConfigOut
 from pcm_contract.run_config import (
+    BUDGET_RULES,
     MODES,
     RUN_CONFIG_FIELDS,
     SCORES,
@@ -115,4 +116,4 @@ def test_the_trainer_validates_against_the_schemas_choices() -> None:
         with pytest.raises(ValueError, match="--" + name.replace("_", "-")):
             config.TrainConfig(selection=RunConfigSchema(**{name: value}))
     assert {f.name: f.metadata["choices"] for f in schema_fields() if f.metadata["choices"]} == {
-        "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES}
+        "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES, "budget_rule": BUDGET_RULES}

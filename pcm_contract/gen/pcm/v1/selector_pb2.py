@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pcm/v1/selector.proto\x12\x06pcm.v1\"\xd3\x02\n\tRunConfig\x12\x13\n\x06phases\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rkeep_fraction\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03\x65ta\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tweighting\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x18\n\x0b\x66\x65\x61ture_dim\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x11\n\x04mode\x18\x08 \x01(\tH\x07\x88\x01\x01\x12\x12\n\x05score\x18\t \x01(\tH\x08\x88\x01\x01\x12\x13\n\x06\x62udget\x18\n \x01(\x05H\t\x88\x01\x01\x42\t\n\x07_phasesB\x10\n\x0e_keep_fractionB\x06\n\x04_epsB\x06\n\x04_etaB\x0c\n\n_weightingB\x07\n\x05_seedB\x0e\n\x0c_feature_dimB\x07\n\x05_modeB\x08\n\x06_scoreB\t\n\x07_budget\"B\n\rPutRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x11.pcm.v1.RunConfig\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteRunResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xbb\x01\n\tTaskState\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x12\n\nkeep_probs\x18\x02 \x03(\x01\x12\x14\n\x0cobservations\x18\x03 \x03(\x03\x12\x14\n\x0c\x63hunks_total\x18\x04 \x03(\x03\x12\x13\n\x0b\x63hunks_kept\x18\x05 \x03(\x03\x12\x14\n\x0ctrajectories\x18\x06 \x01(\x03\x12\x1c\n\x14skipped_trajectories\x18\x07 \x01(\x03\x12\x15\n\rstate_version\x18\x08 \x01(\x03\"\xed\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x11.pcm.v1.RunConfig\x12\x15\n\rstate_version\x18\x03 \x01(\x03\x12\x17\n\x0foutcome_reports\x18\x04 \x01(\x03\x12)\n\x05tasks\x18\x05 \x03(\x0b\x32\x1a.pcm.v1.RunInfo.TasksEntry\x12\x13\n\x0bstore_epoch\x18\x06 \x01(\t\x1a?\n\nTasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pcm.v1.TaskState:\x02\x38\x01\"\xc6\x02\n\x13SelectChunksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x1a\n\rkeep_fraction\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08task_ids\x18\x06 \x03(\t\x12\x11\n\tgroup_ids\x18\x07 \x03(\t\x12\x0f\n\x07success\x18\x08 \x03(\x08\x12\x14\n\x0c\x63hunk_counts\x18\t \x03(\x05\x12\x11\n\tphase_ids\x18\n \x03(\x05\x12\x17\n\x0f\x61\x63tion_features\x18\x0b \x01(\x0c\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0c \x01(\x05\x12\x15\n\rtrained_masks\x18\r \x01(\x0c\x12\x17\n\x0ftrained_weights\x18\x0e \x01(\x0c\x42\x10\n\x0e_keep_fraction\"\x1b\n\tKeepProbs\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xdd\x02\n\x14SelectChunksResponse\x12\x14\n\x0cselection_id\x18\x01 \x01(\t\x12\x15\n\rstate_version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63hunk_counts\x18\x03 \x03(\x05\x12\r\n\x05masks\x18\x04 \x01(\x0c\x12\x0f\n\x07weights\x18\x05 \x01(\x0c\x12\x13\n\x0bkept_chunks\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_chunks\x18\x07 \x01(\x03\x12\x1c\n\x14skipped_trajectories\x18\x08 \x01(\x03\x12?\n\nkeep_probs\x18\t \x03(\x0b\x32+.pcm.v1.SelectChunksResponse.KeepProbsEntry\x12\x13\n\x0bstore_epoch\x18\n \x01(\t\x1a\x43\n\x0eKeepProbsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pcm.v1.KeepProbs:\x02\x38\x01\"G\n\x0cStageTimings\x12\x11\n\trollout_s\x18\x01 \x01(\x01\x12\x10\n\x08select_s\x18\x02 \x01(\x01\x12\x12\n\nbackward_s\x18\x03 \x01(\x01\"\xed\x01\n\x15ReportOutcomesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cselection_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ntrainer_id\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x06 \x01(\x01\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x13\n\x0bkept_chunks\x18\x08 \x01(\x03\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.pcm.v1.StageTimings\x12\x18\n\x10phase_grad_norms\x18\n \x03(\x01\"?\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x13\n\x0bstore_epoch\x18\x02 \x01(\t2\xd1\x02\n\rChunkSelector\x12\x30\n\x06PutRun\x12\x15.pcm.v1.PutRunRequest\x1a\x0f.pcm.v1.RunInfo\x12\x30\n\x06GetRun\x12\x15.pcm.v1.GetRunRequest\x1a\x0f.pcm.v1.RunInfo\x12@\n\tDeleteRun\x12\x18.pcm.v1.DeleteRunRequest\x1a\x19.pcm.v1.DeleteRunResponse\x12I\n\x0cSelectChunks\x12\x1b.pcm.v1.SelectChunksRequest\x1a\x1c.pcm.v1.SelectChunksResponse\x12O\n\x0eReportOutcomes\x12\x1d.pcm.v1.ReportOutcomesRequest\x1a\x1e.pcm.v1.ReportOutcomesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pcm/v1/selector.proto\x12\x06pcm.v1\"\x91\x04\n\tRunConfig\x12\x13\n\x06phases\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rkeep_fraction\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03\x65ta\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\tweighting\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x05\x88\x01\x01\x12\x18\n\x0b\x66\x65\x61ture_dim\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x11\n\x04mode\x18\x08 \x01(\tH\x07\x88\x01\x01\x12\x12\n\x05score\x18\t \x01(\tH\x08\x88\x01\x01\x12\x13\n\x06\x62udget\x18\n \x01(\x05H\t\x88\x01\x01\x12\x18\n\x0b\x62udget_rule\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x1e\n\x11target_efficiency\x18\x0c \x01(\x01H\x0b\x88\x01\x01\x12\x1e\n\x11min_keep_fraction\x18\r \x01(\x01H\x0c\x88\x01\x01\x12\x17\n\nrate_floor\x18\x0e \x01(\x01H\r\x88\x01\x01\x42\t\n\x07_phasesB\x10\n\x0e_keep_fractionB\x06\n\x04_epsB\x06\n\x04_etaB\x0c\n\n_weightingB\x07\n\x05_seedB\x0e\n\x0c_feature_dimB\x07\n\x05_modeB\x08\n\x06_scoreB\t\n\x07_budgetB\x0e\n\x0c_budget_ruleB\x14\n\x12_target_efficiencyB\x14\n\x12_min_keep_fractionB\r\n\x0b_rate_floor\"B\n\rPutRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x11.pcm.v1.RunConfig\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"$\n\x11\x44\x65leteRunResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\xbb\x01\n\tTaskState\x12\x0e\n\x06scores\x18\x01 \x03(\x01\x12\x12\n\nkeep_probs\x18\x02 \x03(\x01\x12\x14\n\x0cobservations\x18\x03 \x03(\x03\x12\x14\n\x0c\x63hunks_total\x18\x04 \x03(\x03\x12\x13\n\x0b\x63hunks_kept\x18\x05 \x03(\x03\x12\x14\n\x0ctrajectories\x18\x06 \x01(\x03\x12\x1c\n\x14skipped_trajectories\x18\x07 \x01(\x03\x12\x15\n\rstate_version\x18\x08 \x01(\x03\"\xed\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12!\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x11.pcm.v1.RunConfig\x12\x15\n\rstate_version\x18\x03 \x01(\x03\x12\x17\n\x0foutcome_reports\x18\x04 \x01(\x03\x12)\n\x05tasks\x18\x05 \x03(\x0b\x32\x1a.pcm.v1.RunInfo.TasksEntry\x12\x13\n\x0bstore_epoch\x18\x06 \x01(\t\x1a?\n\nTasksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pcm.v1.TaskState:\x02\x38\x01\"\xc6\x02\n\x13SelectChunksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\ntrainer_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12\x1a\n\rkeep_fraction\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08task_ids\x18\x06 \x03(\t\x12\x11\n\tgroup_ids\x18\x07 \x03(\t\x12\x0f\n\x07success\x18\x08 \x03(\x08\x12\x14\n\x0c\x63hunk_counts\x18\t \x03(\x05\x12\x11\n\tphase_ids\x18\n \x03(\x05\x12\x17\n\x0f\x61\x63tion_features\x18\x0b \x01(\x0c\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0c \x01(\x05\x12\x15\n\rtrained_masks\x18\r \x01(\x0c\x12\x17\n\x0ftrained_weights\x18\x0e \x01(\x0c\x42\x10\n\x0e_keep_fraction\"\x1b\n\tKeepProbs\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\xdd\x02\n\x14SelectChunksResponse\x12\x14\n\x0cselection_id\x18\x01 \x01(\t\x12\x15\n\rstate_version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63hunk_counts\x18\x03 \x03(\x05\x12\r\n\x05masks\x18\x04 \x01(\x0c\x12\x0f\n\x07weights\x18\x05 \x01(\x0c\x12\x13\n\x0bkept_chunks\x18\x06 \x01(\x03\x12\x14\n\x0ctotal_chunks\x18\x07 \x01(\x03\x12\x1c\n\x14skipped_trajectories\x18\x08 \x01(\x03\x12?\n\nkeep_probs\x18\t \x03(\x0b\x32+.pcm.v1.SelectChunksResponse.KeepProbsEntry\x12\x13\n\x0bstore_epoch\x18\n \x01(\t\x1a\x43\n\x0eKeepProbsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pcm.v1.KeepProbs:\x02\x38\x01\"G\n\x0cStageTimings\x12\x11\n\trollout_s\x18\x01 \x01(\x01\x12\x10\n\x08select_s\x18\x02 \x01(\x01\x12\x12\n\nbackward_s\x18\x03 \x01(\x01\"\xed\x01\n\x15ReportOutcomesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0cselection_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ntrainer_id\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x06 \x01(\x01\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x13\n\x0bkept_chunks\x18\x08 \x01(\x03\x12%\n\x07timings\x18\t \x01(\x0b\x32\x14.pcm.v1.StageTimings\x12\x18\n\x10phase_grad_norms\x18\n \x03(\x01\"?\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x13\n\x0bstore_epoch\x18\x02 \x01(\t2\xd1\x02\n\rChunkSelector\x12\x30\n\x06PutRun\x12\x15.pcm.v1.PutRunRequest\x1a\x0f.pcm.v1.RunInfo\x12\x30\n\x06GetRun\x12\x15.pcm.v1.GetRunRequest\x1a\x0f.pcm.v1.RunInfo\x12@\n\tDeleteRun\x12\x18.pcm.v1.DeleteRunRequest\x1a\x19.pcm.v1.DeleteRunResponse\x12I\n\x0cSelectChunks\x12\x1b.pcm.v1.SelectChunksRequest\x1a\x1c.pcm.v1.SelectChunksResponse\x12O\n\x0eReportOutcomes\x12\x1d.pcm.v1.ReportOutcomesRequest\x1a\x1e.pcm.v1.ReportOutcomesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._loaded_options = None
   _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._serialized_options = b'8\001'
   _globals['_RUNCONFIG']._serialized_start=34
-  _globals['_RUNCONFIG']._serialized_end=373
-  _globals['_PUTRUNREQUEST']._serialized_start=375
-  _globals['_PUTRUNREQUEST']._serialized_end=441
-  _globals['_GETRUNREQUEST']._serialized_start=443
-  _globals['_GETRUNREQUEST']._serialized_end=474
-  _globals['_DELETERUNREQUEST']._serialized_start=476
-  _globals['_DELETERUNREQUEST']._serialized_end=510
-  _globals['_DELETERUNRESPONSE']._serialized_start=512
-  _globals['_DELETERUNRESPONSE']._serialized_end=548
-  _globals['_TASKSTATE']._serialized_start=551
-  _globals['_TASKSTATE']._serialized_end=738
-  _globals['_RUNINFO']._serialized_start=741
-  _globals['_RUNINFO']._serialized_end=978
-  _globals['_RUNINFO_TASKSENTRY']._serialized_start=915
-  _globals['_RUNINFO_TASKSENTRY']._serialized_end=978
-  _globals['_SELECTCHUNKSREQUEST']._serialized_start=981
-  _globals['_SELECTCHUNKSREQUEST']._serialized_end=1307
-  _globals['_KEEPPROBS']._serialized_start=1309
-  _globals['_KEEPPROBS']._serialized_end=1336
-  _globals['_SELECTCHUNKSRESPONSE']._serialized_start=1339
-  _globals['_SELECTCHUNKSRESPONSE']._serialized_end=1688
-  _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._serialized_start=1621
-  _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._serialized_end=1688
-  _globals['_STAGETIMINGS']._serialized_start=1690
-  _globals['_STAGETIMINGS']._serialized_end=1761
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=1764
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=2001
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=2003
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=2066
-  _globals['_CHUNKSELECTOR']._serialized_start=2069
-  _globals['_CHUNKSELECTOR']._serialized_end=2406
+  _globals['_RUNCONFIG']._serialized_end=563
+  _globals['_PUTRUNREQUEST']._serialized_start=565
+  _globals['_PUTRUNREQUEST']._serialized_end=631
+  _globals['_GETRUNREQUEST']._serialized_start=633
+  _globals['_GETRUNREQUEST']._serialized_end=664
+  _globals['_DELETERUNREQUEST']._serialized_start=666
+  _globals['_DELETERUNREQUEST']._serialized_end=700
+  _globals['_DELETERUNRESPONSE']._serialized_start=702
+  _globals['_DELETERUNRESPONSE']._serialized_end=738
+  _globals['_TASKSTATE']._serialized_start=741
+  _globals['_TASKSTATE']._serialized_end=928
+  _globals['_RUNINFO']._serialized_start=931
+  _globals['_RUNINFO']._serialized_end=1168
+  _globals['_RUNINFO_TASKSENTRY']._serialized_start=1105
+  _globals['_RUNINFO_TASKSENTRY']._serialized_end=1168
+  _globals['_SELECTCHUNKSREQUEST']._serialized_start=1171
+  _globals['_SELECTCHUNKSREQUEST']._serialized_end=1497
+  _globals['_KEEPPROBS']._serialized_start=1499
+  _globals['_KEEPPROBS']._serialized_end=1526
+  _globals['_SELECTCHUNKSRESPONSE']._serialized_start=1529
+  _globals['_SELECTCHUNKSRESPONSE']._serialized_end=1878
+  _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._serialized_start=1811
+  _globals['_SELECTCHUNKSRESPONSE_KEEPPROBSENTRY']._serialized_end=1878
+  _globals['_STAGETIMINGS']._serialized_start=1880
+  _globals['_STAGETIMINGS']._serialized_end=1951
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=1954
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=2191
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=2193
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=2256
+  _globals['_CHUNKSELECTOR']._serialized_start=2259
+  _globals['_CHUNKSELECTOR']._serialized_end=2596
 # @@protoc_insertion_point(module_scope)

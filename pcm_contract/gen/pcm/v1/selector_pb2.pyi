@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunConfig(_message.Message):
-    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget")
+    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget", "budget_rule", "target_efficiency", "min_keep_fraction", "rate_floor")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,10 @@ class RunConfig(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_RULE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EFFICIENCY_FIELD_NUMBER: _ClassVar[int]
+    MIN_KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    RATE_FLOOR_FIELD_NUMBER: _ClassVar[int]
     phases: int
     keep_fraction: float
     eps: float
@@ -28,7 +32,11 @@ class RunConfig(_message.Message):
     mode: str
     score: str
     budget: int
-    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ...) -> None: ...
+    budget_rule: str
+    target_efficiency: float
+    min_keep_fraction: float
+    rate_floor: float
+    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ..., budget_rule: _Optional[str] = ..., target_efficiency: _Optional[float] = ..., min_keep_fraction: _Optional[float] = ..., rate_floor: _Optional[float] = ...) -> None: ...
 
 class PutRunRequest(_message.Message):
     __slots__ = ("run_id", "config")

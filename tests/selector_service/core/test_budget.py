@@ -1,0 +1,130 @@
+"""The adaptive budget (budget_rule auto): unbiased weights, the least budget that meets the
+target, the rate floor, and its fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pcm_contract.errors import InvalidArgument
+from selector_service.core import RunConfig, select_chunks
+from selector_service.core.budget import (
+    batch_noise,
+    choose_budget,
+    neyman_probabilities,
+    sampling_noise,
+)
+from tests.selector_service.core.batches import diverging_batch, make_batch
+
+AUTO = dict(phases=4, feature_dim=8, budget_rule="auto", weighting="ht")
+
+
+def _heavy_tailed_batch(rng: np.random.Generator, config: RunConfig, groups: int = 4):
+    """Every group informative; chunk sketches with norms spread over two orders of magnitude."""
+    n, chunks = groups * 8, 12
+    success = [(i % 8) < 1 + (i // 8) % 6 for i in range(n)]
+    features = [rng.normal(size=(chunks, config.feature_dim))
+                * np.exp(rng.normal(0.0, 1.0, size=(chunks, 1))) for _ in range(n)]
+    phases = [rng.integers(0, config.phases, chunks) for _ in range(n)]
+    return make_batch([chunks] * n, success, [f"g{i // 8}" for i in range(n)], phases, features,
+                      config)
+
+
+def test_auto_weights_are_unbiased_for_the_full_batch_gradient() -> None:
+    rng = np.random.default_rng(0)
+    config = RunConfig(**AUTO)
+    batch = _heavy_tailed_batch(rng, config)
+    full = batch.features.astype(np.float64).sum(axis=0)  # every chunk is informative
+    draws = np.array([
+        (select_chunks(config, batch, {}, f"r{i}").weight[:, None] * batch.features).sum(axis=0)
+        for i in range(3000)])
+    # the mean of the weighted sums over draws is the full sum, within 4 standard errors
+    se = draws.std(axis=0, ddof=1) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - full) < 4 * se + 1e-9)
+
+
+def test_the_budget_is_the_least_that_meets_the_target() -> None:
+    rng = np.random.default_rng(1)
+    config = RunConfig(**AUTO, target_efficiency=0.7, min_keep_fraction=0.01)
+    batch = _heavy_tailed_batch(rng, config)
+    sel = select_chunks(config, batch, {}, "r")
+    b = sel.budget
+    assert b is not None and sel.kept_chunks == b.kept  # exactly K chunks drawn
+    assert b.efficiency >= 0.7
+    x = batch.features.astype(np.float64)
+    sq, norms = (x * x).sum(axis=1), np.sqrt((x * x).sum(axis=1))
+    one_less = neyman_probabilities(norms, b.kept - 1, config.rate_floor)
+    total = b.signal + b.noise
+    assert total / (total + sampling_noise(one_less, sq)) < 0.7  # K - 1 would not do
+    # a higher target keeps more; the kept fraction goes into the answer's figures
+    more = select_chunks(config.updated(target_efficiency=0.9), batch, {}, "r").budget
+    assert more is not None and more.kept > b.kept and more.efficiency >= 0.9
+
+
+def test_uneven_sketches_need_fewer_chunks_than_uniform_sampling() -> None:
+    rng = np.random.default_rng(2)
+    config = RunConfig(**AUTO)
+    batch = _heavy_tailed_batch(rng, config)
+    pcm = select_chunks(config, batch, {}, "r").budget
+    uniform = select_chunks(config.updated(mode="random"), batch, {}, "r").budget
+    assert pcm is not None and uniform is not None
+    assert pcm.kept < uniform.kept
+    assert pcm.efficiency >= config.target_efficiency <= uniform.efficiency
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.25, 1.0])
+def test_the_rate_floor_bounds_every_chunks_keep_probability(rho: float) -> None:
+    rng = np.random.default_rng(3)
+    config = RunConfig(**AUTO, rate_floor=rho)
+    batch = _heavy_tailed_batch(rng, config)
+    b = select_chunks(config, batch, {}, "r").budget
+    assert b is not None
+    assert b.pi.sum() == pytest.approx(b.kept)
+    assert b.pi.min() >= rho * b.kept / b.informative - 1e-12
+    if rho == 1.0:  # the floor at 1 is uniform sampling
+        np.testing.assert_allclose(b.pi, b.kept / b.informative)
+
+
+def test_uninformative_trajectories_keep_nothing_and_one_group_falls_back() -> None:
+    rng = np.random.default_rng(4)
+    config = RunConfig(**AUTO, keep_fraction=0.25)
+    batch = diverging_batch(rng, config.updated(), groups=1)  # one informative group
+    sel = select_chunks(config, batch, {}, "r")
+    assert sel.budget is not None and np.isnan(sel.budget.noise)
+    assert sel.kept_chunks == round(0.25 * batch.num_chunks)  # the run's keep fraction
+    lost = make_batch([5, 5], [True, True], ["a", "a"], [np.zeros(5, int)] * 2,
+                      [np.ones((5, 8))] * 2, config)
+    assert select_chunks(config, lost, {}, "r").kept_chunks == 0
+
+
+def test_a_requests_keep_fraction_sets_the_count_not_the_allocation() -> None:
+    rng = np.random.default_rng(5)
+    config = RunConfig(**AUTO)
+    batch = _heavy_tailed_batch(rng, config)
+    sel = select_chunks(config, batch, {}, "r", keep_fraction=0.3)
+    assert sel.kept_chunks == round(0.3 * batch.num_chunks)
+    assert sel.weight[sel.mask].max() > sel.weight[sel.mask].min()  # still by the sketches
+
+
+def test_noise_is_the_spread_of_the_group_sums() -> None:
+    features = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    groups = np.array([0, 0, 1, 1])
+    noise, g = batch_noise(features, groups, np.ones(4, bool))
+    # T_0 = (4, 0), T_1 = (0, 2): mean (2, 1); spread 2 * (4 + 1) = 10; times G / (G - 1) = 2
+    assert g == 2 and noise == pytest.approx(20.0)
+
+
+def test_auto_needs_the_signal_scores_sketches_and_names_the_field() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        RunConfig(budget_rule="auto", score="action")
+    assert err.value.field == "budget_rule" and "fixed" in str(err.value)
+    RunConfig(budget_rule="auto", score="action", mode="grpo")  # grpo keeps every chunk
+
+
+def test_choose_budget_with_a_fixed_fraction_keeps_round_f_m() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(40, 4))
+    b = choose_budget(x, np.ones(40, bool), np.repeat(np.arange(4), 10), 0.0, target=0.6,
+                      min_fraction=0.1, rate_floor=0.25, fixed_fraction=0.5,
+                      fallback_fraction=0.2)
+    assert b.kept == 20 and b.keep_fraction == 0.5
