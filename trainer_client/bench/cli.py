@@ -177,6 +177,37 @@ app.command("learning")(learning_command)
 
 
 @app.command()
+def timemodel(
+    init: Annotated[Path, typer.Option(help="the study's SFT checkpoint", exists=True,
+                                       dir_okay=False)],
+    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
+    steps: Annotated[int, typer.Option(min=3, help="steps of each calibration run")] = 6,
+    init_states: Annotated[int, typer.Option(min=1, help="initial states per step")] = 4,
+    group_size: Annotated[int, typer.Option(min=2, help="G: rollouts per initial state")] = 8,
+    out: Annotated[Path, typer.Option(help="the calibration runs' dir")] = Path(
+        "runs/bench-timemodel"),
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="write the model here (pcm-bench learning --time-model reads it)")
+    ] = None,
+) -> None:
+    """The learning study's time model (rollout s per env step, update s per kept chunk), fitted
+    to two short runs (grpo; random at keep 0.2). Run it alone on the machine."""
+    from trainer_client.bench.timemodel import run_time_model_bench
+
+    with _setup_errors():
+        result = run_time_model_bench(out, init=init, env=env, steps=steps,
+                                      init_states=init_states, group_size=group_size,
+                                      log=console.print)
+    m, fit = result["model"], result["fit"]
+    console.print(f"rollout {m['c_env'] * 1e3:.3f} ms per env step + {m['c_rollout0']:.2f} s; "
+                  f"update {m['c_row'] * 1e3:.2f} ms per kept chunk + {m['c_update0']:.2f} s "
+                  f"(relative rmse per step {fit['step_rel_rmse']:.3f}; load average "
+                  f"{result['machine']['loadavg_before'][0]:.2f} before, "
+                  f"{result['machine']['loadavg_after'][0]:.2f} after)")
+    _write(json_path, result)
+
+
+@app.command()
 def estimator(
     init: Annotated[Path, typer.Option(
         help="policy checkpoint to measure (any MetaWorld task: `pcm-train sft --env "

@@ -38,6 +38,7 @@ heldout_start, heldout_mid, heldout_end, gain, summary}], plot}.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -54,6 +55,7 @@ from rich.table import Table
 from scipy import stats
 
 from pcm_contract.cli_options import build
+from trainer_client.bench.timemodel import TimeModel
 from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEFAULT_RL_LR, DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
@@ -64,22 +66,32 @@ from trainer_client.train.rl import summarize, train_rl
 # algorithm name -> the TrainConfig options that define it (everything else is shared)
 ALGOS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "grpo"},
-    "pcm": {"algo": "pcm"},  # the default PCM configuration (signal score, mean, gripper)
-    "random": {"algo": "random"},  # same budget, uniform within each trajectory
-    "pcm-action": {"algo": "pcm", "score": "action"},  # the paper's (action score, mean)
-    "pcm-progress": {"algo": "pcm", "segmenter": "progress"},  # default, time-bin phases
-    # the default PCM with the learning rate times sqrt(1 / 0.2): a test of the explanation that
-    # the masked gradient is ~sqrt(5) noisier (its norm, ~2.4x GRPO's on pick-place), so under
-    # Adam's per-coordinate normalization its signal per step is ~1/sqrt(5) of GRPO's
-    "pcm-lr": {"algo": "pcm", "lr": DEFAULT_RL_LR * 5 ** 0.5},
-    # the default PCM with exploration floor 0.5 instead of 0.1 (a phase's keep weight between
-    # 0.125 and 0.625 with 4 phases): a test of the explanation that PCM's dip in steps 10-30
-    # comes from ~90% of the budget sitting on one phase for 10-20 steps
-    "pcm-eps0.5": {"algo": "pcm", "eps": 0.5},
+    # the default PCM: the adaptive budget (budget_rule auto, Horvitz-Thompson weights)
+    "pcm": {"algo": "pcm"},
+    # uniform within each trajectory; at the default PCM's per-step kept fractions where the
+    # study has its run at the same seed (`keep_schedule`), else at --keep-fraction
+    "random": {"algo": "random", "budget_rule": "fixed"},
+    # the paper's phase score at the fixed keep fraction (action score, masked mean)
+    "pcm-action": {"algo": "pcm", "score": "action", "budget_rule": "fixed",
+                   "weighting": "mean"},
+    # the earlier default: signal score, masked mean, fixed keep fraction
+    "pcm-fixed": {"algo": "pcm", "budget_rule": "fixed", "weighting": "mean"},
+    "pcm-progress": {"algo": "pcm", "budget_rule": "fixed", "weighting": "mean",
+                     "segmenter": "progress"},  # the earlier default, time-bin phases
+    # the earlier default with the learning rate times sqrt(1 / 0.2): a test of the explanation
+    # that the masked gradient is ~sqrt(5) noisier (its norm, ~2.4x GRPO's on pick-place), so
+    # under Adam's per-coordinate normalization its signal per step is ~1/sqrt(5) of GRPO's
+    "pcm-lr": {"algo": "pcm", "budget_rule": "fixed", "weighting": "mean",
+               "lr": DEFAULT_RL_LR * 5 ** 0.5},
+    # the earlier default with exploration floor 0.5 instead of 0.1 (a phase's keep weight
+    # between 0.125 and 0.625 with 4 phases): a test of the explanation that its dip in steps
+    # 10-30 comes from ~90% of the budget sitting on one phase for 10-20 steps
+    "pcm-eps0.5": {"algo": "pcm", "budget_rule": "fixed", "weighting": "mean", "eps": 0.5},
 }
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
-          "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple", "pcm-eps0.5": "tab:orange"}
+          "pcm-fixed": "tab:brown", "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple",
+          "pcm-eps0.5": "tab:orange"}
 RUNS_FILE = "runs.jsonl"
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
@@ -106,6 +118,7 @@ def run_learning_bench(
     threads: int = 0,
     rl_overrides: dict[str, Any] | None = None,
     sft_overrides: dict[str, Any] | None = None,
+    time_model: Path | None = None,
     summarize_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -143,6 +156,14 @@ def run_learning_bench(
         "eval_episodes": eval_episodes, "eval_steps": _eval_steps(steps),
         **(rl_overrides or {}),
     }
+    model = None
+    if time_model is not None:
+        try:
+            model = TimeModel.load(time_model)
+        except (OSError, ValueError, KeyError) as exc:
+            raise StudyError(f"--time-model {time_model}: not a timemodel JSON ({exc})") from None
+        config["time_model"] = model.to_dict()
+        algos = ["grpo", *[a for a in algos if a != "grpo"]]  # equal time needs grpo's first
     fingerprint = _fingerprint(config, Path(init))
     done = load_runs(out)
     for record in done:
@@ -173,9 +194,22 @@ def run_learning_bench(
                     f"{seed} (~{expected:.0f}s); rerun the same command to continue")
                 stopped = True
                 break
+            overrides = dict(rl_overrides or {})
+            pcm_run = next((r for r in load_runs(out) if (r["algo"], r["seed"]) == ("pcm", seed)),
+                           None)
+            if algo == "random" and pcm_run is not None:  # random at the default's budget
+                schedule = out / f"random-s{seed}.keep.json"
+                schedule.write_text(json.dumps(_kept_series(pcm_run)))
+                overrides["keep_schedule"] = str(schedule)
             record = _run_one(out, Path(init), env, algo, seed, steps, init_states, group_size,
-                              keep_fraction, eval_episodes, num_workers, threads,
-                              rl_overrides or {}, log)
+                              keep_fraction, eval_episodes, num_workers, threads, overrides, log)
+            if model is not None and algo != "grpo":
+                grpo_run = next(r for r in load_runs(out) if (r["algo"], r["seed"]) == ("grpo",
+                                                                                     seed))
+                record = _extend_to_equal_time(
+                    record, model, grpo_run, out, Path(init), env, algo, seed, steps,
+                    init_states, group_size, keep_fraction, eval_episodes, num_workers,
+                    threads, overrides, log)
             record.update(fingerprint=fingerprint, config=config)
             with (out / RUNS_FILE).open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -231,19 +265,21 @@ def load_runs(out: Path) -> list[dict[str, Any]]:
 def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
              init_states: int, group_size: int, keep_fraction: float, eval_episodes: int,
              num_workers: int, threads: int, rl_overrides: dict[str, Any],
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], until: int | None = None) -> dict[str, Any]:
+    """The run of `steps` steps (held-out evaluations at 0, steps / 2 and steps), or with
+    `until`, its continuation from step `steps` to `until`, evaluated at `until` only."""
     run_dir = out / f"{algo}-s{seed}"
     resume = latest_checkpoint(run_dir) is not None
     cfg = build(TrainConfig, dict(
         env=env, selector="embedded", run_id=f"learn-{algo}-s{seed}", out=str(run_dir),
-        init=str(init), resume=resume, steps=steps, seed=seed, group_size=group_size,
-        init_states=init_states, keep_fraction=keep_fraction, eval_every=steps // 2,
-        eval_episodes=eval_episodes, checkpoint_every=10, keep_checkpoints=1,
-        num_workers=num_workers, threads=threads, progress=False, trainer_id="bench",
-        **{**rl_overrides, **ALGOS[algo]},
+        init=str(init), resume=resume, steps=until or steps, seed=seed, group_size=group_size,
+        init_states=init_states, keep_fraction=keep_fraction,
+        eval_every=until or steps // 2, eval_episodes=eval_episodes, checkpoint_every=10,
+        keep_checkpoints=1, num_workers=num_workers, threads=threads, progress=False,
+        trainer_id="bench", **{**rl_overrides, **ALGOS[algo]},
     ))
-    log(f"learning bench: {algo} seed {seed} ({steps} steps{', resumed' if resume else ''}) "
-        f"-> {cfg.out}")
+    log(f"learning bench: {algo} seed {seed} ({until or steps} steps"
+        f"{', resumed' if resume else ''}) -> {cfg.out}")
     t0 = time.perf_counter()
     with (out / f"{algo}-s{seed}.log").open("a") as f:
 
@@ -252,7 +288,7 @@ def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
             f.flush()
 
         result = train_rl(cfg, log_line=write_line)
-    record = run_record(algo, seed, read_metrics(result.metrics), cfg)
+    record = run_record(algo, seed, read_metrics(result.metrics), cfg, steps)
     record["duration_s"] = time.perf_counter() - t0
     log(f"  {algo} seed {seed}: {record['summary']['wall_s']:.0f}s training, held-out "
         f"{record['heldout_start']:.2f} -> {record['heldout_mid']:.2f} -> "
@@ -260,13 +296,16 @@ def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
     return record
 
 
-def run_record(algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfig
-               ) -> dict[str, Any]:
-    """One finished run: per-step series, the held-out evaluations and the paired gain."""
-    steps = [r for r in rows if r.get("kind", "step") == "step"]
+def run_record(algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfig,
+               steps: int | None = None) -> dict[str, Any]:
+    """One finished run: per-step series, the held-out evaluations and the paired gain. Steps
+    past `steps` (an equal-time continuation) go to `extension`, not to the series."""
+    steps = steps or cfg.steps
+    all_steps = [r for r in rows if r.get("kind", "step") == "step"]
+    main = [r for r in all_steps if r["step"] <= steps]
     evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}  # a resumed step: last wins
     evals_list = [{"step": s, "success_rate": evals[s]["success_rate"],
-                   "episodes": evals[s].get("episodes")} for s in sorted(evals)]
+                   "episodes": evals[s].get("episodes")} for s in sorted(evals) if s <= steps]
     if len(evals_list) < 2:
         raise RuntimeError(f"{cfg.out}: need held-out evaluations at the start and the end, "
                            f"got steps {sorted(evals)}")
@@ -274,13 +313,73 @@ def run_record(algo: str, seed: int, rows: list[dict[str, Any]], cfg: TrainConfi
     mid = evals_list[len(evals_list) // 2]["success_rate"]
     return {
         "task": cfg.env, "algo": algo, "seed": seed, "out": cfg.out,
-        **{key: [r[key] for r in steps] for key in (
-            "step", "success_rate", "wall_s", "rollout_s", "select_s", "backward_s",
-            "kept_fraction", "grad_norm")},
+        **_series(main),
+        "keep_probs": [r.get("keep_probs") for r in main],
         "evals": evals_list,
         "heldout_start": start, "heldout_mid": mid, "heldout_end": end, "gain": end - start,
-        "summary": summarize(rows, cfg),
+        "summary": summarize([r for r in rows if r.get("kind", "step") != "step"
+                              or r["step"] <= steps], cfg),
     }
+
+
+SERIES = ("step", "success_rate", "wall_s", "rollout_s", "select_s", "backward_s",
+          "kept_fraction", "grad_norm", "env_steps", "kept_chunks")
+
+
+def _series(step_rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {key: [r.get(key) for r in step_rows] for key in SERIES}
+
+
+def _kept_series(run: dict[str, Any]) -> list[float]:
+    """A run's kept fraction per step, its equal-time continuation included."""
+    return [float(f) for f in run["kept_fraction"] + run.get("extension", {}).get(
+        "kept_fraction", [])]
+
+
+def _extend_to_equal_time(
+    record: dict[str, Any], model: TimeModel, grpo_run: dict[str, Any], out: Path, init: Path,
+    env: str, algo: str, seed: int, steps: int, init_states: int, group_size: int,
+    keep_fraction: float, eval_episodes: int, num_workers: int, threads: int,
+    overrides: dict[str, Any], log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Continue the run until its modelled time reaches grpo's (`steps` steps at this seed),
+    with a held-out evaluation there. The number of extra steps is predicted from the modelled
+    time of its last steps/2 steps; `equal_time` records where the evaluation landed."""
+    t_grpo = float(model.run_s(grpo_run["env_steps"], grpo_run["kept_chunks"])[-1])
+    mine = model.run_s(record["env_steps"], record["kept_chunks"])
+    if mine[-1] >= t_grpo:  # as slow as grpo or slower: held-out at the equal time, interpolated
+        record["equal_time"] = _interpolated_equal_time(record, mine, t_grpo)
+        return record
+    recent = np.diff(np.r_[0.0, mine])[-max(1, steps // 2):].mean()
+    until = steps + int(np.ceil((t_grpo - mine[-1]) / recent))
+    extended = _run_one(out, init, env, algo, seed, steps, init_states, group_size,
+                        keep_fraction, eval_episodes, num_workers, threads, overrides, log,
+                        until=until)
+    rows = read_metrics(Path(extended["out"]) / "metrics.jsonl")
+    extra = [r for r in rows if r.get("kind", "step") == "step" and steps < r["step"] <= until]
+    evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}
+    record["extension"] = _series(extra)
+    total = model.run_s(record["env_steps"] + [r["env_steps"] for r in extra],
+                        record["kept_chunks"] + [r["kept_chunks"] for r in extra])
+    record["equal_time"] = {
+        "step": until, "model_s": float(total[-1]), "grpo_model_s": t_grpo,
+        "model_ratio": float(total[-1] / t_grpo),
+        "heldout": evals[until]["success_rate"] if until in evals else None,
+        "interpolated": False,
+    }
+    return record
+
+
+def _interpolated_equal_time(record: dict[str, Any], model_s: np.ndarray, t_grpo: float
+                             ) -> dict[str, Any]:
+    """Held-out success at modelled time t_grpo, linear between the run's evaluations."""
+    at = {e["step"]: e["success_rate"] for e in record["evals"]}
+    times = [0.0 if s == 0 else float(model_s[s - 1]) for s in sorted(at)]
+    heldout = float(np.interp(t_grpo, times, [at[s] for s in sorted(at)]))
+    step = int(np.searchsorted(model_s, t_grpo) + 1)
+    return {"step": step, "model_s": float(model_s[min(step, len(model_s)) - 1]),
+            "grpo_model_s": t_grpo, "model_ratio": float(model_s[-1] / t_grpo),
+            "heldout": heldout, "interpolated": True}
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
@@ -392,6 +491,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             # the update's gradient norm before clipping (clipped to max_grad_norm): the masked
             # gradient's noise shows here
             "grad_norm_median": _median_grad_norm(rs),
+            "keep_weight_change": _keep_weight_change(rs),
         }
     if "grpo" in out:
         g = out["grpo"]
@@ -406,7 +506,60 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             a["grpo_final_training_success"] = target
             a["time_to_grpo_final_s"] = t
             a["time_to_grpo_final_ratio"] = t / t_grpo if t is not None and t_grpo else None
+            a["backward_fraction"] = _backward_fraction(by_algo[algo], by_algo["grpo"])
+            a["equal_time"] = _equal_time(algo, by_algo[algo], by_algo["grpo"])
     return out
+
+
+def _equal_time_heldout(algo: str, run: dict[str, Any]) -> float | None:
+    if algo == "grpo":
+        return float(run["heldout_end"])
+    et = run.get("equal_time")
+    return None if et is None or et.get("heldout") is None else float(et["heldout"])
+
+
+def _equal_time(algo: str, mine: dict[int, dict[str, Any]], grpo: dict[int, dict[str, Any]]
+                ) -> dict[str, Any] | None:
+    """Held-out success at grpo's modelled training time for the same steps (the time model's
+    equal wall-clock), its gain from the start and its paired difference to grpo's gain."""
+    at = {s: _equal_time_heldout(algo, r) for s, r in mine.items()}
+    seeds = sorted(s for s, h in at.items() if h is not None)
+    if not seeds:
+        return None
+    gains = [at[s] - mine[s]["heldout_start"] for s in seeds]
+    gain_mean, gain_ci = mean_ci95(gains)
+    paired = [at[s] - mine[s]["heldout_start"] - grpo[s]["gain"]
+              for s in seeds if s in grpo]
+    minus = mean_ci95(paired) if paired else (None, None)
+    return {"seeds": seeds, "heldout_end": float(np.mean([at[s] for s in seeds])),
+            "gain_mean": gain_mean, "gain_ci95": gain_ci,
+            "minus_grpo_mean": minus[0], "minus_grpo_ci95": minus[1],
+            "steps": [mine[s].get("equal_time", {}).get("step") for s in seeds],
+            "model_ratio": [mine[s].get("equal_time", {}).get("model_ratio") for s in seeds]}
+
+
+def _backward_fraction(mine: dict[int, dict[str, Any]], grpo: dict[int, dict[str, Any]]
+                       ) -> float | None:
+    """Backpropagated chunks over grpo's in the same steps, summed over the paired seeds."""
+    seeds = [s for s in mine if s in grpo and mine[s].get("kept_chunks")
+             and grpo[s].get("kept_chunks")]
+    if not seeds:
+        return None
+    return (sum(sum(mine[s]["kept_chunks"]) for s in seeds)
+            / sum(sum(grpo[s]["kept_chunks"]) for s in seeds))
+
+
+def _keep_weight_change(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Step-to-step change of the keep weights, max_p |w_p(t) - w_p(t-1)|: median and max over
+    the steps of every run."""
+    changes: list[float] = []
+    for r in runs:
+        probs = [np.asarray(p) for p in r.get("keep_probs") or [] if p is not None]
+        changes += [float(np.abs(b - a).max()) for a, b in itertools.pairwise(probs)
+                    if a.shape == b.shape]
+    if not changes:
+        return None
+    return {"median": float(np.median(changes)), "max": float(np.max(changes))}
 
 
 # ---- the figure and the table ---------------------------------------------------------------
@@ -477,27 +630,32 @@ def _pm(mean: float | None, ci: list[float] | None) -> str:
 
 def print_table(result: dict[str, Any], console: Console | None = None) -> None:
     # in a file or CI: wide enough for the table
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console = console or Console(width=None if sys.stdout.isatty() else 240)
     table = Table(title=f"pcm-bench learning: {result['task']} "
                         f"({result['config']['steps']} steps; 95% intervals over seeds)")
     for col in ("algo", "seeds", "held-out start -> mid -> end", "gain", "gain vs grpo",
-                "gain vs random", "s/step", "rollout/select/backward", "backward speed-up",
-                "time to GRPO's final", "grad norm"):
+                "gain vs random", "equal time: held-out, gain minus grpo's", "backward fraction",
+                "s/step", "rollout/select/backward", "backward speed-up", "grad norm",
+                "keep weight change (median, max)"):
         table.add_column(col, justify="right")
     for algo, a in result["summary"].items():
         speed = a.get("backward_speedup_vs_grpo")
-        ratio = a.get("time_to_grpo_final_ratio")
+        et, bf, kw = a.get("equal_time"), a.get("backward_fraction"), a.get("keep_weight_change")
         table.add_row(
             algo, str(len(a["seeds"])),
             f"{a['heldout_start']:.2f} -> {a['heldout_mid']:.2f} -> {a['heldout_end']:.2f}",
             _pm(a["gain_mean"], a["gain_ci95"]),
             _pm(a["gain_vs_grpo_mean"], a["gain_vs_grpo_ci95"]) if algo != "grpo" else "0",
             _pm(a["gain_vs_random_mean"], a["gain_vs_random_ci95"]) if algo != "random" else "0",
+            (f"{et['heldout_end']:.2f}, "
+             + (_pm(et["minus_grpo_mean"], et["minus_grpo_ci95"]) if algo != "grpo" else "0"))
+            if et else "-",
+            f"{bf:.2f}" if bf is not None else "-",
             f"{a['s_per_step']:.2f}",
             f"{a['rollout_share']:.0%}/{a['select_share']:.1%}/{a['backward_share']:.0%}",
             f"{speed:.2f}x" if speed else "-",
-            f"{ratio:.2f}x GRPO's" if ratio else "not reached",
             f"{a['grad_norm_median']:.1f}" if a.get("grad_norm_median") else "-",
+            f"{kw['median']:.2f}, {kw['max']:.2f}" if kw else "-",
         )
     console.print(table)
     halves = Table(title="where in the run: held-out change per half (start -> mid, mid -> end)"
@@ -546,6 +704,9 @@ def learning_command(
     lr: Annotated[
         float | None, typer.Option(help="network learning rate; default: pcm-train rl's")
     ] = None,
+    time_model: Annotated[Path | None, typer.Option(
+        help="pcm-bench timemodel's JSON: every run but grpo continues to grpo's modelled "
+             "training time and is evaluated there (equal wall-clock)")] = None,
     summarize_only: Annotated[bool, typer.Option(
         help="start no run: write the figures of the finished runs in OUT/runs.jsonl")] = False,
 ) -> None:
@@ -562,7 +723,7 @@ def learning_command(
             seeds=seeds, first_seed=first_seed, steps=steps, budget_s=budget_s,
             init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
             eval_episodes=eval_episodes, rl_overrides={"lr": lr} if lr is not None else None,
-            summarize_only=summarize_only,
+            time_model=time_model, summarize_only=summarize_only,
         )
     except StudyError as exc:
         Console().print(f"error: {exc}", style="red", markup=False, highlight=False)

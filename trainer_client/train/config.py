@@ -22,10 +22,12 @@ bundled initial states per task: training draws from all of them and evaluation 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pcm_contract.models import RUN_ID_PATTERN
@@ -109,6 +111,12 @@ def rl_grpo_config(**overrides: Any) -> GRPOConfig:
     return GRPOConfig(**{"lr": DEFAULT_RL_LR, "micro_batch": "rows:32", **overrides})
 
 
+def trainer_selection() -> RunConfigSchema:
+    """pcm-train's run config defaults: the schema's, with the adaptive budget (budget_rule
+    auto) and its Horvitz-Thompson weights."""
+    return RunConfigSchema(budget_rule="auto", weighting="ht")
+
+
 @dataclass
 class TrainConfig:
     """`pcm-train rl`: GRPO post-training with chunk selection by a PCM selector."""
@@ -142,7 +150,7 @@ class TrainConfig:
     # fields flattened into flags (--keep-fraction, --phases, --eps, --eta, --weighting, --score,
     # --budget, and any field the schema gains)
     selection: RunConfigSchema = field(
-        default_factory=RunConfigSchema,
+        default_factory=trainer_selection,
         metadata={
             "help": "the selector run config (pcm_contract.run_config.RunConfigSchema)",
             "derived": SELECTION_DERIVED,
@@ -188,6 +196,11 @@ class TrainConfig:
     eval_every: int = opt(0, "evaluate on held-out init states every N steps; 0 = never")
     eval_episodes: int = opt(32, "episodes of each evaluation (one per held-out init state)")
     time_budget_s: float = opt(0.0, "stop after the step that passes this many seconds; 0 = off")
+    keep_schedule: str = opt(
+        "", "a JSON list of keep fractions, one per step, sent with each step's batch instead "
+        "of the run's budget (replays another run's per-step budget, e.g. random at the "
+        "adaptive budget's fractions; steps past its end take the mean of its last 10); "
+        "'' = off")
     runtime: Runtime = field(
         default_factory=Runtime,
         metadata=runtime_options(
@@ -242,6 +255,8 @@ class TrainConfig:
             raise ValueError(f"--log-std-lr {self.log_std_lr}: must be >= 0 (0 = same as --lr)")
         if self.time_budget_s < 0:
             raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
+        if self.keep_schedule:
+            load_keep_schedule(self.keep_schedule)  # refused here, not at the first step
         self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.selection.weighting])
         # the run config's derived fields (feature_dim is set when the policy is known, see
         # `run_config`); grpo keeps every chunk: record what actually runs
@@ -249,6 +264,13 @@ class TrainConfig:
         self.selection = replace(
             self.selection, mode=self.algo, seed=self.seed, keep_fraction=keep_fraction
         )
+        if (self.selection.budget_rule == "auto" and self.algo != "grpo"
+                and self.selection.score != "signal"):
+            raise ValueError(
+                f"--budget-rule auto chooses chunks from their gradient sketches, which only "
+                f"--score signal sends (--score is {self.selection.score!r}); use "
+                "--budget-rule fixed with --score action"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -400,6 +422,26 @@ def _default_max_steps(max_steps: int | None, family: str) -> int | None:
     if max_steps < 0:
         raise ValueError(f"--max-steps {max_steps}: must be >= 0 (0 = the env's default)")
     return max_steps
+
+
+def load_keep_schedule(path: str) -> list[float]:
+    """The --keep-schedule file's fractions (each in (0, 1]); ValueError naming the flag."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--keep-schedule {path}: not a readable JSON file ({exc})") from None
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, int | float) and 0 < v <= 1 for v in values)):
+        raise ValueError(f"--keep-schedule {path}: must hold a non-empty JSON list of keep "
+                         "fractions in (0, 1]")
+    return [float(v) for v in values]
+
+
+def scheduled_keep_fraction(schedule: list[float], step: int) -> float:
+    """Step `step`'s (1-based) entry; past the end, the mean of the last 10 entries."""
+    if step <= len(schedule):
+        return schedule[step - 1]
+    return sum(schedule[-10:]) / len(schedule[-10:])
 
 
 def _check_env(env: str) -> Any:

@@ -70,7 +70,9 @@ from trainer_client.train.config import (
     TRAIN_INIT_POOL,
     TrainConfig,
     auto_workers,
+    load_keep_schedule,
     request_id,
+    scheduled_keep_fraction,
 )
 from trainer_client.train.distributed import (
     Dist,
@@ -380,7 +382,7 @@ def open_selector_run(
         + (f" ({cfg.runtime.parallel})" if dist.enabled else "")
         + f" | {device} ({device_name(device)}) {cfg.runtime.precision} | policy "
         f"{policy.num_params() / 1e6:.2f} M params | batch {cfg.init_states} init states "
-        f"x G={cfg.group_size} | keep fraction {sel.keep_fraction} | {info.task_id} "
+        f"x G={cfg.group_size} | {_budget_words(cfg)} | {info.task_id} "
         f"max {info.max_steps} steps"
     )
     if cfg.algo == "pcm" and learner.start_step == 0:
@@ -390,6 +392,18 @@ def open_selector_run(
     if cfg.runtime.parallel == "fsdp" and not dist.enabled:
         say("--parallel fsdp: a single process has nothing to shard; running unsharded")
     return SelectorRun(client=client, metrics=metrics, feature_dim=feature_dim)
+
+
+def _budget_words(cfg: TrainConfig) -> str:
+    sel = cfg.selection
+    if cfg.algo == "grpo":
+        return "every chunk"
+    if cfg.keep_schedule:
+        return f"keep fractions from {cfg.keep_schedule}"
+    if sel.budget_rule == "auto":
+        return (f"budget auto (target efficiency {sel.target_efficiency}, keep fraction >= "
+                f"{sel.min_keep_fraction})")
+    return f"keep fraction {sel.keep_fraction}" if not sel.budget else f"budget {sel.budget}"
 
 
 def progress_bar(cfg: TrainConfig, dist: Dist, start_step: int) -> tqdm:
@@ -441,6 +455,8 @@ def select_chunks(
         step=step,
         score=cfg.selection.score,
         feature_dim=run.feature_dim,
+        keep_fraction=(scheduled_keep_fraction(load_keep_schedule(cfg.keep_schedule), step)
+                       if cfg.keep_schedule else None),
     )
 
 

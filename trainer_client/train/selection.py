@@ -63,6 +63,7 @@ def select(
     request_id: str,
     trainer_id: str,
     step: int,
+    keep_fraction: float | None = None,
 ) -> tuple[SelectResponse, str]:
     """One Select call; returns the answer and the request id used.
 
@@ -75,6 +76,7 @@ def select(
         "trainer_id": trainer_id,
         "step": step,
         "trajectories": entries,
+        **({} if keep_fraction is None else {"keep_fraction": keep_fraction}),
     }
     response: SelectResponse | None
     try:
@@ -136,6 +138,7 @@ def select_global(
     step: int,
     score: str = "action",
     feature_dim: int = 0,
+    keep_fraction: float | None = None,
 ) -> StepSelection:
     """Gather every rank's selector inputs to rank 0, select the global batch once, send each
     rank its own masks and weights (single process: just the Select call)."""
@@ -146,7 +149,8 @@ def select_global(
         entries = [e for rank_entries in gathered for e in rank_entries]
         t0 = time.perf_counter()
         response, used_id = select(
-            client, run_id, entries, request_id=request_id, trainer_id=trainer_id, step=step
+            client, run_id, entries, request_id=request_id, trainer_id=trainer_id, step=step,
+            keep_fraction=keep_fraction,
         )
         select_s = time.perf_counter() - t0
         adv = group_advantages([e["success"] for e in entries], [e["group_id"] for e in entries])
