@@ -13,6 +13,7 @@ from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.bench.cli import app
 from trainer_client.bench.learning import (
     RUNS_FILE,
+    _interpolated_equal_time,
     load_runs,
     mean_ci95,
     print_table,
@@ -142,3 +143,48 @@ def test_cli_summarize_only_without_runs_names_the_problem(tmp_path: Path) -> No
     r = CliRunner().invoke(app, ["learning", "--summarize-only", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "nothing to summarize" in r.output
     assert not (tmp_path / "learning.json").exists()
+
+
+def test_equal_time_continues_masked_runs_to_grpos_modelled_time(sft_checkpoint: Path,
+                                                                 tmp_path: Path) -> None:
+    # a planted model where a kept chunk costs far more than an env step: the masked runs keep
+    # fewer chunks per step, so their modelled step is shorter and they run past `steps`
+    model = {"c_env": 1e-6, "c_rollout0": 0.0, "c_row": 1.0, "c_update0": 0.0}
+    (tmp_path / "model.json").write_text(json.dumps({"model": model}))
+    result = _bench(tmp_path, sft_checkpoint, seeds=1, algos=["pcm", "random", "grpo"],
+                    time_model=tmp_path / "model.json",
+                    rl_overrides={"max_steps": MAX_STEPS, "min_keep_fraction": 0.1})
+    runs = {r["algo"]: r for r in result["runs"]}
+    grpo, pcm, random = runs["grpo"], runs["pcm"], runs["random"]
+    t_grpo = sum(1e-6 * e + k for e, k in zip(grpo["env_steps"], grpo["kept_chunks"],
+                                             strict=True))
+    for run in (pcm, random):
+        et = run["equal_time"]
+        assert run["step"] == [1, 2]  # the per-step series stop at `steps`
+        assert et["step"] == 2 + len(run["extension"]["step"]) and et["step"] > 2
+        assert et["grpo_model_s"] == pytest.approx(t_grpo)
+        assert et["heldout"] is not None and not et["interpolated"]
+        # the evaluation at `steps` is the per-step comparison's end, not the equal-time one
+        assert run["heldout_end"] == run["evals"][-1]["success_rate"]
+        assert run["evals"][-1]["step"] == 2
+    # random replays pcm's per-step kept fractions (within a trajectory's rounding)
+    pcm_fractions = pcm["kept_fraction"] + pcm["extension"]["kept_fraction"]
+    for mine, theirs in zip(random["kept_fraction"], pcm_fractions, strict=False):
+        assert mine == pytest.approx(theirs, abs=0.1)
+    summary = result["summary"]
+    assert summary["grpo"]["equal_time"]["heldout_end"] == grpo["heldout_end"]
+    for algo in ("pcm", "random"):
+        et = summary[algo]["equal_time"]
+        assert et["heldout_end"] == runs[algo]["equal_time"]["heldout"]
+        assert et["minus_grpo_mean"] == pytest.approx(
+            runs[algo]["equal_time"]["heldout"] - runs[algo]["heldout_start"] - grpo["gain"])
+        assert 0 < summary[algo]["backward_fraction"] < 1
+    assert summary["grpo"]["backward_fraction"] == 1.0
+    print_table(result)
+
+
+def test_interpolated_equal_time_lies_between_evaluations() -> None:
+    record = {"evals": [{"step": 0, "success_rate": 0.2}, {"step": 1, "success_rate": 0.4},
+                        {"step": 2, "success_rate": 0.6}]}
+    et = _interpolated_equal_time(record, np.array([10.0, 20.0]), 15.0)
+    assert et["heldout"] == pytest.approx(0.5) and et["interpolated"] and et["step"] == 2
