@@ -20,6 +20,9 @@ import numpy as np
 from trainer_client.types import Trajectory
 
 SEGMENTERS = ("progress", "gripper", "env")
+# what pcm-train takes: the segmenters, and `auto` (gripper phases where the gripper splits the
+# run's first batch into at least two phases, else progress bins; `choose_segmenter`)
+TRAINER_SEGMENTERS = ("auto", *SEGMENTERS)
 
 
 class Segmenter(Protocol):
@@ -192,6 +195,18 @@ def make_segmenter(name: str, num_phases: int, **kw: Any) -> Segmenter:
         return EnvSegmenter(num_phases)
     else:
         raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(SEGMENTERS)}")
+
+
+def choose_segmenter(chunks_per_gripper_phase: np.ndarray) -> tuple[str, str]:
+    """The `auto` segmenter's choice from the first batch's chunk count per gripper phase (P,):
+    `gripper` where at least two phases hold chunks, else `progress` (the gripper never switched,
+    e.g. a pushing task: one phase would make the phase scores a single number). Returns the
+    name and the reason, for the log."""
+    populated = int(np.count_nonzero(chunks_per_gripper_phase))
+    if populated >= 2:
+        return "gripper", f"the gripper splits the first batch into {populated} phases"
+    return "progress", (f"the gripper gives the first batch {populated} phase; progress bins "
+                        "instead")
 
 
 def label_trajectory(segmenter: Segmenter, traj: Trajectory, max_steps: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from trainer_client.phases import (
     EnvSegmenter,
     GripperSegmenter,
     ProgressSegmenter,
+    choose_segmenter,
     label_trajectory,
     make_segmenter,
 )
@@ -142,3 +143,10 @@ def test_label_trajectory() -> None:
     assert label_trajectory(make_segmenter("gripper", 4), traj, 12).tolist() == [0, 1, 1]
     assert label_trajectory(make_segmenter("progress", 3), traj, 12).tolist() == [0, 1, 2]
     assert label_trajectory(make_segmenter("env", 4), traj, 12).tolist() == [0, 1, 1]
+
+
+def test_auto_takes_the_gripper_only_where_it_splits_the_batch() -> None:
+    assert choose_segmenter(np.array([120, 40, 0, 0]))[0] == "gripper"
+    name, why = choose_segmenter(np.array([160, 0, 0, 0]))
+    assert name == "progress" and "1 phase" in why
+    assert choose_segmenter(np.zeros(4))[0] == "progress"

@@ -44,7 +44,7 @@ from trainer_client.envs import parse_env_spec
 from trainer_client.envs.factory import check_env_installed
 from trainer_client.expert import DEMO_MAX_STEPS, DEMO_NOISE_STD, DEMO_TASK
 from trainer_client.grpo import GRPOConfig
-from trainer_client.phases import SEGMENTERS
+from trainer_client.phases import TRAINER_SEGMENTERS
 from trainer_client.policy import PRESETS
 
 ALGOS = MODES  # the selector's modes, weightings and scores (pcm_contract.run_config)
@@ -161,9 +161,10 @@ class TrainConfig:
         },
     )
     segmenter: str = opt(
-        "gripper",
-        "phase labels: gripper (a new phase at each gripper close / open; the estimator bench's "
-        "best) | progress (equal time bins) | env",
+        "auto",
+        "phase labels: auto (gripper where the gripper splits the first batch into two or more "
+        "phases, else progress; the log says which) | gripper (a new phase at each gripper "
+        "close / open; the estimator bench's best) | progress (equal time bins) | env",
     )
     signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches")
     trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
@@ -212,7 +213,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
         _choice("algo", self.algo, ALGOS)
-        _choice("segmenter", self.segmenter, SEGMENTERS)
+        _choice("segmenter", self.segmenter, TRAINER_SEGMENTERS)
         _check_selection(self.selection)
         _positive("signal_dim", self.signal_dim, minimum=1)
         _choice("preset", self.preset, tuple(PRESETS))

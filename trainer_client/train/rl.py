@@ -55,6 +55,7 @@ from trainer_client.device import (
 )
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import GRPOConfig, UpdateStats, grpo_update
+from trainer_client.phases import choose_segmenter, label_trajectory, make_segmenter
 from trainer_client.rollout import RolloutCollector
 from trainer_client.train.checkpoint import (
     FINAL_POLICY,
@@ -150,6 +151,7 @@ class Learner:
     start_step: int = 0
     wall_s: float = 0.0  # training seconds so far (resumed runs count the earlier ones)
     resumed_from: Path | None = None
+    segmenter: str | None = None  # --segmenter auto: the choice, made on the first batch
 
 
 @dataclass
@@ -232,7 +234,7 @@ def _train(
             t_step = time.perf_counter()
             # rollout: G episodes from each of this rank's initial states; old log-probs recorded
             with times.stage("rollout"):
-                trajectories = rollout(cfg, dist, collector, learner.policy, step)
+                trajectories = rollout(cfg, dist, collector, learner, step, say)
             env_steps = dist.all_sum([sum(t.num_steps for t in trajectories)])[0]
             # select: one request for the global batch; masks and weights for our trajectories
             with times.stage("select"):
@@ -308,6 +310,7 @@ def setup_learner(
         load_optimizer_state(optimizer, ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         learner.start_step, learner.wall_s = int(ckpt["step"]), float(ckpt["wall_s"])
+        learner.segmenter = (ckpt.get("config") or {}).get("segmenter_used")
         say(f"resuming from {ckpt_path} (step {learner.start_step})")
     elif cfg.resume:
         say(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
@@ -423,20 +426,40 @@ def progress_bar(cfg: TrainConfig, dist: Dist, start_step: int) -> tqdm:
 
 
 def rollout(
-    cfg: TrainConfig, dist: Dist, collector: RolloutCollector, policy: TrainPolicy, step: int
+    cfg: TrainConfig,
+    dist: Dist,
+    collector: RolloutCollector,
+    learner: Learner,
+    step: int,
+    say: Callable[[str], None],
 ) -> list[Trajectory]:
-    """G episodes from each of this rank's share of the step's initial states."""
+    """G episodes from each of this rank's share of the step's initial states. With --segmenter
+    auto the first batch decides the run's segmenter (`phases.choose_segmenter`, the same on
+    every rank) and is relabelled if that is not the gripper's."""
     init_states = shard(step_init_states(cfg, step, collector.info.num_init_states), dist)
-    return collector.collect(
-        policy,
+    segmenter = cfg.segmenter if cfg.segmenter != "auto" else learner.segmenter or "gripper"
+    trajectories = collector.collect(
+        learner.policy,
         init_states,
         group_size=cfg.group_size,
-        segmenter=cfg.segmenter,
+        segmenter=segmenter,
         num_phases=cfg.selection.phases,
         seed=step_seed(cfg, step, dist.rank),
         step=step,
         head_grads=cfg.selection.score == "signal",
     )
+    if cfg.segmenter == "auto" and learner.segmenter is None:
+        num_phases = cfg.selection.phases
+        counts = np.zeros(num_phases)
+        for t in trajectories:
+            counts += np.bincount(t.phase_ids, minlength=num_phases)[:num_phases]
+        learner.segmenter, why = choose_segmenter(np.asarray(dist.all_sum(counts.tolist())))
+        say(f"segmenter auto: {learner.segmenter} ({why})")
+        if learner.segmenter != "gripper":
+            relabel = make_segmenter(learner.segmenter, num_phases)
+            for t in trajectories:
+                t.phase_ids = label_trajectory(relabel, t, collector.info.max_steps)
+    return trajectories
 
 
 def select_chunks(
@@ -560,7 +583,7 @@ def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, step: 
             learner.optimizer,
             optimizer_state=state,
             wall_s=learner.wall_s,
-            config=cfg.to_dict(),
+            config={**cfg.to_dict(), "segmenter_used": learner.segmenter},
             keep=cfg.keep_checkpoints,
         )
 
