@@ -227,6 +227,7 @@ def _algo_figures(rows: list[dict[str, Any]], start: dict[str, Any], end: dict[s
         "success_rate": [r["success_rate"] for r in steps],
         "wall_s": [r["wall_s"] for r in steps],
         "keep_probs": [r.get("keep_probs") for r in steps],
+        "kept_fraction_per_step": [r["kept_fraction"] for r in steps],
     }
 
 
@@ -272,8 +273,8 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
     mem = summary["activation_memory"]
     table = Table(title=f"pcm-train demo: {summary['config']['env']} "
                         f"({summary['config']['eval_episodes']} held-out episodes, 95% CI)")
-    for col in ("algo", "steps", "held-out start -> end", "s/step", "rollout/select/backward",
-                "update speed-up", "activation memory"):
+    for col in ("algo", "steps", "held-out start -> end", "kept (per step)", "s/step",
+                "rollout/select/backward", "update speed-up", "activation memory"):
         table.add_column(col, justify="right")
     for algo, a in summary["algos"].items():
         lo, hi = a["heldout_end_ci95"]
@@ -282,6 +283,7 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
         table.add_row(
             algo, str(a["steps"]),
             f"{a['heldout_start']:.0%} -> {a['heldout_end']:.0%} [{lo:.0%}, {hi:.0%}]",
+            _kept_words(a),
             f"{a['s_per_step']:.1f}",
             f"{a['rollout_share']:.0%} / {a['select_share']:.1%} / {a['backward_share']:.0%}",
             f"{speed:.2f}x" if speed and algo != "grpo" else "1" if algo == "grpo" else "-",
@@ -292,6 +294,14 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
     console.print(f"activation memory = PCM / GRPO peak bytes saved for backward on one batch "
                   f"({mem['chunks']} chunks), with the runs' micro-batches "
                   f"({mem['micro_batch']}) and in one micro-batch", style="dim")
+
+
+def _kept_words(a: dict[str, Any]) -> str:
+    """The run's kept fraction, with its per-step range where the budget moved."""
+    per_step = a.get("kept_fraction_per_step") or []
+    spread = (f" ({min(per_step):.2f}-{max(per_step):.2f})"
+              if per_step and max(per_step) - min(per_step) > 0.005 else "")
+    return f"{a['kept_fraction']:.2f}{spread}"
 
 
 def plot_demo(summary: dict[str, Any], path: Path) -> Path:
@@ -330,9 +340,14 @@ def plot_demo(summary: dict[str, Any], path: Path) -> Path:
         w = np.vstack([np.full(num_phases, 1.0 / num_phases), np.asarray(probs)])  # step 0
         for p in range(num_phases):
             ax_keep.plot(np.arange(len(w)), w[:, p], label=f"phase {p}")
+        # the adaptive budget: the fraction of the informative chunks kept at each step
+        kept = pcm.get("kept_fraction_per_step") or []
+        ax_keep.plot(np.arange(1, len(kept) + 1), kept, "k--", lw=2,
+                     label="kept fraction (budget)")
         ax_keep.legend(fontsize=8)
-    ax_keep.set(xlabel="RL step (0: before the first batch)", ylabel="keep weight",
-                title="PCM per-phase keep weights", ylim=(0, 1))
+    ax_keep.set(xlabel="RL step (0: before the first batch)",
+                ylabel="keep weight / kept fraction",
+                title="PCM: per-phase keep weights and the per-step budget", ylim=(0, 1))
     plot_time_split(ax_time, {a: {k: v["s_per_step"] * v[f"{k}_share"]
                                   for k in ("rollout", "select", "backward")}
                               for a, v in algos.items()})

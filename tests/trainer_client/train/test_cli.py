@@ -265,6 +265,10 @@ def test_quick_demo_runs_grpo_and_pcm_side_by_side(tmp_path: Path) -> None:
     assert text.count("evaluating ") == 3 and "held-out start -> end" in text
     assert "step    2/2" in text and "\r" not in text + proc.stderr
     assert "keep probs before the first batch: uniform [0.25 0.25 0.25 0.25]" in text
+    # the adaptive budget: each step's kept fraction in the figures and the table
+    assert len(pcm["kept_fraction_per_step"]) == 2
+    assert all(0 <= f <= 1 for f in pcm["kept_fraction_per_step"])
+    assert "kept (per step)" in text and "budget auto (target efficiency" in text
 
 
 @pytest.mark.slow
