@@ -278,6 +278,7 @@ def estimator(
             + ", ".join(f"{n} batches {frac:.0%}" for n, frac in
                         zip(online["positions"], online["top_on_signal_phase"], strict=True)),
             markup=False, highlight=False)
+    print_regime(result["regime"])
     png = plot_estimator(result, (json_path.with_suffix(".png") if json_path
                                   else out / "estimator.png"))
     console.print(f"wrote {png}")
@@ -365,6 +366,32 @@ def replay(
         raise typer.Exit(2) from None
     print_replay(result)
     _write(json_path, {**result, "machine": _machine()})
+
+
+def print_regime(reg: dict[str, Any]) -> None:
+    """The estimator's regime: GRPO's noise scale, and the predicted efficiency of masking."""
+    def scale(value: float | None) -> str:
+        return f"{value:.0f}" if value is not None else "- (no signal measured)"
+
+    console.print(f"regime: GRPO's gradient noise scale {scale(reg['noise_scale_rollouts'])} "
+                  f"rollouts (batch {reg['rollouts_per_batch']}); per phase "
+                  + ", ".join(f"{p['phase']}: {scale(p['noise_scale_rollouts'])}"
+                              for p in reg["phases"]), markup=False, highlight=False)
+    table = Table(title="predicted per-step efficiency of a masked update (share of GRPO's "
+                        "progress per step, noise-scale model; Horvitz-Thompson weights)")
+    for col in ("selection", "kept fraction", "predicted efficiency",
+                "the rule's own prediction (sketches)"):
+        table.add_column(col, justify="right")
+    for r in reg["selections"]:
+        kept = r["kept_fraction"]
+        span = r.get("kept_fraction_range")
+        table.add_row(r["selection"],
+                      "-" if kept is None else f"{kept:.2f}"
+                      + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else ""),
+                      "-" if r["efficiency"] is None else f"{r['efficiency']:.2f}",
+                      f"{r['rule_efficiency_mean']:.2f}" if r.get("rule_efficiency_mean")
+                      else "-")
+    console.print(table)
 
 
 def print_scored_runs(result: dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ import torch
 
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
 from selector_service.core.select import request_rng, sample_chunks
+from trainer_client.bench.regime import regime
 from trainer_client.device import resolve_device
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages
@@ -610,6 +611,7 @@ def run_estimator_bench(
         "estimators": table,
         "keep_weights": keep_weights,
         "online": online,
+        "regime": regime(data, row_phases, parts, init_states * group_size, signal_dim),
         "elapsed_s": time.perf_counter() - t0,
     }
 

@@ -75,6 +75,19 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     # masks at 20% of the chunks are noisier than the full batch
     assert rows["random mean"]["relative_variance"] > 0
     assert rows["random mean"]["cosine"] < 1.0
+    # the regime: signal + noise is the batch gradient's mean squared norm, per phase too;
+    # keeping more chunks uniformly keeps more of GRPO's predicted progress
+    reg = result["regime"]
+    assert reg["rollouts_per_batch"] == 12
+    assert reg["signal"] + reg["noise"] == pytest.approx(
+        sum(p["signal"] + p["noise"] for p in reg["phases"]), rel=1.0, abs=np.inf)
+    sel = {r["selection"]: r for r in reg["selections"]}
+    uniform = [sel[f"uniform {f}"]["efficiency"] for f in (0.1, 0.2, 0.5)]
+    assert 0 < uniform[0] < uniform[1] < uniform[2] < 1
+    for target in (0.6, 0.7, 0.8):
+        auto = sel[f"auto (e* {target})"]
+        assert 0.1 <= auto["kept_fraction"] <= 1.0
+        assert 0 <= auto["efficiency"] <= 1 and 0 <= auto["rule_efficiency_mean"] <= 1
 
 
 def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
@@ -101,6 +114,32 @@ def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
     png = plot_estimator(result, out / "estimator.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     json.dumps(result)  # serialisable as written by --json
+
+
+def test_regime_noise_scale_of_planted_gradients() -> None:
+    """Batches whose per-chunk gradients are mu + noise: the signal is ||mu||^2 and the noise
+    scale follows from the planted noise."""
+    from trainer_client.bench.regime import regime
+
+    rng = np.random.default_rng(0)
+    k, n, s_dim = 400, 10, 16
+    mu = np.zeros(s_dim)
+    mu[0] = 1.0
+    parts = np.zeros((k, 1, s_dim))
+    data = []
+    for b in range(k):
+        g = mu + rng.normal(0.0, 0.1, size=(n, s_dim))  # G_b = mean: mu + noise
+        parts[b, 0] = g.sum(0) / n
+        data.append(BatchData(trajectories=[], advantages=np.zeros(0),
+                              rows=np.zeros((n, 2), np.int64), grads=g.astype(np.float32)))
+    reg = regime(data, [np.zeros(n, np.int64)] * k, parts, rollouts=32, signal_dim=8)
+    # E||G_b - mu||^2 = 16 * 0.01 / n = 0.016; signal 1
+    assert reg["signal"] == pytest.approx(1.0, rel=0.05)
+    assert reg["noise"] == pytest.approx(0.016, rel=0.1)
+    assert reg["noise_scale_rollouts"] == pytest.approx(32 * 0.016, rel=0.15)
+    uniform = {r["selection"]: r["efficiency"] for r in reg["selections"]}
+    # keeping half adds (1/0.5 - 1) * E sum ||g_c||^2 / n^2 = (1 + 0.16) / 10 = 0.116
+    assert uniform["uniform 0.5"] == pytest.approx(1.016 / (1.016 + 0.116), rel=0.02)
 
 
 def test_sign_fold_sketch_preserves_inner_products() -> None:
