@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pcm_contract.run_config import RunConfigSchema
 from tests.trainer_client.conftest import MAX_STEPS, TASK
 from trainer_client.cli import app
 from trainer_client.train.config import TrainConfig, request_id, sanitize_id
@@ -331,3 +332,28 @@ def test_bad_run_config_flags_name_the_flag(argv: list[str], message: str) -> No
     result = runner.invoke(app, argv)
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_keep_schedule_is_checked_at_start_and_read_per_step(tmp_path: Path) -> None:
+    from trainer_client.train.config import load_keep_schedule, scheduled_keep_fraction
+
+    good = tmp_path / "keep.json"
+    good.write_text(json.dumps([0.5] * 10 + [0.2, 0.4]))
+    schedule = load_keep_schedule(str(good))
+    assert scheduled_keep_fraction(schedule, 1) == 0.5
+    assert scheduled_keep_fraction(schedule, 12) == 0.4
+    # past the end: the mean of the last 10 entries
+    assert scheduled_keep_fraction(schedule, 13) == pytest.approx((8 * 0.5 + 0.2 + 0.4) / 10)
+    for bad in ("[]", "[0.5, 1.5]", '{"1": 0.5}', "not json"):
+        path = tmp_path / "bad.json"
+        path.write_text(bad)
+        with pytest.raises(ValueError, match="--keep-schedule"):
+            TrainConfig(keep_schedule=str(path))
+    with pytest.raises(ValueError, match="--keep-schedule"):
+        TrainConfig(keep_schedule=str(tmp_path / "missing.json"))
+
+
+def test_auto_budget_needs_the_signal_score() -> None:
+    with pytest.raises(ValueError, match="--budget-rule auto"):
+        TrainConfig(selection=RunConfigSchema(budget_rule="auto", score="action"))
+    TrainConfig(selection=RunConfigSchema(budget_rule="fixed", score="action", weighting="mean"))
