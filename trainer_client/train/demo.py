@@ -149,7 +149,9 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     # ---- 4. activation memory of the actor update, on one batch -------------------------------
     say("[4/4] activation memory of the actor update: one rollout batch of the SFT policy, "
         "full GRPO vs PCM's budget")
-    memory = _activation_memory(cfg, sft.checkpoint, rl_cfg)
+    # at PCM's budget: the adaptive budget's mean kept fraction over its run
+    pcm_fraction = algos["pcm"]["kept_fraction"] if "pcm" in algos else cfg.keep_fraction
+    memory = _activation_memory(cfg, sft.checkpoint, rl_cfg, pcm_fraction)
     if "grpo" in algos:
         g = algos["grpo"]
         for algo, a in algos.items():
@@ -227,26 +229,30 @@ def _algo_figures(rows: list[dict[str, Any]], start: dict[str, Any], end: dict[s
         "success_rate": [r["success_rate"] for r in steps],
         "wall_s": [r["wall_s"] for r in steps],
         "keep_probs": [r.get("keep_probs") for r in steps],
-        "kept_fraction_per_step": [r["kept_fraction"] for r in steps],
+        # None where a step had no informative group (nothing to keep)
+        "kept_fraction_per_step": [r["kept_fraction"] if r["informative_chunks"] else None
+                                   for r in steps],
     }
 
 
-def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig
-                       ) -> dict[str, Any]:
+def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig,
+                       keep_fraction: float) -> dict[str, Any]:
     """Peak bytes saved for backward by one actor update, full GRPO vs PCM's budget (k_i =
-    round(f C_i) chunks per trajectory), with the runs' micro-batching and with the whole batch
-    in one micro-batch (what the paper's figure compares)."""
+    round(f C_i) chunks per trajectory, f the PCM run's kept fraction), with the runs'
+    micro-batching and with the whole batch in one micro-batch (what the paper's figure
+    compares)."""
     policy = load_policy(checkpoint).to(resolve_device(cfg.runtime.device))
     policy.set_precision(cfg.runtime.precision)
     trajs = collect_groups(policy, cfg.env, list(range(cfg.init_states)),
                            group_size=cfg.group_size, chunk_size=policy.chunk_size,
                            seed=cfg.seed, max_steps=rl_cfg.max_steps,
                            num_workers=0 if cfg.runtime.num_workers == 0 else 2)
-    masks, _ = select_masks(trajs, cfg.keep_fraction, cfg.seed)
+    masks, _ = select_masks(trajs, keep_fraction, cfg.seed)
     # memory depends on which rows are computed, not on the outcomes: count every trajectory
     advantages = np.where(np.arange(len(trajs)) % 2 == 0, 1.0, -1.0)
     params = list(policy.parameters())
-    out: dict[str, Any] = {"chunks": sum(t.num_chunks for t in trajs)}
+    out: dict[str, Any] = {"chunks": sum(t.num_chunks for t in trajs),
+                           "keep_fraction": keep_fraction}
     for label, micro_batch in (("micro_batched", rl_cfg.grpo.micro_batch),
                                ("whole_batch", f"rows:{out['chunks']}")):
         peaks = {}
@@ -292,13 +298,14 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
         )
     console.print(table)
     console.print(f"activation memory = PCM / GRPO peak bytes saved for backward on one batch "
-                  f"({mem['chunks']} chunks), with the runs' micro-batches "
+                  f"({mem['chunks']} chunks, PCM at its run's kept fraction "
+                  f"{mem['keep_fraction']:.2f}), with the runs' micro-batches "
                   f"({mem['micro_batch']}) and in one micro-batch", style="dim")
 
 
 def _kept_words(a: dict[str, Any]) -> str:
     """The run's kept fraction, with its per-step range where the budget moved."""
-    per_step = a.get("kept_fraction_per_step") or []
+    per_step = [f for f in a.get("kept_fraction_per_step") or [] if f is not None]
     spread = (f" ({min(per_step):.2f}-{max(per_step):.2f})"
               if per_step and max(per_step) - min(per_step) > 0.005 else "")
     return f"{a['kept_fraction']:.2f}{spread}"
@@ -341,7 +348,7 @@ def plot_demo(summary: dict[str, Any], path: Path) -> Path:
         for p in range(num_phases):
             ax_keep.plot(np.arange(len(w)), w[:, p], label=f"phase {p}")
         # the adaptive budget: the fraction of the informative chunks kept at each step
-        kept = pcm.get("kept_fraction_per_step") or []
+        kept = [np.nan if f is None else f for f in pcm.get("kept_fraction_per_step") or []]
         ax_keep.plot(np.arange(1, len(kept) + 1), kept, "k--", lw=2,
                      label="kept fraction (budget)")
         ax_keep.legend(fontsize=8)

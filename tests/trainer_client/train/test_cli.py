@@ -268,7 +268,8 @@ def test_quick_demo_runs_grpo_and_pcm_side_by_side(tmp_path: Path) -> None:
     assert "keep probs before the first batch: uniform [0.25 0.25 0.25 0.25]" in text
     # the adaptive budget: each step's kept fraction in the figures and the table
     assert len(pcm["kept_fraction_per_step"]) == 2
-    assert all(0 <= f <= 1 for f in pcm["kept_fraction_per_step"])
+    assert all(f is None or 0 <= f <= 1 for f in pcm["kept_fraction_per_step"])
+    assert summary["activation_memory"]["keep_fraction"] == pcm["kept_fraction"]
     assert "kept (per step)" in text and "budget auto (target efficiency" in text
 
 
