@@ -254,13 +254,14 @@ def estimator(
                       f"{p['signal']:.4g}", f"{p['share']:.3f}")
     console.print(table)
     table = Table(title=f"estimators at keep {keep_fraction} (default: {result['default']})")
-    for col in ("estimator", "alignment", "+-se", "- grpo (paired)", "- random",
+    for col in ("estimator", "kept", "alignment", "+-se", "- grpo (paired)", "- random",
                 "half-split avg", "cosine", "rel. variance", "max weight", "net adv.",
                 "keep weights"):
         table.add_column(col, justify="right")
     for r in result["estimators"]:
         w = result["keep_weights"][r["name"]]
-        table.add_row(r["name"] + (" *" if r["variant"] else ""), f"{r['alignment']:.3f}",
+        table.add_row(r["name"] + (" *" if r["variant"] else ""), f"{r['kept_fraction']:.2f}",
+                      f"{r['alignment']:.3f}",
                       f"{r['alignment_se']:.3f}",
                       f"{r['alignment_vs_grpo']:+.3f} +-{r['alignment_vs_grpo_se']:.3f}",
                       f"{r['alignment_vs_random']:+.3f} +-{r['alignment_vs_random_se']:.3f}",

@@ -86,13 +86,14 @@ class Estimator:
     """One row of the table: a chunk selection and a loss weighting at the common budget."""
 
     name: str
-    kind: str  # grpo | random | pcm | oracle
+    kind: str  # grpo | random | pcm | oracle | auto | random-auto
     score: str = "-"  # pcm: action | signal
     weighting: str = "mean"  # mean | ht
     eps: float = 0.1
     transform: str = "none"  # pcm: none | sqrt (of the score before the keep weights)
     signal_dim: int = 128
     variant: bool = False  # a tried variant (beyond the issue's required rows)
+    target: float = 0.6  # auto, random-auto: the adaptive budget's target efficiency e*
 
 
 def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
@@ -105,6 +106,11 @@ def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
                                   signal_dim=signal_dim))
     rows.append(Estimator("oracle mean", "oracle", weighting="mean", eps=eps))
     rows.append(Estimator("oracle ht", "oracle", weighting="ht", eps=eps))
+    # the adaptive budget (pcm-train's default) and random at its per-batch budget; their
+    # budget is the rule's, not --keep-fraction
+    rows.append(Estimator("auto ht", "auto", "signal", "ht", signal_dim=signal_dim))
+    rows.append(Estimator("random at auto's budget", "random-auto", "signal", "ht",
+                          signal_dim=signal_dim))
     # variants tried for the default (issue: exploration floor, sqrt of the score, sketch size)
     rows += [
         Estimator("pcm signal mean eps0", "pcm", "signal", "mean", 0.0, signal_dim=signal_dim,
@@ -356,7 +362,7 @@ def _keep_weights_per_batch(est: Estimator, data: Sequence[BatchData],
                             num_phases: int, keep_fraction: float,
                             seed: int) -> list[np.ndarray]:
     """The phase keep weights (P,) each batch is sampled with."""
-    if est.kind in ("grpo", "random"):
+    if est.kind in ("grpo", "random", "auto", "random-auto"):
         return [np.full(num_phases, 1.0 / num_phases) for _ in data]
     if est.kind == "oracle":
         out = []
@@ -425,6 +431,23 @@ def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.nda
     n_rows = len(rows)
     if est.kind == "grpo":
         return np.full((1, n_rows), 1.0 / max(n_rows, 1)), 1.0
+    if est.kind in ("auto", "random-auto"):
+        auto = _auto_selection(est, data, traj_phases, len(w))
+        if est.kind == "random-auto":  # uniform within trajectories at the rule's count
+            keep_fraction = max(auto.budget.keep_fraction, 1e-9) if auto.budget else 0.2
+            est = replace(est, kind="random")
+        else:
+            config = _auto_config(est, len(w))
+            feats = chunk_features(data.trajectories, data.advantages, "signal", est.signal_dim)
+            batch = _batch_for_core(data, traj_phases, feats, len(w))
+            flat = batch.offsets[rows[:, 0]] + rows[:, 1]
+            coef = np.zeros((draws, n_rows))
+            max_weight = 0.0
+            for r in range(draws):
+                sel = select_chunks(config, batch, {}, f"draw/{est.name}/{b}/{r}")
+                coef[r] = sel.weight[flat] / max(n_rows, 1)  # 1/pi over the full count
+                max_weight = max(max_weight, float(sel.weight.max(initial=0.0)))
+            return coef, max_weight
     lengths = np.array([t.num_chunks for t in data.trajectories], dtype=np.int64)
     n = len(lengths)
     batch = ChunkBatch(
@@ -453,6 +476,20 @@ def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.nda
             raise ValueError(f"unknown weighting {est.weighting!r}")
         max_weight = max(max_weight, float(weight.max(initial=0.0)))
     return coef, max_weight
+
+
+def _auto_config(est: Estimator, num_phases: int) -> RunConfig:
+    return RunConfig(phases=num_phases, feature_dim=est.signal_dim, budget_rule="auto",
+                     weighting="ht", target_efficiency=est.target)
+
+
+def _auto_selection(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
+                    num_phases: int) -> Any:
+    """The adaptive budget's selection of the batch from an empty state (its signal term S at
+    0, as on a run's first batch): its kept count does not depend on the draw."""
+    feats = chunk_features(data.trajectories, data.advantages, "signal", est.signal_dim)
+    batch = _batch_for_core(data, traj_phases, feats, num_phases)
+    return select_chunks(_auto_config(est, num_phases), batch, {}, "budget")
 
 
 def net_advantage(coef: np.ndarray, row_adv: np.ndarray) -> float:
@@ -506,7 +543,7 @@ def evaluate_estimators(
     for est in estimators:
         ws = _keep_weights_per_batch(est, data, phases, parts, num_phases, keep_fraction, seed)
         weights_out[est.name] = np.mean(ws, axis=0).tolist()
-        align, cosine, relvar, net, max_w = [], [], [], [], 0.0
+        align, cosine, relvar, net, kept, max_w = [], [], [], [], [], 0.0
         means, used = [], []  # per batch: g_hat averaged over the draws, and the batch index
         for b, d in enumerate(data):
             if len(d.rows) == 0:
@@ -514,6 +551,7 @@ def evaluate_estimators(
             coef, mw = _draw_coefficients(est, d, phases[b], ws[b], keep_fraction, draws, seed,
                                           b)
             max_w = max(max_w, mw)
+            kept.append(float((coef > 0).sum(axis=1).mean() / len(d.rows)))
             g_hat = coef @ d.grads.astype(np.float64)  # (R, S)
             net.append(net_advantage(coef, d.advantages[d.rows[:, 0]]))
             held_out = (total - full[b]) / (len(data) - 1)
@@ -540,6 +578,7 @@ def evaluate_estimators(
             "relative_variance": float(np.mean(relvar)),
             "max_weight": max_w,
             "net_advantage": float(np.mean(net)) if net else 0.0,
+            "kept_fraction": float(np.mean(kept)) if kept else 0.0,
         })
     # paired over the same batches: the difference to grpo and to random (mean), with its SE
     for row in rows:

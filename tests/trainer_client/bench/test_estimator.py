@@ -75,6 +75,11 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     # masks at 20% of the chunks are noisier than the full batch
     assert rows["random mean"]["relative_variance"] > 0
     assert rows["random mean"]["cosine"] < 1.0
+    # the adaptive budget, and random at the same per-batch budget (its rounding aside)
+    auto, matched = rows["auto ht"], rows["random at auto's budget"]
+    assert 0.1 <= auto["kept_fraction"] <= 1.0
+    assert matched["kept_fraction"] == pytest.approx(auto["kept_fraction"], abs=0.1)
+    assert rows["grpo"]["kept_fraction"] == 1.0
     # the regime: signal + noise is the batch gradient's mean squared norm, per phase too;
     # keeping more chunks uniformly keeps more of GRPO's predicted progress
     reg = result["regime"]
