@@ -6,6 +6,9 @@
   phases of pick-and-place: approach, carry, release, ...), judged per chunk from the mean of
   its K commands; a chunk's phase is the number of switches up to it, clamped to P-1.
 - `env`: the phase ids the environment itself provides, clamped to P-1.
+- `paper`: the paper's five gripper phases (arXiv 2605.16154, Sec. 5.1 and App. E.2) from each
+  chunk's gripper-close fraction: 0 approach, 1 pre-grasp, 2 active-grip, 3 release-ramp,
+  4 tail (`PaperSegmenter`), clamped to P-1.
 
 All return int64 (C,). Use `make_segmenter(name, num_phases)`.
 """
@@ -19,7 +22,7 @@ import numpy as np
 
 from trainer_client.types import Trajectory
 
-SEGMENTERS = ("progress", "gripper", "env")
+SEGMENTERS = ("progress", "gripper", "env", "paper")
 # what pcm-train takes: the segmenters, and `auto` (gripper phases where the gripper splits the
 # run's first batch into at least two phases, else progress bins; `choose_segmenter`)
 TRAINER_SEGMENTERS = ("auto", *SEGMENTERS)
@@ -180,9 +183,73 @@ class EnvSegmenter:
         return np.minimum(ids.astype(np.int64), self.num_phases - 1)
 
 
+@dataclass(frozen=True)
+class PaperSegmenter:
+    """The paper's five phases from the per-chunk gripper-close fraction gf (the share of the
+    chunk's K commands above `threshold`): sustained-close intervals are maximal runs of chunks
+    with gf >= 0.75; active-grip: gf >= 0.5; pre-grasp: up to three chunks right before a
+    sustained interval with 0.1 <= gf < 0.5; release-ramp: up to three chunks right after one
+    with gf < 0.5; tail: chunks after the last interval's release-ramp window with gf < 0.5;
+    approach: every other chunk (before a grasp, or where the gripper never closes). Overlaps
+    resolve by active-grip > pre-grasp > release-ramp > approach > tail."""
+
+    num_phases: int = 5
+    threshold: float = 0.0
+    name: str = "paper"
+
+    APPROACH, PRE_GRASP, ACTIVE_GRIP, RELEASE_RAMP, TAIL = range(5)
+    SUSTAINED, ACTIVE, PARTIAL, WINDOW = 0.75, 0.5, 0.1, 3
+
+    def __post_init__(self) -> None:
+        _check_common(self.num_phases)
+
+    def labels(self, close_fraction: np.ndarray) -> np.ndarray:
+        """gf (C,) in [0, 1] -> int64 (C,) phase labels 0..4."""
+        gf = np.asarray(close_fraction, dtype=np.float64)
+        c = gf.shape[0]
+        sustained = gf >= self.SUSTAINED
+        starts = np.flatnonzero(sustained & ~np.r_[False, sustained[:-1]])
+        ends = np.flatnonzero(sustained & ~np.r_[sustained[1:], False])  # inclusive
+        label = np.full(c, self.APPROACH, dtype=np.int64)
+        if starts.size:  # tail first: every higher-priority rule overwrites it
+            after = np.arange(c) > min(ends[-1] + self.WINDOW, c - 1)
+            label[after & (gf < self.ACTIVE)] = self.TAIL
+        for end in ends[::-1]:
+            ramp = np.arange(end + 1, min(end + 1 + self.WINDOW, c))
+            ramp = ramp[gf[ramp] < self.ACTIVE]
+            label[ramp] = self.RELEASE_RAMP
+        for start in starts[::-1]:
+            pre = np.arange(max(start - self.WINDOW, 0), start)
+            pre = pre[(gf[pre] >= self.PARTIAL) & (gf[pre] < self.ACTIVE)]
+            label[pre] = self.PRE_GRASP
+        label[gf >= self.ACTIVE] = self.ACTIVE_GRIP
+        return label
+
+    def __call__(
+        self,
+        *,
+        num_chunks: int,
+        chunk_size: int,
+        max_steps: int,
+        gripper: np.ndarray | None = None,
+        env_phase_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if gripper is None:
+            raise ValueError("paper segmenter needs the gripper commands (gripper=None)")
+        g = np.asarray(gripper, dtype=np.float64)
+        if g.shape != (num_chunks, chunk_size):
+            raise ValueError(
+                f"gripper must have shape (C, K) = ({num_chunks}, {chunk_size}), got {g.shape}"
+            )
+        labels = self.labels((g > self.threshold).mean(axis=1)) if num_chunks else np.zeros(
+            0, dtype=np.int64)
+        return np.minimum(labels, self.num_phases - 1).astype(np.int64)
+
+
 def make_segmenter(name: str, num_phases: int, **kw: Any) -> Segmenter:
-    """Build a segmenter by name ('progress' | 'gripper' | 'env'). `kw` goes to the gripper
-    segmenter (threshold, min_hold, start_closed); the others take none."""
+    """Build a segmenter by name ('progress' | 'gripper' | 'env' | 'paper'). `kw` goes to the
+    gripper segmenter (threshold, min_hold, start_closed) and the paper's (threshold); the
+    others take none."""
     if name == "progress":
         if kw:
             raise ValueError(f"progress segmenter takes no options, got {sorted(kw)}")
@@ -193,6 +260,11 @@ def make_segmenter(name: str, num_phases: int, **kw: Any) -> Segmenter:
         if kw:
             raise ValueError(f"env segmenter takes no options, got {sorted(kw)}")
         return EnvSegmenter(num_phases)
+    elif name == "paper":
+        unknown = set(kw) - {"threshold"}
+        if unknown:
+            raise ValueError(f"paper segmenter takes only threshold, got {sorted(unknown)}")
+        return PaperSegmenter(num_phases, **kw)
     else:
         raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(SEGMENTERS)}")
 

@@ -477,8 +477,8 @@ def _seed_global_rngs(seed: int) -> None:
 
 def _resolve_segmenter(segmenter: str | Segmenter, num_phases: int, info: EnvInfo) -> Segmenter:
     if isinstance(segmenter, str):
-        if segmenter == "gripper":
-            return make_segmenter("gripper", num_phases, threshold=info.gripper_threshold)
+        if segmenter in ("gripper", "paper"):
+            return make_segmenter(segmenter, num_phases, threshold=info.gripper_threshold)
         return make_segmenter(segmenter, num_phases)
     if segmenter.num_phases != num_phases:
         raise ValueError(

@@ -150,3 +150,28 @@ def test_auto_takes_the_gripper_only_where_it_splits_the_batch() -> None:
     name, why = choose_segmenter(np.array([160, 0, 0, 0]))
     assert name == "progress" and "1 phase" in why
     assert choose_segmenter(np.zeros(4))[0] == "progress"
+
+
+def test_paper_phases_follow_the_gripper_close_fraction() -> None:
+    seg = make_segmenter("paper", 5)
+    a, pre, grip, ramp, tail = range(5)
+    # approach, a partial close, a sustained grasp, the release, then the open gripper
+    gf = np.array([0.0, 0.0, 0.0, 0.0, 0.25, 0.375, 1.0, 1.0, 0.875, 0.25, 0.0, 0.0, 0.0, 0.0,
+                   0.0])
+    assert seg.labels(gf).tolist() == [a, a, a, a, pre, pre, grip, grip, grip, ramp, ramp, ramp,
+                                       tail, tail, tail]
+    # the gripper never closes: all approach; a partial close with no sustained one: approach
+    assert seg.labels(np.zeros(6)).tolist() == [a] * 6
+    assert seg.labels(np.array([0.0, 0.3, 0.0])).tolist() == [a] * 3
+    # two grasp cycles: open chunks between them are approach, only after the last one tail
+    gf2 = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    labels = seg.labels(gf2).tolist()
+    assert labels == [a, grip, ramp, ramp, ramp, a, a, pre, grip, grip, ramp, ramp, ramp, tail,
+                      tail]
+    # from (C, K) commands: a chunk's close fraction is the share of commands above threshold
+    commands = np.where(gf[:, None] * 8 > np.arange(8)[None, :], 1.0, -1.0)
+    out = seg(num_chunks=15, chunk_size=8, max_steps=120, gripper=commands)
+    assert out.tolist() == seg.labels(gf).tolist()
+    # fewer phases: ids clamped
+    assert make_segmenter("paper", 3)(num_chunks=15, chunk_size=8, max_steps=120,
+                                      gripper=commands).max() == 2

@@ -164,7 +164,8 @@ class TrainConfig:
         "auto",
         "phase labels: auto (gripper where the gripper splits the first batch into two or more "
         "phases, else progress; the log says which) | gripper (a new phase at each gripper "
-        "close / open; the estimator bench's best) | progress (equal time bins) | env",
+        "close / open; the estimator bench's best) | progress (equal time bins) | env | paper "
+        "(the paper's five gripper-fraction phases; use with --phases 5)",
     )
     signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches")
     trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
