@@ -491,7 +491,9 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             # the update's gradient norm before clipping (clipped to max_grad_norm): the masked
             # gradient's noise shows here
             "grad_norm_median": _median_grad_norm(rs),
-            "keep_weight_change": _keep_weight_change(rs),
+            # only where the keep weights choose the chunks (grpo and random record them unused)
+            "keep_weight_change": (None if algo in ("grpo", "random")
+                                   else _keep_weight_change(rs)),
         }
     if "grpo" in out:
         g = out["grpo"]

@@ -180,6 +180,10 @@ def test_equal_time_continues_masked_runs_to_grpos_modelled_time(sft_checkpoint:
             runs[algo]["equal_time"]["heldout"] - runs[algo]["heldout_start"] - grpo["gain"])
         assert 0 < summary[algo]["backward_fraction"] < 1
     assert summary["grpo"]["backward_fraction"] == 1.0
+    # the keep weights' step-to-step change, where they choose the chunks
+    assert summary["grpo"]["keep_weight_change"] is None
+    assert summary["random"]["keep_weight_change"] is None
+    assert 0 <= summary["pcm"]["keep_weight_change"]["median"] <= 1
     print_table(result)
 
 
