@@ -172,7 +172,8 @@ def run_learning_bench(
                 f"{out / RUNS_FILE} holds runs of another configuration (checkpoint, steps, "
                 "batch, keep fraction, evaluation or overrides differ); use another --out for "
                 f"this one (theirs: {record['config']}, this: {config})")
-    finished = {(r["algo"], r["seed"]) for r in done}
+    finished = {(r["algo"], r["seed"]) for r in done
+                if model is None or not _short_of_equal_time(r)}
     if summarize_only and not done:
         raise StudyError(f"{out / RUNS_FILE} holds no finished run: nothing to summarize")
 
@@ -201,8 +202,14 @@ def run_learning_bench(
                 schedule = out / f"random-s{seed}.keep.json"
                 schedule.write_text(json.dumps(_kept_series(pcm_run)))
                 overrides["keep_schedule"] = str(schedule)
-            record = _run_one(out, Path(init), env, algo, seed, steps, init_states, group_size,
-                              keep_fraction, eval_episodes, num_workers, threads, overrides, log)
+            short = next((r for r in done if (r["algo"], r["seed"]) == (algo, seed)), None)
+            if short is not None:  # recorded, but its equal-time evaluation fell short: top up
+                record = {k: v for k, v in short.items()
+                          if k not in ("fingerprint", "config", "equal_time", "extension")}
+            else:
+                record = _run_one(out, Path(init), env, algo, seed, steps, init_states,
+                                  group_size, keep_fraction, eval_episodes, num_workers, threads,
+                                  overrides, log)
             if model is not None and algo != "grpo":
                 grpo_run = next(r for r in load_runs(out) if (r["algo"], r["seed"]) == ("grpo",
                                                                                      seed))
@@ -343,24 +350,28 @@ def _extend_to_equal_time(
     overrides: dict[str, Any], log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Continue the run until its modelled time reaches grpo's (`steps` steps at this seed),
-    with a held-out evaluation there. The number of extra steps is predicted from the modelled
-    time of its last steps/2 steps; `equal_time` records where the evaluation landed."""
+    with a held-out evaluation there: the extra steps are predicted from the modelled time of
+    the last steps/2 steps, and topped up the same way until the modelled time is reached (each
+    stage is evaluated at its end; the last one is the equal-time evaluation). `equal_time`
+    records where it landed."""
     t_grpo = float(model.run_s(grpo_run["env_steps"], grpo_run["kept_chunks"])[-1])
     mine = model.run_s(record["env_steps"], record["kept_chunks"])
     if mine[-1] >= t_grpo:  # as slow as grpo or slower: held-out at the equal time, interpolated
         record["equal_time"] = _interpolated_equal_time(record, mine, t_grpo)
         return record
-    recent = np.diff(np.r_[0.0, mine])[-max(1, steps // 2):].mean()
-    until = steps + int(np.ceil((t_grpo - mine[-1]) / recent))
-    extended = _run_one(out, init, env, algo, seed, steps, init_states, group_size,
-                        keep_fraction, eval_episodes, num_workers, threads, overrides, log,
-                        until=until)
-    rows = read_metrics(Path(extended["out"]) / "metrics.jsonl")
-    extra = [r for r in rows if r.get("kind", "step") == "step" and steps < r["step"] <= until]
-    evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}
+    until, extra, total = steps, [], mine
+    while total[-1] < t_grpo:  # predict the steps left from the recent steps' modelled time
+        recent = np.diff(np.r_[0.0, total])[-max(1, steps // 2):].mean()
+        until += max(1, int(np.ceil((t_grpo - total[-1]) / recent)))
+        extended = _run_one(out, init, env, algo, seed, steps, init_states, group_size,
+                            keep_fraction, eval_episodes, num_workers, threads, overrides, log,
+                            until=until)
+        rows = read_metrics(Path(extended["out"]) / "metrics.jsonl")
+        extra = [r for r in rows if r.get("kind", "step") == "step" and steps < r["step"] <= until]
+        evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}
+        total = model.run_s(record["env_steps"] + [r["env_steps"] for r in extra],
+                            record["kept_chunks"] + [r["kept_chunks"] for r in extra])
     record["extension"] = _series(extra)
-    total = model.run_s(record["env_steps"] + [r["env_steps"] for r in extra],
-                        record["kept_chunks"] + [r["kept_chunks"] for r in extra])
     record["equal_time"] = {
         "step": until, "model_s": float(total[-1]), "grpo_model_s": t_grpo,
         "model_ratio": float(total[-1] / t_grpo),
@@ -368,6 +379,14 @@ def _extend_to_equal_time(
         "interpolated": False,
     }
     return record
+
+
+def _short_of_equal_time(record: dict[str, Any]) -> bool:
+    """A run continued to grpo's modelled time that stopped short of it (an earlier version
+    predicted the continuation's length once, without topping it up)."""
+    et = record.get("equal_time")
+    return (et is not None and not et.get("interpolated", False)
+            and et.get("model_ratio", 1.0) < 1.0)
 
 
 def _interpolated_equal_time(record: dict[str, Any], model_s: np.ndarray, t_grpo: float

@@ -163,6 +163,7 @@ def test_equal_time_continues_masked_runs_to_grpos_modelled_time(sft_checkpoint:
         assert run["step"] == [1, 2]  # the per-step series stop at `steps`
         assert et["step"] == 2 + len(run["extension"]["step"]) and et["step"] > 2
         assert et["grpo_model_s"] == pytest.approx(t_grpo)
+        assert et["model_ratio"] >= 1.0  # evaluated once grpo's modelled time is reached
         assert et["heldout"] is not None and not et["interpolated"]
         # the evaluation at `steps` is the per-step comparison's end, not the equal-time one
         assert run["heldout_end"] == run["evals"][-1]["success_rate"]
