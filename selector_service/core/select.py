@@ -16,8 +16,9 @@ import numpy as np
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.budget import Budget, choose_budget
 from selector_service.core.config import RunConfig, check_keep_fraction
+from selector_service.core.fold import StateUpdate, batch_update, fold_states
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
-from selector_service.core.signal import group_phase_sums, signal_scores
+from selector_service.core.signal import group_phase_sums, signal_evidence
 from selector_service.core.state import TaskState
 from selector_service.core.variance import informative_trajectories, success_failure_variance
 from selector_service.core.weights import keep_weights, update_scores
@@ -30,11 +31,13 @@ class Selection:
     inclusion: np.ndarray  # float64 (M,): pi_ic, 0 for skipped trajectories
     informative: np.ndarray  # bool (N,)
     keep_probs: dict[str, np.ndarray]  # task_id -> (P,) phase keep weights w_tp used
-    new_states: dict[str, TaskState]  # task_id -> state after this batch
+    new_states: dict[str, TaskState]  # task_id -> state after this batch, on the given states
     kept_chunks: int
     total_chunks: int
     skipped_trajectories: int
     budget: Budget | None = None  # budget_rule auto: the chosen budget and its prediction
+    # what the batch changes in its tasks' states, to fold into the state stored at commit
+    update: StateUpdate | None = None
 
 
 def request_rng(seed: int, request_id: str) -> np.random.Generator:
@@ -65,7 +68,7 @@ def select_chunks(
 
     # 2. Phase scores from the informative chunks: the success-failure action variance
     #    (`action`, the paper's) or the learning signal of the gradient sketches (`signal`).
-    signal_ref = None
+    group_mean = present = None
     if config.score == "action":
         v, observed = success_failure_variance(
             task_of_chunk, batch.phase, batch.success[batch.traj_of_chunk], batch.features,
@@ -80,8 +83,8 @@ def select_chunks(
                                         num_phases)  # (G, P, D), (G, P)
         reference = np.stack([_signal_ref_for(states, t, num_phases, config.feature_dim)
                               for t in batch.task_ids])  # (T, P, D)
-        v, observed, signal_ref = signal_scores(task_of_group, sums, phase_counts, reference,
-                                                num_tasks, config.eta)
+        v, observed, group_mean, present = signal_evidence(task_of_group, sums, phase_counts,
+                                                           reference, num_tasks)
     else:
         raise ValueError(f"unknown score {config.score!r}")
 
@@ -106,8 +109,9 @@ def select_chunks(
     else:
         raise ValueError(f"unknown budget_rule {config.budget_rule!r}")
 
-    new_states = _next_states(batch, states, scores, observed, mask, informative, num_phases,
-                              signal_ref)
+    update = batch_update(batch, v, observed, mask, informative, num_phases, config.eta,
+                          config.score == "signal", group_mean, present)
+    new_states = fold_states(states, update)
     return Selection(
         mask=mask,
         weight=weight,
@@ -119,6 +123,7 @@ def select_chunks(
         total_chunks=batch.num_chunks,
         skipped_trajectories=int((~informative).sum()),
         budget=budget,
+        update=update,
     )
 
 
@@ -274,42 +279,6 @@ def _state_for(states: Mapping[str, TaskState], task_id: str, num_phases: int) -
         raise ValueError(f"stored state of task {task_id!r} has {state.num_phases} phases, "
                          f"the run has {num_phases}")
     return state
-
-
-def _next_states(
-    batch: ChunkBatch,
-    states: Mapping[str, TaskState],
-    scores: np.ndarray,  # (T, P)
-    observed: np.ndarray,  # (T, P)
-    mask: np.ndarray,  # (M,)
-    informative: np.ndarray,  # (N,)
-    num_phases: int,
-    signal_ref: np.ndarray | None,  # (T, P, D) or None (score `action`)
-) -> dict[str, TaskState]:
-    num_tasks = len(batch.task_ids)
-    task_of_chunk = batch.task_index[batch.traj_of_chunk]
-    cell = task_of_chunk * num_phases + batch.phase
-    total = np.bincount(cell, minlength=num_tasks * num_phases).reshape(num_tasks, num_phases)
-    kept = np.bincount(cell, weights=mask, minlength=num_tasks * num_phases)
-    kept = kept.astype(np.int64).reshape(num_tasks, num_phases)
-    trajs = np.bincount(batch.task_index, minlength=num_tasks)
-    skipped = np.bincount(batch.task_index, weights=~informative, minlength=num_tasks)
-    out = {}
-    for j, task_id in enumerate(batch.task_ids):
-        prev = _state_for(states, task_id, num_phases)
-        out[task_id] = replace(
-            prev,
-            scores=scores[j].copy(),
-            observations=prev.observations + observed[j],
-            chunks_total=prev.chunks_total + total[j],
-            chunks_kept=prev.chunks_kept + kept[j],
-            trajectories=prev.trajectories + int(trajs[j]),
-            skipped_trajectories=prev.skipped_trajectories + int(skipped[j]),
-            version=prev.version + 1,
-            signal_ref=prev.signal_ref if signal_ref is None else signal_ref[j].copy(),
-        )
-    return out
-
 
 
 def kept_counts(batch: ChunkBatch, mask: np.ndarray, num_phases: int) -> np.ndarray:

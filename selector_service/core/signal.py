@@ -60,12 +60,30 @@ def signal_scores(
     eta: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """v (T, P) float64 (unclipped), observed (T, P) bool (phases with chunks in the batch), and
-    the new reference (T, P, D)."""
+    the new reference (T, P, D): `signal_evidence`, then `fold_reference` per task."""
+    v, observed, mean, present = signal_evidence(task_of_group, sums, counts, reference,
+                                                 num_tasks)
+    new_ref = np.stack([fold_reference(reference[t], mean[t], present[t], eta)
+                        for t in range(num_tasks)]) if num_tasks else reference.copy()
+    return v, observed, new_ref
+
+
+def signal_evidence(
+    task_of_group: np.ndarray,  # int64 (G,): task of each group
+    sums: np.ndarray,  # float64 (G, P, D): group phase sums S_gp
+    counts: np.ndarray,  # int64 (G, P): included chunks per group and phase
+    reference: np.ndarray,  # float64 (T, P, D): R_tp, NaN rows where none yet
+    num_tasks: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What one batch says, given the reference it was read with: v (T, P) float64 (unclipped),
+    observed (T, P) bool, the mean group phase sums (1/G) sum_g S_gp (T, P, D) and present
+    (T, P) bool (phases with chunks of informative groups): the reference's EMA input."""
     num_phases = sums.shape[1]
     included_group = counts.sum(axis=1) > 0  # (G,)
     v = np.zeros((num_tasks, num_phases))
     observed = np.zeros((num_tasks, num_phases), dtype=bool)
-    new_ref = reference.copy()
+    means = np.zeros((num_tasks, num_phases, sums.shape[2]))
+    presents = np.zeros((num_tasks, num_phases), dtype=bool)
     for t in range(num_tasks):
         groups = np.flatnonzero((task_of_group == t) & included_group)
         g = len(groups)
@@ -90,7 +108,18 @@ def signal_scores(
         seen = (count > 0) & present
         v[t] = np.where(seen, estimates / np.maximum(count, 1), 0.0)
         observed[t] = seen
-        # the reference: EMA of the per-group mean sums (the first batch initialises it)
-        ema = np.where(known[:, None], (1.0 - eta) * reference[t] + eta * mean, mean)
-        new_ref[t] = np.where(present[:, None], ema, reference[t])
-    return v, observed, new_ref
+        means[t] = mean
+        presents[t] = present
+    return v, observed, means, presents
+
+
+def fold_reference(reference: np.ndarray, mean: np.ndarray, present: np.ndarray,
+                   eta: float) -> np.ndarray:
+    """One task's reference after a batch: R_tp <- (1 - eta) R_tp + eta mean_tp for every
+    present phase, the first batch initialising it (reference (P, D), NaN rows where none;
+    mean (P, D); present (P,)). Applied to the stored reference when a selection commits
+    (core/fold.py), in commit order; the Redis store's Lua fold mirrors it operation for
+    operation."""
+    known = ~np.isnan(reference[:, 0]) & present  # (P,)
+    ema = np.where(known[:, None], (1.0 - eta) * reference + eta * mean, mean)
+    return np.where(present[:, None], ema, reference)

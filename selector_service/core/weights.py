@@ -21,10 +21,25 @@ def update_scores(scores: np.ndarray, v: np.ndarray, observed: np.ndarray,
     if observations is None:
         ema = (1.0 - eta) * scores + eta * v
     else:
-        decay_prev = 1.0 - (1.0 - eta) ** observations  # c_{n-1}
-        decay_new = 1.0 - (1.0 - eta) ** (observations + 1)  # c_n
+        decay_prev = 1.0 - ema_decay(1.0 - eta, observations)  # c_{n-1}
+        decay_new = 1.0 - ema_decay(1.0 - eta, observations + 1)  # c_n
         ema = ((1.0 - eta) * scores * decay_prev + eta * v) / decay_new
     return np.where(first, v, np.where(observed, ema, scores))
+
+
+def ema_decay(base: float, exponents: np.ndarray) -> np.ndarray:
+    """base ** n elementwise for integer n >= 0, by binary exponentiation: float64 products
+    in a fixed order (the result times base^(2^k) for each set bit k, lowest first), so that
+    the Redis store's fold (Lua, store/lua.py) computes the same bits. (NumPy's `**` may use
+    a vectorised pow that differs from the C library's in the last bit.)"""
+    n = np.asarray(exponents, dtype=np.int64)
+    out = np.ones(n.shape)
+    square = float(base)
+    while n.any():
+        out = np.where(n & 1, out * square, out)
+        square = square * square
+        n = n >> 1
+    return out
 
 
 def keep_weights(scores: np.ndarray, eps: float) -> np.ndarray:
