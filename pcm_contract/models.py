@@ -428,15 +428,19 @@ class SelectResponse(_Model):
     skipped_trajectories: int
     keep_probs: dict[str, list[float]]  # task_id -> w_tp over phases
     store_epoch: str = Field(default="", description=STORE_EPOCH_DESCRIPTION)
+    staleness: int = Field(default=0, ge=0, description=(
+        "commits the state this selection was computed on lacked: the run's state_version "
+        "then was state_version - 1 - staleness (its statistics still entered the state "
+        "exactly once)"))
 
     def same_as(self, other: SelectResponse) -> bool:
         """Field-by-field equality (arrays compared by value; store_epoch, which says where the
         answer was read from, is not compared)."""
         return (
             (self.selection_id, self.state_version, self.kept_chunks, self.total_chunks,
-             self.skipped_trajectories, self.keep_probs)
+             self.skipped_trajectories, self.keep_probs, self.staleness)
             == (other.selection_id, other.state_version, other.kept_chunks, other.total_chunks,
-                other.skipped_trajectories, other.keep_probs)
+                other.skipped_trajectories, other.keep_probs, other.staleness)
             and len(self.masks) == len(other.masks)
             and all(np.array_equal(a, b) for a, b in zip(self.masks, other.masks, strict=True))
             and all(np.array_equal(a, b) for a, b in zip(self.weights, other.weights,

@@ -146,7 +146,7 @@ class KeepProbs(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SelectChunksResponse(_message.Message):
-    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch")
+    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch", "staleness")
     class KeepProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,7 @@ class SelectChunksResponse(_message.Message):
     SKIPPED_TRAJECTORIES_FIELD_NUMBER: _ClassVar[int]
     KEEP_PROBS_FIELD_NUMBER: _ClassVar[int]
     STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
     selection_id: str
     state_version: int
     chunk_counts: _containers.RepeatedScalarFieldContainer[int]
@@ -174,7 +175,8 @@ class SelectChunksResponse(_message.Message):
     skipped_trajectories: int
     keep_probs: _containers.MessageMap[str, KeepProbs]
     store_epoch: str
-    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ...) -> None: ...
+    staleness: int
+    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ..., staleness: _Optional[int] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("rollout_s", "select_s", "backward_s")
