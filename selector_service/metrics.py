@@ -29,6 +29,11 @@ Semantics:
   accepted outcome report (stage rollout|select|backward from its timings). At most
   `max_trainers_per_run` trainer label values per run; later trainers count as "other".
 - `pcm_store_errors_total{op}`: store operations that failed (op: the PhaseStore method).
+- `pcm_select_staleness`: per committed selection, the commits the state it was computed on
+  lacked (the answer's `staleness`; docs/design.md, "Consistency of shared runs").
+- `pcm_select_conflicts_total{reason}`: selections computed again because the store refused
+  the state they were computed on: `stale` (older than PCM_MAX_STALENESS commits) or `config`
+  (the run's config changed meanwhile).
 - `pcm_run_config_info{run,mode,score,weighting}`: 1 for the configuration the run's last
   committed selection used (which phase score and loss weighting it runs); one series per run.
 
@@ -38,8 +43,9 @@ whichever worker answers, aggregates all of them (`multiprocess_dir`), so the ex
 same as one process's that handled every call:
 - counters and histograms (`pcm_select_requests_total`, `pcm_select_latency_seconds`,
   `pcm_chunks_total`, `pcm_skipped_trajectories_total`, `pcm_outcome_reports_total`,
-  `pcm_trainer_stage_seconds`, `pcm_store_errors_total`) are summed over workers (a worker that
-  exits keeps its counts in the sum, so nothing goes down);
+  `pcm_trainer_stage_seconds`, `pcm_store_errors_total`, `pcm_select_staleness`,
+  `pcm_select_conflicts_total`) are summed over workers (a worker that exits keeps its counts
+  in the sum, so nothing goes down);
 - the gauges (`pcm_keep_probability`, `pcm_phase_score`, `pcm_selection_rate`,
   `pcm_success_rate`, `pcm_run_config_info`) are `mostrecent`: the value the last worker set,
   which is the value after the last selection or report of the run (or trainer) on any worker,
@@ -101,6 +107,8 @@ STAGES = ("rollout", "select", "backward")
 # The PhaseStore methods: the `op` values stores report through on_error (pre-set to 0).
 STORE_OPS = ("ping", "put_config", "get_config", "delete_run", "load", "get_request",
              "commit_select", "reconcile_select", "record_report", "history")
+STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFLICT_REASONS = ("stale", "config")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                  120.0, 300.0, 600.0)
@@ -208,6 +216,12 @@ class Metrics:
             ["run", "trainer", "stage"], buckets=STAGE_BUCKETS, registry=r)
         self.store_errors = Counter(
             "pcm_store_errors_total", "Failed phase-state store operations.", ["op"], registry=r)
+        self.select_staleness = Histogram(
+            "pcm_select_staleness", "Commits the state a committed selection was computed on "
+            "lacked.", buckets=STALENESS_BUCKETS, registry=r)
+        self.select_conflicts = Counter(
+            "pcm_select_conflicts_total", "Selections computed again: the store refused their "
+            "state (stale beyond the bound, or of another config).", ["reason"], registry=r)
 
         self._lock = threading.Lock()
         # (transport, status) -> the children of pcm_select_requests_total and
@@ -228,6 +242,8 @@ class Metrics:
             self.select_requests.labels(transport, "OK")
         for op in STORE_OPS:
             self.store_errors.labels(op)
+        for reason in CONFLICT_REASONS:
+            self.select_conflicts.labels(reason)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: CollectorRegistry | None = None, *,
@@ -274,6 +290,7 @@ class Metrics:
     # -- ServiceObserver ----------------------------------------------------------------------
 
     def on_select(self, event: SelectEvent) -> None:
+        self.select_staleness.observe(event.staleness)
         with self._lock:
             self._expire()
             run = self._run_label(event.run_id)
@@ -319,6 +336,9 @@ class Metrics:
                     entry.children.pop((self.run_config, (run, *previous)), None)
                 entry.config = config
                 self._child(entry, self.run_config, run, *config).set(1)
+
+    def on_select_conflict(self, run_id: str, reason: str) -> None:
+        self.select_conflicts.labels(reason if reason in CONFLICT_REASONS else "stale").inc()
 
     def on_report(self, run_id: str, report: OutcomeReport, accepted: bool) -> None:
         with self._lock:

@@ -81,7 +81,8 @@ class SelectorServer:
         self.reuse_port = reuse_port
         self.metrics = metrics if metrics is not None else Metrics.from_settings(settings)
         if service is None:
-            service = SelectorService(build_store(settings, self.metrics), self.metrics)
+            service = SelectorService(build_store(settings, self.metrics), self.metrics,
+                                      max_staleness=settings.max_staleness)
         self.service = service
         self.auth = TokenAuth(settings.auth_tokens)
         self.app = create_app(service, settings, self.metrics)

@@ -12,6 +12,12 @@ If the service never committed the request it commits it now, counted with those
 had (the client lost the answer) it reconciles the stored answer and the run's kept-chunk
 counts to those masks. Either way the run counts each batch once, with the mask trained on.
 
+Shared runs (docs/design.md, "Consistency of shared runs"): a selection is computed once, on
+the state as read (the Redis store's copy may lack the last few commits), and the store folds
+what the batch changes into the state as stored, in commit order; the answer says how many
+commits its state lacked (`staleness`). Only a copy more than `max_staleness` commits old, or of
+another config, is refreshed and the selection computed again.
+
 Readiness follows the store: a store call that fails marks the service not ready at once, the
 next one that succeeds marks it ready again (`add_readiness_listener`).
 """
@@ -55,16 +61,18 @@ from pcm_contract.models import (
 from selector_service.core import (
     ChunkBatch,
     RunConfig,
-    TaskState,
     keep_weights,
-    recount_kept,
+    kept_counts,
     select_chunks,
 )
 from selector_service.store import CommitStatus, PhaseStore, RunSnapshot
 
 log = logging.getLogger(__name__)
 
-MAX_COMMIT_ATTEMPTS = 64  # optimistic-concurrency retries before answering "unavailable"
+# A select recomputes only when the store refused the state it computed on: once for a stale
+# copy (the refusal brings the current state), more only while the run's config keeps changing.
+MAX_COMMIT_ATTEMPTS = 4
+MAX_STALENESS = 256  # commits a selection's state may lack (Settings.max_staleness)
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,16 @@ class SelectEvent:
     mode: str = "pcm"
     score: str = "signal"
     weighting: str = "mean"
+    staleness: int = 0  # commits the state it was computed on lacked
 
 
 class ServiceObserver(Protocol):
     """Receives application events; the metrics module implements it."""
 
     def on_select(self, event: SelectEvent) -> None: ...
+
+    def on_select_conflict(self, run_id: str, reason: str) -> None:
+        """A selection is computed again: its state was refused (`stale` or `config`)."""
 
     def on_report(self, run_id: str, report: OutcomeReport, accepted: bool) -> None: ...
 
@@ -124,9 +136,13 @@ class _TrackedStore:
 
 
 class SelectorService:
-    def __init__(self, store: PhaseStore, observer: ServiceObserver | None = None) -> None:
+    def __init__(self, store: PhaseStore, observer: ServiceObserver | None = None, *,
+                 max_staleness: int = MAX_STALENESS) -> None:
+        if max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0")
         self.store = store
         self.observer = observer
+        self.max_staleness = max_staleness
         self._store = cast(PhaseStore, _TrackedStore(store, self._store_result))
         self._ready = True
         self._ready_lock = threading.Lock()
@@ -246,9 +262,10 @@ class SelectorService:
         """Select on a flat request (the gRPC server's path: no per-trajectory split and no
         pydantic validation; `FlatSelect.check` and the core validate and name the field).
 
-        One store round trip when the store has the run's state at hand (a Redis store caches
-        what it last read or committed; a stale copy costs one more, as the commit's
-        compare-and-set answers with the current state). A replay is found by the commit."""
+        One store round trip when the store has the run's state at hand (a Redis store keeps
+        what it last read or was answered; a copy beyond the staleness bound costs one more
+        selection, as the commit answers with the current state). A replay is found by the
+        commit."""
         _check_run_id(run_id)
         request.check()
         digest = flat_digest(request)
@@ -259,8 +276,8 @@ class SelectorService:
         return self._out(self._commit(run_id, request, batch, digest, snapshot))
 
     def _snapshot(self, run_id: str, task_ids: list[str]) -> RunSnapshot | None:
-        """The state to select on: the store's `snapshot_for_select` (possibly stale; the
-        commit's compare-and-set catches that) where it has one, else `load`."""
+        """The state to select on: the store's `snapshot_for_select` (possibly a few commits
+        old) where it has one, else `load`."""
         try:
             fast = self._store.snapshot_for_select  # type: ignore[attr-defined]
         except AttributeError:
@@ -281,25 +298,31 @@ class SelectorService:
                 snapshot = self._snapshot(run_id, batch.task_ids)
                 if snapshot is None:
                     raise self._unknown_run(run_id)
+            if attempt and self.observer is not None:  # the store refused the last state
+                self.observer.on_select_conflict(
+                    run_id, "stale" if snapshot.config == config else "config")
             if (snapshot.config.phases, snapshot.config.feature_dim) != validated_for:
                 raise InvalidArgument("run_id", "the run's phases or feature_dim changed while "
                                                 "selecting; resubmit the batch")
             config = snapshot.config
             sel = select_chunks(config, batch, snapshot.tasks, req.request_id, req.keep_fraction)
-            new_states = sel.new_states
+            assert sel.update is not None
+            update = sel.update
             if trained is None:
                 mask, weight = sel.mask.copy(), sel.weight.copy()
             else:  # the client trained on its own masks: count those (the scores are the same)
                 mask, weight = trained
-                new_states = recount_kept(new_states, batch, sel.mask, mask, config.phases)
+                update = update.with_kept(kept_counts(batch, mask, config.phases),
+                                          batch.task_ids)
             mask.flags.writeable = False
             weight.flags.writeable = False
             kept = int(mask.sum())
             # Built from arrays the service made: no validation needed (the model's validators
-            # would copy every trajectory's arrays again).
+            # would copy every trajectory's arrays again). The store sets state_version and
+            # staleness when it commits.
             answer = SelectResponse.model_construct(
                 selection_id=selection_id,
-                state_version=snapshot.state_version + 1,
+                state_version=0,
                 masks=batch.split(mask),
                 weights=batch.split(weight),
                 kept_chunks=kept,
@@ -307,28 +330,32 @@ class SelectorService:
                 skipped_trajectories=sel.skipped_trajectories,
                 keep_probs={t: w.tolist() for t, w in sel.keep_probs.items()},
                 store_epoch="",
+                staleness=0,
             )
             history = {"type": "select", "request_id": req.request_id,
-                       "trainer_id": req.trainer_id, "step": req.step,
-                       "state_version": answer.state_version, "kept_chunks": kept,
+                       "trainer_id": req.trainer_id, "step": req.step, "kept_chunks": kept,
                        "total_chunks": sel.total_chunks,
                        "skipped_trajectories": sel.skipped_trajectories,
                        "trained": trained is not None}
             result = self._store.commit_select(
-                run_id, req.request_id, snapshot.state_version, new_states, answer, history,
-                digest=digest, expected_revision=snapshot.revision, aliases=aliases)
+                run_id, req.request_id, snapshot.state_version, config, update, answer,
+                history, digest=digest, aliases=aliases,
+                max_staleness=self.max_staleness if attempt == 0 else None)
             if result.status is CommitStatus.COMMITTED:
+                assert result.answer is not None
                 if self.observer is not None:
-                    self.observer.on_select(_select_event(run_id, req.trainer_id, batch, sel,
-                                                          config, mask))
-                return answer
+                    self.observer.on_select(_select_event(
+                        run_id, req.trainer_id, batch, sel, config, mask,
+                        result.answer.staleness))
+                return result.answer
             if result.status is CommitStatus.REPLAY:
                 assert result.answer is not None
                 if trained is None or _trained_match(result.answer, req):
                     return result.answer
                 return self._reconcile(run_id, req, batch, digest, config)
-            # CONFLICT: another selection committed first; recompute on its state.
-        raise StoreUnavailable(f"run {clip(run_id)}: state kept changing during "
+            # STALE: the state read was too old or of another config; the store now has the
+            # current one at hand.
+        raise StoreUnavailable(f"run {clip(run_id)}: the run's config kept changing during "
                                f"{MAX_COMMIT_ATTEMPTS} attempts; retry")
 
     def _reconcile(self, run_id: str, req: FlatSelect, batch: ChunkBatch, digest: str,
@@ -341,10 +368,8 @@ class SelectorService:
         mask.flags.writeable = False
         weight.flags.writeable = False
         aliases = (LOCAL_SELECTION_PREFIX + req.request_id,)
+        # Only another reconcile of the same request changes the stored answer meanwhile.
         for _ in range(MAX_COMMIT_ATTEMPTS):
-            snapshot = self._store.load(run_id, batch.task_ids)
-            if snapshot is None:
-                raise self._unknown_run(run_id)
             stored = self._stored_answer(run_id, req.request_id, digest)
             if stored is None:  # the record expired meanwhile: commit the batch afresh
                 return self._commit(run_id, req, batch, digest)
@@ -354,11 +379,8 @@ class SelectorService:
             if counted.shape != mask.shape:
                 raise Conflict("request_id", f"{clip(req.request_id)}: the stored answer does "
                                              "not line up with this batch")
-            if any(t not in snapshot.tasks for t in batch.task_ids):
-                raise StoreUnavailable(f"run {clip(run_id)}: the state of a committed batch "
-                                       "is missing; retry")
-            new_states: dict[str, TaskState] = recount_kept(
-                snapshot.tasks, batch, counted, mask, snapshot.config.phases)
+            delta = (kept_counts(batch, mask, config.phases)
+                     - kept_counts(batch, counted, config.phases))  # (T, P)
             kept = int(mask.sum())
             answer = stored.model_copy(update={
                 "masks": batch.split(mask), "weights": batch.split(weight),
@@ -367,15 +389,17 @@ class SelectorService:
                        "trainer_id": req.trainer_id, "step": req.step,
                        "state_version": stored.state_version, "kept_chunks": kept,
                        "previous_kept_chunks": stored.kept_chunks}
-            result = self._store.reconcile_select(run_id, req.request_id, snapshot.revision,
-                                                  new_states, answer, history, aliases=aliases)
+            result = self._store.reconcile_select(
+                run_id, req.request_id, stored,
+                {t: delta[j] for j, t in enumerate(batch.task_ids)}, answer, history,
+                aliases=aliases)
             if result.status is CommitStatus.COMMITTED:
                 log.info("run %s: reconciled request %s to the client's masks (kept %d -> %d)",
                          clip(run_id), clip(req.request_id), stored.kept_chunks, kept)
                 return answer
             if result.status is CommitStatus.GONE:
                 return self._commit(run_id, req, batch, digest)
-        raise StoreUnavailable(f"run {clip(run_id)}: state kept changing during "
+        raise StoreUnavailable(f"run {clip(run_id)}: the stored answer kept changing during "
                                f"{MAX_COMMIT_ATTEMPTS} attempts; retry")
 
     # -- outcomes -----------------------------------------------------------------------------
@@ -434,7 +458,7 @@ class SelectorService:
 
 
 def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
-                  config: RunConfig, mask: np.ndarray) -> SelectEvent:
+                  config: RunConfig, mask: np.ndarray, staleness: int) -> SelectEvent:
     num_phases = config.phases
     task_of_chunk = batch.task_index[batch.traj_of_chunk]
     cell = task_of_chunk * num_phases + batch.phase
@@ -449,7 +473,7 @@ def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
         scores={t: _scores_out(s.scores) for t, s in sel.new_states.items()},
         kept_chunks=int(mask.sum()), total_chunks=sel.total_chunks,
         skipped_trajectories=sel.skipped_trajectories, mode=config.mode, score=config.score,
-        weighting=config.weighting)
+        weighting=config.weighting, staleness=staleness)
 
 
 def _scores_out(scores: np.ndarray) -> list[float | None]:

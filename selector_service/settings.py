@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         default=3600.0, gt=0,
         description="metrics series of a run not seen for this long are dropped (e.g. a run "
                     "deleted through another selector)")
+    max_staleness: int = Field(
+        default=256, ge=0,
+        description="a select computes on a copy of its run's state at most this many commits "
+                    "old; an older copy is refreshed and the selection computed again, once")
     workers: int = Field(
         default=0, ge=0, le=1024,
         description="server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), "

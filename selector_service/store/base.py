@@ -1,23 +1,27 @@
 """The phase-state store interface, shared by the in-memory and Redis stores.
 
-The application layer reads a run's state, lets the core compute the batch's selection and new
-task states, then commits them with a compare-and-set on the run's ``state_version``: a commit
-that lost a race reports CONFLICT and the application retries on fresh state. A commit also
-stores the answer under the request_id, so a replayed request gets the stored answer (REPLAY)
-and changes nothing.
+The application layer reads a run's state (possibly a few commits old), lets the core compute
+the batch's selection and its state update (core/fold.py), then commits: the store folds the
+update into the task states as stored now, atomically and in commit order, sets the run's
+``state_version`` to the next version and stores the answer under the request_id, so a
+replayed request gets the stored answer (REPLAY) and changes nothing. No commit fails because
+another committed first. A commit is refused (STALE, nothing written) only when the state it
+was computed on is more than ``max_staleness`` versions old, newer than the store's (a
+restarted store that lost writes), or for another config: the application recomputes on the
+store's current state, which a store may keep at hand for that (docs/design.md, "Consistency
+of shared runs").
 
 Idempotency records carry a digest of the canonical request (``digest``): a replay whose digest
 differs from the stored one raises ``Conflict`` naming ``request_id`` (an empty digest, on
 either side, is not compared). Every write of a run's task states (a commit, or a reconcile of
-a replayed batch to the masks its client trained on) increments the run's ``revision``;
-``expected_revision`` makes a write compare-and-set on it. A commit also registers the answer's
-selection_id (and ``aliases``) so that outcome reports can be checked against it.
+a replayed batch to the masks its client trained on) increments the run's ``revision``. A
+commit also registers the answer's selection_id (and ``aliases``) so that outcome reports can
+be checked against it.
 
 A store may also have ``snapshot_for_select(run_id, task_ids)``: the state a select computes
 on, like ``load`` but possibly stale (the Redis store answers from the state it last read or
-committed, without a round trip; ``commit_select``'s compare-and-set catches a stale copy and
-the store then holds the current state). The application layer uses ``load`` where a store has
-none.
+was answered by a commit, without a round trip). The application layer uses ``load`` where a
+store has none.
 
 ``epoch`` names the store's current incarnation: it changes when the backing store restarts
 (a restarted Redis may have lost the last second of acknowledged writes, with AOF everysec), so
@@ -31,8 +35,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
+
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
+from selector_service.core.fold import StateUpdate
 
 RequestKind = Literal["select", "report"]
 
@@ -48,7 +55,8 @@ class RunSnapshot:
 
 class CommitStatus(enum.Enum):
     COMMITTED = "committed"
-    CONFLICT = "conflict"  # state_version moved on: re-read and recompute
+    STALE = "stale"  # commit: the state read is too old or of another config: recompute
+    CONFLICT = "conflict"  # reconcile: the stored answer changed since it was read
     REPLAY = "replay"  # request_id already committed: `answer` is the stored answer
     GONE = "gone"  # reconcile: no record for request_id (it expired or was never stored)
 
@@ -56,6 +64,7 @@ class CommitStatus(enum.Enum):
 @dataclass
 class CommitResult:
     status: CommitStatus
+    # REPLAY: the stored answer; COMMITTED: the answer as stored (state_version, staleness)
     answer: SelectResponse | None = None
 
 
@@ -91,37 +100,44 @@ class PhaseStore(Protocol):
         self,
         run_id: str,
         request_id: str,
-        expected_version: int,
-        new_states: dict[str, TaskState],
+        read_version: int,
+        config: RunConfig,
+        update: StateUpdate,
         answer: SelectResponse,
         history: dict[str, Any],
         *,
         digest: str = "",
-        expected_revision: int | None = None,
         aliases: tuple[str, ...] = (),
+        max_staleness: int | None = None,
     ) -> CommitResult:
         """Atomically: if request_id is stored, REPLAY (Conflict if the digests differ); elif
-        the run's state_version is not expected_version (or its revision not
-        expected_revision), CONFLICT; else write the states, set state_version to
-        answer.state_version (= expected_version + 1), increment the revision, store the answer
-        and digest under request_id, register answer.selection_id and `aliases` and append the
-        history entry. Raises NotFound if the run was deleted."""
+        the run's state_version V is below read_version, or above it by more than
+        max_staleness (None: no bound), or its config is not `config`, STALE (nothing
+        written); else fold `update` into the stored states of its tasks (core/fold.py), set
+        state_version to V + 1, increment the revision, store the answer with state_version
+        V + 1 and staleness V - read_version (and the digest) under request_id, register
+        answer.selection_id and `aliases` and append the history entry with those two
+        fields. COMMITTED carries the answer as stored. Raises NotFound if the run was
+        deleted, InvalidArgument (run_id) if a stored task state has another number of
+        phases than the update."""
 
     def reconcile_select(
         self,
         run_id: str,
         request_id: str,
-        expected_revision: int,
-        new_states: dict[str, TaskState],
+        counted: SelectResponse,
+        kept_delta: dict[str, np.ndarray],
         answer: SelectResponse,
         history: dict[str, Any],
         *,
         aliases: tuple[str, ...] = (),
     ) -> CommitResult:
-        """Atomically replace the stored answer of a committed request_id (keeping its digest)
-        and write the given task states, if the run's revision is expected_revision: COMMITTED
-        (revision incremented, state_version unchanged, `aliases` registered), CONFLICT, or
-        GONE (no record for request_id). Raises NotFound if the run was deleted."""
+        """Atomically, if the answer stored for request_id is still `counted`: replace it with
+        `answer` (keeping its digest), add `kept_delta` (task -> (P,) integers) to those
+        tasks' stored chunks_kept, increment the revision and register `aliases`: COMMITTED
+        (state_version unchanged); CONFLICT if the stored answer is another; GONE if there is
+        no select record for request_id. Raises NotFound if the run was deleted,
+        StoreUnavailable if a task of the batch has no state."""
 
     def record_report(self, run_id: str, request_id: str, report: OutcomeReport,
                       history: dict[str, Any], *, digest: str = "",

@@ -2,10 +2,12 @@
 
 Each script is registered once with ``redis.Redis.register_script`` and run with EVALSHA. Every
 key a script touches is passed in KEYS (none is built inside a script), and all keys of a run
-share the hash tag ``{RUN}``, so a script stays on one Redis Cluster slot. The scripts do only
-compare-and-set and bookkeeping (COMMIT_SELECT also answers a lost compare-and-set with the
-state it lost to, so the selector recomputes without another read); the PCM math stays in
-Python (selector_service/core).
+share the hash tag ``{RUN}``, so a script stays on one Redis Cluster slot. The selection is
+computed in Python (selector_service/core); FOLD_SELECT folds what it changes into the stored
+task states (the EMA of the scores and of the `signal` reference re-applied to the stored
+values, the counters added), the same operations as core/fold.py in the same order, and does
+the bookkeeping; the other scripts do bookkeeping only. Task states and updates are binary
+(store/state_codec.py), read and written with Redis' `struct` library.
 
 Idempotency records (``pcm:{RUN}:req:REQUEST_ID``) are strings whose first byte is the request
 kind: ``S`` (select; the packed SelectResponse follows, its header holding the request digest)
@@ -52,10 +54,226 @@ redis.call('HSET', KEYS[1], 'config', ARGV[1])
 return created
 """
 
-COMMIT_SELECT = """
--- Commit one selection, compare-and-set, reading the state in the same call when it moved on:
--- the selector computed on a copy of the state (the last it read or committed), and a stale
--- copy is answered with the current one, so a select costs one round trip while the copy holds.
+# Task states and batch updates (store/state_codec.py has their layout), and the fold: the same
+# operations, in the same order, as selector_service/core/fold.py's `fold_task`, so that a
+# state folded here is bit for bit the one Python computes (tests check it on random inputs).
+_STATE = r"""
+local CHUNK = 200  -- doubles per struct call (Lua's C stack takes a few thousand values)
+local function read_doubles(s, pos, n)
+  local out = {}
+  local i = 0
+  while i < n do
+    local k = math.min(n - i, CHUNK)
+    local vals = {struct.unpack('<' .. string.rep('d', k), s, pos)}
+    for j = 1, k do
+      out[i + j] = vals[j]
+    end
+    pos = vals[k + 1]
+    i = i + k
+  end
+  return out, pos
+end
+local function write_doubles(parts, values, n)
+  local i = 0
+  while i < n do
+    local k = math.min(n - i, CHUNK)
+    parts[#parts + 1] = struct.pack('<' .. string.rep('d', k), unpack(values, i + 1, i + k))
+    i = i + k
+  end
+end
+local function empty_state(p)
+  local st = {p = p, d = 0, trajectories = 0, skipped = 0, version = 0,
+              scores = {}, observations = {}, total = {}, kept = {}}
+  for i = 1, p do
+    st.scores[i] = 0 / 0
+    st.observations[i] = 0
+    st.total[i] = 0
+    st.kept[i] = 0
+  end
+  return st
+end
+local function decode_json_state(raw)
+  -- a state as earlier versions stored it (TaskState.to_dict); cjson reads numbers exactly
+  local j = cjson.decode(raw)
+  local p = #j.scores
+  local st = empty_state(p)
+  st.trajectories, st.skipped, st.version = j.trajectories, j.skipped_trajectories, j.version
+  for i = 1, p do
+    if j.scores[i] ~= cjson.null then
+      st.scores[i] = j.scores[i]
+    end
+    st.observations[i] = j.observations[i]
+    st.total[i] = j.chunks_total[i]
+    st.kept[i] = j.chunks_kept[i]
+  end
+  local rows = j.signal_ref
+  if rows ~= nil and rows ~= cjson.null then
+    local d = 1
+    for i = 1, p do
+      if rows[i] ~= cjson.null then
+        d = #rows[i]
+        break
+      end
+    end
+    st.d, st.ref = d, {}
+    for i = 1, p do
+      for k = 1, d do
+        if rows[i] == cjson.null then
+          st.ref[(i - 1) * d + k] = 0 / 0
+        else
+          st.ref[(i - 1) * d + k] = rows[i][k]
+        end
+      end
+    end
+  end
+  return st
+end
+local function decode_state(raw)
+  if string.sub(raw, 1, 1) ~= 'T' then
+    return decode_json_state(raw)
+  end
+  local _, _, p, d, pos = struct.unpack('<c1BHI4', raw)
+  local head
+  head, pos = read_doubles(raw, pos, 3)
+  local st = {p = p, d = d, trajectories = head[1], skipped = head[2], version = head[3]}
+  st.scores, pos = read_doubles(raw, pos, p)
+  st.observations, pos = read_doubles(raw, pos, p)
+  st.total, pos = read_doubles(raw, pos, p)
+  st.kept, pos = read_doubles(raw, pos, p)
+  if d > 0 then
+    st.ref = read_doubles(raw, pos, p * d)
+  end
+  return st
+end
+local function encode_state(st)
+  local parts = {struct.pack('<c1BHI4', 'T', 1, st.p, st.d)}
+  write_doubles(parts, {st.trajectories, st.skipped, st.version}, 3)
+  write_doubles(parts, st.scores, st.p)
+  write_doubles(parts, st.observations, st.p)
+  write_doubles(parts, st.total, st.p)
+  write_doubles(parts, st.kept, st.p)
+  if st.d > 0 then
+    write_doubles(parts, st.ref, st.p * st.d)
+  end
+  return table.concat(parts)
+end
+local function decode_update(raw)
+  local _, _, p, d, pos = struct.unpack('<c1BHI4', raw)
+  local head
+  head, pos = read_doubles(raw, pos, 2)
+  local up = {p = p, d = d, trajectories = head[1], skipped = head[2]}
+  up.v, pos = read_doubles(raw, pos, p)
+  up.observed, pos = read_doubles(raw, pos, p)
+  up.total, pos = read_doubles(raw, pos, p)
+  up.kept, pos = read_doubles(raw, pos, p)
+  if d > 0 then
+    up.present, pos = read_doubles(raw, pos, p)
+    up.mean = read_doubles(raw, pos, p * d)
+  end
+  return up
+end
+local function power(base, n)
+  -- base ^ n by binary exponentiation, as core/weights.py's ema_decay
+  local out, square = 1.0, base
+  while n > 0 do
+    if n % 2 == 1 then
+      out = out * square
+    end
+    square = square * square
+    n = (n - n % 2) / 2
+  end
+  return out
+end
+local function fold(st, up, eta, bias_corrected)
+  -- core/fold.py's fold_task; nil if the state has another number of phases
+  if st == nil then
+    st = empty_state(up.p)
+  end
+  if st.p ~= up.p then
+    return nil
+  end
+  local q = 1.0 - eta
+  for i = 1, up.p do
+    if up.observed[i] ~= 0 then
+      local s = st.scores[i]
+      if s ~= s then  -- never observed: the first observation initialises
+        st.scores[i] = up.v[i]
+      elseif bias_corrected then
+        local n = st.observations[i]
+        st.scores[i] = (q * s * (1.0 - power(q, n)) + eta * up.v[i]) / (1.0 - power(q, n + 1))
+      else
+        st.scores[i] = q * s + eta * up.v[i]
+      end
+      st.observations[i] = st.observations[i] + 1
+    end
+    st.total[i] = st.total[i] + up.total[i]
+    st.kept[i] = st.kept[i] + up.kept[i]
+  end
+  if up.d > 0 then
+    local d = up.d
+    if st.d ~= d then
+      st.d, st.ref = d, {}
+      for k = 1, up.p * d do
+        st.ref[k] = 0 / 0
+      end
+    end
+    for i = 1, up.p do
+      if up.present[i] ~= 0 then
+        local base = (i - 1) * d
+        local first = st.ref[base + 1]
+        if first == first then
+          for k = base + 1, base + d do
+            st.ref[k] = q * st.ref[k] + eta * up.mean[k]
+          end
+        else
+          for k = base + 1, base + d do
+            st.ref[k] = up.mean[k]
+          end
+        end
+      end
+    end
+  end
+  st.trajectories = st.trajectories + up.trajectories
+  st.skipped = st.skipped + up.skipped
+  st.version = st.version + 1
+  return st
+end
+"""
+
+FOLD_STATES = """
+-- Fold batch updates into task states and return the results, writing nothing: the fold of
+-- FOLD_SELECT on its own (tests compare it with core/fold.py's).
+-- KEYS: none
+-- ARGV[1]     the fold's parameters (eta f64, bias-corrected u8)
+-- ARGV[2i]    a task state ('' for none), i = 1..n
+-- ARGV[2i+1]  the task's update
+-- Returns the n folded states ('' where the phases differ).
+""" + _STATE + """
+local eta, bias = struct.unpack('<dB', ARGV[1])
+local out = {}
+for i = 1, (#ARGV - 1) / 2 do
+  local st = nil
+  if ARGV[2 * i] ~= '' then
+    st = decode_state(ARGV[2 * i])
+  end
+  local folded = fold(st, decode_update(ARGV[2 * i + 1]), eta, bias == 1)
+  if folded == nil then
+    out[i] = ''
+  else
+    out[i] = encode_state(folded)
+  end
+end
+return out
+"""
+
+FOLD_SELECT = """
+-- Commit one selection by folding its update into the stored task states, in commit order:
+-- the selection was computed on a copy of the state (the last this selector read or was
+-- answered), which may lack the last few commits; what the batch changes (score evidence,
+-- counts, the reference's input) is applied to the state as stored now, so no commit waits
+-- for or retries another. Refused (nothing written, the current state answered, the selector
+-- recomputes once) only when the copy is older than the staleness bound, from another
+-- incarnation of the run, or for another config.
 -- KEYS[1]         pcm:{RUN}:config   (hash: config, state_version, outcome_reports, revision)
 -- KEYS[2]         pcm:{RUN}:req:REQUEST_ID
 -- KEYS[3]         pcm:{RUN}:reqs     (zset: request_id -> expiry ms)
@@ -63,23 +281,30 @@ COMMIT_SELECT = """
 -- KEYS[5]         pcm:{RUN}:tasks    (set of task ids)
 -- KEYS[6]         pcm:{RUN}:sels     (zset: selection_id -> expiry ms)
 -- KEYS[6+i]       pcm:{RUN}:state:TASK_i, i = 1..n
--- ARGV[1]         expected state_version
--- ARGV[2]         new state_version
+-- ARGV[1]         the state_version the selection was computed on
+-- ARGV[2]         the staleness bound (versions), or -1 (none)
 -- ARGV[3]         request_id
 -- ARGV[4]         idempotency record ('S' + packed answer, with the request digest)
--- ARGV[5]         record TTL, seconds
--- ARGV[6]         history entry (JSON)
--- ARGV[7]         history MAXLEN (approximate trim)
--- ARGV[8]         expected revision, or '' (not compared)
--- ARGV[9]         expected config (JSON, as stored), or '' (not compared)
--- ARGV[10]        a, the number of selection ids to register
--- ARGV[10+j]      selection id j, j = 1..a
--- ARGV[10+a+i]    TASK_i, i = 1..n
--- ARGV[10+a+n+i]  TaskState of TASK_i (JSON)
--- Returns {'missing'} (no such run), {'replay', stored record}, {'committed'}, or
--- {'conflict', config, state_version, outcome_reports, revision, state_1, ..., state_n}: the
--- run's current state (state_i '' where TASK_i has none), nothing written.
-""" + _REMEMBER + """
+-- ARGV[5]         offset in the record of its state_version (20 characters, 0-based)
+-- ARGV[6]         offset in the record of its staleness (20 characters)
+-- ARGV[7]         record TTL, seconds
+-- ARGV[8]         history entry: a JSON object up to its last member, before '}'
+-- ARGV[9]         history MAXLEN (approximate trim)
+-- ARGV[10]        expected config (JSON, as stored), or '' (not compared)
+-- ARGV[11]        the fold's parameters (eta f64, bias-corrected u8)
+-- ARGV[12]        a, the number of selection ids to register
+-- ARGV[12+j]      selection id j, j = 1..a
+-- ARGV[12+a+i]    TASK_i, i = 1..n
+-- ARGV[12+a+n+i]  the batch's update of TASK_i
+-- Returns {'missing'} (no such run), {'replay', stored record}, {'committed', state_version,
+-- staleness, revision, state_1, ..., state_n} (the folded states), {'phases', TASK} (its
+-- state has another number of phases; nothing written) or {'stale', config, state_version,
+-- outcome_reports, revision, state_1, ..., state_n}: the run's current state (state_i '' where
+-- TASK_i has none), nothing written.
+""" + _REMEMBER + _STATE + """
+local function patch(s, offset, value)
+  return string.sub(s, 1, offset) .. string.format('%20d', value) .. string.sub(s, offset + 21)
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
@@ -87,43 +312,67 @@ local stored = redis.call('GET', KEYS[2])
 if stored then
   return {'replay', stored}
 end
+local n = #KEYS - 6
 local head = redis.call('HMGET', KEYS[1], 'state_version', 'revision', 'config')
-if tonumber(head[1]) ~= tonumber(ARGV[1])
-    or (ARGV[8] ~= '' and tonumber(head[2] or '0') ~= tonumber(ARGV[8]))
-    or (ARGV[9] ~= '' and head[3] ~= ARGV[9]) then
+local current, read, bound = tonumber(head[1]), tonumber(ARGV[1]), tonumber(ARGV[2])
+if read > current or (bound >= 0 and current - read > bound)
+    or (ARGV[10] ~= '' and head[3] ~= ARGV[10]) then
   local run = redis.call('HMGET', KEYS[1], 'config', 'state_version', 'outcome_reports',
                          'revision')
-  local reply = {'conflict', run[1] or '', run[2] or '0', run[3] or '0', run[4] or '0'}
-  for i = 1, #KEYS - 6 do
+  local reply = {'stale', run[1] or '', run[2] or '0', run[3] or '0', run[4] or '0'}
+  for i = 1, n do
     reply[5 + i] = redis.call('GET', KEYS[6 + i]) or ''
   end
   return reply
 end
-local a = tonumber(ARGV[10])
-local n = #KEYS - 6
+local eta, bias = struct.unpack('<dB', ARGV[11])
+local a = tonumber(ARGV[12])
+local folded = {}
 for i = 1, n do
-  redis.call('SET', KEYS[6 + i], ARGV[10 + a + n + i])
-  redis.call('SADD', KEYS[5], ARGV[10 + a + i])
+  local raw = redis.call('GET', KEYS[6 + i])
+  local st = nil
+  if raw then
+    st = decode_state(raw)
+  end
+  local new = fold(st, decode_update(ARGV[12 + a + n + i]), eta, bias == 1)
+  if new == nil then
+    return {'phases', ARGV[12 + a + i]}
+  end
+  folded[i] = encode_state(new)
 end
-redis.call('HSET', KEYS[1], 'state_version', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'revision', 1)
-remember(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[5])
-register(KEYS[6], {unpack(ARGV, 11, 10 + a)}, ARGV[5])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[6])
-return {'committed'}
+local version = current + 1
+local staleness = current - read
+for i = 1, n do
+  redis.call('SET', KEYS[6 + i], folded[i])
+  redis.call('SADD', KEYS[5], ARGV[12 + a + i])
+end
+redis.call('HSET', KEYS[1], 'state_version', version)
+local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)
+local record = patch(patch(ARGV[4], tonumber(ARGV[5]), version), tonumber(ARGV[6]), staleness)
+remember(KEYS[2], KEYS[3], ARGV[3], record, ARGV[7])
+register(KEYS[6], {unpack(ARGV, 13, 12 + a)}, ARGV[7])
+local entry = ARGV[8] .. string.format('"state_version":%d,"staleness":%d}', version, staleness)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'e', entry)
+local reply = {'committed', version, staleness, revision}
+for i = 1, n do
+  reply[4 + i] = folded[i]
+end
+return reply
 """
 
 RECONCILE_SELECT = """
--- Replace a committed selection's stored answer and write its tasks' states (compare-and-set on
--- the run's revision): a client trained on other masks than the stored answer's (it selected
--- locally while the commit's answer was lost), so the run counts its masks instead.
+-- Replace a committed selection's stored answer and correct its tasks' kept-chunk counts: a
+-- client trained on other masks than the stored answer's (it selected locally while the
+-- commit's answer was lost), so the run counts its masks instead. The correction is added to
+-- the counts as stored (it commutes with other commits); it applies only if the stored answer
+-- is still the one the correction was computed against.
 -- KEYS[1]        pcm:{RUN}:config   (hash: config, state_version, outcome_reports, revision)
 -- KEYS[2]        pcm:{RUN}:req:REQUEST_ID
 -- KEYS[3]        pcm:{RUN}:reqs     (zset: request_id -> expiry ms)
 -- KEYS[4]        pcm:{RUN}:history  (stream)
 -- KEYS[5]        pcm:{RUN}:sels     (zset: selection_id -> expiry ms)
--- KEYS[5+i]      pcm:{RUN}:state:TASK_i, i = 1..n (tasks the run already has)
--- ARGV[1]        expected revision
+-- KEYS[5+i]      pcm:{RUN}:state:TASK_i, i = 1..n (the batch's tasks)
+-- ARGV[1]        SHA-1 (hex) of the stored record the correction was computed against
 -- ARGV[2]        request_id
 -- ARGV[3]        the new idempotency record ('S' + packed answer, same digest)
 -- ARGV[4]        record TTL, seconds
@@ -131,10 +380,11 @@ RECONCILE_SELECT = """
 -- ARGV[6]        history MAXLEN (approximate trim)
 -- ARGV[7]        a, the number of selection ids to register
 -- ARGV[7+j]      selection id j, j = 1..a
--- ARGV[7+a+i]    TaskState of TASK_i (JSON), i = 1..n
--- Returns {'missing'} (no such run), {'gone'} (no select record), {'conflict'} or
--- {'committed'}. state_version does not change: the batch was counted once already.
-""" + _REMEMBER + """
+-- ARGV[7+a+i]    the correction of TASK_i's chunks_kept, f64 per phase, i = 1..n
+-- Returns {'missing'} (no such run), {'gone'} (no select record), {'conflict'} (the record
+-- changed), {'no_state'} (a task of the batch has no state) or {'committed'}. state_version
+-- does not change: the batch was counted once already.
+""" + _REMEMBER + _STATE + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
@@ -142,12 +392,26 @@ local stored = redis.call('GET', KEYS[2])
 if not stored or string.sub(stored, 1, 1) ~= 'S' then
   return {'gone'}
 end
-if tonumber(redis.call('HGET', KEYS[1], 'revision') or '0') ~= tonumber(ARGV[1]) then
+if redis.sha1hex(stored) ~= ARGV[1] then
   return {'conflict'}
 end
 local a = tonumber(ARGV[7])
-for i = 1, #KEYS - 5 do
-  redis.call('SET', KEYS[5 + i], ARGV[7 + a + i])
+local n = #KEYS - 5
+local states = {}
+for i = 1, n do
+  local raw = redis.call('GET', KEYS[5 + i])
+  if not raw then
+    return {'no_state'}
+  end
+  local st = decode_state(raw)
+  local delta = read_doubles(ARGV[7 + a + i], 1, st.p)
+  for p = 1, st.p do
+    st.kept[p] = st.kept[p] + delta[p]
+  end
+  states[i] = encode_state(st)
+end
+for i = 1, n do
+  redis.call('SET', KEYS[5 + i], states[i])
 end
 redis.call('HINCRBY', KEYS[1], 'revision', 1)
 remember(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])

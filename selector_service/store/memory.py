@@ -9,9 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pcm_contract.errors import Conflict, NotFound, clip
+import numpy as np
+
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound, StoreUnavailable, clip
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
+from selector_service.core.fold import StateUpdate, fold_task
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
 
 MAX_REQUESTS_PER_RUN = 100_000  # idempotency records kept per run, oldest dropped first
@@ -103,11 +106,11 @@ class MemoryStore:
             check_digest(request_id, stored, digest)
             return kind, answer  # answers are immutable (frozen, read-only arrays)
 
-    def commit_select(self, run_id: str, request_id: str, expected_version: int,
-                      new_states: dict[str, TaskState], answer: SelectResponse,
+    def commit_select(self, run_id: str, request_id: str, read_version: int,
+                      config: RunConfig, update: StateUpdate, answer: SelectResponse,
                       history: dict[str, Any], *, digest: str = "",
-                      expected_revision: int | None = None,
-                      aliases: tuple[str, ...] = ()) -> CommitResult:
+                      aliases: tuple[str, ...] = (),
+                      max_staleness: int | None = None) -> CommitResult:
         with self._lock:
             run = self._require(run_id)
             stored = run.requests.get(request_id)
@@ -116,19 +119,28 @@ class MemoryStore:
                     raise Conflict("request_id", "already used by an outcome report")
                 check_digest(request_id, stored[2], digest)
                 return CommitResult(CommitStatus.REPLAY, stored[1])
-            if run.state_version != expected_version or (
-                    expected_revision is not None and run.revision != expected_revision):
-                return CommitResult(CommitStatus.CONFLICT)
-            run.tasks.update({t: _copy_state(s) for t, s in new_states.items()})
-            run.state_version = answer.state_version
+            staleness = run.state_version - read_version
+            if staleness < 0 or run.config != config or (
+                    max_staleness is not None and staleness > max_staleness):
+                return CommitResult(CommitStatus.STALE)
+            try:
+                folded = {t: fold_task(run.tasks.get(t), u, update.eta, update.bias_corrected,
+                                       update.num_phases) for t, u in update.tasks.items()}
+            except ValueError as exc:
+                raise InvalidArgument("run_id", f"run {clip(run_id)}: {exc}") from None
+            run.tasks.update(folded)
+            run.state_version += 1
             run.revision += 1
+            answer = answer.model_copy(update={"state_version": run.state_version,
+                                               "staleness": staleness})
             self._remember(run, request_id, ("select", answer, digest))
             self._register(run, (answer.selection_id, *aliases))
-            run.history.append(history)
-            return CommitResult(CommitStatus.COMMITTED)
+            run.history.append({**history, "state_version": run.state_version,
+                                "staleness": staleness})
+            return CommitResult(CommitStatus.COMMITTED, answer)
 
-    def reconcile_select(self, run_id: str, request_id: str, expected_revision: int,
-                         new_states: dict[str, TaskState], answer: SelectResponse,
+    def reconcile_select(self, run_id: str, request_id: str, counted: SelectResponse,
+                         kept_delta: dict[str, np.ndarray], answer: SelectResponse,
                          history: dict[str, Any], *,
                          aliases: tuple[str, ...] = ()) -> CommitResult:
         with self._lock:
@@ -136,9 +148,14 @@ class MemoryStore:
             stored = run.requests.get(request_id)
             if stored is None or stored[0] != "select":
                 return CommitResult(CommitStatus.GONE)
-            if run.revision != expected_revision:
+            if stored[1] is not counted:
                 return CommitResult(CommitStatus.CONFLICT)
-            run.tasks.update({t: _copy_state(s) for t, s in new_states.items()})
+            if any(t not in run.tasks for t in kept_delta):
+                raise StoreUnavailable(f"run {clip(run_id)}: the state of a committed batch "
+                                       "is missing; retry")
+            for task, delta in kept_delta.items():
+                state = run.tasks[task]
+                run.tasks[task] = replace(state, chunks_kept=state.chunks_kept + delta)
             run.revision += 1
             run.requests[request_id] = ("select", answer, stored[2])
             self._register(run, (answer.selection_id, *aliases))

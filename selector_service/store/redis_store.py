@@ -7,7 +7,8 @@ Cluster slot and every Lua script touches one slot:
 - ``pcm:{RUN}:config``          hash: ``config`` (RunConfig JSON), ``state_version``,
                                 ``outcome_reports``, ``revision`` (writes of task states)
 - ``pcm:{RUN}:tasks``           set: the run's task ids (to find the state keys)
-- ``pcm:{RUN}:state:TASK``      string: TaskState JSON (``TaskState.to_dict``)
+- ``pcm:{RUN}:state:TASK``      string: the binary TaskState (store/state_codec.py; JSON in
+                                earlier versions, still read)
 - ``pcm:{RUN}:req:REQUEST_ID``  string with TTL: the idempotency record, kind byte ``S`` + packed
                                 SelectResponse (with the request digest), or ``R`` + the
                                 digest of an outcome report
@@ -18,12 +19,13 @@ Cluster slot and every Lua script touches one slot:
 - ``pcm:{RUN}:history``         stream, capped with ``XADD MAXLEN ~``; field ``e`` holds the
                                 entry's JSON
 
-Writes are Lua scripts (selector_service/store/lua.py): compare-and-set on state_version plus
-bookkeeping. Reads of several keys use MULTI/EXEC, so a snapshot's version and states agree.
-A select is one round trip: `snapshot_for_select` answers from this process's copy of the run's
-state (what it last read or committed) and COMMIT_SELECT checks the copy (state_version,
-revision and the config as stored), answering a stale one with the current state, which
-becomes the copy; only a select on tasks the copy lacks reads first.
+Writes are Lua scripts (selector_service/store/lua.py). Reads of several keys use MULTI/EXEC,
+so a snapshot's version and states agree. A select is one round trip: `snapshot_for_select`
+answers from this process's copy of the run's state (what it last read, or the states its last
+commit was answered with) and FOLD_SELECT folds the batch's update into the states as stored,
+answering with the folded states, which join the copy; it refuses (and answers the current
+state, which becomes the copy) only a copy beyond the staleness bound or of another config.
+Only a select on tasks the copy lacks reads first.
 Any Redis error (connection refused, timeout, READONLY, OOM, ...) becomes StoreUnavailable
 naming the operation, after ``on_error(op)`` is called (the metrics hook); the client fails fast
 (short socket timeouts, one immediate reconnect attempt, no backoff loops).
@@ -49,6 +51,7 @@ the same epoch for a run.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import struct
@@ -64,12 +67,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from pcm_contract.errors import Conflict, NotFound, StoreUnavailable, clip
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound, StoreUnavailable, clip
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
+from selector_service.core.fold import StateUpdate
 from selector_service.store import lua
 from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
 from selector_service.store.memory import check_digest, unknown_selection
+from selector_service.store.state_codec import (
+    decode_state,
+    encode_counts,
+    encode_fold_params,
+    encode_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +156,12 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 #   0   b"S"                    kind byte of the idempotency record
 #   1   u8 format version (1), 2 zero bytes
 #   4   u32 H, the header length
-#   8   header JSON (H bytes): selection_id, state_version, kept_chunks, total_chunks,
-#       skipped_trajectories, keep_probs, n (trajectories), m (chunks), k (stored weights),
-#       digest (of the request; absent in records written before digests)
+#   8   header JSON (H bytes): state_version and staleness first, each written as 20
+#       characters (right-aligned, so the fold can set them in place: VERSION_AT and
+#       STALENESS_AT), then selection_id, kept_chunks, total_chunks, skipped_trajectories,
+#       keep_probs, n (trajectories), m (chunks), k (stored weights), digest (of the request;
+#       absent in records written before digests). Records written before staleness have it
+#       elsewhere in the header, or not at all (0).
 #   W   float64[k] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
 #       int32[n] lengths C_i
 #       uint8[ceil(m / 8)] masks, np.packbits of the concatenated masks
@@ -159,6 +172,10 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 
 _FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<cB2xI")
+_VERSION_KEY = b'{"state_version":'
+_STALENESS_KEY = b',"staleness":'
+VERSION_AT = _PREFIX.size + len(_VERSION_KEY)  # where the record's state_version is written
+STALENESS_AT = VERSION_AT + 20 + len(_STALENESS_KEY)  # and its staleness
 
 
 def encode_answer(answer: SelectResponse, digest: str = "") -> bytes:
@@ -172,9 +189,8 @@ def encode_answer(answer: SelectResponse, digest: str = "") -> bytes:
         raise ValueError("masks and weights must have one entry per chunk")
     if not weights.view(np.uint64)[~masks].any():  # all +0.0 off the mask: store kept only
         weights = weights[masks]
-    header = json.dumps({
+    rest = json.dumps({
         "selection_id": answer.selection_id,
-        "state_version": answer.state_version,
         "kept_chunks": answer.kept_chunks,
         "total_chunks": answer.total_chunks,
         "skipped_trajectories": answer.skipped_trajectories,
@@ -184,6 +200,8 @@ def encode_answer(answer: SelectResponse, digest: str = "") -> bytes:
         "k": len(weights),
         "digest": digest,
     }, separators=(",", ":")).encode()
+    header = b"".join((_VERSION_KEY, b"%20d" % answer.state_version, _STALENESS_KEY,
+                       b"%20d" % answer.staleness, b",", rest[1:]))
     pad = -(_PREFIX.size + len(header)) % 8
     return b"".join((
         _PREFIX.pack(_SELECT, _FORMAT_VERSION, len(header)),
@@ -274,14 +292,16 @@ def _json_default(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class _SelectCopy:
-    """A run's state as this process last read or committed it (`snapshot_for_select`)."""
+    """A run's state as this process last read or was answered by a commit
+    (`snapshot_for_select`)."""
 
-    raw_config: bytes  # the config as stored: COMMIT_SELECT compares it
+    raw_config: bytes  # the config as stored: FOLD_SELECT compares it
     config: RunConfig
     state_version: int
     outcome_reports: int
     revision: int
     tasks: dict[str, TaskState | None]  # None: the task had no state
+    as_of: dict[str, int]  # task -> the run's state_version its state is from
 
 
 def _redis_op(op: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -370,7 +390,7 @@ class RedisStore:
     def _bind(self, client: redis.Redis) -> None:
         self._redis = client
         self._put_config = client.register_script(lua.PUT_CONFIG)
-        self._commit_select = client.register_script(lua.COMMIT_SELECT)
+        self._commit_select = client.register_script(lua.FOLD_SELECT)
         self._record_report = client.register_script(lua.RECORD_REPORT)
         self._reconcile_select = client.register_script(lua.RECONCILE_SELECT)
         self._delete_run = client.register_script(lua.DELETE_RUN)
@@ -535,7 +555,7 @@ class RedisStore:
             config=RunConfig.from_dict(json.loads(raw_config)),
             state_version=int(version),
             outcome_reports=int(reports),
-            tasks={t: TaskState.from_dict(json.loads(s)) for t, s in states.items()},
+            tasks={t: decode_state(s) for t, s in states.items()},
             revision=int(revision or 0),
         )
 
@@ -557,7 +577,9 @@ class RedisStore:
             copy = self._remember_copy(run_id, raw_config, int(version), int(reports),
                                        int(revision or 0), names, states)
         tasks = {t: s for t in names if (s := copy.tasks[t]) is not None}
-        return RunSnapshot(config=copy.config, state_version=copy.state_version,
+        # the oldest of the tasks' versions: staleness counts every commit any of them may lack
+        version = min((copy.as_of[t] for t in names), default=copy.state_version)
+        return RunSnapshot(config=copy.config, state_version=version,
                            outcome_reports=copy.outcome_reports, tasks=tasks,
                            revision=copy.revision)
 
@@ -568,8 +590,8 @@ class RedisStore:
             raw_config=raw_config,
             config=config if config is not None else RunConfig.from_dict(json.loads(raw_config)),
             state_version=version, outcome_reports=reports, revision=revision,
-            tasks={t: (TaskState.from_dict(json.loads(states[t])) if states.get(t) else None)
-                   for t in names})
+            tasks={t: (decode_state(states[t]) if states.get(t) else None) for t in names},
+            as_of=dict.fromkeys(names, version))
         with self._copies_lock:
             self._copies.pop(run_id, None)
             while len(self._copies) >= SELECT_CACHE_RUNS:
@@ -596,30 +618,30 @@ class RedisStore:
         return ("select", answer)
 
     @_redis_op("commit_select")
-    def commit_select(self, run_id: str, request_id: str, expected_version: int,
-                      new_states: dict[str, TaskState], answer: SelectResponse,
+    def commit_select(self, run_id: str, request_id: str, read_version: int,
+                      config: RunConfig, update: StateUpdate, answer: SelectResponse,
                       history: dict[str, Any], *, digest: str = "",
-                      expected_revision: int | None = None,
-                      aliases: tuple[str, ...] = ()) -> CommitResult:
+                      aliases: tuple[str, ...] = (),
+                      max_staleness: int | None = None) -> CommitResult:
         keys = RunKeys(run_id)
-        tasks = list(new_states)
+        tasks = list(update.tasks)
         selections = [answer.selection_id, *aliases]
         with self._copies_lock:
             copy = self._copies.get(run_id)
-        if copy is not None and (copy.state_version, copy.revision) != (
-                expected_version, expected_revision):
-            copy = None  # the caller read elsewhere: its config is not compared
+        raw_config = (copy.raw_config if copy is not None and copy.config == config
+                      else _dumps(config.to_dict()).encode())
+        entry = _dumps(history)
+        entry = entry[:-1] + "," if len(entry) > 2 else "{"  # FOLD_SELECT appends the rest
         try:
             result = self._commit_select(
                 keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
                       keys.sels, *(keys.state(t) for t in tasks)],
-                args=[expected_version, answer.state_version, request_id,
-                      encode_answer(answer, digest), self.request_ttl_s, _dumps(history),
-                      self.history_maxlen,
-                      "" if expected_revision is None else expected_revision,
-                      b"" if copy is None else copy.raw_config,
+                args=[read_version, -1 if max_staleness is None else max_staleness, request_id,
+                      encode_answer(answer, digest), VERSION_AT, STALENESS_AT,
+                      self.request_ttl_s, entry, self.history_maxlen, raw_config,
+                      encode_fold_params(update.eta, update.bias_corrected),
                       len(selections), *selections, *tasks,
-                      *(_dumps(new_states[t].to_dict()) for t in tasks)],
+                      *(encode_update(update.tasks[t]) for t in tasks)],
             )
         except BaseException:
             self._forget(run_id)
@@ -628,15 +650,14 @@ class RedisStore:
         if status == b"missing":
             self._forget(run_id)
             raise NotFound(f"run {clip(run_id)} not found")
-        if status == b"conflict":
-            raw_config, version, reports, revision = result[1:5]
-            if raw_config:
-                self._remember_copy(run_id, raw_config, int(version), int(reports),
-                                    int(revision), tasks, dict(zip(tasks, result[5:],
-                                                                   strict=True)))
+        if status == b"stale":
+            raw, version, reports, revision = result[1:5]
+            if raw:
+                self._remember_copy(run_id, raw, int(version), int(reports), int(revision),
+                                    tasks, dict(zip(tasks, result[5:], strict=True)))
             else:
                 self._forget(run_id)
-            return CommitResult(CommitStatus.CONFLICT)
+            return CommitResult(CommitStatus.STALE)
         if status == b"replay":
             record = result[1]
             if _record_kind(record) != "select":
@@ -644,44 +665,72 @@ class RedisStore:
             stored_answer, stored = _decode(record)
             check_digest(request_id, stored, digest)
             return CommitResult(CommitStatus.REPLAY, stored_answer)
-        if copy is not None and expected_revision is not None:
-            committed = _SelectCopy(
-                raw_config=copy.raw_config, config=copy.config,
-                state_version=answer.state_version, outcome_reports=copy.outcome_reports,
-                revision=expected_revision + 1, tasks={**copy.tasks, **new_states})
-            with self._copies_lock:
-                if self._copies.get(run_id) is copy:
-                    self._copies[run_id] = committed
-        else:
+        if status == b"phases":
             self._forget(run_id)
-        return CommitResult(CommitStatus.COMMITTED)
+            raise InvalidArgument("run_id", f"run {clip(run_id)}: the stored state of task "
+                                            f"{clip(result[1].decode())} has another number "
+                                            "of phases than the run")
+        version, staleness, revision = int(result[1]), int(result[2]), int(result[3])
+        folded = {t: decode_state(raw) for t, raw in zip(tasks, result[4:], strict=True)}
+        self._merge_copy(run_id, raw_config, config, version, revision, folded)
+        return CommitResult(CommitStatus.COMMITTED, answer.model_copy(
+            update={"state_version": version, "staleness": staleness}))
+
+    def _merge_copy(self, run_id: str, raw_config: bytes, config: RunConfig, version: int,
+                    revision: int, folded: dict[str, TaskState]) -> None:
+        """Keep the states a commit answered (as of `version`) in this process's copy."""
+        with self._copies_lock:
+            base = self._copies.get(run_id)
+            if base is None or base.raw_config != raw_config:
+                tasks: dict[str, TaskState | None] = dict(folded)
+                self._copies.pop(run_id, None)
+                while len(self._copies) >= SELECT_CACHE_RUNS:
+                    self._copies.pop(next(iter(self._copies)))
+                self._copies[run_id] = _SelectCopy(
+                    raw_config=raw_config, config=config, state_version=version,
+                    outcome_reports=0, revision=revision, tasks=tasks,
+                    as_of=dict.fromkeys(folded, version))
+                return
+            newer = {t: s for t, s in folded.items() if base.as_of.get(t, -1) < version}
+            self._copies[run_id] = _SelectCopy(
+                raw_config=raw_config, config=base.config,
+                state_version=max(base.state_version, version),
+                outcome_reports=base.outcome_reports, revision=max(base.revision, revision),
+                tasks={**base.tasks, **newer},
+                as_of={**base.as_of, **dict.fromkeys(newer, version)})
 
     @_redis_op("reconcile_select")
-    def reconcile_select(self, run_id: str, request_id: str, expected_revision: int,
-                         new_states: dict[str, TaskState], answer: SelectResponse,
+    def reconcile_select(self, run_id: str, request_id: str, counted: SelectResponse,
+                         kept_delta: dict[str, np.ndarray], answer: SelectResponse,
                          history: dict[str, Any], *,
                          aliases: tuple[str, ...] = ()) -> CommitResult:
         keys = RunKeys(run_id)
-        self._forget(run_id)
         record: bytes | None = self._redis.get(keys.req(request_id))  # type: ignore[assignment]
         if record is None or _record_kind(record) != "select":
             return CommitResult(CommitStatus.GONE)
-        tasks = list(new_states)
+        if not _decode(record)[0].same_as(counted):
+            return CommitResult(CommitStatus.CONFLICT)
+        tasks = list(kept_delta)
         selections = [answer.selection_id, *aliases]
         result = self._reconcile_select(
             keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.sels,
                   *(keys.state(t) for t in tasks)],
-            args=[expected_revision, request_id, encode_answer(answer, record_digest(record)),
-                  self.request_ttl_s, _dumps(history), self.history_maxlen, len(selections),
-                  *selections, *(_dumps(new_states[t].to_dict()) for t in tasks)],
+            args=[hashlib.sha1(record).hexdigest(), request_id,
+                  encode_answer(answer, record_digest(record)), self.request_ttl_s,
+                  _dumps(history), self.history_maxlen, len(selections), *selections,
+                  *(encode_counts(kept_delta[t]) for t in tasks)],
         )
         status = result[0]
         if status == b"missing":
+            self._forget(run_id)
             raise NotFound(f"run {clip(run_id)} not found")
         if status == b"gone":
             return CommitResult(CommitStatus.GONE)
         if status == b"conflict":
             return CommitResult(CommitStatus.CONFLICT)
+        if status == b"no_state":
+            raise StoreUnavailable(f"run {clip(run_id)}: the state of a committed batch is "
+                                   "missing; retry")
         return CommitResult(CommitStatus.COMMITTED)
 
     @_redis_op("record_report")

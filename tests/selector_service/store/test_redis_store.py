@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from pcm_contract.errors import StoreUnavailable
 from pcm_contract.models import OutcomeReport, SelectResponse
-from selector_service.core import RunConfig, TaskState
+from selector_service.core import RunConfig
 from selector_service.service import SelectorService
 from selector_service.store import CommitStatus
 from selector_service.store.redis_store import RedisStore, RunKeys, decode_answer, encode_answer
+from tests.selector_service.store.updates import counting_update
 from tests.selector_service.test_service_concurrency import make_request
 from trainer_client.bench.servers import RedisServer
 
@@ -102,10 +103,12 @@ def test_full_libero_step_is_cheap_and_small(store: RedisStore) -> None:
           f"decode {decode_s * 1e3:.2f} ms")
     assert encode_s < 0.05 and decode_s < 0.05  # loose: ~1 ms each on one core
 
+    want = want.model_copy(update={"state_version": 2})  # as the commit will set it
     store.put_config(RUN, RunConfig())
-    store.commit_select(RUN, "warm-up", 0, {}, response([1], version=1), {})  # loads the script
+    store.commit_select(RUN, "warm-up", 0, RunConfig(), counting_update([]),
+                        response([1], version=1), {})  # loads the script
     t0 = time.perf_counter()
-    result = store.commit_select(RUN, "big", 1, {}, want, {})
+    result = store.commit_select(RUN, "big", 1, RunConfig(), counting_update([]), want, {})
     t1 = time.perf_counter()
     stored = store.get_request(RUN, "big")
     t2 = time.perf_counter()
@@ -127,17 +130,16 @@ def _best_of(fn: Callable[[], Any], repeat: int = 20) -> float:
 # -- keys ------------------------------------------------------------------------------------------
 
 
-def _state(version: int) -> TaskState:
-    state = TaskState.empty(4)
-    state.version = version
-    return state
+def _commit(store: RedisStore, request_id: str, read: int, tasks: list[str],
+            history: dict[str, Any] | None = None) -> Any:
+    return store.commit_select(RUN, request_id, read, RunConfig(), counting_update(tasks),
+                               response([3], 0, version=read + 1), history or {})
 
 
 def test_key_layout(redis_url: str) -> None:
     with RedisStore(redis_url, request_ttl_s=600) as store:
         store.put_config(RUN, RunConfig())
-        store.commit_select(RUN, "r1", 0, {"pick": _state(1), "a:b": _state(1)},
-                            response([3], 0, version=1), {"type": "select"})
+        _commit(store, "r1", 0, ["pick", "a:b"], {"type": "select"})
         store.record_report(RUN, "rep", _report("rep"), {"type": "report"})
         client = store.client
         keys = RunKeys(RUN)
@@ -192,8 +194,7 @@ def test_expired_request_records_are_pruned_from_the_index(redis_url: str) -> No
 
 def test_delete_many_keys(store: RedisStore) -> None:
     store.put_config(RUN, RunConfig())
-    tasks = {f"task-{i}": _state(1) for i in range(300)}
-    store.commit_select(RUN, "r0", 0, tasks, response([2], version=1), {})
+    _commit(store, "r0", 0, [f"task-{i}" for i in range(300)])
     with store.client.pipeline(transaction=False) as pipe:  # 2,500 records, quickly
         for i in range(2500):
             pipe.set(RunKeys(RUN).req(f"x{i}"), b"R")
@@ -208,14 +209,13 @@ def test_delete_retries_when_a_commit_slips_in(redis_url: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with RedisStore(redis_url) as store, RedisStore(redis_url) as other:
         store.put_config(RUN, RunConfig())
-        store.commit_select(RUN, "r1", 0, {"a": _state(1)}, response([2], version=1), {})
+        _commit(store, "r1", 0, ["a"])
         script = store._delete_run
         calls: list[int] = []
 
         def racing(*args: Any, **kwargs: Any) -> Any:
             if not calls:  # another selector commits between listing and deleting
-                result = other.commit_select(RUN, "r2", 1, {"new-task": _state(1)},
-                                             response([2], version=2), {})
+                result = _commit(other, "r2", 1, ["new-task"])
                 assert result.status is CommitStatus.COMMITTED
             calls.append(1)
             return script(*args, **kwargs)

@@ -4,20 +4,24 @@ real 3-master Redis Cluster through a redis+cluster:// URL)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pcm_contract.errors import Conflict, NotFound
+from pcm_contract.errors import Conflict, InvalidArgument, NotFound
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
+from selector_service.core.fold import StateUpdate, fold_states
 from selector_service.store import CommitStatus, MemoryStore, PhaseStore
 from selector_service.store import memory as memory_module
 from selector_service.store.redis_store import RedisStore
+from tests.selector_service.store.updates import state_update, task_update
 
 RUN = "run-1"
+CONFIG = RunConfig(phases=4, feature_dim=8)
 StoreFactory = Callable[..., PhaseStore]
 
 
@@ -81,16 +85,35 @@ def report(request_id: str = "rep-1") -> OutcomeReport:
                                          "success_rate": 0.5})
 
 
-def commit(store: PhaseStore, request_id: str, expected: int,
-           states: dict[str, TaskState] | None = None, seed: int = 0) -> Any:
-    states = {"a": task_state(seed), "b": task_state(seed + 1)} if states is None else states
-    return store.commit_select(RUN, request_id, expected, states, answer(expected + 1, seed),
-                               {"type": "select", "request_id": request_id,
-                                "state_version": expected + 1})
+def update(seed: int = 0, tasks: tuple[str, ...] = ("a", "b"),
+           dim: int | None = None) -> StateUpdate:
+    """A batch's random update of `tasks` (`dim`: with the `signal` reference's input)."""
+    return state_update({t: task_update(seed + i, dim=dim) for i, t in enumerate(tasks)},
+                        bias_corrected=dim is not None)
+
+
+def commit(store: PhaseStore, request_id: str, read: int, upd: StateUpdate | None = None,
+           seed: int = 0, **options: Any) -> Any:
+    """Commit a selection computed on state_version `read` (its answer: `answer(0, seed)`)."""
+    return store.commit_select(RUN, request_id, read, CONFIG,
+                               update(seed) if upd is None else upd, answer(0, seed),
+                               {"type": "select", "request_id": request_id}, **options)
+
+
+def stored_tasks(store: PhaseStore) -> dict[str, TaskState]:
+    snap = store.load(RUN)
+    assert snap is not None
+    return snap.tasks
+
+
+def assert_states(got: dict[str, TaskState], want: dict[str, TaskState]) -> None:
+    assert set(got) == set(want)
+    for task, state in want.items():
+        assert got[task].equals(state), task
 
 
 def created(store: PhaseStore, config: RunConfig | None = None) -> PhaseStore:
-    assert store.put_config(RUN, config or RunConfig(phases=4, feature_dim=8)) is True
+    assert store.put_config(RUN, config or CONFIG) is True
     return store
 
 
@@ -121,44 +144,66 @@ def test_replacing_config_keeps_state(store: PhaseStore) -> None:
     snap = store.load(RUN)
     assert snap is not None
     assert snap.state_version == 1 and snap.config.eta == 0.5
-    assert snap.tasks["a"].equals(task_state(0))
+    assert_states(snap.tasks, fold_states({}, update(0)))
 
 
 # -- load / commit -------------------------------------------------------------------------------
 
 
-def test_commit_stores_states_and_version(store: PhaseStore) -> None:
+def test_commit_folds_the_update_into_the_stored_states(store: PhaseStore) -> None:
     created(store)
-    assert commit(store, "r1", 0).status is CommitStatus.COMMITTED
+    result = commit(store, "r1", 0)
+    assert result.status is CommitStatus.COMMITTED
+    assert (result.answer.state_version, result.answer.staleness) == (1, 0)
     snap = store.load(RUN)
     assert snap is not None
     assert snap.state_version == 1
-    assert set(snap.tasks) == {"a", "b"}
-    assert snap.tasks["a"].equals(task_state(0)) and snap.tasks["b"].equals(task_state(1))
-    # a later commit updates only the tasks it names
-    assert commit(store, "r2", 1, {"b": task_state(9)}).status is CommitStatus.COMMITTED
+    want = fold_states({}, update(0))
+    assert_states(snap.tasks, want)
+    # a later commit folds into the tasks it names only
+    assert commit(store, "r2", 1, update(9, ("b",))).status is CommitStatus.COMMITTED
     snap = store.load(RUN)
     assert snap is not None and snap.state_version == 2
-    assert snap.tasks["a"].equals(task_state(0)) and snap.tasks["b"].equals(task_state(9))
+    assert_states(snap.tasks, {**want, **fold_states(want, update(9, ("b",)))})
+
+
+def test_commits_on_a_stale_state_all_fold_in_commit_order(store: PhaseStore) -> None:
+    """Three selections computed on the same state (version 0) commit one after another: each
+    batch's statistics enter exactly once, folded in commit order, versions exact, and each
+    answer says how many commits its state lacked."""
+    created(store)
+    answers = [commit(store, f"r{i}", 0, update(10 * i), seed=i) for i in range(3)]
+    assert [a.status for a in answers] == [CommitStatus.COMMITTED] * 3
+    assert [(a.answer.state_version, a.answer.staleness) for a in answers] == [
+        (1, 0), (2, 1), (3, 2)]
+    want: dict[str, TaskState] = {}
+    for i in range(3):
+        want = {**want, **fold_states(want, update(10 * i))}
+    assert_states(stored_tasks(store), want)
+    # the stored answers and history say the same
+    for i, result in enumerate(answers):
+        stored = store.get_request(RUN, f"r{i}")
+        assert stored is not None and stored[1].same_as(result.answer)
+        assert result.answer.same_as(answer(0, i).model_copy(
+            update={"state_version": i + 1, "staleness": i}))
+    assert [(h["request_id"], h["state_version"], h["staleness"])
+            for h in store.history(RUN)] == [("r0", 1, 0), ("r1", 2, 1), ("r2", 3, 2)]
 
 
 def test_signal_state_round_trips(store: PhaseStore) -> None:
-    """The `signal` score's reference sums (P, D) with never-observed phases (NaN rows) come
-    back exactly, and a later commit without them keeps none."""
+    """The `signal` score's reference sums (P, D) with phases never present (NaN rows) come
+    back exactly, folded with the stored reference, and a copy is returned."""
     created(store)
-    state = task_state(3)
-    ref = np.random.default_rng(3).normal(size=(4, 16))
-    ref[1] = np.nan
-    state.signal_ref = ref
-    assert commit(store, "r1", 0, {"a": state}).status is CommitStatus.COMMITTED
-    snap = store.load(RUN)
-    assert snap is not None
-    loaded = snap.tasks["a"]
-    assert loaded.signal_ref is not None and loaded.equals(state)
-    np.testing.assert_array_equal(loaded.signal_ref, ref)
-    loaded.signal_ref[0, 0] = 99.0  # a copy: the stored state is unchanged
-    again = store.load(RUN)
-    assert again is not None and again.tasks["a"].equals(state)
+    first, second = update(3, dim=16), update(4, dim=16)
+    assert commit(store, "r1", 0, first).status is CommitStatus.COMMITTED
+    assert commit(store, "r2", 0, second).status is CommitStatus.COMMITTED
+    want = fold_states(fold_states({}, first), second)
+    loaded = stored_tasks(store)
+    assert_states(loaded, want)
+    ref = loaded["a"].signal_ref
+    assert ref is not None and ref.shape == (4, 16)
+    loaded["a"].signal_ref[0, 0] = 99.0  # type: ignore[index]  # a copy: the store's is kept
+    assert_states(stored_tasks(store), want)
 
 
 def test_load_subset_and_unknown_tasks(store: PhaseStore) -> None:
@@ -172,37 +217,53 @@ def test_load_subset_and_unknown_tasks(store: PhaseStore) -> None:
 
 def test_load_returns_copies(store: PhaseStore) -> None:
     created(store)
-    states = {"a": task_state(0)}
-    commit(store, "r1", 0, states)
-    states["a"].chunks_total += 100  # the caller's objects are not the stored ones
+    commit(store, "r1", 0, update(0, ("a",)))
     snap = store.load(RUN)
     assert snap is not None
     snap.tasks["a"].scores[:] = 42.0
     snap.tasks["a"].chunks_kept += 1
-    again = store.load(RUN)
-    assert again is not None and again.tasks["a"].equals(task_state(0))
+    assert_states(stored_tasks(store), fold_states({}, update(0, ("a",))))
 
 
-def test_cas_conflict_changes_nothing(store: PhaseStore) -> None:
+def test_a_state_beyond_the_staleness_bound_is_refused_and_changes_nothing(
+        store: PhaseStore) -> None:
     created(store)
     commit(store, "r1", 0)
+    commit(store, "r2", 1, update(1))
     before = store.load(RUN)
-    result = commit(store, "r2", 0, {"a": task_state(5)})  # stale expected_version
-    assert result.status is CommitStatus.CONFLICT and result.answer is None
+    # two commits old, bound 1: refused; a state newer than the store's, or of another
+    # config: refused whatever the bound
+    refused = [commit(store, "r3", 0, max_staleness=1), commit(store, "r3", 5),
+               store.commit_select(RUN, "r3", 2, RunConfig(phases=4, feature_dim=8, eta=0.5),
+                                   update(0), answer(0), {})]
+    for result in refused:
+        assert result.status is CommitStatus.STALE and result.answer is None
     after = store.load(RUN)
     assert before is not None and after is not None
-    assert after.state_version == 1 and after.tasks["a"].equals(before.tasks["a"])
-    assert store.get_request(RUN, "r2") is None
-    assert [h["request_id"] for h in store.history(RUN)] == ["r1"]
-    assert commit(store, "r2", 1).status is CommitStatus.COMMITTED  # fresh version: commits
+    assert after.state_version == 2 and after.revision == before.revision
+    assert_states(after.tasks, before.tasks)
+    assert store.get_request(RUN, "r3") is None
+    assert [h["request_id"] for h in store.history(RUN)] == ["r1", "r2"]
+    within = commit(store, "r3", 0, max_staleness=2)
+    assert within.status is CommitStatus.COMMITTED and within.answer.staleness == 2
+
+
+def test_a_state_of_other_phases_is_refused_naming_the_run(store: PhaseStore) -> None:
+    created(store)
+    commit(store, "r1", 0)
+    wrong = state_update({"a": task_update(0, phases=3)}, phases=3)
+    with pytest.raises(InvalidArgument) as exc:
+        commit(store, "r2", 1, wrong)
+    assert exc.value.field == "run_id"
+    assert_states(stored_tasks(store), fold_states({}, update(0)))
 
 
 def test_replay_returns_identical_answer_and_changes_nothing(store: PhaseStore) -> None:
     created(store)
     commit(store, "r1", 0, seed=3)
     before = store.load(RUN)
-    # replayed with another version and other states: the stored answer, nothing written
-    result = commit(store, "r1", 7, {"a": task_state(99)}, seed=4)
+    # replayed with another version and another update: the stored answer, nothing written
+    result = commit(store, "r1", 7, update(99), seed=4)
     assert result.status is CommitStatus.REPLAY
     assert result.answer is not None and result.answer.same_as(answer(1, 3))
     after = store.load(RUN)
@@ -287,7 +348,7 @@ def test_delete_removes_everything(store: PhaseStore) -> None:
     created(store)
     store.put_config("keep", RunConfig())
     commit(store, "r1", 0)
-    commit(store, "r2", 1, {"c": task_state(7)})
+    commit(store, "r2", 1, update(7, ("c",)))
     store.record_report(RUN, "rep", report("rep"), {"type": "report"})
     assert store.delete_run(RUN) is True
     assert store.delete_run(RUN) is False
@@ -312,7 +373,7 @@ def test_unknown_run(store: PhaseStore) -> None:
     assert store.get_request("ghost", "r1") is None
     assert store.delete_run("ghost") is False
     with pytest.raises(NotFound, match="ghost"):
-        store.commit_select("ghost", "r1", 0, {"a": task_state(0)}, answer(1), {})
+        store.commit_select("ghost", "r1", 0, CONFIG, update(0), answer(1), {})
     with pytest.raises(NotFound, match="ghost"):
         store.record_report("ghost", "rep", report(), {})
     with pytest.raises(NotFound, match="ghost"):
@@ -340,13 +401,12 @@ def test_ping(store: PhaseStore) -> None:
 
 def test_same_request_id_with_another_digest_is_a_conflict(store: PhaseStore) -> None:
     created(store)
-    first = store.commit_select(RUN, "r1", 0, {"a": task_state(0)}, answer(1), {},
-                                digest="d1")
+    first = commit(store, "r1", 0, digest="d1")
     assert first.status is CommitStatus.COMMITTED
-    again = store.commit_select(RUN, "r1", 1, {"a": task_state(1)}, answer(2), {}, digest="d1")
+    again = commit(store, "r1", 1, update(1), digest="d1")
     assert again.status is CommitStatus.REPLAY
     with pytest.raises(Conflict) as exc:
-        store.commit_select(RUN, "r1", 1, {"a": task_state(1)}, answer(2), {}, digest="d2")
+        commit(store, "r1", 1, update(1), digest="d2")
     assert exc.value.field == "request_id"
     with pytest.raises(Conflict):
         store.get_request(RUN, "r1", "d2")
@@ -359,43 +419,39 @@ def test_same_request_id_with_another_digest_is_a_conflict(store: PhaseStore) ->
     assert snap is not None and (snap.state_version, snap.outcome_reports) == (1, 1)
 
 
-def test_commit_compares_the_revision(store: PhaseStore) -> None:
+def test_reconcile_replaces_the_answer_and_corrects_kept_counts_not_the_version(
+        store: PhaseStore) -> None:
     created(store)
-    commit(store, "r1", 0)
-    snap = store.load(RUN)
-    assert snap is not None and snap.revision == 1
-    stale = store.commit_select(RUN, "r2", 1, {"a": task_state(3)}, answer(2), {},
-                                expected_revision=0)
-    assert stale.status is CommitStatus.CONFLICT
-    fresh = store.commit_select(RUN, "r2", 1, {"a": task_state(3)}, answer(2), {},
-                                expected_revision=1)
-    assert fresh.status is CommitStatus.COMMITTED
-
-
-def test_reconcile_replaces_the_answer_and_states_not_the_version(store: PhaseStore) -> None:
-    created(store)
-    commit(store, "r1", 0, seed=3)
-    snap = store.load(RUN)
-    assert snap is not None
+    committed = commit(store, "r1", 0, seed=3).answer
+    commit(store, "r2", 1, update(5))  # another commit between: the correction still adds up
+    before = store.load(RUN)
+    assert before is not None
     new_answer = answer(1, seed=9)
-    moved = task_state(42)
-    result = store.reconcile_select(RUN, "r1", snap.revision, {"a": moved}, new_answer,
+    delta = {"a": np.array([1, -2, 0, 3])}
+    result = store.reconcile_select(RUN, "r1", committed, delta, new_answer,
                                     {"type": "reconcile"}, aliases=("local-r1",))
     assert result.status is CommitStatus.COMMITTED
     after = store.load(RUN)
     assert after is not None
-    assert (after.state_version, after.revision) == (1, snap.revision + 1)
-    assert after.tasks["a"].equals(moved) and after.tasks["b"].equals(task_state(4))
+    assert (after.state_version, after.revision) == (2, before.revision + 1)
+    np.testing.assert_array_equal(after.tasks["a"].chunks_kept,
+                                  before.tasks["a"].chunks_kept + delta["a"])
+    assert after.tasks["b"].equals(before.tasks["b"])
+    assert replace(after.tasks["a"], chunks_kept=before.tasks["a"].chunks_kept).equals(
+        before.tasks["a"])  # nothing else changed
     stored = store.get_request(RUN, "r1")
     assert stored is not None and stored[1].same_as(new_answer)
     # the alias names the selection in outcome reports
     ok = OutcomeReport.model_validate({"selection_id": "local-r1", "request_id": "rep",
                                        "success_rate": 0.5})
     assert store.record_report(RUN, "rep", ok, {}, require_selection=True) is True
-    assert store.reconcile_select(RUN, "r1", snap.revision, {"a": moved}, new_answer,
+    # a correction computed against the replaced answer is refused
+    assert store.reconcile_select(RUN, "r1", committed, delta, new_answer,
                                   {}).status is CommitStatus.CONFLICT
-    assert store.reconcile_select(RUN, "nope", after.revision, {"a": moved}, new_answer,
+    assert store.reconcile_select(RUN, "nope", committed, delta, new_answer,
                                   {}).status is CommitStatus.GONE
+    final = store.load(RUN)
+    assert final is not None and final.tasks["a"].equals(after.tasks["a"])
 
 
 def test_reports_must_name_a_selection_of_the_run(store: PhaseStore) -> None:
