@@ -106,14 +106,20 @@ def selector(
     workers: Annotated[int, typer.Option(
         min=1, help="worker processes of the Redis selector (pcm-selector serve --workers)")] = 1,
     shared_run: Annotated[bool, typer.Option(
-        help="all clients select on one run (contend on its state)")] = False,
+        help="all clients select on one run (contend on its state): one row per --clients "
+             "value says what a select costs as more trainers share a run")] = False,
+    embedded_selects: Annotated[int | None, typer.Option(
+        min=0, help="embedded selects per measurement of the reference CPU per select "
+                    "(before and after each shape's cells; default 300 small, 12 libero; "
+                    "0: none)")] = None,
     selector_env: Annotated[list[str] | None, typer.Option(
         help="KEY=VALUE set in the selector processes' environment (repeatable), e.g. "
              "PCM_GRPC_INLINE_SELECT_CHUNKS=0")] = None,
 ) -> None:
     """Select latency p50/p99, throughput and server CPU per select over gRPC and HTTP, memory
-    and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes. Starts its
-    own redis-server and selector processes on free 127.0.0.1 ports."""
+    and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes, and the
+    server CPU per select over the embedded select's of the same batch, measured in the same
+    run. Starts its own redis-server and selector processes on free 127.0.0.1 ports."""
     from trainer_client.bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
 
     table = Table(title="pcm-bench selector")
@@ -123,6 +129,7 @@ def selector(
         transports=_csv(transports), stores=_csv(stores), clients=_csv(clients, int),
         shapes=_csv(shapes), requests=requests, interval_s=interval_s, time_cap_s=time_cap_s,
         step_time_s=step_time_s, workers=workers, shared_run=shared_run,
+        embedded_selects=embedded_selects,
         selector_env=_key_values(selector_env or [], "--selector-env"),
         progress=lambda row: console.print(" ".join(format_rows([row])[0])))
     for cells in format_rows(result["rows"]):

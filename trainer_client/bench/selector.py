@@ -17,13 +17,23 @@ Server CPU per select (`server_cpu_ms`): the CPU time (user + system, from /proc
 processes (the server and its workers) spent during the cell's timed selects, divided by them;
 `redis_cpu_ms` the same for redis-server. `workers` runs the Redis selector with
 `pcm-selector serve --workers N` (the memory store serves from one process).
+
+The reference (`embedded_cpu_ms`, per shape): the CPU time of the embedded select of the same
+batch (`connect("embedded")`: validation, selection, the in-memory store), in a process of its
+own with the selector's environment (so the same code and BLAS threads), measured before and
+after the shape's cells and averaged; each row's `cpu_ratio` is its server CPU per select over
+it. With `shared_run` every client selects on one run, so the rows say what a select costs as
+more trainers share a run (`pcm-bench selector --shared-run --clients 1,8,32`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +55,8 @@ TARGETS = {
     "select_share_of_step": 0.02,
 }
 ROW_FIELDS = ("transport", "store", "clients", "shape", "p50_ms", "p99_ms", "rps",
-              "server_cpu_ms")
+              "server_cpu_ms", "embedded_cpu_ms", "cpu_ratio")
+EMBEDDED_SELECTS = {"small": 300, "libero": 12}  # per measurement of the embedded reference
 
 
 def run_selector_bench(
@@ -62,6 +73,7 @@ def run_selector_bench(
     interval_s: float = 0.0,
     selector_env: Mapping[str, str] | None = None,
     workers: int = 1,
+    embedded_selects: int | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every (transport, store, clients, shape) cell; returns
@@ -78,7 +90,10 @@ def run_selector_bench(
     step. `selector_env` adds environment variables to the selector processes (e.g.
     ``{"OPENBLAS_NUM_THREADS": "1"}``). `workers`: worker processes of the Redis selector
     (`--workers`). Rows also hold ``server_cpu_ms`` / ``redis_cpu_ms``: CPU time of the
-    selector processes / redis-server per timed select. `progress` is called with each row.
+    selector processes / redis-server per timed select, ``embedded_cpu_ms`` (the shape's
+    embedded select, see the module's docstring; `embedded_selects` per measurement, 0: not
+    measured) and ``cpu_ratio`` = server_cpu_ms / embedded_cpu_ms. `progress` is called with
+    each row.
     """
     for name in transports:
         if name not in ("grpc", "http"):
@@ -112,8 +127,13 @@ def run_selector_bench(
                 SelectorProcess(store=store, redis_url=redis_url, env=selector_env,
                                 workers=workers if store == "redis" else 1))
         cell = 0
+        embedded: dict[str, list[float]] = {}
         for shape in shapes:
             total = requests if requests is not None else DEFAULT_REQUESTS[shape]
+            selects = (EMBEDDED_SELECTS[shape] if embedded_selects is None
+                       else embedded_selects)
+            embedded[shape] = [embedded_cpu_ms(shape, selects, selector_env)] if selects else []
+            shape_rows: list[dict[str, Any]] = []
             for store in stores:
                 for transport in transports:
                     for n_clients in clients:
@@ -130,9 +150,19 @@ def run_selector_bench(
                         row["select_share_of_step"] = (
                             None if step_time_s is None
                             else row["p50_ms"] / 1e3 / step_time_s)
-                        rows.append(row)
+                        row["embedded_cpu_ms"] = embedded[shape][0] if selects else math.nan
+                        row["cpu_ratio"] = row["server_cpu_ms"] / row["embedded_cpu_ms"]
+                        shape_rows.append(row)
                         if progress is not None:
                             progress(row)
+            if selects:  # again after the cells: the reference is the mean of both
+                embedded[shape].append(embedded_cpu_ms(shape, selects, selector_env))
+                reference = float(np.mean(embedded[shape]))
+                for row in shape_rows:
+                    row["embedded_cpu_ms"] = reference
+                    row["embedded_cpu_ms_runs"] = embedded[shape]
+                    row["cpu_ratio"] = row["server_cpu_ms"] / reference
+            rows += shape_rows
     return {
         "benchmark": "selector",
         "settings": {"transports": list(transports), "stores": list(stores),
@@ -141,10 +171,46 @@ def run_selector_bench(
                      {s: DEFAULT_REQUESTS[s] for s in shapes},
                      "warmup": warmup, "time_cap_s": time_cap_s, "step_time_s": step_time_s,
                      "shared_run": shared_run, "interval_s": interval_s,
-                     "selector_env": dict(selector_env or {}), "workers": workers},
+                     "selector_env": dict(selector_env or {}), "workers": workers,
+                     "embedded_selects": embedded_selects},
         "targets": TARGETS,
         "rows": rows,
     }
+
+
+# Runs in a process of its own, with the selector's environment: only APIs that every version
+# of the code has, so that PYTHONPATH may point at another checkout (old code side by side).
+_EMBEDDED_CPU = """
+import json, sys, time
+from pcm_contract.models import SelectRequest
+from trainer_client import connect
+from trainer_client.bench.core import Shape, synthetic_request
+shape, selects, warmup = Shape(*map(int, sys.argv[1].split(","))), int(sys.argv[2]), 5
+template = SelectRequest.model_validate(synthetic_request(shape))
+client = connect("embedded")
+client.put_run("embedded", feature_dim=shape.feature_dim)
+for i in range(warmup):
+    client.select("embedded", template.model_copy(update={"request_id": f"w{i}"}))
+start = time.process_time()
+for i in range(selects):
+    client.select("embedded", template.model_copy(update={"request_id": f"r{i}"}))
+print(json.dumps({"cpu_ms": (time.process_time() - start) / selects * 1e3}))
+"""
+
+
+def embedded_cpu_ms(shape: str, selects: int,
+                    selector_env: Mapping[str, str] | None = None) -> float:
+    """CPU time (all threads of its process) per embedded select of the shape's batch, in a
+    process of its own with the selector processes' environment (BLAS pinned to one thread,
+    as `pcm-selector` pins it, unless `selector_env` says otherwise)."""
+    s = SHAPES[shape]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", **(selector_env or {})}
+    out = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED_CPU,
+         f"{s.trajectories},{s.chunks},{s.feature_dim}", str(selects)],
+        env=env, capture_output=True, text=True, timeout=900, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms"])
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -250,10 +316,13 @@ def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                     f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}",
                     f"{r.get('server_cpu_ms', math.nan):.2f}",
                     f"{r.get('redis_cpu_ms', math.nan):.2f}",
+                    f"{r.get('embedded_cpu_ms', math.nan):.2f}",
+                    f"{r.get('cpu_ratio', math.nan):.2f}x",
                     f"{r['requests']}{' capped' if r['capped'] else ''}",
                     str(r["errors"])])
     return out
 
 
 TABLE_COLUMNS = ("transport", "store", "clients", "shape", "p50 ms", "p99 ms", "rps",
-                 "server CPU ms/select", "redis CPU ms/select", "requests", "errors")
+                 "server CPU ms/select", "redis CPU ms/select", "embedded CPU ms/select",
+                 "server / embedded CPU", "requests", "errors")

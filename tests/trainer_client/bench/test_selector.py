@@ -13,7 +13,7 @@ from trainer_client.bench.selector import ROW_FIELDS, run_selector_bench
 def test_selector_bench_rows() -> None:
     result = run_selector_bench(transports=("grpc", "http"), stores=("memory", "redis"),
                                 clients=(1, 2), shapes=("small",), requests=4, warmup=1,
-                                time_cap_s=20, step_time_s=2.0)
+                                time_cap_s=20, step_time_s=2.0, embedded_selects=0)
     json.dumps(result)  # serialisable as is
     assert result["benchmark"] == "selector"
     rows = result["rows"]
@@ -60,3 +60,22 @@ def test_selector_env_option_reaches_the_selector_and_is_checked(tmp_path: Path)
     bad = CliRunner().invoke(app, ["selector", "--selector-env", "NO_EQUALS_SIGN"])
     assert bad.exit_code == 2
     assert "--selector-env" in bad.output and "KEY=VALUE" in bad.output
+
+
+def test_shared_run_rows_carry_the_embedded_reference() -> None:
+    """`--shared-run`: one row per client count on one run, each with the embedded select's
+    CPU per select of the same batch (measured twice, in a process of its own) and the server's
+    CPU per select over it."""
+    result = run_selector_bench(transports=("grpc",), stores=("redis",), clients=(1, 3),
+                                shapes=("small",), requests=6, warmup=1, time_cap_s=20,
+                                shared_run=True, embedded_selects=5)
+    assert result["settings"]["shared_run"] is True
+    rows = result["rows"]
+    assert [r["clients"] for r in rows] == [1, 3]
+    for row in rows:
+        assert set(ROW_FIELDS) <= set(row)
+        assert row["errors"] == 0 and row["requests"] == 6
+        runs = row["embedded_cpu_ms_runs"]
+        assert len(runs) == 2 and all(x > 0 for x in runs)
+        assert math.isclose(row["embedded_cpu_ms"], sum(runs) / 2)
+        assert math.isclose(row["cpu_ratio"], row["server_cpu_ms"] / row["embedded_cpu_ms"])
