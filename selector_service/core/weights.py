@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -33,12 +35,18 @@ def ema_decay(base: float, exponents: np.ndarray) -> np.ndarray:
     the Redis store's fold (Lua, store/lua.py) computes the same bits. (NumPy's `**` may use
     a vectorised pow that differs from the C library's in the last bit.)"""
     n = np.asarray(exponents, dtype=np.int64)
-    out = np.ones(n.shape)
-    square = float(base)
-    while n.any():
-        out = np.where(n & 1, out * square, out)
+    return np.array([_power(float(base), k) for k in n.ravel().tolist()],
+                    dtype=np.float64).reshape(n.shape)
+
+
+@functools.lru_cache(maxsize=65536)
+def _power(base: float, n: int) -> float:
+    out, square = 1.0, base
+    while n > 0:
+        if n & 1:
+            out = out * square
         square = square * square
-        n = n >> 1
+        n >>= 1
     return out
 
 
