@@ -15,6 +15,7 @@ All return int64 (C,). Use `make_segmenter(name, num_phases)`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -279,6 +280,22 @@ def choose_segmenter(chunks_per_gripper_phase: np.ndarray) -> tuple[str, str]:
         return "gripper", f"the gripper splits the first batch into {populated} phases"
     return "progress", (f"the gripper gives the first batch {populated} phase; progress bins "
                         "instead")
+
+
+def phase_counts(trajectories: Sequence[Trajectory], num_phases: int) -> np.ndarray:
+    """(P,) chunks per phase over the trajectories' current labels."""
+    counts = np.zeros(num_phases)
+    for t in trajectories:
+        counts += np.bincount(t.phase_ids, minlength=num_phases)[:num_phases]
+    return counts
+
+
+def relabel(trajectories: Sequence[Trajectory], name: str, num_phases: int,
+            max_steps: int) -> None:
+    """Label the trajectories' chunks anew with segmenter `name` (in place)."""
+    seg = make_segmenter(name, num_phases)
+    for t in trajectories:
+        t.phase_ids = label_trajectory(seg, t, max_steps)
 
 
 def label_trajectory(segmenter: Segmenter, traj: Trajectory, max_steps: int) -> np.ndarray:

@@ -81,6 +81,7 @@ from trainer_client.clients import connect
 from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import group_advantages, grpo_update
+from trainer_client.phases import choose_segmenter, phase_counts, relabel
 from trainer_client.rollout import RolloutCollector
 from trainer_client.train.checkpoint import list_checkpoints
 from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, TrainConfig, auto_workers
@@ -160,11 +161,17 @@ def collect_batches(
             states = sorted(int(i) for i in rng.choice(TRAIN_INIT_POOL, cfg.init_states,
                                                        replace=False))
             t0 = time.perf_counter()
+            auto = cfg.segmenter == "auto"  # decided per batch here, as on a run's first
             trajs = collector.collect(
-                policy, states, group_size=cfg.group_size, segmenter=cfg.segmenter,
+                policy, states, group_size=cfg.group_size,
+                segmenter="gripper" if auto else cfg.segmenter,
                 num_phases=cfg.selection.phases,
                 seed=int(np.random.SeedSequence([seed, b, salt]).generate_state(1)[0]),
                 step=b + 1, head_grads=True)
+            if auto:
+                name, _why = choose_segmenter(phase_counts(trajs, cfg.selection.phases))
+                if name != "gripper":
+                    relabel(trajs, name, cfg.selection.phases, collector.info.max_steps)
             _save_trajectories(path, trajs)
             out.append(trajs)
             log(f"replay: seed {seed} {kind} batch {b + 1}/{count}: success "

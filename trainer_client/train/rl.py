@@ -55,7 +55,7 @@ from trainer_client.device import (
 )
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import GRPOConfig, UpdateStats, grpo_update
-from trainer_client.phases import choose_segmenter, label_trajectory, make_segmenter
+from trainer_client.phases import choose_segmenter, phase_counts, relabel
 from trainer_client.rollout import RolloutCollector
 from trainer_client.train.checkpoint import (
     FINAL_POLICY,
@@ -450,15 +450,11 @@ def rollout(
     )
     if cfg.segmenter == "auto" and learner.segmenter is None:
         num_phases = cfg.selection.phases
-        counts = np.zeros(num_phases)
-        for t in trajectories:
-            counts += np.bincount(t.phase_ids, minlength=num_phases)[:num_phases]
+        counts = phase_counts(trajectories, num_phases)
         learner.segmenter, why = choose_segmenter(np.asarray(dist.all_sum(counts.tolist())))
         say(f"segmenter auto: {learner.segmenter} ({why})")
         if learner.segmenter != "gripper":
-            relabel = make_segmenter(learner.segmenter, num_phases)
-            for t in trajectories:
-                t.phase_ids = label_trajectory(relabel, t, collector.info.max_steps)
+            relabel(trajectories, learner.segmenter, num_phases, collector.info.max_steps)
     return trajectories
 
 
