@@ -116,7 +116,13 @@ class Settings(BaseSettings):
                     "Select in a thread")
     worker_threads: int = Field(
         default=16, ge=1,
-        description="threads running the blocking application layer (per worker process)")
+        description="threads running the blocking application layer (per worker process), "
+                    "Selects apart")
+    select_threads: int = Field(
+        default=2, ge=1,
+        description="threads Selects compute in (per worker process): more only contend for "
+                    "Python's GIL; two overlap one Select's store round trip with another's "
+                    "computation")
     docs_ui: bool = Field(
         default=False,
         description="serve Swagger UI at /docs (it loads its scripts from a CDN, so it is off "

@@ -129,7 +129,8 @@ def build_grpc_server(service: SelectorService, *, host: str, port: int,
     server = grpc.aio.server(interceptors=interceptors, options=options,
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     servicer = ChunkSelectorServicer(service, metrics,
-                                     inline_chunks=settings.grpc_inline_select_chunks)
+                                     inline_chunks=settings.grpc_inline_select_chunks,
+                                     select_threads=settings.select_threads)
     pb_grpc.add_ChunkSelectorServicer_to_server(servicer, server)
     health_servicer = grpc_health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

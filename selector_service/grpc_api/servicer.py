@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -22,6 +23,7 @@ from pcm_contract.errors import Conflict, InvalidArgument, NotFound, PCMError, c
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.metrics import Metrics
+from selector_service.select_threads import in_thread, select_executor
 from selector_service.service import SelectorService
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,13 @@ Resp = TypeVar("Resp")
 
 class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
     def __init__(self, service: SelectorService, metrics: Metrics | None = None,
-                 inline_chunks: int = 0) -> None:
+                 inline_chunks: int = 0, select_threads: int | None = None) -> None:
         self.service = service
         self.metrics = metrics
         self.inline_chunks = inline_chunks
+        # Selects compute in a pool of their own (select_threads.py); None: the default one
+        self.select_executor = (None if select_threads is None
+                                else select_executor(select_threads))
 
     async def PutRun(self, request: pb.PutRunRequest,
                      context: grpc.aio.ServicerContext) -> pb.RunInfo:
@@ -53,7 +58,8 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
     async def SelectChunks(self, request: pb.SelectChunksRequest,
                            context: grpc.aio.ServicerContext) -> pb.SelectChunksResponse:
         inline = len(request.phase_ids) <= self.inline_chunks and self.service.store_ok
-        return await _call(context, self._select, request, inline=inline)
+        return await _call(context, self._select, request, inline=inline,
+                           executor=self.select_executor)
 
     async def ReportOutcomes(self, request: pb.ReportOutcomesRequest,
                              context: grpc.aio.ServicerContext) -> pb.ReportOutcomesResponse:
@@ -92,11 +98,12 @@ class ChunkSelectorServicer(pb_grpc.ChunkSelectorServicer):
 
 
 async def _call(context: grpc.aio.ServicerContext, fn: Callable[[Req], Resp],
-                request: Req, inline: bool = False) -> Resp:
-    """`fn(request)` in a worker thread (on the event loop itself when `inline`), its error
-    turned into the call's gRPC status."""
+                request: Req, inline: bool = False,
+                executor: ThreadPoolExecutor | None = None) -> Resp:
+    """`fn(request)` in a thread of `executor` (the default executor for None; on the event
+    loop itself when `inline`), its error turned into the call's gRPC status."""
     try:
-        return fn(request) if inline else await asyncio.to_thread(fn, request)
+        return fn(request) if inline else await in_thread(executor, fn, request)
     except Exception as exc:
         await abort(context, exc)
 

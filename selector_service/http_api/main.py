@@ -13,6 +13,7 @@ from selector_service.http_api.limits import GuardMiddleware
 from selector_service.http_api.middleware import SelectMetricsMiddleware
 from selector_service.http_api.routes import health, outcomes, runs, select
 from selector_service.metrics import Metrics
+from selector_service.select_threads import select_executor
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 
@@ -30,6 +31,7 @@ def create_app(service: SelectorService, settings: Settings | None = None,
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.select_executor = select_executor(settings.select_threads)
     app.state.metrics = metrics
     app.state.auth = TokenAuth(settings.auth_tokens)
     app.state.draining = False

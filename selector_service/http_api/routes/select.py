@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request, Response
 
 from pcm_contract.models import SelectRequest, SelectResponse
 from selector_service.http_api.body import body_schema, parse_select_body, read_body
 from selector_service.http_api.deps import RunIdPath, ServiceDep, SettingsDep, require_auth
 from selector_service.http_api.errors import ERROR_RESPONSES
+from selector_service.select_threads import in_thread
 from selector_service.service import SelectorService
 
 router = APIRouter(prefix="/v1/runs", tags=["select"], dependencies=[Depends(require_auth)],
@@ -24,7 +23,8 @@ async def select(run_id: RunIdPath, request: Request, service: ServiceDep,
     Idempotent on request_id: a replay of the same request gets the stored answer and changes
     nothing; the same request_id with a different request is 409."""
     raw = await read_body(request, settings.max_body_bytes)
-    return await asyncio.to_thread(_select, service, run_id, raw)
+    executor = getattr(request.app.state, "select_executor", None)
+    return await in_thread(executor, _select, service, run_id, raw)
 
 
 def _select(service: SelectorService, run_id: str, raw: bytes) -> Response:
