@@ -23,6 +23,7 @@ from typing import Any
 import prometheus_client
 import uvicorn
 
+from selector_service.allocator import keep_large_buffers
 from selector_service.auth import TokenAuth
 from selector_service.grpc_api import GrpcServer, build_grpc_server
 from selector_service.http_api import create_app
@@ -209,4 +210,5 @@ def serve(settings: Settings) -> None:
             raise SystemExit(code)
         return
     prometheus_client.disable_created_metrics()  # no *_created series: this process is ours
+    keep_large_buffers()
     asyncio.run(SelectorServer(settings).run())

@@ -328,10 +328,12 @@ def worker_main(settings: Settings, index: int, count: int, ready: Connection,
     # is first imported (below), which is what switches it to mmap-backed values.
     import prometheus_client
 
+    from selector_service.allocator import keep_large_buffers
     from selector_service.metrics import Metrics
     from selector_service.server import SelectorServer
 
     prometheus_client.disable_created_metrics()
+    keep_large_buffers()
     metrics = Metrics.from_settings(settings, multiprocess_dir=os.environ[MULTIPROC_ENV])
     server = SelectorServer(settings, metrics=metrics, reuse_port=True)
 
