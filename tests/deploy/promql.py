@@ -45,6 +45,8 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "pcm_trainer_stage_seconds": ("histogram", frozenset({"run", "trainer", "stage"})),
     "pcm_store_errors_total": ("counter", frozenset({"op"})),
     "pcm_run_config_info": ("gauge", frozenset({"run", "mode", "score", "weighting"})),
+    "pcm_select_staleness": ("histogram", frozenset()),
+    "pcm_select_conflicts_total": ("counter", frozenset({"reason"})),
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Series Prometheus itself makes for every target; `up` is what "selector down" is about.

@@ -39,6 +39,8 @@ DESIGN_METRICS = {
     "pcm_trainer_stage_seconds": ("histogram", {"run", "trainer", "stage"}),
     "pcm_store_errors_total": ("counter", {"op"}),
     "pcm_run_config_info": ("gauge", {"run", "mode", "score", "weighting"}),
+    "pcm_select_staleness": ("histogram", set()),
+    "pcm_select_conflicts_total": ("counter", {"reason"}),
 }
 RUN = "metrics-run"
 
@@ -194,6 +196,28 @@ def test_delete_removes_the_runs_series(http: httpx.Client, grpc_client: Grpc) -
     left = [(name, lab) for name, rows in samples.items() for lab, _ in rows
             if lab.get("run") == "m-gone"]
     assert left == []
+
+
+def test_staleness_histogram_and_conflicts_counter() -> None:
+    """Each committed selection's staleness lands in pcm_select_staleness; a selection
+    computed again counts in pcm_select_conflicts_total by reason."""
+    from selector_service.service import SelectEvent
+
+    metrics = Metrics()
+    for staleness in (0, 3, 40):
+        metrics.on_select(SelectEvent(run_id="r", trainer_id="t", chunks={}, keep_probs={},
+                                      scores={}, kept_chunks=0, total_chunks=0,
+                                      skipped_trajectories=0, staleness=staleness))
+    metrics.on_select_conflict("r", "stale")
+    metrics.on_select_conflict("r", "config")
+    metrics.on_select_conflict("r", "stale")
+    text = metrics.render().decode()
+    assert "pcm_select_staleness_count 3.0" in text
+    assert "pcm_select_staleness_sum 43.0" in text
+    assert 'pcm_select_staleness_bucket{le="2.0"} 1.0' in text
+    assert 'pcm_select_staleness_bucket{le="4.0"} 2.0' in text
+    assert 'pcm_select_conflicts_total{reason="stale"} 2.0' in text
+    assert 'pcm_select_conflicts_total{reason="config"} 1.0' in text
 
 
 def test_store_errors_counter() -> None:
