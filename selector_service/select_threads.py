@@ -3,7 +3,9 @@
 A selection is CPU-bound Python and NumPy under the GIL, with one store round trip in the
 middle. Run in many threads at once (the event loop's default executor), concurrent Selects
 spend CPU handing the GIL back and forth (NumPy releases it around each call) without finishing
-sooner; two threads already overlap one Select's round trip with another's computation.
+sooner: with one thread a select costs the least CPU (the event loop does the I/O meanwhile);
+a second overlaps one Select's round trip with another's computation, which pays where the
+round trip is long.
 Other blocking calls (runs, outcome reports, readiness) keep the default executor, so a burst
 of Selects does not delay them.
 """

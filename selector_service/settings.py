@@ -119,10 +119,10 @@ class Settings(BaseSettings):
         description="threads running the blocking application layer (per worker process), "
                     "Selects apart")
     select_threads: int = Field(
-        default=2, ge=1,
-        description="threads Selects compute in (per worker process): more only contend for "
-                    "Python's GIL; two overlap one Select's store round trip with another's "
-                    "computation")
+        default=1, ge=1,
+        description="threads Selects compute in (per worker process): more contend for "
+                    "Python's GIL; a second overlaps one Select's store round trip with another's "
+                    "computation, worth it where the round trip is long (Redis on another host)")
     docs_ui: bool = Field(
         default=False,
         description="serve Swagger UI at /docs (it loads its scripts from a CDN, so it is off "
