@@ -110,10 +110,10 @@ class Settings(BaseSettings):
                     "stateless over Redis; 0: one per available core with store=redis, 1 with "
                     "the memory store (which lives in one process, so it refuses more)")
     grpc_inline_select_chunks: int = Field(
-        default=0, ge=0,
+        default=4096, ge=0,
         description="gRPC: a Select of at most this many chunks runs on the event loop instead "
-                    "of a worker thread while the store answers (no thread hand-off); 0: every "
-                    "Select in a thread")
+                    "of a select thread while the store answers (no thread hand-off, no second "
+                    "thread contending for the GIL); 0: every Select in a thread")
     worker_threads: int = Field(
         default=16, ge=1,
         description="threads running the blocking application layer (per worker process), "
