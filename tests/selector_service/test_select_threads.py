@@ -13,7 +13,9 @@ from trainer_client import connect
 
 
 def test_selects_run_in_the_select_threads_and_other_calls_do_not() -> None:
-    server = ServerThread(Settings(grpc_port=0, http_port=0, select_threads=1)).start()
+    # gRPC selects in a thread too (not on the event loop, as small ones are by default)
+    server = ServerThread(Settings(grpc_port=0, http_port=0, select_threads=1,
+                                   grpc_inline_select_chunks=0)).start()
     names: dict[str, set[str]] = {"select": set(), "put_run": set()}
     service = server.service
     select_flat, put_run = service.select_flat, service.put_run
