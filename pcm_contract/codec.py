@@ -230,7 +230,8 @@ def select_response_to_proto(answer: SelectResponse) -> pb.SelectChunksResponse:
         weights=np.ascontiguousarray(weights, dtype="<f8").tobytes(),
         kept_chunks=answer.kept_chunks, total_chunks=answer.total_chunks,
         skipped_trajectories=answer.skipped_trajectories, store_epoch=answer.store_epoch,
-        staleness=answer.staleness)
+        staleness=answer.staleness, keep_fraction=answer.keep_fraction,
+        predicted_efficiency=answer.predicted_efficiency)
     for task_id, probs in answer.keep_probs.items():
         out.keep_probs[task_id].values.extend(probs)
     return out
@@ -249,7 +250,10 @@ def select_response_from_proto(msg: pb.SelectChunksResponse) -> SelectResponse:
         kept_chunks=msg.kept_chunks, total_chunks=msg.total_chunks,
         skipped_trajectories=msg.skipped_trajectories,
         keep_probs={t: list(msg.keep_probs[t].values) for t in msg.keep_probs},
-        store_epoch=msg.store_epoch, staleness=max(0, msg.staleness))
+        store_epoch=msg.store_epoch, staleness=max(0, msg.staleness),
+        keep_fraction=msg.keep_fraction,
+        predicted_efficiency=(msg.predicted_efficiency if msg.HasField("predicted_efficiency")
+                              else None))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -432,15 +432,23 @@ class SelectResponse(_Model):
         "commits the state this selection was computed on lacked: the run's state_version "
         "then was state_version - 1 - staleness (its statistics still entered the state "
         "exactly once)"))
+    keep_fraction: float = Field(default=0.0, ge=0, le=1, description=(
+        "kept chunks over the chunks of informative trajectories: the budget this batch chose "
+        "(0 when no group was informative)"))
+    predicted_efficiency: float | None = Field(default=None, ge=0, le=1, description=(
+        "budget_rule auto: the predicted share of the full batch's expected progress per step "
+        "the kept chunks keep (noise-scale model); absent with a fixed budget"))
 
     def same_as(self, other: SelectResponse) -> bool:
         """Field-by-field equality (arrays compared by value; store_epoch, which says where the
         answer was read from, is not compared)."""
         return (
             (self.selection_id, self.state_version, self.kept_chunks, self.total_chunks,
-             self.skipped_trajectories, self.keep_probs, self.staleness)
+             self.skipped_trajectories, self.keep_probs, self.staleness, self.keep_fraction,
+             self.predicted_efficiency)
             == (other.selection_id, other.state_version, other.kept_chunks, other.total_chunks,
-                other.skipped_trajectories, other.keep_probs, other.staleness)
+                other.skipped_trajectories, other.keep_probs, other.staleness,
+                other.keep_fraction, other.predicted_efficiency)
             and len(self.masks) == len(other.masks)
             and all(np.array_equal(a, b) for a, b in zip(self.masks, other.masks, strict=True))
             and all(np.array_equal(a, b) for a, b in zip(self.weights, other.weights,

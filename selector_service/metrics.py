@@ -21,6 +21,10 @@ Semantics:
 - `pcm_selection_rate{run}`: kept_chunks / total_chunks of the run's last committed selection
   (total includes skipped trajectories' chunks; the long-run rate is the ratio of
   `pcm_chunks_total` rates).
+- `pcm_keep_fraction{run}`: kept chunks / chunks of informative trajectories of the run's last
+  selection that kept any: the budget it chose (the adaptive budget's moves with each batch).
+- `pcm_predicted_efficiency{run}`: with budget_rule auto, the predicted share of the full
+  batch's progress per step of the run's last selection.
 - `pcm_skipped_trajectories_total{run}`: trajectories of all-equal-outcome GRPO groups.
 - `pcm_outcome_reports_total{run,status}`: accepted | replayed (same request_id again) |
   rejected (invalid report, unknown run or selection, or a request_id reused for another
@@ -47,6 +51,7 @@ same as one process's that handled every call:
   `pcm_select_conflicts_total`) are summed over workers (a worker that exits keeps its counts
   in the sum, so nothing goes down);
 - the gauges (`pcm_keep_probability`, `pcm_phase_score`, `pcm_selection_rate`,
+  `pcm_keep_fraction`, `pcm_predicted_efficiency`,
   `pcm_success_rate`, `pcm_run_config_info`) are `mostrecent`: the value the last worker set,
   which is the value after the last selection or report of the run (or trainer) on any worker,
   without a pid label. `pcm_run_config_info`'s previous configuration is set to 0 rather than
@@ -200,6 +205,14 @@ class Metrics:
             "pcm_selection_rate", "kept_chunks / total_chunks of the run's last selection.",
             ["run"], registry=r,
             multiprocess_mode=GAUGE_MODE)
+        self.keep_fraction = Gauge(
+            "pcm_keep_fraction", "Kept chunks / chunks of informative trajectories of the run's "
+            "last selection: the budget it chose.", ["run"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
+        self.predicted_efficiency = Gauge(
+            "pcm_predicted_efficiency", "budget_rule auto: the predicted share of the full "
+            "batch's progress per step of the run's last selection.", ["run"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.skipped_trajectories = Counter(
             "pcm_skipped_trajectories_total",
             "Trajectories skipped as uninformative (GRPO group with all-equal outcomes).",
@@ -322,6 +335,11 @@ class Metrics:
             if event.total_chunks:
                 self._child(entry, self.selection_rate, run).set(
                     event.kept_chunks / event.total_chunks)
+            if event.kept_chunks:  # a batch without an informative group chose no budget
+                self._child(entry, self.keep_fraction, run).set(event.keep_fraction)
+            if event.predicted_efficiency is not None:
+                self._child(entry, self.predicted_efficiency, run).set(
+                    event.predicted_efficiency)
             config = (event.mode, event.score, event.weighting)
             previous = entry.config
             if previous != config:

@@ -91,6 +91,8 @@ class SelectEvent:
     score: str = "signal"
     weighting: str = "mean"
     staleness: int = 0  # commits the state it was computed on lacked
+    keep_fraction: float = 0.0  # kept / informative chunks: the budget chosen
+    predicted_efficiency: float | None = None  # budget_rule auto's prediction
 
 
 class ServiceObserver(Protocol):
@@ -331,6 +333,9 @@ class SelectorService:
                 keep_probs={t: w.tolist() for t, w in sel.keep_probs.items()},
                 store_epoch="",
                 staleness=0,
+                keep_fraction=_keep_fraction(batch, sel.informative, kept),
+                predicted_efficiency=(None if sel.budget is None
+                                      else float(sel.budget.efficiency)),
             )
             history = {"type": "select", "request_id": req.request_id,
                        "trainer_id": req.trainer_id, "step": req.step, "kept_chunks": kept,
@@ -346,7 +351,7 @@ class SelectorService:
                 if self.observer is not None:
                     self.observer.on_select(_select_event(
                         run_id, req.trainer_id, batch, sel, config, mask,
-                        result.answer.staleness))
+                        result.answer.staleness, result.answer.keep_fraction))
                 return result.answer
             if result.status is CommitStatus.REPLAY:
                 assert result.answer is not None
@@ -458,7 +463,8 @@ class SelectorService:
 
 
 def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
-                  config: RunConfig, mask: np.ndarray, staleness: int) -> SelectEvent:
+                  config: RunConfig, mask: np.ndarray, staleness: int,
+                  keep_fraction: float = 0.0) -> SelectEvent:
     num_phases = config.phases
     task_of_chunk = batch.task_index[batch.traj_of_chunk]
     cell = task_of_chunk * num_phases + batch.phase
@@ -473,7 +479,14 @@ def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
         scores={t: _scores_out(s.scores) for t, s in sel.new_states.items()},
         kept_chunks=int(mask.sum()), total_chunks=sel.total_chunks,
         skipped_trajectories=sel.skipped_trajectories, mode=config.mode, score=config.score,
-        weighting=config.weighting, staleness=staleness)
+        weighting=config.weighting, staleness=staleness, keep_fraction=keep_fraction,
+        predicted_efficiency=(None if sel.budget is None else float(sel.budget.efficiency)))
+
+
+def _keep_fraction(batch: ChunkBatch, informative: np.ndarray, kept: int) -> float:
+    """Kept chunks over the chunks of informative trajectories (0 when there are none)."""
+    chunks = int(batch.lengths[informative].sum())
+    return min(1.0, kept / chunks) if chunks else 0.0
 
 
 def _scores_out(scores: np.ndarray) -> list[float | None]:

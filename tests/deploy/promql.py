@@ -39,6 +39,8 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "pcm_keep_probability": ("gauge", frozenset({"run", "task", "phase"})),
     "pcm_phase_score": ("gauge", frozenset({"run", "task", "phase"})),
     "pcm_selection_rate": ("gauge", frozenset({"run"})),
+    "pcm_keep_fraction": ("gauge", frozenset({"run"})),
+    "pcm_predicted_efficiency": ("gauge", frozenset({"run"})),
     "pcm_skipped_trajectories_total": ("counter", frozenset({"run"})),
     "pcm_outcome_reports_total": ("counter", frozenset({"run", "status"})),
     "pcm_success_rate": ("gauge", frozenset({"run", "trainer"})),

@@ -170,3 +170,20 @@ def test_structural_config_is_frozen_once_the_run_has_state(service: SelectorSer
         assert info.value.field in change
     assert service.get_run("run-a") == before
     assert service.put_run("run-a", eps=0.3).config.eps == 0.3  # the rest may change
+
+
+def test_the_answer_says_which_budget_the_batch_chose(service: SelectorService) -> None:
+    """A fixed budget: kept / informative chunks, no prediction. The adaptive budget: its
+    kept fraction and its predicted efficiency, at least the run's target."""
+    fixed = service.select("run-a", _request("fixed"))
+    assert fixed.keep_fraction == pytest.approx(fixed.kept_chunks / 48)  # every group mixed
+    assert fixed.predicted_efficiency is None
+    service.put_run("run-auto", feature_dim=4, budget_rule="auto", weighting="ht",
+                    target_efficiency=0.7)
+    auto = service.select("run-auto", _request("auto", n=16, seed=3))
+    assert auto.keep_fraction == pytest.approx(auto.kept_chunks / (16 * 6))
+    assert auto.predicted_efficiency is not None and auto.predicted_efficiency >= 0.7
+    # a replay answers the same figures
+    again = service.select("run-auto", _request("auto", n=16, seed=3))
+    assert (again.keep_fraction, again.predicted_efficiency) == (
+        auto.keep_fraction, auto.predicted_efficiency)

@@ -737,6 +737,7 @@ def _step_row(
         "step_s": times.step_s,
         "wall_s": wall_s,
         "keep_probs": sel.keep_probs.get(task_id),
+        "predicted_efficiency": sel.predicted_efficiency,
         "selection_id": sel.selection_id,
     }
 
@@ -750,6 +751,8 @@ def _format_line(row: dict[str, Any], steps: int, algo: str = "pcm") -> str:
         f"loss {row['loss']:+.4f} | rollout {row['rollout_s']:.2f}s select "
         f"{row['select_s']:.3f}s backward {row['backward_s']:.2f}s"
     )
+    if row.get("predicted_efficiency") is not None:  # the adaptive budget's prediction
+        line += f" | predicted efficiency {row['predicted_efficiency']:.2f}"
     if algo == "pcm" and probs:
         line += " | keep probs [" + " ".join(f"{p:.2f}" for p in probs) + "]"
     return line

@@ -116,6 +116,7 @@ class StepSelection:
     informative_trajectories: int = 0
     skipped_trajectories: int = 0
     select_s: float = 0.0  # the Select call itself (rank 0)
+    predicted_efficiency: float | None = None  # budget_rule auto: the answer's prediction
 
     @property
     def success_rate(self) -> float:
@@ -170,6 +171,7 @@ def select_global(
             "informative_trajectories": int(informative.sum()),
             "skipped_trajectories": int(response.skipped_trajectories),
             "select_s": select_s,
+            "predicted_efficiency": response.predicted_efficiency,
         }
         parts = []
         start = 0

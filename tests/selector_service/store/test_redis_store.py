@@ -92,6 +92,16 @@ def test_extreme_weights_round_trip() -> None:
     assert_identical(decode_answer(encode_answer(want)), want)
 
 
+def test_the_budget_fields_round_trip() -> None:
+    base = response([5, 3], seed=2)
+    for efficiency in (None, 0.6180339887498949):
+        want = base.model_copy(update={"keep_fraction": 0.4375,
+                                       "predicted_efficiency": efficiency})
+        got = decode_answer(encode_answer(want))
+        assert_identical(got, want)
+        assert (got.keep_fraction, got.predicted_efficiency) == (0.4375, efficiency)
+
+
 def test_full_libero_step_is_cheap_and_small(store: RedisStore) -> None:
     """512 trajectories x 64 chunks: pack, unpack, and a commit + replay through Redis."""
     want = response([64] * 512, seed=1)

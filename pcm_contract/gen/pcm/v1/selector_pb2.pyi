@@ -146,7 +146,7 @@ class KeepProbs(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SelectChunksResponse(_message.Message):
-    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch", "staleness")
+    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch", "staleness", "keep_fraction", "predicted_efficiency")
     class KeepProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class SelectChunksResponse(_message.Message):
     KEEP_PROBS_FIELD_NUMBER: _ClassVar[int]
     STORE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_EFFICIENCY_FIELD_NUMBER: _ClassVar[int]
     selection_id: str
     state_version: int
     chunk_counts: _containers.RepeatedScalarFieldContainer[int]
@@ -176,7 +178,9 @@ class SelectChunksResponse(_message.Message):
     keep_probs: _containers.MessageMap[str, KeepProbs]
     store_epoch: str
     staleness: int
-    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ..., staleness: _Optional[int] = ...) -> None: ...
+    keep_fraction: float
+    predicted_efficiency: float
+    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ..., staleness: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., predicted_efficiency: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("rollout_s", "select_s", "backward_s")
