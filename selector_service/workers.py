@@ -7,8 +7,8 @@ fresh Prometheus multiprocess directory, spawns N workers and supervises them:
   Redis connections) whose listening sockets have SO_REUSEPORT (gRPC's `grpc.so_reuseport`), so
   the kernel spreads new connections over the workers. A connection stays on its worker: a gRPC
   channel (one HTTP/2 connection) is served by one worker for its life.
-- Workers share no memory: they are stateless over the Redis store, whose every write is a
-  compare-and-set, exactly as several selector hosts are. The memory store cannot be shared, so
+- Workers share no memory: they are stateless over the Redis store, whose every write is one
+  atomic script (a commit folds into the stored state), exactly as several selector hosts are. The memory store cannot be shared, so
   `Settings` refuses `workers` > 1 with it.
 - Metrics: each worker writes its series to mmap files in `PROMETHEUS_MULTIPROC_DIR` (a fresh
   temporary directory per serve, removed when the parent exits), and the worker that answers

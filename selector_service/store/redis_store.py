@@ -366,8 +366,8 @@ class RedisStore:
         self._thread = threading.local()  # cluster mode: run_id of the thread's last call
         self._node_epochs: dict[str, str] = {}  # cluster mode: "host:port" -> epoch
         self._connect_lock = threading.Lock()
-        # run_id -> the state last read or committed here: a select computes on it and the
-        # commit's compare-and-set catches a stale copy (answering with the current state).
+        # run_id -> the state last read here or answered by a commit: a select computes on it
+        # and the commit folds into the stored state (refusing a copy beyond the bound).
         self._copies: dict[str, _SelectCopy] = {}
         self._copies_lock = threading.Lock()
         options: dict[str, Any] = {
@@ -564,10 +564,12 @@ class RedisStore:
 
     @_redis_op("load")
     def snapshot_for_select(self, run_id: str, task_ids: Iterable[str]) -> RunSnapshot | None:
-        """The run's state as this process last read or committed it, if that covers the
-        tasks (no round trip), else read now (one MULTI). It may be stale: commit_select's
-        compare-and-set (state_version, revision and config) catches that and answers with the
-        current state, which the next call returns. Callers must not modify what it returns."""
+        """The run's state as this process last read or was answered by a commit, if that
+        covers the tasks (no round trip), else read now (one MULTI). It may lack a few commits
+        (its state_version is the oldest of the tasks'): commit_select folds into the stored
+        state, and refuses a copy beyond the staleness bound or of another config, answering
+        the current state, which the next call returns. Callers must not modify what it
+        returns."""
         names = list(dict.fromkeys(task_ids))
         with self._copies_lock:
             copy = self._copies.get(run_id)
