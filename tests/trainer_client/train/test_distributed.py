@@ -131,6 +131,9 @@ def _worker(
         fresh = _optimizer(trained, optim)
         load_optimizer_state(fresh, state)
         torch.save({"state": state, "reloaded": optimizer_state(fresh)}, f"{out}/opt{rank}.pt")
+    # both ranks done before gloo is torn down: a rank that destroys its group while the other
+    # still sends aborted at exit ("terminate called without an active exception", SIGABRT)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
