@@ -8,8 +8,8 @@ fresh Prometheus multiprocess directory, spawns N workers and supervises them:
   the kernel spreads new connections over the workers. A connection stays on its worker: a gRPC
   channel (one HTTP/2 connection) is served by one worker for its life.
 - Workers share no memory: they are stateless over the Redis store, whose every write is one
-  atomic script (a commit folds into the stored state), exactly as several selector hosts are. The memory store cannot be shared, so
-  `Settings` refuses `workers` > 1 with it.
+  atomic script (a commit folds into the stored state), exactly as several selector hosts are.
+  The memory store cannot be shared, so `Settings` refuses `workers` > 1 with it.
 - Metrics: each worker writes its series to mmap files in `PROMETHEUS_MULTIPROC_DIR` (a fresh
   temporary directory per serve, removed when the parent exits), and the worker that answers
   `/metrics` aggregates every worker's files (selector_service/metrics.py).

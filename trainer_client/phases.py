@@ -51,6 +51,19 @@ class Segmenter(Protocol):
         ...
 
 
+def _gripper_commands(name: str, gripper: np.ndarray | None, num_chunks: int,
+                      chunk_size: int) -> np.ndarray:
+    """The (C, K) gripper commands as float64, checked; ValueError naming the segmenter."""
+    if gripper is None:
+        raise ValueError(f"{name} segmenter needs the gripper commands (gripper=None)")
+    g = np.asarray(gripper, dtype=np.float64)
+    if g.shape != (num_chunks, chunk_size):
+        raise ValueError(
+            f"gripper must have shape (C, K) = ({num_chunks}, {chunk_size}), got {g.shape}"
+        )
+    return g
+
+
 def _check_common(num_phases: int) -> int:
     if int(num_phases) < 1:
         raise ValueError(f"num_phases must be >= 1, got {num_phases}")
@@ -139,13 +152,7 @@ class GripperSegmenter:
         gripper: np.ndarray | None = None,
         env_phase_ids: np.ndarray | None = None,
     ) -> np.ndarray:
-        if gripper is None:
-            raise ValueError("gripper segmenter needs the gripper commands (gripper=None)")
-        g = np.asarray(gripper)
-        if g.shape != (num_chunks, chunk_size):
-            raise ValueError(
-                f"gripper must have shape (C, K) = ({num_chunks}, {chunk_size}), got {g.shape}"
-            )
+        g = _gripper_commands(self.name, gripper, num_chunks, chunk_size)
         if num_chunks == 0:
             return np.zeros(0, dtype=np.int64)
         counts = self.switches(self.closed(g))
@@ -235,13 +242,7 @@ class PaperSegmenter:
         gripper: np.ndarray | None = None,
         env_phase_ids: np.ndarray | None = None,
     ) -> np.ndarray:
-        if gripper is None:
-            raise ValueError("paper segmenter needs the gripper commands (gripper=None)")
-        g = np.asarray(gripper, dtype=np.float64)
-        if g.shape != (num_chunks, chunk_size):
-            raise ValueError(
-                f"gripper must have shape (C, K) = ({num_chunks}, {chunk_size}), got {g.shape}"
-            )
+        g = _gripper_commands(self.name, gripper, num_chunks, chunk_size)
         labels = self.labels((g > self.threshold).mean(axis=1)) if num_chunks else np.zeros(
             0, dtype=np.int64)
         return np.minimum(labels, self.num_phases - 1).astype(np.int64)

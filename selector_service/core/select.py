@@ -161,14 +161,19 @@ def sample_budget(config: RunConfig, batch: ChunkBatch, budget: Budget,
     if budget.kept:
         line = np.zeros(int(on.sum()), dtype=np.int64)
         mask[on] = systematic_sample(pi[on], line, np.array([budget.kept]), rng)
-    if config.weighting == "ht":
-        weight = np.zeros(batch.num_chunks)
+    return mask, loss_weights(config.weighting, mask, pi), pi
+
+
+def loss_weights(weighting: str, mask: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """Step 5: the loss weight of every chunk (M,), 0 off the mask."""
+    if weighting == "ht":
+        weight = np.zeros(mask.shape[0])
         np.divide(1.0, pi, out=weight, where=mask)
-    elif config.weighting in ("mean", "none"):
-        weight = mask.astype(np.float64)
+        return weight
+    elif weighting in ("mean", "none"):
+        return mask.astype(np.float64)
     else:
-        raise ValueError(f"unknown weighting {config.weighting!r}")
-    return mask, weight, pi
+        raise ValueError(f"unknown weighting {weighting!r}")
 
 
 def phase_shares(batch: ChunkBatch, pi: np.ndarray, num_phases: int) -> np.ndarray:
@@ -216,14 +221,7 @@ def sample_chunks(
     # 5. Weights: 1 on kept chunks (`mean`: the trainer averages the loss over them, the
     #    paper's estimator; `none`: it divides by the full loss's count), or Horvitz-Thompson
     #    1 / pi (`ht`: unbiased for the full GRPO loss).
-    if config.weighting == "ht":
-        weight = np.zeros(batch.num_chunks)
-        np.divide(1.0, pi, out=weight, where=mask)
-    elif config.weighting in ("mean", "none"):
-        weight = mask.astype(np.float64)
-    else:
-        raise ValueError(f"unknown weighting {config.weighting!r}")
-    return mask, weight, pi
+    return mask, loss_weights(config.weighting, mask, pi), pi
 
 
 def select_with_keep_probs(
