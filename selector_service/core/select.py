@@ -138,9 +138,10 @@ def auto_budget(
     max(s_tp, 0), G_t the task's informative groups; random mode draws uniformly (rho = 1)."""
     informative_chunk = informative[batch.traj_of_chunk]  # (M,)
     group_of_chunk = batch.group_index[batch.traj_of_chunk]  # (M,)
-    groups_per_task = np.zeros(len(batch.task_ids))
-    for g in np.unique(batch.group_index[informative]):
-        groups_per_task[batch.task_index[batch.group_index == g][0]] += 1
+    task_of_group = np.zeros(int(batch.group_index.max()) + 1, dtype=np.int64)
+    task_of_group[batch.group_index] = batch.task_index  # a group belongs to one task
+    groups = np.unique(batch.group_index[informative])
+    groups_per_task = np.bincount(task_of_group[groups], minlength=len(batch.task_ids))
     phase_signal = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0).sum(axis=1)  # (T,)
     signal = float(np.sum(groups_per_task ** 2 * phase_signal))
     return choose_budget(
