@@ -185,8 +185,13 @@ def init_distributed(device: torch.device | None = None) -> Dist:
     return Dist(rank=torch.distributed.get_rank(), world_size=torch.distributed.get_world_size())
 
 
-def shutdown_distributed(dist: Dist) -> None:
+def shutdown_distributed(dist: Dist, finished: bool = True) -> None:
+    """Tear the process group down; after a finished run, only once every rank got here (a rank
+    that tore gloo down while another still sent aborted that one at exit: SIGABRT). After an
+    error no barrier: the other ranks may be gone."""
     if dist.enabled and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -193,9 +193,12 @@ def train_rl(
     prepare_device(device)
     dist = init_distributed(device)
     try:
-        return _train(cfg, dist, device, log_line or _print_line, client, observer)
-    finally:
-        shutdown_distributed(dist)
+        result = _train(cfg, dist, device, log_line or _print_line, client, observer)
+    except BaseException:
+        shutdown_distributed(dist, finished=False)
+        raise
+    shutdown_distributed(dist)
+    return result
 
 
 def _print_line(line: str) -> None:
