@@ -24,6 +24,12 @@ own with the selector's environment (so the same code and BLAS threads), measure
 after the shape's cells and averaged; each row's `cpu_ratio` is its server CPU per select over
 it. With `shared_run` every client selects on one run, so the rows say what a select costs as
 more trainers share a run (`pcm-bench selector --shared-run --clients 1,8,32`).
+
+The transport's floor (`grpc_floor_cpu_ms`, per shape, gRPC rows): the server CPU per call of a
+bare `grpc.aio` server that receives the shape's serialized request and sends a serialized
+answer of the same batch back, with no decoding and no work, measured like the reference.
+`floor_ratio` = (embedded + floor) / embedded is the lowest `cpu_ratio` that any gRPC server
+doing the embedded select's work could show on this machine.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ TARGETS = {
 ROW_FIELDS = ("transport", "store", "clients", "shape", "p50_ms", "p99_ms", "rps",
               "server_cpu_ms", "embedded_cpu_ms", "cpu_ratio")
 EMBEDDED_SELECTS = {"small": 300, "libero": 12}  # per measurement of the embedded reference
+FLOOR_CALLS = {"small": 2000, "libero": 60}  # per measurement of the bare gRPC floor
 
 
 def run_selector_bench(
@@ -92,7 +99,10 @@ def run_selector_bench(
     (`--workers`). Rows also hold ``server_cpu_ms`` / ``redis_cpu_ms``: CPU time of the
     selector processes / redis-server per timed select, ``embedded_cpu_ms`` (the shape's
     embedded select, see the module's docstring; `embedded_selects` per measurement, 0: not
-    measured) and ``cpu_ratio`` = server_cpu_ms / embedded_cpu_ms. `progress` is called with
+    measured) and ``cpu_ratio`` = server_cpu_ms / embedded_cpu_ms; gRPC rows also
+    ``grpc_floor_cpu_ms`` (a bare gRPC server's CPU per call for the same request and answer;
+    `embedded_selects` calls per measurement where given) and ``floor_ratio`` = (embedded +
+    floor) / embedded, the lowest ratio a gRPC server could reach. `progress` is called with
     each row.
     """
     for name in transports:
@@ -133,6 +143,10 @@ def run_selector_bench(
             selects = (EMBEDDED_SELECTS[shape] if embedded_selects is None
                        else embedded_selects)
             embedded[shape] = [embedded_cpu_ms(shape, selects, selector_env)] if selects else []
+            floor: list[float] = []
+            if selects and "grpc" in transports:
+                calls = FLOOR_CALLS[shape] if embedded_selects is None else embedded_selects
+                floor.append(grpc_floor_cpu_ms(shape, calls, selector_env))
             shape_rows: list[dict[str, Any]] = []
             for store in stores:
                 for transport in transports:
@@ -158,10 +172,16 @@ def run_selector_bench(
             if selects:  # again after the cells: the reference is the mean of both
                 embedded[shape].append(embedded_cpu_ms(shape, selects, selector_env))
                 reference = float(np.mean(embedded[shape]))
+                if floor:
+                    floor.append(grpc_floor_cpu_ms(shape, calls, selector_env))
                 for row in shape_rows:
                     row["embedded_cpu_ms"] = reference
                     row["embedded_cpu_ms_runs"] = embedded[shape]
                     row["cpu_ratio"] = row["server_cpu_ms"] / reference
+                    if floor and row["transport"] == "grpc":
+                        row["grpc_floor_cpu_ms"] = float(np.mean(floor))
+                        row["grpc_floor_cpu_ms_runs"] = floor
+                        row["floor_ratio"] = (reference + row["grpc_floor_cpu_ms"]) / reference
             rows += shape_rows
     return {
         "benchmark": "selector",
@@ -211,6 +231,84 @@ def embedded_cpu_ms(shape: str, selects: int,
          f"{s.trajectories},{s.chunks},{s.feature_dim}", str(selects)],
         env=env, capture_output=True, text=True, timeout=900, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms"])
+
+
+# The transport's floor: a bare grpc.aio server in a process of its own (the selector's
+# environment and glibc allocator settings) that answers every call with a serialized answer of
+# the shape's batch, bytes in and bytes out; /floor.Floor/Cpu answers its process's CPU time so
+# far. It prints its port, then serves until it is terminated.
+_GRPC_FLOOR_SERVER = """
+import asyncio, sys, time
+import grpc
+from pcm_contract import codec
+from pcm_contract.models import SelectRequest
+from trainer_client import connect
+from trainer_client.bench.core import Shape, synthetic_request
+try:
+    from selector_service.allocator import keep_large_buffers
+    keep_large_buffers()
+except ImportError:  # a checkout from before the allocator settings
+    pass
+shape = Shape(*map(int, sys.argv[1].split(",")))
+template = SelectRequest.model_validate(synthetic_request(shape))
+client = connect("embedded")
+client.put_run("floor", feature_dim=shape.feature_dim)
+response = codec.select_response_to_proto(client.select("floor", template)).SerializeToString()
+
+async def serve():
+    async def answer(raw, context):
+        return response
+    async def cpu(raw, context):
+        return repr(time.process_time()).encode()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 30)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", {
+        "Call": grpc.unary_unary_rpc_method_handler(answer),
+        "Cpu": grpc.unary_unary_rpc_method_handler(cpu)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(serve())
+"""
+
+
+def grpc_floor_cpu_ms(shape: str, calls: int,
+                      selector_env: Mapping[str, str] | None = None,
+                      warmup: int = 20) -> float:
+    """Server CPU per call (its own process time) of a bare grpc.aio server that receives the
+    shape's serialized Select request and sends a serialized answer of the same batch (the module's
+    docstring), called `calls` times in a row by one client."""
+    import grpc
+
+    from pcm_contract import codec
+
+    s = SHAPES[shape]
+    request = codec.select_request_to_proto(
+        "floor", SelectRequest.model_validate(synthetic_request(s))).SerializeToString()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", **(selector_env or {})}
+    with subprocess.Popen(
+            [sys.executable, "-c", _GRPC_FLOOR_SERVER,
+             f"{s.trajectories},{s.chunks},{s.feature_dim}"],
+            env=env, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            limit = 2 * len(request)
+            with grpc.insecure_channel(f"127.0.0.1:{port}",
+                                       options=[("grpc.max_send_message_length", limit)]
+                                       ) as channel:
+                call = channel.unary_unary("/floor.Floor/Call")
+                cpu = channel.unary_unary("/floor.Floor/Cpu")
+                for _ in range(warmup):
+                    call(request, timeout=60)
+                start = float(cpu(b"", timeout=60))
+                for _ in range(calls):
+                    call(request, timeout=60)
+                return (float(cpu(b"", timeout=60)) - start) / calls * 1e3
+        finally:
+            server.terminate()
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -318,6 +416,7 @@ def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                     f"{r.get('redis_cpu_ms', math.nan):.2f}",
                     f"{r.get('embedded_cpu_ms', math.nan):.2f}",
                     f"{r.get('cpu_ratio', math.nan):.2f}x",
+                    f"{r.get('floor_ratio', math.nan):.2f}x",
                     f"{r['requests']}{' capped' if r['capped'] else ''}",
                     str(r["errors"])])
     return out
@@ -325,4 +424,4 @@ def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 TABLE_COLUMNS = ("transport", "store", "clients", "shape", "p50 ms", "p99 ms", "rps",
                  "server CPU ms/select", "redis CPU ms/select", "embedded CPU ms/select",
-                 "server / embedded CPU", "requests", "errors")
+                 "server / embedded CPU", "bare gRPC floor", "requests", "errors")

@@ -64,8 +64,8 @@ def test_selector_env_option_reaches_the_selector_and_is_checked(tmp_path: Path)
 
 def test_shared_run_rows_carry_the_embedded_reference() -> None:
     """`--shared-run`: one row per client count on one run, each with the embedded select's
-    CPU per select of the same batch (measured twice, in a process of its own) and the server's
-    CPU per select over it."""
+    CPU per select of the same batch (measured twice, in a process of its own), the server's
+    CPU per select over it, and the bare gRPC transport's floor for the same messages."""
     result = run_selector_bench(transports=("grpc",), stores=("redis",), clients=(1, 3),
                                 shapes=("small",), requests=6, warmup=1, time_cap_s=20,
                                 shared_run=True, embedded_selects=5)
@@ -79,3 +79,7 @@ def test_shared_run_rows_carry_the_embedded_reference() -> None:
         assert len(runs) == 2 and all(x > 0 for x in runs)
         assert math.isclose(row["embedded_cpu_ms"], sum(runs) / 2)
         assert math.isclose(row["cpu_ratio"], row["server_cpu_ms"] / row["embedded_cpu_ms"])
+        floor = row["grpc_floor_cpu_ms_runs"]
+        assert len(floor) == 2 and all(x > 0 for x in floor)
+        assert math.isclose(row["floor_ratio"],
+                            1 + sum(floor) / 2 / row["embedded_cpu_ms"])
