@@ -20,6 +20,8 @@ MODES = ("pcm", "grpo", "random")
 WEIGHTINGS = ("mean", "ht", "none")
 SCORES = ("signal", "action")
 BUDGET_RULES = ("auto", "fixed")
+KEEP_RULES = ("share", "paper")
+MAX_SCORE_WINDOW = 1000
 MAX_PHASES = 64
 MAX_FEATURE_DIM = 4096
 MAX_BUDGET = 1_000_000
@@ -94,6 +96,17 @@ class RunConfigSchema:
     rate_floor: float = option(
         0.25, "rho: with budget_rule auto, every chunk's keep probability is at least rho times "
               "the batch's kept fraction (so is every phase's keep rate)", ge=0, le=1)
+    score_window: int = option(
+        0, "T_rc: 0 updates the phase scores after every batch (EMA at rate eta); T >= 1 is the "
+           "paper's refresh: each phase's score is the mean of its evidence over T batches, "
+           "recomputed every T batches (and from the first batch) and held in between",
+        ge=0, le=MAX_SCORE_WINDOW, hint="the paper uses 5")
+    keep_rule: str = option(
+        "share", "how phase scores become chunk draws (budget_rule fixed): share (w_tp = "
+        "eps / P + (1 - eps) s_tp / sum s, shared among the phase's chunks, systematic "
+        "sampling) | paper (p_tp = max(eps, s_tp / max s), every chunk weighted by its "
+        "phase's p, k_i chunks drawn by weighted sampling without replacement)",
+        choices=KEEP_RULES)
 
 
 def schema_fields() -> tuple[Field[Any], ...]:

@@ -61,8 +61,8 @@ from pcm_contract.models import (
 from selector_service.core import (
     ChunkBatch,
     RunConfig,
-    keep_weights,
     kept_counts,
+    phase_keep_weights,
     select_chunks,
 )
 from selector_service.store import CommitStatus, PhaseStore, RunSnapshot
@@ -215,7 +215,8 @@ class SelectorService:
         for task_id, state in sorted(snapshot.tasks.items()):
             tasks[task_id] = TaskStateOut(
                 scores=_scores_out(state.scores),
-                keep_probs=keep_weights(state.scores, config.eps).tolist(),
+                keep_probs=phase_keep_weights(config.keep_rule, state.scores,
+                                              config.eps).tolist(),
                 observations=state.observations.tolist(),
                 chunks_total=state.chunks_total.tolist(),
                 chunks_kept=state.chunks_kept.tolist(),

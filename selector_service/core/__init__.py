@@ -14,7 +14,7 @@ from selector_service.core.select import (
 )
 from selector_service.core.state import TaskState
 from selector_service.core.variance import informative_trajectories, success_failure_variance
-from selector_service.core.weights import keep_weights, update_scores
+from selector_service.core.weights import keep_weights, phase_keep_weights, update_scores
 
 __all__ = [
     "ChunkBatch",
@@ -26,6 +26,7 @@ __all__ = [
     "informative_trajectories",
     "keep_weights",
     "kept_counts",
+    "phase_keep_weights",
     "recount_kept",
     "request_rng",
     "sample_chunks",

@@ -28,6 +28,16 @@ class RunConfig(RunConfigSchema):
                 "budget_rule", "auto chooses the chunks from their gradient sketches, which "
                 f"only score 'signal' sends (score is {self.score!r}); use budget_rule 'fixed' "
                 "with score 'action'")
+        if self.keep_rule == "paper" and self.mode == "pcm":
+            if self.budget_rule == "auto":
+                raise InvalidArgument(
+                    "keep_rule", "paper draws a fixed budget with the phase keep weights; "
+                    "budget_rule auto chooses its own: use budget_rule 'fixed'")
+            if self.weighting == "ht":
+                raise InvalidArgument(
+                    "keep_rule", "paper draws by weighted sampling without replacement, whose "
+                    "inclusion probabilities 1/pi would need are not exact: use weighting "
+                    "'mean' (the paper's) or 'none'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,8 @@ trainers share a run. What it changes in the state does not depend on that: per 
 the batch's evidence v_tp and whether it was observed, its chunk counts, and (score `signal`)
 its mean group phase sums for the reference. `batch_update` gathers those; `fold_task` applies
 them to whatever state is stored when the selection commits: the EMA of the scores
-(`update_scores`, bias-corrected by the stored observation counts) and of the reference
+(`update_scores`, bias-corrected by the stored observation counts) or, with a score window,
+the window's sums and its refresh (`fold_scores`), and the EMA of the reference
 (`fold_reference`) re-applied to the stored values, the counters added. The stores fold in
 commit order, atomically (the Redis store in Lua, store/lua.py, operation for operation the
 same as `fold_task`), so no selection is recomputed because another committed first
@@ -53,6 +54,7 @@ class StateUpdate:
     bias_corrected: bool  # score `signal`: the EMA is bias-corrected by observation counts
     num_phases: int
     tasks: dict[str, TaskUpdate]
+    window: int = 0  # score_window: 0 EMA after every batch, T >= 1 the paper's refresh
 
     def with_kept(self, kept: np.ndarray, task_ids: list[str]) -> StateUpdate:
         """kept: (T, P) kept chunks per task (in `task_ids` order) and phase."""
@@ -71,6 +73,7 @@ def batch_update(
     bias_corrected: bool,
     group_mean: np.ndarray | None = None,  # (T, P, D), score `signal`
     present: np.ndarray | None = None,  # bool (T, P), score `signal`
+    window: int = 0,
 ) -> StateUpdate:
     """The batch's update of its tasks' states (rows in batch.task_ids order)."""
     num_tasks = len(batch.task_ids)
@@ -91,18 +94,46 @@ def batch_update(
             group_mean=None if group_mean is None else np.asarray(group_mean[j], np.float64),
             present=None if present is None else np.asarray(present[j], dtype=bool))
     return StateUpdate(eta=float(eta), bias_corrected=bool(bias_corrected),
-                       num_phases=num_phases, tasks=tasks)
+                       num_phases=num_phases, tasks=tasks, window=int(window))
+
+
+def fold_scores(prev: TaskState, evidence: np.ndarray, observed: np.ndarray, eta: float,
+                bias_corrected: bool, window: int
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]:
+    """A task's phase scores after one batch's evidence, and its score window after it:
+    (scores (P,), window_sum, window_count, window_batches).
+
+    window 0: the EMA of `update_scores`. window T >= 1 (the paper's T_rc, arXiv 2605.16154
+    Sec. 4.3): the evidence joins the window; when the window holds T batches, or while no
+    phase has a score yet (the first batch's own scores are used), each phase's score becomes
+    the mean of its evidence in the window (0 where it had none, NaN while it never had any)
+    and the window empties; in between the scores are held."""
+    if window == 0:
+        scores = update_scores(prev.scores, evidence, observed, eta,
+                               prev.observations if bias_corrected else None)
+        return scores, prev.window_sum, prev.window_count, prev.window_batches
+    wsum, wcount = prev.window()
+    wsum = wsum + np.where(observed, evidence, 0.0)
+    wcount = wcount + observed
+    batches = prev.window_batches + 1
+    if batches < window and not np.isnan(prev.scores).all():
+        return prev.scores.copy(), wsum, wcount, batches
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = wsum / wcount
+    scores = np.where(wcount > 0, mean, np.where(np.isnan(prev.scores), np.nan, 0.0))
+    p = prev.num_phases
+    return scores, np.zeros(p), np.zeros(p, dtype=np.int64), 0
 
 
 def fold_task(state: TaskState | None, update: TaskUpdate, eta: float, bias_corrected: bool,
-              num_phases: int) -> TaskState:
+              num_phases: int, window: int = 0) -> TaskState:
     """The task's state after `update`, folded into `state` (None: the task has none yet)."""
     prev = TaskState.empty(num_phases) if state is None else state
     if prev.num_phases != num_phases:
         raise ValueError(f"stored task state has {prev.num_phases} phases, the update "
                          f"{num_phases}")
-    scores = update_scores(prev.scores, update.evidence, update.observed, eta,
-                           prev.observations if bias_corrected else None)
+    scores, wsum, wcount, batches = fold_scores(prev, update.evidence, update.observed, eta,
+                                                bias_corrected, window)
     signal_ref = prev.signal_ref
     if update.group_mean is not None and update.present is not None:
         shape = update.group_mean.shape
@@ -119,6 +150,9 @@ def fold_task(state: TaskState | None, update: TaskUpdate, eta: float, bias_corr
         skipped_trajectories=prev.skipped_trajectories + update.skipped_trajectories,
         version=prev.version + 1,
         signal_ref=signal_ref,
+        window_sum=wsum,
+        window_count=wcount,
+        window_batches=batches,
     )
 
 
@@ -126,5 +160,5 @@ def fold_states(states: Mapping[str, TaskState], update: StateUpdate) -> dict[st
     """The states of the update's tasks after it, folded into `states` (tasks absent there
     start empty)."""
     return {t: fold_task(states.get(t), u, update.eta, update.bias_corrected,
-                         update.num_phases)
+                         update.num_phases, update.window)
             for t, u in update.tasks.items()}

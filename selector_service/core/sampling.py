@@ -89,3 +89,28 @@ def systematic_sample(
     keep = np.empty(m, dtype=bool)
     keep[order] = hits > 0
     return keep | certain
+
+
+def successive_sample(
+    q: np.ndarray,  # float64 (M,): chunk weights, >= 0
+    traj_of_chunk: np.ndarray,  # int64 (M,)
+    k: np.ndarray,  # int64 (N,): chunks to draw per trajectory, 0 <= k_i <= C_i
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """bool (M,): k_i chunks of trajectory i drawn one after another, each with probability
+    proportional to its weight among the chunks not yet drawn: weighted sampling without
+    replacement (Plackett-Luce; the paper's Eq. 10), as the k_i largest of log q + Gumbel
+    noise (Efraimidis and Spirakis 2006). Chunks of weight 0 come last, in random order.
+    Its inclusion probabilities have no closed form; `inclusion_probabilities(q, ...)` is
+    the proportional-to-size approximation of them."""
+    m = q.shape[0]
+    with np.errstate(divide="ignore"):
+        key = np.log(q) + rng.gumbel(size=m)  # (M,), -inf for weight 0
+    tie = np.asarray(rng.random(m))  # orders the weight-0 chunks (all -inf) at random
+    order = np.lexsort((-tie, -key, traj_of_chunk))  # by trajectory, then key descending
+    traj_o = traj_of_chunk[order]
+    first = np.searchsorted(traj_o, traj_o, side="left")  # each trajectory's first position
+    rank = np.arange(m) - first  # (M,) 0 for each trajectory's largest key
+    keep = np.empty(m, dtype=bool)
+    keep[order] = rank < k[traj_o]
+    return keep

@@ -16,12 +16,17 @@ import numpy as np
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.budget import Budget, choose_budget
 from selector_service.core.config import RunConfig, check_keep_fraction
-from selector_service.core.fold import StateUpdate, batch_update, fold_states
-from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
+from selector_service.core.fold import StateUpdate, batch_update, fold_scores, fold_states
+from selector_service.core.sampling import (
+    budgets,
+    inclusion_probabilities,
+    successive_sample,
+    systematic_sample,
+)
 from selector_service.core.signal import group_phase_sums, signal_evidence
 from selector_service.core.state import TaskState
 from selector_service.core.variance import informative_trajectories, success_failure_variance
-from selector_service.core.weights import keep_weights, update_scores
+from selector_service.core.weights import phase_keep_weights, update_scores
 
 
 @dataclass(frozen=True)
@@ -88,13 +93,20 @@ def select_chunks(
     else:
         raise ValueError(f"unknown score {config.score!r}")
 
-    # 3. Online phase scores (EMA; bias-corrected for `signal`) and phase keep weights w_tp.
-    counts: np.ndarray | None = None
-    if config.score == "signal":
-        counts = np.stack([_state_for(states, t, num_phases).observations
-                           for t in batch.task_ids])  # (T, P)
-    scores = update_scores(prior, v, observed, config.eta, counts)  # (T, P)
-    w = keep_weights(scores, config.eps)  # (T, P), rows sum to 1
+    # 3. Online phase scores (EMA, bias-corrected for `signal`; or the paper's window, refreshed
+    #    every score_window batches and held in between) and phase keep weights w_tp.
+    if config.score_window == 0:
+        counts: np.ndarray | None = None
+        if config.score == "signal":
+            counts = np.stack([_state_for(states, t, num_phases).observations
+                               for t in batch.task_ids])  # (T, P)
+        scores = update_scores(prior, v, observed, config.eta, counts)  # (T, P)
+    else:
+        scores = np.stack([
+            fold_scores(_state_for(states, t, num_phases), v[j], observed[j], config.eta,
+                        config.score == "signal", config.score_window)[0]
+            for j, t in enumerate(batch.task_ids)])  # (T, P)
+    w = phase_keep_weights(config.keep_rule, scores, config.eps)  # (T, P)
 
     # 4-5. The chunks to keep and their loss weights: budget_rule auto chooses how many and
     #      which from the chunks' gradient sketches (core/budget.py); fixed samples the fixed
@@ -110,7 +122,7 @@ def select_chunks(
         raise ValueError(f"unknown budget_rule {config.budget_rule!r}")
 
     update = batch_update(batch, v, observed, mask, informative, num_phases, config.eta,
-                          config.score == "signal", group_mean, present)
+                          config.score == "signal", group_mean, present, config.score_window)
     new_states = fold_states(states, update)
     return Selection(
         mask=mask,
@@ -192,7 +204,8 @@ def phase_shares(batch: ChunkBatch, pi: np.ndarray, num_phases: int) -> np.ndarr
 def sample_chunks(
     config: RunConfig,
     batch: ChunkBatch,
-    w: np.ndarray,  # (T, P) phase keep weights, rows sum to 1, rows in batch.task_ids order
+    w: np.ndarray,  # (T, P) phase keep weights (keep_rule share: rows sum to 1; paper: p_tp),
+    #                 rows in batch.task_ids order
     informative: np.ndarray,  # bool (N,)
     rng: np.random.Generator,
     f: float | None,
@@ -207,6 +220,13 @@ def sample_chunks(
     # (N,): the fixed budget B, or round(f C_i)
     k_all = np.minimum(config.budget, batch.lengths) if f is None else budgets(batch.lengths, f)
     k = np.where(informative, k_all, 0)  # (N,)
+    if config.mode == "pcm" and config.keep_rule == "paper":
+        # The paper's draw (arXiv 2605.16154, Sec. 4.4-4.5): every chunk weighted by its
+        # phase's keep probability p_tp, k_i of them by weighted sampling without replacement.
+        q = w[task_of_chunk, batch.phase]
+        pi = inclusion_probabilities(q, batch.traj_of_chunk, k)  # (M,), approximate
+        mask = successive_sample(q, batch.traj_of_chunk, k, rng) & informative_chunk
+        return mask, loss_weights(config.weighting, mask, pi), pi
     if config.mode == "pcm":
         n = batch.num_trajectories
         cell = batch.traj_of_chunk * num_phases + batch.phase  # (M,)

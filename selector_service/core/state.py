@@ -23,6 +23,18 @@ class TaskState:
     # score `signal` only: R_tp (P, D), the EMA of earlier batches' mean group phase sums
     # (core/signal.py); NaN rows for phases without one; None until the first such batch
     signal_ref: np.ndarray | None = None
+    # score_window T >= 1 only: the evidence of the batches since the last refresh, summed
+    # (P,) and counted (P,), and how many batches that is; None: an empty window
+    window_sum: np.ndarray | None = None
+    window_count: np.ndarray | None = None
+    window_batches: int = 0
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """(window_sum, window_count) as arrays, zeros for an empty window."""
+        p = self.num_phases
+        return (np.zeros(p) if self.window_sum is None else self.window_sum,
+                np.zeros(p, dtype=np.int64) if self.window_count is None
+                else self.window_count)
 
     @classmethod
     def empty(cls, num_phases: int) -> TaskState:
@@ -48,6 +60,10 @@ class TaskState:
             "version": self.version,
             "signal_ref": None if self.signal_ref is None else [
                 None if math.isnan(row[0]) else row.tolist() for row in self.signal_ref],
+            **({} if self.window_batches == 0 and self.window_sum is None else {
+                "window_sum": self.window()[0].tolist(),
+                "window_count": self.window()[1].tolist(),
+                "window_batches": self.window_batches}),
         }
 
     @classmethod
@@ -61,6 +77,11 @@ class TaskState:
             skipped_trajectories=int(data["skipped_trajectories"]),
             version=int(data["version"]),
             signal_ref=_signal_ref_from(data.get("signal_ref")),
+            window_sum=(None if data.get("window_sum") is None
+                        else np.asarray(data["window_sum"], dtype=np.float64)),
+            window_count=(None if data.get("window_count") is None
+                          else np.asarray(data["window_count"], dtype=np.int64)),
+            window_batches=int(data.get("window_batches", 0)),
         )
 
     def equals(self, other: TaskState) -> bool:
@@ -72,7 +93,10 @@ class TaskState:
                 == (other.trajectories, other.skipped_trajectories, other.version)
                 and (self.signal_ref is None) == (other.signal_ref is None)
                 and (self.signal_ref is None or other.signal_ref is None
-                     or np.array_equal(self.signal_ref, other.signal_ref, equal_nan=True)))
+                     or np.array_equal(self.signal_ref, other.signal_ref, equal_nan=True))
+                and self.window_batches == other.window_batches
+                and all(np.array_equal(a, b) for a, b in zip(self.window(), other.window(),
+                                                              strict=True)))
 
 
 def _signal_ref_from(rows: list[list[float] | None] | None) -> np.ndarray | None:

@@ -64,3 +64,28 @@ def keep_weights(scores: np.ndarray, eps: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         w = eps / num_phases + (1.0 - eps) * s / total
     return np.where(total > 0, w, uniform)
+
+
+def paper_keep_probs(scores: np.ndarray, p_min: float) -> np.ndarray:
+    """p_tp = max(p_min, s+_tp / max_q s+_tq), the paper's keep probabilities (arXiv 2605.16154,
+    Sec. 4.3-4.4: the scores share-normalised, then max-normalised, then floored); 1 for every
+    phase while no positive score exists. Not a distribution: each chunk is weighted by its
+    phase's p_tp (`keep_rule` paper).
+
+    scores: (..., P) with NaN for unobserved phases (they count as 0)."""
+    s = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0)
+    top = s.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.maximum(p_min, s / top)
+    return np.where(top > 0, p, 1.0)
+
+
+def phase_keep_weights(keep_rule: str, scores: np.ndarray, eps: float) -> np.ndarray:
+    """The phase keep weights of `keep_rule`: share (`keep_weights`, rows sum to 1) or paper
+    (`paper_keep_probs` with p_min = eps)."""
+    if keep_rule == "share":
+        return keep_weights(scores, eps)
+    elif keep_rule == "paper":
+        return paper_keep_probs(scores, eps)
+    else:
+        raise ValueError(f"unknown keep_rule {keep_rule!r}")

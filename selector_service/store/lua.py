@@ -82,13 +82,15 @@ local function write_doubles(parts, values, n)
   end
 end
 local function empty_state(p)
-  local st = {p = p, d = 0, trajectories = 0, skipped = 0, version = 0,
-              scores = {}, observations = {}, total = {}, kept = {}}
+  local st = {p = p, d = 0, trajectories = 0, skipped = 0, version = 0, wbatches = 0,
+              scores = {}, observations = {}, total = {}, kept = {}, wsum = {}, wcount = {}}
   for i = 1, p do
     st.scores[i] = 0 / 0
     st.observations[i] = 0
     st.total[i] = 0
     st.kept[i] = 0
+    st.wsum[i] = 0
+    st.wcount[i] = 0
   end
   return st
 end
@@ -132,26 +134,53 @@ local function decode_state(raw)
   if string.sub(raw, 1, 1) ~= 'T' then
     return decode_json_state(raw)
   end
-  local _, _, p, d, pos = struct.unpack('<c1BHI4', raw)
+  local _, format, p, d, pos = struct.unpack('<c1BHI4', raw)
+  local windowed = format == 2
   local head
-  head, pos = read_doubles(raw, pos, 3)
-  local st = {p = p, d = d, trajectories = head[1], skipped = head[2], version = head[3]}
+  head, pos = read_doubles(raw, pos, windowed and 4 or 3)
+  local st = {p = p, d = d, trajectories = head[1], skipped = head[2], version = head[3],
+              wbatches = windowed and head[4] or 0}
   st.scores, pos = read_doubles(raw, pos, p)
   st.observations, pos = read_doubles(raw, pos, p)
   st.total, pos = read_doubles(raw, pos, p)
   st.kept, pos = read_doubles(raw, pos, p)
+  if windowed then
+    st.wsum, pos = read_doubles(raw, pos, p)
+    st.wcount, pos = read_doubles(raw, pos, p)
+  else
+    st.wsum, st.wcount = {}, {}
+    for i = 1, p do
+      st.wsum[i] = 0
+      st.wcount[i] = 0
+    end
+  end
   if d > 0 then
     st.ref = read_doubles(raw, pos, p * d)
   end
   return st
 end
 local function encode_state(st)
-  local parts = {struct.pack('<c1BHI4', 'T', 1, st.p, st.d)}
-  write_doubles(parts, {st.trajectories, st.skipped, st.version}, 3)
+  -- format 2 only while the score window holds evidence (state_codec.py's encode_state)
+  local windowed = st.wbatches > 0
+  for i = 1, st.p do
+    if st.wsum[i] ~= 0 or st.wcount[i] ~= 0 then
+      windowed = true
+    end
+  end
+  local parts = {struct.pack('<c1BHI4', 'T', windowed and 2 or 1, st.p, st.d)}
+  if windowed then
+    write_doubles(parts, {st.trajectories, st.skipped, st.version, st.wbatches}, 4)
+  else
+    write_doubles(parts, {st.trajectories, st.skipped, st.version}, 3)
+  end
   write_doubles(parts, st.scores, st.p)
   write_doubles(parts, st.observations, st.p)
   write_doubles(parts, st.total, st.p)
   write_doubles(parts, st.kept, st.p)
+  if windowed then
+    write_doubles(parts, st.wsum, st.p)
+    write_doubles(parts, st.wcount, st.p)
+  end
   if st.d > 0 then
     write_doubles(parts, st.ref, st.p * st.d)
   end
@@ -184,7 +213,7 @@ local function power(base, n)
   end
   return out
 end
-local function fold(st, up, eta, bias_corrected)
+local function fold(st, up, eta, bias_corrected, window)
   -- core/fold.py's fold_task; nil if the state has another number of phases
   if st == nil then
     st = empty_state(up.p)
@@ -193,10 +222,24 @@ local function fold(st, up, eta, bias_corrected)
     return nil
   end
   local q = 1.0 - eta
+  local refresh = false
+  if window > 0 then  -- fold_scores: the window takes the evidence; full (or no score yet): refresh
+    local unscored = true
+    for i = 1, up.p do
+      if st.scores[i] == st.scores[i] then
+        unscored = false
+      end
+    end
+    st.wbatches = st.wbatches + 1
+    refresh = st.wbatches >= window or unscored
+  end
   for i = 1, up.p do
     if up.observed[i] ~= 0 then
       local s = st.scores[i]
-      if s ~= s then  -- never observed: the first observation initialises
+      if window > 0 then
+        st.wsum[i] = st.wsum[i] + up.v[i]
+        st.wcount[i] = st.wcount[i] + 1
+      elseif s ~= s then  -- never observed: the first observation initialises
         st.scores[i] = up.v[i]
       elseif bias_corrected then
         local n = st.observations[i]
@@ -208,6 +251,18 @@ local function fold(st, up, eta, bias_corrected)
     end
     st.total[i] = st.total[i] + up.total[i]
     st.kept[i] = st.kept[i] + up.kept[i]
+  end
+  if refresh then  -- each phase's mean evidence in the window; 0 without any (NaN: never)
+    for i = 1, up.p do
+      if st.wcount[i] > 0 then
+        st.scores[i] = st.wsum[i] / st.wcount[i]
+      elseif st.scores[i] == st.scores[i] then
+        st.scores[i] = 0.0
+      end
+      st.wsum[i] = 0
+      st.wcount[i] = 0
+    end
+    st.wbatches = 0
   end
   if up.d > 0 then
     local d = up.d
@@ -244,19 +299,19 @@ FOLD_STATES = """
 -- Fold batch updates into task states and return the results, writing nothing: the fold of
 -- FOLD_SELECT on its own (tests compare it with core/fold.py's).
 -- KEYS: none
--- ARGV[1]     the fold's parameters (eta f64, bias-corrected u8)
+-- ARGV[1]     the fold's parameters (eta f64, bias-corrected u8, score window u16)
 -- ARGV[2i]    a task state ('' for none), i = 1..n
 -- ARGV[2i+1]  the task's update
 -- Returns the n folded states ('' where the phases differ).
 """ + _STATE + """
-local eta, bias = struct.unpack('<dB', ARGV[1])
+local eta, bias, window = struct.unpack('<dBH', ARGV[1])
 local out = {}
 for i = 1, (#ARGV - 1) / 2 do
   local st = nil
   if ARGV[2 * i] ~= '' then
     st = decode_state(ARGV[2 * i])
   end
-  local folded = fold(st, decode_update(ARGV[2 * i + 1]), eta, bias == 1)
+  local folded = fold(st, decode_update(ARGV[2 * i + 1]), eta, bias == 1, window)
   if folded == nil then
     out[i] = ''
   else
@@ -291,7 +346,7 @@ FOLD_SELECT = """
 -- ARGV[8]         history entry: a JSON object up to its last member, before '}'
 -- ARGV[9]         history MAXLEN (approximate trim)
 -- ARGV[10]        expected config (JSON, as stored), or '' (not compared)
--- ARGV[11]        the fold's parameters (eta f64, bias-corrected u8)
+-- ARGV[11]        the fold's parameters (eta f64, bias-corrected u8, score window u16)
 -- ARGV[12]        a, the number of selection ids to register
 -- ARGV[12+j]      selection id j, j = 1..a
 -- ARGV[12+a+i]    TASK_i, i = 1..n
@@ -325,7 +380,7 @@ if read > current or (bound >= 0 and current - read > bound)
   end
   return reply
 end
-local eta, bias = struct.unpack('<dB', ARGV[11])
+local eta, bias, window = struct.unpack('<dBH', ARGV[11])
 local a = tonumber(ARGV[12])
 local folded = {}
 for i = 1, n do
@@ -334,7 +389,7 @@ for i = 1, n do
   if raw then
     st = decode_state(raw)
   end
-  local new = fold(st, decode_update(ARGV[12 + a + n + i]), eta, bias == 1)
+  local new = fold(st, decode_update(ARGV[12 + a + n + i]), eta, bias == 1, window)
   if new == nil then
     return {'phases', ARGV[12 + a + i]}
   end

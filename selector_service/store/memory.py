@@ -125,7 +125,8 @@ class MemoryStore:
                 return CommitResult(CommitStatus.STALE)
             try:
                 folded = {t: fold_task(run.tasks.get(t), u, update.eta, update.bias_corrected,
-                                       update.num_phases) for t, u in update.tasks.items()}
+                                       update.num_phases, update.window)
+                          for t, u in update.tasks.items()}
             except ValueError as exc:
                 raise InvalidArgument("run_id", f"run {clip(run_id)}: {exc}") from None
             run.tasks.update(folded)

@@ -644,7 +644,7 @@ class RedisStore:
                 args=[read_version, -1 if max_staleness is None else max_staleness, request_id,
                       encode_answer(answer, digest), VERSION_AT, STALENESS_AT,
                       self.request_ttl_s, entry, self.history_maxlen, raw_config,
-                      encode_fold_params(update.eta, update.bias_corrected),
+                      encode_fold_params(update.eta, update.bias_corrected, update.window),
                       len(selections), *selections, *tasks,
                       *(encode_update(update.tasks[t]) for t in tasks)],
             )

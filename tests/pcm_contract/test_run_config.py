@@ -17,6 +17,7 @@ from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.models import RunConfigBody, RunConfigOut
 from pcm_contract.run_config import (
     BUDGET_RULES,
+    KEEP_RULES,
     MODES,
     RUN_CONFIG_FIELDS,
     SCORES,
@@ -103,7 +104,8 @@ def test_the_core_checks_are_the_schemas(f) -> None:
 
 def test_the_codec_carries_every_schema_field() -> None:
     config = RunConfig(phases=7, keep_fraction=0.5, eps=0.0, eta=0.3, weighting="ht", seed=9,
-                       feature_dim=3, mode="random", score="action", budget=2).to_dict()
+                       feature_dim=3, mode="random", score="action", budget=2, score_window=5,
+                       keep_rule="paper").to_dict()
     msg = codec.run_config_to_proto(config)
     assert codec.run_config_changes(msg) == config
 
@@ -116,4 +118,5 @@ def test_the_trainer_validates_against_the_schemas_choices() -> None:
         with pytest.raises(ValueError, match="--" + name.replace("_", "-")):
             config.TrainConfig(selection=RunConfigSchema(**{name: value}))
     assert {f.name: f.metadata["choices"] for f in schema_fields() if f.metadata["choices"]} == {
-        "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES, "budget_rule": BUDGET_RULES}
+        "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES, "budget_rule": BUDGET_RULES,
+        "keep_rule": KEEP_RULES}

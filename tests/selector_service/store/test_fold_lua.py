@@ -57,8 +57,8 @@ def random_update(rng: np.random.Generator, p: int, d: int | None) -> TaskUpdate
 
 
 def lua_fold(script: Any, states: list[TaskState | None], updates: list[TaskUpdate],
-             eta: float, bias_corrected: bool) -> list[TaskState | None]:
-    args: list[bytes] = [encode_fold_params(eta, bias_corrected)]
+             eta: float, bias_corrected: bool, window: int = 0) -> list[TaskState | None]:
+    args: list[bytes] = [encode_fold_params(eta, bias_corrected, window)]
     for state, update in zip(states, updates, strict=True):
         args += [b"" if state is None else encode_state(state), encode_update(update)]
     return [decode_state(raw) if raw else None for raw in script(keys=[], args=args)]
@@ -77,6 +77,9 @@ def assert_same_bits(got: TaskState | None, want: TaskState) -> None:
     if want.signal_ref is not None and got.signal_ref is not None:
         assert got.signal_ref.shape == want.signal_ref.shape
         np.testing.assert_array_equal(got.signal_ref, want.signal_ref)
+    assert got.window_batches == want.window_batches
+    for a, b in zip(got.window(), want.window(), strict=True):
+        assert np.asarray(a, np.float64).tobytes() == np.asarray(b, np.float64).tobytes()
 
 
 @pytest.mark.parametrize("bias_corrected", [True, False], ids=["signal", "action"])
@@ -118,6 +121,33 @@ def test_lua_fold_of_many_batches_stays_equal(fold_script: Any) -> None:
         assert python is not None
         assert_same_bits(in_lua, python)
     assert python is not None and python.version == 300
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_lua_fold_with_a_score_window_equals_the_python_fold(fold_script: Any,
+                                                             window: int) -> None:
+    """The paper's refresh window (score_window T): 200 batches folded one after another in
+    Lua and in Python, each state also round-tripped through the binary form; the scores are
+    held between refreshes and every T-th batch (or while none is scored) refreshed."""
+    rng = np.random.default_rng(10 + window)
+    p = 5
+    python: TaskState | None = None
+    in_lua: TaskState | None = None
+    refreshes = 0
+    for step in range(200):
+        update = random_update(rng, p, None)
+        if step < 3:  # nothing observed yet: every batch refreshes until a phase is scored
+            update = TaskUpdate(**{**update.__dict__, "observed": np.zeros(p, dtype=bool)})
+        before = None if python is None else python.scores.copy()
+        python = fold_task(python, update, 0.1, False, p, window)
+        (in_lua,) = lua_fold(fold_script, [in_lua], [update], 0.1, False, window)
+        assert_same_bits(in_lua, python)
+        assert_same_bits(decode_state(encode_state(python)), python)
+        if python.window_batches == 0:
+            refreshes += 1
+        elif before is not None:
+            np.testing.assert_array_equal(python.scores, before)  # held
+    assert refreshes >= 200 // window
 
 
 def test_lua_fold_refuses_a_state_of_other_phases(fold_script: Any) -> None:
