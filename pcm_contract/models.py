@@ -435,9 +435,10 @@ class SelectResponse(_Model):
     keep_fraction: float = Field(default=0.0, ge=0, le=1, description=(
         "kept chunks over the chunks of informative trajectories: the budget this batch chose "
         "(0 when no group was informative)"))
-    predicted_efficiency: float | None = Field(default=None, ge=0, le=1, description=(
+    predicted_efficiency: float | None = Field(default=None, ge=0, description=(
         "budget_rule auto: the predicted share of the full batch's expected progress per step "
-        "the kept chunks keep (noise-scale model); absent with a fixed budget"))
+        "the kept chunks keep (noise-scale model; above 1 where phase_weighting wiener "
+        "predicts its biased update to beat the full batch's); absent with a fixed budget"))
 
     def same_as(self, other: SelectResponse) -> bool:
         """Field-by-field equality (arrays compared by value; store_epoch, which says where the

@@ -21,6 +21,7 @@ WEIGHTINGS = ("mean", "ht", "none")
 SCORES = ("signal", "action")
 BUDGET_RULES = ("auto", "fixed")
 KEEP_RULES = ("share", "paper")
+PHASE_WEIGHTINGS = ("none", "wiener")
 MAX_SCORE_WINDOW = 1000
 MAX_PHASES = 64
 MAX_FEATURE_DIM = 4096
@@ -107,6 +108,11 @@ class RunConfigSchema:
         "sampling) | paper (p_tp = max(eps, s_tp / max s), every chunk weighted by its "
         "phase's p, k_i chunks drawn by weighted sampling without replacement)",
         choices=KEEP_RULES)
+    phase_weighting: str = option(
+        "none", "with budget_rule auto: none (the unbiased update) | wiener (each phase's kept "
+        "chunks also weighted by alpha_tp = max(eps, S_tp / (S_tp + N_tp)), its measured "
+        "signal over signal plus noise: a biased update that damps noise-only phases)",
+        choices=PHASE_WEIGHTINGS)
 
 
 def schema_fields() -> tuple[Field[Any], ...]:

@@ -28,6 +28,19 @@ N = G / (G - 1) sum_g ||T_g - mean T||^2; S from the run's phase scores s_tp (EM
 ||E S_tp||^2, `core/signal.py`), S = sum_t G_t^2 sum_p max(s_tp, 0), which leaves out the
 phase-to-phase and task-to-task cross terms. S enters only to allow fewer chunks where the
 signal dominates the noise; where it is small the rule reduces to N_samp <= (1/target - 1) N.
+
+Phase weighting `wiener` (biased): chunk c of cell (task t, phase p) is also weighted by
+alpha_tp = max(eps, S_tp / (S_tp + N_tp)), with S_tp = G_t^2 max(s_tp, 0) the cell's signal and
+N_tp its noise (the spread of its groups' phase sums). With the cells' expected gradients
+orthogonal, the update g_a = sum_c alpha_c x_c / pi_c [c kept] makes progress proportional to
+(sum alpha S)^2 / (sum alpha^2 (S + N) + N_samp,a), N_samp,a = sum_c alpha_c^2 (1 / pi_c - 1)
+||x_c||^2, and alpha = S / (S + N) maximises it (each cell's Wiener factor). Its share of the
+full batch's progress S^2 / (S + N),
+
+    e_a(pi) = (sum alpha S)^2 / (sum alpha^2 (S + N) + N_samp,a) * (S + N) / S^2,
+
+can exceed 1: damping noise-only phases removes more noise than signal. pi is then Neyman on
+alpha_c ||x_c||, and the rule keeps the fewest chunks with e_a >= target.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ class Budget:
     noise: float  # N
     sampling_noise: float  # N_samp(pi)
     efficiency: float  # e(pi), the predicted share of the full batch's progress per step
+    alpha: np.ndarray | None = None  # float64 (M,): phase weighting wiener's factor per chunk
 
     @property
     def keep_fraction(self) -> float:
@@ -88,6 +102,51 @@ def neyman_probabilities(norms: np.ndarray, kept: int, rate_floor: float) -> np.
                                    np.array([kept], dtype=np.int64))
 
 
+@dataclass(frozen=True)
+class PhaseWeighting:
+    """Phase weighting `wiener`'s inputs: per cell (task, phase) its signal S and noise N in
+    the batch-sum scale, the factor alpha, and each chunk's cell."""
+
+    signal: np.ndarray  # float64 (C,): S_tp = G_t^2 max(s_tp, 0)
+    noise: np.ndarray  # float64 (C,): N_tp
+    alpha: np.ndarray  # float64 (C,): max(eps, S / (S + N))
+    cell_of_chunk: np.ndarray  # int64 (M_all,)
+
+
+def wiener_weighting(
+    scores: np.ndarray,  # (T, P): the run's phase scores s_tp (`signal`: ||E S_tp||^2)
+    sums: np.ndarray,  # float64 (G, P, D): the batch's group phase sums S_gp
+    task_of_group: np.ndarray,  # int64 (G,)
+    informative_groups: np.ndarray,  # int64: the groups with both outcomes
+    cell_of_chunk: np.ndarray,  # int64 (M_all,): task * P + phase
+    floor: float,  # the least alpha
+) -> PhaseWeighting | None:
+    """alpha_tp = max(floor, S_tp / (S_tp + N_tp)), N_tp = G_t / (G_t - 1) sum_g ||S_gp -
+    mean_g S_gp||^2 over task t's informative groups; None (no weighting) while no cell has
+    signal or a task with signal has fewer than two informative groups."""
+    num_tasks, num_phases = scores.shape
+    signal = np.zeros((num_tasks, num_phases))
+    noise = np.zeros((num_tasks, num_phases))
+    s = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0)  # (T, P)
+    for t in range(num_tasks):
+        groups = informative_groups[task_of_group[informative_groups] == t]
+        g = groups.shape[0]
+        if g < 2:
+            if s[t].any():
+                return None
+            continue
+        spread = sums[groups] - sums[groups].mean(axis=0)  # (G_t, P, D)
+        noise[t] = g / (g - 1) * np.einsum("gpd,gpd->p", spread, spread)
+        signal[t] = g * g * s[t]
+    if not signal.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(signal + noise > 0, signal / (signal + noise), 0.0)
+    alpha = np.maximum(floor, ratio)
+    return PhaseWeighting(signal.reshape(-1), noise.reshape(-1), alpha.reshape(-1),
+                          cell_of_chunk)
+
+
 def choose_budget(
     features: np.ndarray,  # float (M_all, D): every chunk's gradient sketch
     include: np.ndarray,  # bool (M_all,): chunks of informative trajectories
@@ -99,6 +158,7 @@ def choose_budget(
     rate_floor: float,  # rho
     fixed_fraction: float | None = None,  # keep round(f M) chunks instead of choosing
     fallback_fraction: float,  # used with fewer than two informative groups
+    weighting: PhaseWeighting | None = None,  # phase weighting wiener
 ) -> Budget:
     """The least K with e(pi(K)) >= target (bisection: N_samp falls as K grows), and its pi."""
     m = int(include.sum())
@@ -109,9 +169,23 @@ def choose_budget(
     sq = np.einsum("md,md->m", x, x)  # (M,)
     norms = np.sqrt(sq)
     noise, _ = batch_noise(features, group_of_chunk, include)
+    a = np.ones(m) if weighting is None else weighting.alpha[weighting.cell_of_chunk[include]]
+    a_sq = a * a * sq  # (M,): alpha_c^2 ||x_c||^2
 
     def probs(k: int) -> np.ndarray:
-        return neyman_probabilities(norms, k, rate_floor)
+        return neyman_probabilities(a * norms, k, rate_floor)
+
+    total = signal + (0.0 if math.isnan(noise) else noise)
+    gain = base = full = 0.0  # phase weighting: (sum alpha S)^2, sum alpha^2 (S + N), S^2/(S+N)
+    if weighting is not None and not math.isnan(noise) and signal > 0:
+        gain = float(np.dot(weighting.alpha, weighting.signal)) ** 2
+        base = float(np.dot(weighting.alpha ** 2, weighting.signal + weighting.noise))
+        full = signal * signal / total
+
+    def efficiency(n_samp: float) -> float:
+        if full > 0:
+            return gain / (base + n_samp) / full if base + n_samp > 0 else 1.0
+        return total / (total + n_samp) if total + n_samp > 0 else 1.0
 
     def at_least(fraction: float) -> int:
         return min(m, max(1, math.ceil(fraction * m - 1e-9)))
@@ -121,20 +195,24 @@ def choose_budget(
         k = min(m, max(1, int(np.rint(fraction * m))))
         pi = probs(k)
     else:
-        allowed = (1.0 / target - 1.0) * (signal + noise)  # N_samp <= allowed
+        # N_samp <= allowed  <=>  e >= target
+        allowed = (gain / (target * full) - base if full > 0
+                   else (1.0 / target - 1.0) * (signal + noise))
         lo, hi = at_least(min_fraction), m
         pi = probs(lo)
-        if sampling_noise(pi, sq) > allowed:
+        if sampling_noise(pi, a_sq) > allowed:
             while hi - lo > 1:  # invariant: lo fails, hi meets the target (K = M adds none)
                 mid = (lo + hi) // 2
-                if sampling_noise(probs(mid), sq) <= allowed:
+                if sampling_noise(probs(mid), a_sq) <= allowed:
                     hi = mid
                 else:
                     lo = mid
             pi = probs(hi)
         k = round(float(pi.sum()))
-    n_samp = sampling_noise(pi, sq)
-    total = signal + (0.0 if math.isnan(noise) else noise)
-    efficiency = total / (total + n_samp) if total + n_samp > 0 else 1.0
+    n_samp = sampling_noise(pi, a_sq)
     pi_all[include] = pi
-    return Budget(pi_all, k, m, signal, noise, n_samp, efficiency)
+    alpha_all = None
+    if weighting is not None:
+        alpha_all = np.zeros(include.shape[0], dtype=np.float64)
+        alpha_all[include] = a
+    return Budget(pi_all, k, m, signal, noise, n_samp, efficiency(n_samp), alpha_all)

@@ -28,6 +28,10 @@ class RunConfig(RunConfigSchema):
                 "budget_rule", "auto chooses the chunks from their gradient sketches, which "
                 f"only score 'signal' sends (score is {self.score!r}); use budget_rule 'fixed' "
                 "with score 'action'")
+        if self.phase_weighting == "wiener" and self.budget_rule != "auto":
+            raise InvalidArgument(
+                "phase_weighting", "wiener weights the adaptive budget's phases from their "
+                "measured signal and noise: use budget_rule 'auto' (and score 'signal')")
         if self.keep_rule == "paper" and self.mode == "pcm":
             if self.budget_rule == "auto":
                 raise InvalidArgument(

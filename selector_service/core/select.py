@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from selector_service.core.batch import ChunkBatch
-from selector_service.core.budget import Budget, choose_budget
+from selector_service.core.budget import Budget, choose_budget, wiener_weighting
 from selector_service.core.config import RunConfig, check_keep_fraction
 from selector_service.core.fold import StateUpdate, batch_update, fold_scores, fold_states
 from selector_service.core.sampling import (
@@ -73,7 +73,7 @@ def select_chunks(
 
     # 2. Phase scores from the informative chunks: the success-failure action variance
     #    (`action`, the paper's) or the learning signal of the gradient sketches (`signal`).
-    group_mean = present = None
+    group_mean = present = sums = None
     if config.score == "action":
         v, observed = success_failure_variance(
             task_of_chunk, batch.phase, batch.success[batch.traj_of_chunk], batch.features,
@@ -113,7 +113,7 @@ def select_chunks(
     #      budget with the phase keep weights.
     budget = None
     if config.budget_rule == "auto" and config.mode != "grpo":
-        budget = auto_budget(config, batch, informative, scores, keep_fraction)
+        budget = auto_budget(config, batch, informative, scores, keep_fraction, sums)
         mask, weight, pi = sample_budget(config, batch, budget, rng)
         w = phase_shares(batch, pi, num_phases)
     elif config.budget_rule in ("auto", "fixed"):
@@ -145,6 +145,7 @@ def auto_budget(
     informative: np.ndarray,  # bool (N,)
     scores: np.ndarray,  # (T, P): the phase scores after this batch (`signal`: ||E S_tp||^2)
     keep_fraction: float | None,  # a request's override: keep round(f M), still by the rule's pi
+    sums: np.ndarray | None = None,  # (G, P, D): group phase sums (phase weighting wiener)
 ) -> Budget:
     """The auto budget's inclusion probabilities (core/budget.py). S = sum_t G_t^2 sum_p
     max(s_tp, 0), G_t the task's informative groups; random mode draws uniformly (rho = 1)."""
@@ -156,12 +157,19 @@ def auto_budget(
     groups_per_task = np.bincount(task_of_group[groups], minlength=len(batch.task_ids))
     phase_signal = np.maximum(np.nan_to_num(scores, nan=0.0), 0.0).sum(axis=1)  # (T,)
     signal = float(np.sum(groups_per_task ** 2 * phase_signal))
+    weighting = None
+    if config.phase_weighting == "wiener" and config.mode == "pcm" and sums is not None:
+        cell_of_chunk = batch.task_index[batch.traj_of_chunk] * config.phases + batch.phase
+        weighting = wiener_weighting(scores, sums, task_of_group, groups, cell_of_chunk,
+                                     config.eps)
+    elif config.phase_weighting not in ("none", "wiener"):
+        raise ValueError(f"unknown phase_weighting {config.phase_weighting!r}")
     return choose_budget(
         batch.features, informative_chunk, group_of_chunk, signal,
         target=config.target_efficiency, min_fraction=config.min_keep_fraction,
         rate_floor=1.0 if config.mode == "random" else config.rate_floor,
         fixed_fraction=None if keep_fraction is None else check_keep_fraction(keep_fraction),
-        fallback_fraction=config.keep_fraction)
+        fallback_fraction=config.keep_fraction, weighting=weighting)
 
 
 def sample_budget(config: RunConfig, batch: ChunkBatch, budget: Budget,
@@ -174,7 +182,10 @@ def sample_budget(config: RunConfig, batch: ChunkBatch, budget: Budget,
     if budget.kept:
         line = np.zeros(int(on.sum()), dtype=np.int64)
         mask[on] = systematic_sample(pi[on], line, np.array([budget.kept]), rng)
-    return mask, loss_weights(config.weighting, mask, pi), pi
+    weight = loss_weights(config.weighting, mask, pi)
+    if budget.alpha is not None:  # phase weighting wiener: each phase's factor on top
+        weight = weight * budget.alpha
+    return mask, weight, pi
 
 
 def loss_weights(weighting: str, mask: np.ndarray, pi: np.ndarray) -> np.ndarray:

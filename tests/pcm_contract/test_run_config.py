@@ -19,6 +19,7 @@ from pcm_contract.run_config import (
     BUDGET_RULES,
     KEEP_RULES,
     MODES,
+    PHASE_WEIGHTINGS,
     RUN_CONFIG_FIELDS,
     SCORES,
     WEIGHTINGS,
@@ -119,4 +120,4 @@ def test_the_trainer_validates_against_the_schemas_choices() -> None:
             config.TrainConfig(selection=RunConfigSchema(**{name: value}))
     assert {f.name: f.metadata["choices"] for f in schema_fields() if f.metadata["choices"]} == {
         "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES, "budget_rule": BUDGET_RULES,
-        "keep_rule": KEEP_RULES}
+        "keep_rule": KEEP_RULES, "phase_weighting": PHASE_WEIGHTINGS}

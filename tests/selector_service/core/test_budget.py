@@ -128,3 +128,60 @@ def test_choose_budget_with_a_fixed_fraction_keeps_round_f_m() -> None:
                       min_fraction=0.1, rate_floor=0.25, fixed_fraction=0.5,
                       fallback_fraction=0.2)
     assert b.kept == 20 and b.keep_fraction == 0.5
+
+
+def _sketch_batch(rng: np.random.Generator, config: RunConfig, groups: int = 4,
+                  chunks: int = 16) -> object:
+    """Advantage-weighted gradient sketches x_ic = A_i (noise), plus |A_i| u in phase 2 (the
+    successful rollouts' actions differ there, along u): an expected gradient in phase 2 only."""
+    n = groups * 8
+    success = np.zeros(n, dtype=bool)
+    for g in range(groups):
+        success[g * 8 + rng.choice(8, size=int(rng.integers(1, 8)), replace=False)] = True
+    u = np.full(config.feature_dim, 0.6)
+    phases, features = [], []
+    for i in range(n):
+        group = success[(i // 8) * 8:(i // 8 + 1) * 8]
+        adv = (success[i] - group.mean()) / group.std()
+        phase = np.minimum(np.arange(chunks) * config.phases // chunks, config.phases - 1)
+        x = adv * rng.normal(size=(chunks, config.feature_dim))
+        x[phase == 2] += abs(adv) * u
+        phases.append(phase)
+        features.append(x)
+    return make_batch([chunks] * n, list(success), [f"g{i // 8}" for i in range(n)], phases,
+                      features, config)
+
+
+def test_wiener_weighting_damps_the_noise_only_phases() -> None:
+    """Sketches whose expected value is non-zero only in phase 2 (`_sketch_batch`): once the
+    run has scores, phase weighting wiener weights the other phases' kept chunks by little (the
+    floor eps, or the share their noise-level scores claim) and phase 2's by nearly 1; it keeps
+    fewer chunks than the unbiased rule at the same target."""
+    base = dict(AUTO, eps=0.05, target_efficiency=0.6, min_keep_fraction=0.05)
+    plain, wiener = RunConfig(**base), RunConfig(**base, phase_weighting="wiener")
+    rng = np.random.default_rng(4)
+    states: dict = {}
+    for step in range(15):  # the run's phase scores from the unbiased rule's batches
+        states = select_chunks(plain, _sketch_batch(rng, plain), states,
+                               f"s{step}").new_states
+    kept_plain, kept_wiener = [], []
+    for step in range(10):
+        batch = _sketch_batch(rng, plain)
+        a = select_chunks(plain, batch, states, f"r{step}")
+        b = select_chunks(wiener, batch, states, f"r{step}")
+        assert b.budget is not None and b.budget.alpha is not None and a.budget is not None
+        alpha = b.budget.alpha
+        noise_only = batch.phase != 2
+        assert np.all(alpha[noise_only] >= 0.05) and np.all(alpha[noise_only] < 0.35)
+        assert np.all(alpha[~noise_only] > 0.9), np.unique(alpha)
+        np.testing.assert_allclose(b.weight[b.mask], (alpha / b.inclusion)[b.mask])
+        assert b.budget.efficiency >= 0.6
+        kept_plain.append(a.kept_chunks)
+        kept_wiener.append(b.kept_chunks)
+    assert np.mean(kept_wiener) < 0.8 * np.mean(kept_plain), (kept_wiener, kept_plain)
+
+
+def test_wiener_weighting_needs_the_adaptive_budget() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        RunConfig(phases=4, feature_dim=8, phase_weighting="wiener")
+    assert err.value.field == "phase_weighting"

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunConfig(_message.Message):
-    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget", "budget_rule", "target_efficiency", "min_keep_fraction", "rate_floor", "score_window", "keep_rule")
+    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget", "budget_rule", "target_efficiency", "min_keep_fraction", "rate_floor", "score_window", "keep_rule", "phase_weighting")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class RunConfig(_message.Message):
     RATE_FLOOR_FIELD_NUMBER: _ClassVar[int]
     SCORE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     KEEP_RULE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_WEIGHTING_FIELD_NUMBER: _ClassVar[int]
     phases: int
     keep_fraction: float
     eps: float
@@ -40,7 +41,8 @@ class RunConfig(_message.Message):
     rate_floor: float
     score_window: int
     keep_rule: str
-    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ..., budget_rule: _Optional[str] = ..., target_efficiency: _Optional[float] = ..., min_keep_fraction: _Optional[float] = ..., rate_floor: _Optional[float] = ..., score_window: _Optional[int] = ..., keep_rule: _Optional[str] = ...) -> None: ...
+    phase_weighting: str
+    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ..., budget_rule: _Optional[str] = ..., target_efficiency: _Optional[float] = ..., min_keep_fraction: _Optional[float] = ..., rate_floor: _Optional[float] = ..., score_window: _Optional[int] = ..., keep_rule: _Optional[str] = ..., phase_weighting: _Optional[str] = ...) -> None: ...
 
 class PutRunRequest(_message.Message):
     __slots__ = ("run_id", "config")
