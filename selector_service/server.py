@@ -5,8 +5,8 @@ turns NOT_SERVING and `/readyz` 503 (for `shutdown_delay_s`, still serving, so l
 take the replica out), then both servers refuse new calls, let in-flight ones finish within
 `grace_period_s`, and stop; the process exits 0. A second signal cuts the grace short.
 
-With `workers` > 1 (`--workers N`), `serve` runs N such servers as processes on the same ports
-instead, under a supervisor (selector_service/workers.py).
+With `workers` > 1 (`--workers N`), `pcm-selector serve` (selector_service/cli.py) runs N such
+servers as processes on the same ports instead, under a supervisor (selector_service/workers.py).
 """
 
 from __future__ import annotations
@@ -199,16 +199,9 @@ class SelectorServer:
 
 
 def serve(settings: Settings) -> None:
-    """Run the selector until SIGTERM/SIGINT (blocking): one process, or `worker_count`
-    processes under a supervisor (SystemExit(1) if one of them fails)."""
-    workers = settings.worker_count
-    if workers > 1:
-        from selector_service.workers import serve_workers
-
-        code = serve_workers(settings, workers)
-        if code:
-            raise SystemExit(code)
-        return
+    """Run the selector in this process until SIGTERM/SIGINT (blocking). With `worker_count`
+    > 1, `pcm-selector serve` runs the supervisor of selector_service/workers.py instead, which
+    imports this module in each worker: this module never imports that one."""
     prometheus_client.disable_created_metrics()  # no *_created series: this process is ours
     keep_large_buffers()
     asyncio.run(SelectorServer(settings).run())
