@@ -6,6 +6,7 @@ from selector_service.core.sampling import budgets, inclusion_probabilities, sys
 from selector_service.core.select import (
     Selection,
     kept_counts,
+    random_masks,
     recount_kept,
     request_rng,
     sample_chunks,
@@ -27,6 +28,7 @@ __all__ = [
     "keep_weights",
     "kept_counts",
     "phase_keep_weights",
+    "random_masks",
     "recount_kept",
     "request_rng",
     "sample_chunks",

@@ -256,6 +256,28 @@ def sample_chunks(
     return mask, loss_weights(config.weighting, mask, pi), pi
 
 
+def random_masks(
+    lengths: np.ndarray | list[int],  # int (N,): C_i, the chunks of each trajectory
+    keep_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `random` mode's draw (`sample_chunks` with mode random and the budget round(f C_i))
+    for trajectories that all count as informative: k_i = clamp(round(f C_i), 1, C_i) chunks
+    of each (rounded half to even, `budgets`; f = 0 keeps one), uniformly without replacement,
+    pi = k_i / C_i. Returns mask (M,) bool, Horvitz-Thompson weight 1 / pi on the mask (M,)
+    and pi (M,), over the trajectories' chunks in order. With `request_rng(seed, request_id)`
+    it is the mask `select_chunks` answers in that mode for a batch whose every group is
+    mixed."""
+    if not 0.0 <= keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in [0, 1], got {keep_fraction}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    traj_of_chunk = np.repeat(np.arange(lengths.shape[0]), lengths)  # (M,)
+    k = budgets(lengths, keep_fraction)  # (N,)
+    pi = inclusion_probabilities(np.ones(traj_of_chunk.shape[0]), traj_of_chunk, k)
+    mask = systematic_sample(pi, traj_of_chunk, k, rng)
+    return mask, loss_weights("ht", mask, pi), pi
+
+
 def select_with_keep_probs(
     config: RunConfig,
     batch: ChunkBatch,

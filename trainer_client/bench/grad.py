@@ -11,10 +11,10 @@ weights and the same batch.
 - Actor update = what `trainer_client.grpo.grpo_update` times: zero_grad, gathering the kept
   chunks' inputs, micro-batched forward + backward, grad-norm clip and the AdamW step (the step
   is a fixed cost that both sides pay; it is reported separately too).
-- Activation memory = peak over the update of the bytes of tensors saved for backward, measured
-  with `torch.autograd.graph.saved_tensors_hooks`: each saved tensor's storage is counted once
-  while any saved reference to it is alive; parameter storages (weights saved by matmuls) and,
-  under bf16 autocast, the low-precision copies of the parameters are not activations and are
+- Activation memory = peak over the update of the bytes of tensors saved for backward
+  (`trainer_client.memory.SavedTensorMeter`): each saved tensor's storage is counted once while
+  any saved reference to it is alive; parameter storages (weights saved by matmuls) and, under
+  bf16 autocast, the low-precision copies of the parameters are not activations and are
   excluded. Works the same on CPU and GPU.
 - On CUDA also the allocator's figures per update (`torch.cuda.max_memory_allocated`, reset
   before each side's update, in a run of its own): `cuda_peak_bytes`, the peak of everything
@@ -34,8 +34,9 @@ weights and the same batch.
   fraction of GRPO's while it runs as few micro-batches as the cap allows. Every entry has
   both sides' micro-batch counts; `runs` > 1 repeats everything and reports each ratio's range.
 
-The masks come from `select_masks` (a local fixed-budget uniform draw with Horvitz-Thompson
-weights; the selector service answers with the same shapes).
+The masks are the selector's `random` mode drawn locally (`random_selection` of
+trainer_client/train/selection.py, over `selector_service.core.random_masks`): round(f C_i) chunks
+of each trajectory, uniformly, with Horvitz-Thompson weights, as the selector answers them.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import copy
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,7 +70,9 @@ from trainer_client.grpo import (
     plan_kept_rows,
     reference_micro_batch_rows,
 )
+from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
+from trainer_client.train.selection import random_selection
 from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
 
 Masks = tuple[list[np.ndarray], list[np.ndarray]]
@@ -132,113 +135,7 @@ def synthetic_batch(
     return trajectories
 
 
-def select_masks(trajectories: Sequence[Trajectory], keep_fraction: float, seed: int) -> Masks:
-    """The mask source. A fixed budget per trajectory, k_i = clamp(round(f C_i), 1, C_i) chunks
-    drawn uniformly without replacement (pi = k_i / C_i, the selector's `random` mode), with
-    Horvitz-Thompson weights C_i / k_i. Returns (masks, weights), each a list of (C_i,)."""
-    rng = np.random.default_rng(seed)
-    masks, weights = [], []
-    for traj in trajectories:
-        c_i = traj.num_chunks
-        k_i = int(min(max(int(np.floor(keep_fraction * c_i + 0.5)), 1), c_i))
-        mask = np.zeros(c_i, dtype=bool)
-        mask[rng.choice(c_i, size=k_i, replace=False)] = True
-        masks.append(mask)
-        weights.append(np.where(mask, c_i / k_i, 0.0))
-    return masks, weights
-
-
-# ---- activation memory ------------------------------------------------------------------------
-
-
 CUDA_COLUMNS = ("GRPO CUDA peak MB", "PCM CUDA peak MB", "peak ratio", "peak-delta ratio")
-
-_CAST_OR_VIEW = {
-    "ToCopyBackward0",
-    "TBackward0",
-    "TransposeBackward0",
-    "PermuteBackward0",
-    "ViewBackward0",
-    "UnsafeViewBackward0",
-    "ExpandBackward0",
-    "ReshapeAliasBackward0",
-}
-
-
-class _Saved:
-    """What autograd keeps instead of a saved tensor while the meter is on."""
-
-    __slots__ = ("key", "meter", "tensor")
-
-    def __init__(self, tensor: torch.Tensor, key: int, meter: SavedTensorMeter) -> None:
-        self.tensor, self.key, self.meter = tensor, key, meter
-
-    def __del__(self) -> None:
-        self.meter._release(self.key)
-
-
-class SavedTensorMeter:
-    """Context manager: peak bytes of tensors saved for backward, each storage counted once while
-    any saved reference to it is alive. Storages of `exclude` (the parameters) are not counted."""
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
-        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
-        self._live: dict[int, list[int]] = {}  # storage ptr -> [nbytes, saved references]
-        self.current_bytes = 0
-        self.peak_bytes = 0
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def __enter__(self) -> SavedTensorMeter:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-    def _pack(self, tensor: torch.Tensor) -> Any:
-        storage = tensor.untyped_storage()
-        key, nbytes = storage.data_ptr(), storage.nbytes()
-        if nbytes == 0 or key in self._exclude or self._is_param_copy(tensor):
-            return tensor
-        entry = self._live.get(key)
-        if entry is None:
-            self._live[key] = [nbytes, 1]
-            self.current_bytes += nbytes
-            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
-        else:
-            entry[1] += 1
-        return _Saved(tensor, key, self)
-
-    def _is_param_copy(self, tensor: torch.Tensor) -> bool:
-        """True for autocast's cast of an excluded parameter (or a view of one): its autograd
-        history is casts and views back to the parameter, with at least one cast."""
-        fn, cast = tensor.grad_fn, False
-        for _ in range(8):
-            if fn is None:
-                return False
-            name = type(fn).__name__
-            if name == "AccumulateGrad":
-                variable = fn.variable  # type: ignore[attr-defined]
-                return cast and variable.untyped_storage().data_ptr() in self._exclude
-            if name not in _CAST_OR_VIEW:
-                return False
-            cast = cast or name == "ToCopyBackward0"
-            inputs = [f for f, _ in fn.next_functions if f is not None]
-            if len(inputs) != 1:
-                return False
-            fn = inputs[0]
-        return False
-
-    @staticmethod
-    def _unpack(saved: Any) -> torch.Tensor:
-        return saved.tensor if isinstance(saved, _Saved) else saved
-
-    def _release(self, key: int) -> None:
-        entry = self._live[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.current_bytes -= entry[0]
-            del self._live[key]
 
 
 # ---- the measurement --------------------------------------------------------------------------
@@ -381,7 +278,7 @@ def _measure(
     # mask set "grpo" is full GRPO; mask set f is PCM at keep fraction f
     masks_of: dict[Any, Masks | tuple[None, None]] = {"grpo": (None, None)}
     for j, f in enumerate(keep_fractions):
-        masks_of[f] = select_masks(trajectories, f, seed + 1 + j)
+        masks_of[f] = random_selection(trajectories, f, seed + 1 + j)
     advantages = group_advantages(
         [t.success for t in trajectories], [t.group_id for t in trajectories], base_cfg.adv_eps
     )

@@ -31,9 +31,9 @@ from rich.table import Table
 from scipy import stats
 
 from pcm_contract.cli_options import build
-from trainer_client.bench.grad import SavedTensorMeter, select_masks
 from trainer_client.device import resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
+from trainer_client.memory import SavedTensorMeter
 from trainer_client.rollout import collect_groups
 from trainer_client.train.config import (
     DEMO_ENV,
@@ -47,6 +47,7 @@ from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split
 from trainer_client.train.rl import train_rl
+from trainer_client.train.selection import random_selection
 from trainer_client.train.sft import run_sft
 
 DEMO_SUMMARY = "demo.json"
@@ -238,16 +239,16 @@ def _algo_figures(rows: list[dict[str, Any]], start: dict[str, Any], end: dict[s
 def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig,
                        keep_fraction: float) -> dict[str, Any]:
     """Peak bytes saved for backward by one actor update, full GRPO vs PCM's budget (k_i =
-    round(f C_i) chunks per trajectory, f the PCM run's kept fraction), with the runs'
-    micro-batching and with the whole batch in one micro-batch (what the paper's figure
-    compares)."""
+    round(f C_i) chunks per trajectory, f the PCM run's kept fraction, drawn by the selector's
+    random mode), with the runs' micro-batching and with the whole batch in one micro-batch
+    (what the paper's figure compares)."""
     policy = load_policy(checkpoint).to(resolve_device(cfg.runtime.device))
     policy.set_precision(cfg.runtime.precision)
     trajs = collect_groups(policy, cfg.env, list(range(cfg.init_states)),
                            group_size=cfg.group_size, chunk_size=policy.chunk_size,
                            seed=cfg.seed, max_steps=rl_cfg.max_steps,
                            num_workers=0 if cfg.runtime.num_workers == 0 else 2)
-    masks, _ = select_masks(trajs, keep_fraction, cfg.seed)
+    masks, _ = random_selection(trajs, keep_fraction, cfg.seed)
     # memory depends on which rows are computed, not on the outcomes: count every trajectory
     advantages = np.where(np.arange(len(trajs)) % 2 == 0, 1.0, -1.0)
     params = list(policy.parameters())

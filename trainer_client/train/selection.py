@@ -19,6 +19,7 @@ import numpy as np
 
 from pcm_contract.errors import Conflict
 from pcm_contract.models import SelectResponse
+from selector_service.core import random_masks
 from trainer_client.clients import SelectorClient
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages
@@ -46,6 +47,19 @@ def selector_inputs(
         }
         for t, x in zip(trajectories, features, strict=True)
     ]
+
+
+def random_selection(
+    trajectories: Sequence[Trajectory], keep_fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The selector's `random` mode drawn in this process (`selector_service.core.random_masks`)
+    for a batch whose trajectories all count: k_i = clamp(round(f C_i), 1, C_i) chunks of each
+    (half to even), uniformly without replacement, with Horvitz-Thompson weights C_i / k_i.
+    Returns (masks, weights), each a list of (C_i,), from the random stream of `seed`."""
+    lengths = [t.num_chunks for t in trajectories]
+    mask, weight, _ = random_masks(lengths, keep_fraction, np.random.default_rng(seed))
+    cuts = np.cumsum(lengths)[:-1]
+    return list(np.split(mask, cuts)), list(np.split(weight, cuts))
 
 
 def _fits(response: SelectResponse, entries: Sequence[dict[str, Any]]) -> bool:

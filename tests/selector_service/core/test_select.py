@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selector_service.core import RunConfig, select_chunks
+from selector_service.core import RunConfig, random_masks, request_rng, select_chunks
 from tests.selector_service.core.batches import contiguous_phases, diverging_batch, make_batch
 
 
@@ -92,6 +92,40 @@ def test_grpo_mode_keeps_every_chunk_of_informative_trajectories() -> None:
     batch = diverging_batch(rng, config, groups=3)
     sel = select_chunks(config, batch, {}, "r")
     assert sel.mask.all() and np.all(sel.weight == 1.0)
+
+
+def test_random_masks_are_the_random_modes_selection() -> None:
+    """`random_masks` draws what `select_chunks` answers in random mode (fixed budget round(f
+    C_i), HT weights) for a batch whose every group is mixed, with the same random stream."""
+    rng = np.random.default_rng(7)
+    config = RunConfig(phases=4, feature_dim=8, mode="random", score="action",
+                       budget_rule="fixed", weighting="ht", keep_fraction=0.3, seed=3)
+    lengths = [5, 9, 12, 7, 16, 3, 10, 8]
+    success = [i % 2 == 0 for i in range(8)]
+    batch = make_batch(lengths, success, [f"g{i // 2}" for i in range(8)],
+                       [contiguous_phases(c, 4) for c in lengths],
+                       [rng.normal(size=(c, 8)) for c in lengths], config)
+    sel = select_chunks(config, batch, {}, "req-1")
+    mask, weight, pi = random_masks(lengths, 0.3, request_rng(3, "req-1"))
+    np.testing.assert_array_equal(mask, sel.mask)
+    np.testing.assert_array_equal(weight, sel.weight)
+    np.testing.assert_array_equal(pi, sel.inclusion)
+
+
+def test_random_masks_round_the_budget_half_to_even() -> None:
+    """k_i = clamp(round(f C_i), 1, C_i) with ties to even, as the selector rounds: f 0.5 keeps
+    2 of 5 chunks, 2 of 3, 4 of 7; at least 1, at most C_i; weights C_i / k_i on the mask."""
+    with pytest.raises(ValueError, match="keep_fraction"):
+        random_masks([4], 1.5, np.random.default_rng(0))
+    lengths = [5, 3, 7, 10, 1]
+    for f, kept in ((0.5, [2, 2, 4, 5, 1]), (0.0, [1] * 5), (0.01, [1] * 5), (1.0, lengths)):
+        mask, weight, _ = random_masks(lengths, f, np.random.default_rng(0))
+        offsets = np.cumsum([0, *lengths])
+        for i, (c, k) in enumerate(zip(lengths, kept, strict=True)):
+            m, w = mask[offsets[i]:offsets[i + 1]], weight[offsets[i]:offsets[i + 1]]
+            assert m.sum() == k, (f, c)
+            np.testing.assert_allclose(w[m], c / k)
+            assert np.all(w[~m] == 0)
 
 
 def test_all_equal_groups_are_skipped() -> None:

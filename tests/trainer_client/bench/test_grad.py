@@ -8,14 +8,10 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from trainer_client.bench.grad import (
-    SavedTensorMeter,
-    print_table,
-    run_grad_bench,
-    select_masks,
-    synthetic_batch,
-)
+from trainer_client.bench.grad import print_table, run_grad_bench, synthetic_batch
+from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
+from trainer_client.train.selection import random_selection
 
 TINY = PolicyConfig.preset("tiny")
 
@@ -106,15 +102,19 @@ def test_grad_bench_runs_report_the_range():
     assert "results_pack" not in plain and "results_rows_pack" not in plain
 
 
-def test_select_masks_fixed_budget_with_ht_weights():
+def test_the_masks_are_the_selectors_random_mode_with_ht_weights():
+    """The bench's masks: k_i = clamp(round(f C_i), 1, C_i) chunks per trajectory, rounded half
+    to even as the selector's core rounds (f 0.5 keeps 2 of 5 chunks, 4 of 7), HT weights."""
     policy = VLAPolicy(TINY)
-    trajectories = synthetic_batch(policy, num_trajectories=4, num_chunks=7, group_size=2)
-    for f, k in ((0.2, 1), (0.5, 4), (0.01, 1), (1.0, 7)):
-        masks, weights = select_masks(trajectories, f, seed=0)
-        for m, w in zip(masks, weights, strict=True):
-            assert m.sum() == k
-            np.testing.assert_allclose(w[m], 7 / k)
-            assert np.all(w[~m] == 0)
+    for chunks, cases in ((7, ((0.2, 1), (0.5, 4), (0.01, 1), (1.0, 7))), (5, ((0.5, 2),))):
+        trajectories = synthetic_batch(policy, num_trajectories=4, num_chunks=chunks,
+                                       group_size=2)
+        for f, k in cases:
+            masks, weights = random_selection(trajectories, f, seed=0)
+            for m, w in zip(masks, weights, strict=True):
+                assert m.sum() == k
+                np.testing.assert_allclose(w[m], chunks / k)
+                assert np.all(w[~m] == 0)
 
 
 def test_saved_tensor_meter_counts_storages_once_and_excludes_parameters():

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pcm_contract.cli_options import build
 from tests.trainer_client.conftest import tiny_rl_config
-from trainer_client.bench.grad import SavedTensorMeter, run_grad_bench
+from trainer_client.bench.grad import run_grad_bench
 from trainer_client.cli import app
 from trainer_client.device import (
     SetupError,
@@ -25,6 +25,7 @@ from trainer_client.device import (
     resolve_device,
 )
 from trainer_client.grpo import GRPOConfig, selective_backward
+from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
 from trainer_client.train.config import EvalConfig, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
