@@ -17,7 +17,7 @@ OUT="$(cd "$2" && pwd)"
 REPEATS="${3:-2}"
 cd "$(mktemp -d)"  # not the checkout: `python -m` puts the working directory first on sys.path
 export PYTHONPATH="$ROOT" OMP_WAIT_POLICY=PASSIVE
-bench() { python -m trainer_client.bench.cli selector --transports grpc "$@"; }
+bench() { python -m pcm_bench.cli selector --transports grpc "$@"; }
 NEW=(--selector-env PCM_GRPC_INLINE_SELECT_CHUNKS=0)
 INLINE=(--selector-env PCM_GRPC_INLINE_SELECT_CHUNKS=4096)
 OLDENV=(--selector-env "PYTHONPATH=$OLD")

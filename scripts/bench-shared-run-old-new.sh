@@ -20,7 +20,7 @@ CLIENTS="${4:-1,8,32}"
 cd "$(mktemp -d)"  # not the checkout: `python -m` puts the working directory first on sys.path
 export PYTHONPATH="$ROOT" OMP_WAIT_POLICY=PASSIVE
 bench() {
-  python -m trainer_client.bench.cli selector --transports grpc --stores redis --shapes small \
+  python -m pcm_bench.cli selector --transports grpc --stores redis --shapes small \
     --shared-run --clients "$CLIENTS" --requests 400 "$@"
 }
 for rep in $(seq "$REPEATS"); do

@@ -85,7 +85,7 @@ then
   say "error: $PY's torch sees no CUDA GPU (install the CUDA build of torch); stopping"
   exit 1
 fi
-if ! "$PY" -c "import trainer_client.cli, trainer_client.bench.cli" >/dev/null 2>&1; then
+if ! "$PY" -c "import trainer_client.cli, pcm_bench.cli" >/dev/null 2>&1; then
   say "the package is not importable: pip install -e '.[trainer]'"
   if ! timeout 120 "$PY" -m pip install -q -e '.[trainer]' 2>&1 | tee -a "$LOG"; then
     say "error: pip install -e '.[trainer]' failed (offline? install the dependencies first); stopping"
@@ -101,7 +101,7 @@ EOF
 
 # ---- 1. update time and memory on CUDA, fp32 and bf16 -------------------------------------------
 for precision in fp32 bf16; do
-  run_stage 1 "grad-$precision" 100 "$PY" -m trainer_client.bench.cli grad --device "$DEVICE" \
+  run_stage 1 "grad-$precision" 100 "$PY" -m pcm_bench.cli grad --device "$DEVICE" \
     --precision "$precision" --keep-fractions 0.1,0.2,0.5 --repeats 5 "${GRAD_EXTRA[@]}" \
     --json "$OUT/grad-$precision.json"
 done
@@ -134,7 +134,7 @@ fi
 
 # ---- 4. optional: LIBERO-like rows (two 128x128 cameras) ----------------------------------------
 for precision in fp32 bf16; do
-  run_stage 0 "grad-images-$precision" 100 "$PY" -m trainer_client.bench.cli grad --images \
+  run_stage 0 "grad-images-$precision" 100 "$PY" -m pcm_bench.cli grad --images \
     --device "$DEVICE" --precision "$precision" --keep-fractions 0.1,0.2,0.5 --repeats 3 \
     "${GRAD_EXTRA[@]}" --json "$OUT/grad-images-$precision.json"
 done

@@ -28,11 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pcm_bench.core import Shape, synthetic_request  # noqa: E402
+from pcm_bench.selector import cpu_seconds  # noqa: E402
+from pcm_bench.servers import RedisServer, SelectorProcess  # noqa: E402
 from pcm_contract.models import SelectRequest  # noqa: E402
 from trainer_client import connect  # noqa: E402
-from trainer_client.bench.core import Shape, synthetic_request  # noqa: E402
-from trainer_client.bench.selector import cpu_seconds  # noqa: E402
-from trainer_client.bench.servers import RedisServer, SelectorProcess  # noqa: E402
 
 
 def summarise(raw: Path, top: int) -> list[str]:

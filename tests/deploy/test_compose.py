@@ -440,6 +440,7 @@ def test_dockerignore(repo_root) -> None:
         "selector_service/__init__.py",
         "selector_service/core/algorithm.py",
         "trainer_client/cli.py",
+        "pcm_bench/cli.py",
         "protos/pcm/v1/selector.proto",
         "scripts/requirements.py",
     ]

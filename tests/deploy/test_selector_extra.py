@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "pcm_contract", "selector_service", "trainer_client")
+SOURCES = ("pyproject.toml", "README.md", "pcm_contract", "selector_service", "trainer_client",
+           "pcm_bench")
 # What pip prints when no package index can be reached (then the test is skipped, not failed).
 OFFLINE = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
            "Failed to establish a new connection", "No matching distribution found for setuptools")

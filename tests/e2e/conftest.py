@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import redis
 
-from trainer_client.bench.servers import log_tail
+from pcm_bench.servers import log_tail
 
 TRAIN_ENV = "metaworld:reach-v3"
 TASK_ID = TRAIN_ENV  # the task id the trainer sends for a MetaWorld env

@@ -40,8 +40,8 @@ from tests.e2e.conftest import (
     assert_trainers_succeeded,
     history_entries,
 )
+from tests.fixtures.prometheus import PrometheusServer
 from trainer_client import connect
-from trainer_client.bench.servers import PrometheusServer
 
 RUN_ID = "e2e-compose"
 TRAINER_IDS = ("trainer-1", "trainer-2", "trainer-3")

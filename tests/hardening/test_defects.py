@@ -21,6 +21,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from pcm_bench.servers import RedisServer
 from pcm_contract.errors import InvalidArgument, NotFound
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
@@ -45,7 +46,6 @@ from tests.selector_service.conftest import (
     report,
     to_proto,
 )
-from trainer_client.bench.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 METADATA = (("authorization", f"Bearer {TOKEN}"),)

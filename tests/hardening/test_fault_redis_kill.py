@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pcm_bench.servers import RedisServer
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
 from selector_service.store import MemoryStore
@@ -34,7 +35,6 @@ from tests.fixtures.servers import ServerThread
 from tests.hardening.conftest import serving
 from tests.selector_service.conftest import batch
 from trainer_client import connect
-from trainer_client.bench.servers import RedisServer
 
 CLIENTS = 8
 STEPS = 14

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pcm_bench.servers import SelectorProcess
 from tests.hardening.conftest import read_all, status_of
-from trainer_client.bench.servers import SelectorProcess
 
 TOKEN = "rss-token"
 BODY_MB = 300

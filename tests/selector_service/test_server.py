@@ -18,9 +18,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from tests.selector_service.conftest import GRPC_OPTIONS, batch, big_select, to_proto
-from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pcm_bench.servers import SelectorProcess
 from tests.selector_service.exact_counts import TASKS, assert_exact, run_clients
 from tests.selector_service.test_workers import samples
 from trainer_client import connect
-from trainer_client.bench.servers import SelectorProcess
 
 CLIENTS = 64
 STEPS = 3

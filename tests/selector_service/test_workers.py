@@ -35,12 +35,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings, available_cores
 from tests.selector_service.conftest import GRPC_OPTIONS, batch, big_select
 from tests.selector_service.exact_counts import assert_exact, run_clients
 from trainer_client import connect
-from trainer_client.bench.servers import SelectorProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8

@@ -26,13 +26,14 @@ import httpx
 import pytest
 from redis.crc import key_slot
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
 from selector_service.settings import Settings
 from selector_service.store.redis_store import RedisStore, RunKeys, parse_cluster_url
+from tests.fixtures.redis_cluster import ClusterNode, RedisClusterServers
 from tests.selector_service.conftest import GRPC_OPTIONS, batch, to_proto
 from tests.selector_service.exact_counts import Trained, assert_exact, client_steps, run_clients
 from trainer_client import connect
-from trainer_client.bench.servers import ClusterNode, RedisClusterServers, SelectorProcess
 
 CLIENTS = 8
 STEPS = 5

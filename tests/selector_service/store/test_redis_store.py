@@ -12,6 +12,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from pcm_bench.servers import RedisServer
 from pcm_contract.errors import StoreUnavailable
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig
@@ -20,7 +21,6 @@ from selector_service.store import CommitStatus
 from selector_service.store.redis_store import RedisStore, RunKeys, decode_answer, encode_answer
 from tests.selector_service.store.updates import counting_update
 from tests.selector_service.test_service_concurrency import make_request
-from trainer_client.bench.servers import RedisServer
 
 RUN = "run-r"
 DOWN_BOUND_S = 1.0  # liveness, not a benchmark: a down Redis must not make a call hang

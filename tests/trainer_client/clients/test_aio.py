@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.errors import InvalidArgument, NotFound
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.bench.servers import SelectorProcess
 from trainer_client.clients.aio import (
     AsyncGrpcClient,
     AsyncHttpClient,

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.models import SelectResponse
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.bench.servers import SelectorProcess
 
 CLIENTS = 8
 SELECTS = 50

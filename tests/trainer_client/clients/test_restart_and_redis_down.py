@@ -13,12 +13,12 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pcm_bench.servers import RedisServer, SelectorProcess
 from pcm_contract.errors import StoreUnavailable
 from pcm_contract.models import SelectRequest
 from selector_service.store.redis_store import RedisStore
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.bench.servers import RedisServer, SelectorProcess
 from trainer_client.clients.http_transport import select_body
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 5}

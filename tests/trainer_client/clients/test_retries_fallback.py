@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
+from pcm_bench.servers import SelectorProcess, free_port
 from pcm_contract.errors import InvalidArgument, NotFound, StoreUnavailable
 from selector_service.core import ChunkBatch, RunConfig, select_with_keep_probs
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import connect
-from trainer_client.bench.servers import SelectorProcess, free_port
 from trainer_client.clients.errors import SelectorTimeout
 from trainer_client.clients.http_transport import HttpClient
 

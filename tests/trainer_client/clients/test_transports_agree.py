@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pcm_bench.servers import SelectorProcess
 from pcm_contract.errors import InvalidArgument, NotFound, Unauthenticated
 from pcm_contract.models import SelectRequest
 from tests.trainer_client.clients.conftest import small_batch
 from trainer_client import SelectorClient, connect
-from trainer_client.bench.servers import SelectorProcess
 
 CONFIG = {"phases": 3, "feature_dim": 4, "keep_fraction": 0.4, "seed": 7}
 

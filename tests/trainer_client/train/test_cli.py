@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pcm_contract.run_config import RunConfigSchema
-from tests.trainer_client.conftest import MAX_STEPS, TASK
+from tests.fixtures.training import MAX_STEPS, TASK
 from trainer_client.cli import app
 from trainer_client.train.config import TrainConfig, request_id, sanitize_id
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.conftest import tiny_rl_config, tiny_sft_config
-from trainer_client.bench.grad import run_grad_bench
+from pcm_bench.grad import run_grad_bench
+from tests.fixtures.training import tiny_rl_config, tiny_sft_config
 from trainer_client.device import misplaced_tensors, resolve_device
 from trainer_client.grpo import GRPOConfig, grpo_update, selective_backward
 from trainer_client.policy import PolicyConfig, VLAPolicy

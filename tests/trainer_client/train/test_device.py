@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pcm_bench.grad import run_grad_bench
 from pcm_contract.cli_options import build
-from tests.trainer_client.conftest import tiny_rl_config
-from trainer_client.bench.grad import run_grad_bench
+from tests.fixtures.training import tiny_rl_config
 from trainer_client.cli import app
 from trainer_client.device import (
     SetupError,
@@ -98,7 +98,7 @@ def test_parallel_is_checked_and_cuda_without_a_gpu_says_what_to_do(
     result = runner.invoke(app, ["rl", "--device", "cuda"])
     assert result.exit_code == 2 and "sees no CUDA GPU" in result.output
     for argv in (["grad", "--device", "cuda"], ["grad", "--precision", "fp16"]):
-        from trainer_client.bench.cli import app as bench_app
+        from pcm_bench.cli import app as bench_app
 
         result = runner.invoke(bench_app, argv)
         assert result.exit_code == 2 and "error: --" in result.output, result.output
@@ -124,7 +124,7 @@ def test_fsdp_that_cannot_run_is_refused_at_start_up_with_one_line(
 
 
 def test_every_training_and_bench_command_has_the_flags() -> None:
-    from trainer_client.bench.cli import app as bench_app
+    from pcm_bench.cli import app as bench_app
 
     wanted = {
         (app, "rl"): ("--device", "--precision", "--parallel"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.conftest import MAX_STEPS, TASK
+from tests.fixtures.training import MAX_STEPS, TASK
 from trainer_client.grpo import GRPOConfig, grpo_update
 from trainer_client.policy import PolicyConfig
 from trainer_client.train.distributed import (

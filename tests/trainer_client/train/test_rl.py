@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.conftest import tiny_rl_config
+from tests.fixtures.training import tiny_rl_config
 from trainer_client.clients import connect
 from trainer_client.train.checkpoint import list_checkpoints, load_checkpoint
 from trainer_client.train.distributed import Dist

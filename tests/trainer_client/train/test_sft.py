@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.conftest import tiny_sft_config
+from tests.fixtures.training import tiny_sft_config
 from trainer_client.train.model import TrainPolicy, load_policy
 from trainer_client.train.sft import SFT_SUMMARY, SFTResult, lr_factor, run_sft
 from trainer_client.types import OBS_STATE

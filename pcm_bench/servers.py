@@ -1,20 +1,17 @@
-"""Real servers as child processes on free 127.0.0.1 ports, for the benchmarks and the tests:
-redis-server, a Redis Cluster, Prometheus and `pcm-selector serve`.
+"""Real servers as child processes on free 127.0.0.1 ports, for the benchmarks (and the tests):
+redis-server and `pcm-selector serve`.
 
     with RedisServer() as redis, SelectorProcess(store="redis", redis_url=redis.url) as sel:
         client = connect(sel.grpc_url)          # or sel.http_url
         sel.kill(); sel.start()                 # SIGKILL, then a new process on the same ports
-    with RedisClusterServers(masters=3) as cluster:
-        store = RedisStore(cluster.url)         # redis+cluster://127.0.0.1:P1,...
-    with PrometheusServer(config) as prom:
-        prom.wait_for_targets_up("pcm-selector")
 
 Each server is a context manager: started on enter (returning once it answers), stopped on exit
 (its child processes too) with its temp dir removed. `start()` after `stop()` or `kill()` brings
 it back on the same port(s) and dir; only a first start moves to other ports when the ones
 picked were taken meanwhile. A missing binary raises ServerNotInstalled, whose message names the
-Debian package (scripts/test.sh installs them). The pytest fixtures over these classes live in
-tests/fixtures/servers.py.
+Debian package (scripts/test.sh installs them). The servers only the tests start (a Redis
+Cluster, Prometheus) are built on these in tests/fixtures/, beside the pytest fixtures
+(tests/fixtures/servers.py).
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -72,28 +68,6 @@ def free_port(host: str = HOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-CLUSTER_BUS_OFFSET = 10000  # a Redis Cluster node also listens on its port + 10000 (the bus)
-
-
-def free_cluster_port() -> int:
-    """A port whose cluster bus port (+10000) is free too; at most 55535 (Redis' limit), and
-    below the usual ephemeral range (32768-60999) so outgoing connections rarely take it."""
-    for _ in range(1000):
-        port = random.randint(12000, 22767)
-        if _is_free(port) and _is_free(port + CLUSTER_BUS_OFFSET):
-            return port
-    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def child_pids(pid: int) -> list[int]:
@@ -421,293 +395,6 @@ class RedisServer(ServerProcess):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, port={self.port})"
-
-
-def redis_command(port: int, *args: str, timeout: float = 1.0) -> Any:
-    """The answer of the Redis server on `port` to one command, None if it does not answer."""
-    import redis  # the trainer's own modules need no Redis client
-
-    try:
-        with redis.Redis(host=HOST, port=port, socket_timeout=timeout,
-                         socket_connect_timeout=timeout) as client:
-            return client.execute_command(*args)
-    except redis.RedisError:
-        return None
-
-
-def _text(answer: Any) -> str:
-    return answer.decode() if isinstance(answer, bytes) else str(answer)
-
-
-def cluster_state(port: int) -> str:
-    """`cluster_state` from CLUSTER INFO of the node on `port` ("" if it does not answer)."""
-    info = redis_command(port, "CLUSTER", "INFO")
-    for line in _text(info or "").splitlines():
-        if line.startswith("cluster_state:"):
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
-class ClusterNode(RedisServer):
-    """One redis-server with `cluster-enabled yes` on a port whose bus port is free too."""
-
-    def __init__(self, data_dir: Path, *, node_timeout_ms: int,
-                 executable: str | None = None) -> None:
-        super().__init__(data_dir=data_dir, executable=executable, options={
-            "cluster-enabled": "yes",
-            "cluster-config-file": str(Path(data_dir) / "nodes.conf"),
-            "cluster-node-timeout": str(node_timeout_ms),
-            "cluster-require-full-coverage": "no",
-        })
-
-    def _pick_ports(self) -> None:
-        self.port = free_cluster_port()
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-
-class RedisClusterServers(Started):
-    """`masters` cluster-mode redis-servers (no replicas) joined by `redis-cli --cluster create`
-    into one cluster covering all 16384 slots.
-
-    The nodes run with `cluster-require-full-coverage no`, so that the other masters keep
-    serving their slots while one is down (what docs/deploy.md tells operators to set), and a
-    short `cluster-node-timeout`. Every node must report `cluster_state:ok` within `timeout`
-    seconds of the create."""
-
-    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 1000,
-                 cli: str | None = None) -> None:
-        if masters < 3:
-            raise ValueError("redis-cli --cluster create needs at least 3 masters")
-        self.cli = cli or find_executable("redis-cli")
-        executable = find_executable("redis-server")
-        self.dir = Path(tempfile.mkdtemp(prefix="pcm-redis-cluster-"))
-        self.nodes = [ClusterNode(self.dir / f"node{i}", node_timeout_ms=node_timeout_ms,
-                                  executable=executable) for i in range(masters)]
-
-    @property
-    def url(self) -> str:
-        """The selector's PCM_REDIS_URL for this cluster: every node as a startup node."""
-        return "redis+cluster://" + ",".join(n.address for n in self.nodes)
-
-    def start(self, timeout: float | None = None) -> Self:
-        """Start the nodes, join them, and wait until every one reports the cluster ok
-        (`timeout` s, 30 by default)."""
-        timeout = 30.0 if timeout is None else timeout
-        for node in self.nodes:
-            node.start()
-        out = subprocess.run(
-            [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        if out.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed ({out.returncode}):\n"
-                               f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-        self.wait_state("ok", timeout)
-        return self
-
-    def _running(self, nodes: list[ClusterNode] | None = None) -> list[ClusterNode]:
-        return [n for n in (nodes or self.nodes) if n.is_running()]
-
-    def wait_state(self, state: str, timeout: float = 30.0,
-                   nodes: list[ClusterNode] | None = None) -> None:
-        """Until every (running) node of `nodes` reports cluster_state:`state`."""
-        running = self._running(nodes)
-        wait_until(lambda: all(cluster_state(n.port) == state for n in running), timeout,
-                   f"cluster_state:{state} on ports {[n.port for n in running]}")
-
-    def slot_owner(self, slot: int) -> ClusterNode:
-        """The master that serves `slot` (from CLUSTER SLOTS of a running node)."""
-        for node in self._running():
-            ranges = redis_command(node.port, "CLUSTER", "SLOTS")
-            if ranges is None:
-                continue
-            # [[start, end, [host, port, id, ...], replicas...], ...] (raw or parsed by redis-py)
-            items = ranges.items() if isinstance(ranges, dict) else (
-                ((r[0], r[1]), {"primary": (r[2][0], r[2][1])}) for r in ranges)
-            for (start, end), entry in items:
-                if int(start) <= slot <= int(end):
-                    port = int(entry["primary"][1])
-                    return next(n for n in self.nodes if n.port == port)
-        raise RuntimeError(f"no running node knows the owner of slot {slot}")
-
-    def node_for_key(self, key: str) -> ClusterNode:
-        from redis.crc import key_slot
-
-        return self.slot_owner(key_slot(key.encode()))
-
-    def wait_marked_failed(self, dead: ClusterNode, timeout: float = 30.0) -> None:
-        """Until every running node flags `dead` as `fail` in CLUSTER NODES (after about
-        cluster-node-timeout)."""
-
-        def flagged(node: ClusterNode) -> bool:
-            text = _text(redis_command(node.port, "CLUSTER", "NODES") or "")
-            line = next((x for x in text.splitlines() if f":{dead.port}@" in x), "")
-            return "fail" in line.split()[2].split(",") if line else False
-
-        def all_flag() -> bool:
-            views = [flagged(node) for node in self._running()]
-            return bool(views) and all(views)
-
-        wait_until(all_flag, timeout, f"node {dead.address} marked failed")
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prometheus
-
-PrometheusConfig = str | Callable[[int], str]
-
-
-class PrometheusError(RuntimeError):
-    """The Prometheus HTTP API answered an error (bad query, ...)."""
-
-
-class PrometheusServer(ServerProcess):
-    """One Prometheus (Debian's `prometheus` binary) with its TSDB in `dir`, queried through
-    its HTTP API.
-
-    `config` is YAML text, or a callable taking the port Prometheus will listen on (so a
-    self-scrape job can name it; the port is only known once picked)."""
-
-    name = "prometheus"
-
-    def __init__(self, config: PrometheusConfig, *, port: int | None = None,
-                 data_dir: str | os.PathLike[str] | None = None, executable: str | None = None,
-                 log_level: str = "warn") -> None:
-        self.executable = executable or find_executable("prometheus")
-        super().__init__(data_dir, ports_fixed=port is not None)
-        self._config = config
-        self.port = port if port is not None else free_port()
-        self.log_level = log_level
-        self._http: httpx.Client | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "prometheus.yml"
-
-    @property
-    def tsdb_path(self) -> Path:
-        return self.dir / "tsdb"
-
-    def config_text(self) -> str:
-        return self._config(self.port) if callable(self._config) else self._config
-
-    def command(self) -> list[str]:
-        return [self.executable, f"--config.file={self.config_path}",
-                f"--web.listen-address={HOST}:{self.port}",
-                f"--storage.tsdb.path={self.tsdb_path}", f"--log.level={self.log_level}"]
-
-    def _before_spawn(self) -> None:
-        self.config_path.write_text(self.config_text(), encoding="utf-8")  # may name the port
-
-    def _pick_ports(self) -> None:
-        self.port = free_port()
-
-    def _is_ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
-        return super().stop(timeout)
-
-    # -- HTTP API -----------------------------------------------------------------------------
-
-    def api(self, path: str, **params: Any) -> Any:
-        """GET /api/v1/PATH; the `data` of a successful answer, PrometheusError otherwise."""
-        if self._http is None:
-            self._http = httpx.Client(base_url=self.url, timeout=10.0)
-        response = self._http.get(f"/api/v1/{path}", params=params)
-        try:
-            body = response.json()
-        except ValueError:
-            raise PrometheusError(
-                f"/api/v1/{path} {params}: HTTP {response.status_code}: {response.text[:500]}"
-            ) from None
-        if body.get("status") != "success":
-            raise PrometheusError(
-                f"/api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}")
-        return body["data"]
-
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        """Instant query: the result list of a vector (each {"metric": {...}, "value": [t, v]}),
-        or a one-element list for a scalar."""
-        params: dict[str, Any] = {"query": expr}
-        if at is not None:
-            params["time"] = at
-        data = self.api("query", **params)
-        if data["resultType"] in ("scalar", "string"):
-            return [{"metric": {}, "value": data["result"]}]
-        if data["resultType"] != "vector":
-            raise PrometheusError(f"{expr!r}: expected an instant vector, got {data['resultType']}")
-        return list(data["result"])
-
-    def values(self, expr: str) -> list[float]:
-        """The sample values of an instant query (NaN included)."""
-        return [float(item["value"][1]) for item in self.query(expr)]
-
-    def targets(self) -> list[dict[str, Any]]:
-        return list(self.api("targets", state="active")["activeTargets"])
-
-    def rules(self) -> list[dict[str, Any]]:
-        """Every rule of every loaded group (alerting and recording)."""
-        return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
-
-    def wait_for_targets_up(self, job: str, timeout: float = 30.0) -> None:
-        """Until every target of `job` was scraped successfully."""
-
-        def all_up() -> bool:
-            targets = [t for t in self.targets() if t["labels"].get("job") == job]
-            return bool(targets) and all(t["health"] == "up" for t in targets)
-
-        self.wait_until(all_up, timeout, f"targets of job {job!r} up")
-
-    def wait_for_scrapes(self, job: str, count: int, timeout: float = 30.0) -> None:
-        """Until `count` more scrapes of every target of `job` happened (from now)."""
-
-        def scrape_times() -> dict[str, str]:
-            return {t["scrapeUrl"]: t["lastScrape"] for t in self.targets()
-                    if t["labels"].get("job") == job}
-
-        seen = {url: {last} for url, last in scrape_times().items()}
-
-        def done() -> bool:
-            for url, last in scrape_times().items():
-                seen.setdefault(url, set()).add(last)
-            return bool(seen) and all(len(s) > count for s in seen.values())
-
-        self.wait_until(done, timeout, f"{count} scrapes of job {job!r}", interval=0.1)
-
-    def wait_until(self, predicate: Callable[[], Any], timeout: float, what: str,
-                   interval: float = 0.25) -> None:
-        """`wait_until` (module function), failing at once should Prometheus exit."""
-
-        def alive_and() -> Any:
-            if not self.is_running():
-                raise RuntimeError(f"prometheus exited while waiting for {what}:\n"
-                                   f"{self.log_tail()}")
-            return predicate()
-
-        wait_until(alive_and, timeout, f"prometheus: {what}", interval)
 
 
 # ---------------------------------------------------------------------------------------------

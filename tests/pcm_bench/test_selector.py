@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from trainer_client.bench.selector import ROW_FIELDS, run_selector_bench
+from pcm_bench.selector import ROW_FIELDS, run_selector_bench
 
 
 def test_selector_bench_rows() -> None:
@@ -46,7 +46,7 @@ def test_selector_env_option_reaches_the_selector_and_is_checked(tmp_path: Path)
     naming the option, before any server starts."""
     from typer.testing import CliRunner
 
-    from trainer_client.bench.cli import app
+    from pcm_bench.cli import app
 
     out = tmp_path / "sel.json"
     ok = CliRunner().invoke(app, [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from trainer_client.bench.cli import app
+from pcm_bench.cli import app
 
 
 def test_core_bench_writes_json(tmp_path: Path) -> None:

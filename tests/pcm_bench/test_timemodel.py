@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer_client.bench.timemodel import TimeModel, fit_time_model
+from pcm_bench.timemodel import TimeModel, fit_time_model
 
 
 def test_the_fit_recovers_planted_costs() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_client.bench.behaviour import chunk_items, chunk_means, funnel, mean_shift
+from pcm_bench.behaviour import chunk_items, chunk_means, funnel, mean_shift
 from trainer_client.types import OBS_STATE, Trajectory
 
 

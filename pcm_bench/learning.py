@@ -54,8 +54,8 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from pcm_bench.timemodel import TimeModel
 from pcm_contract.cli_options import build
-from trainer_client.bench.timemodel import TimeModel
 from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEFAULT_RL_LR, DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics

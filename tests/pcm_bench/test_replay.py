@@ -11,10 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.trainer_client.conftest import MAX_STEPS, TASK, tiny_rl_config
-from trainer_client.bench.cli import app
-from trainer_client.bench.learning import StudyError
-from trainer_client.bench.replay import (
+from pcm_bench.cli import app
+from pcm_bench.learning import StudyError
+from pcm_bench.replay import (
     RUNS_FILE,
     EvalSet,
     _load_trajectories,
@@ -22,6 +21,7 @@ from trainer_client.bench.replay import (
     run_replay_bench,
     score_runs,
 )
+from tests.fixtures.training import MAX_STEPS, TASK, tiny_rl_config
 from trainer_client.train.rl import train_rl
 from trainer_client.types import OBS_STATE, Trajectory
 

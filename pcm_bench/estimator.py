@@ -63,9 +63,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pcm_bench.regime import regime
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
 from selector_service.core.select import request_rng, sample_chunks
-from trainer_client.bench.regime import regime
 from trainer_client.device import resolve_device
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.trainer_client.conftest import MAX_STEPS, TASK
-from trainer_client.bench.estimator import (
+from pcm_bench.estimator import (
     BatchData,
     Estimator,
     SignFoldSketch,
@@ -22,6 +21,7 @@ from trainer_client.bench.estimator import (
     plot_estimator,
     run_estimator_bench,
 )
+from tests.fixtures.training import MAX_STEPS, TASK
 from trainer_client.types import Trajectory
 
 PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
@@ -124,7 +124,7 @@ def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
 def test_regime_noise_scale_of_planted_gradients() -> None:
     """Batches whose per-chunk gradients are mu + noise: the signal is ||mu||^2 and the noise
     scale follows from the planted noise."""
-    from trainer_client.bench.regime import regime
+    from pcm_bench.regime import regime
 
     rng = np.random.default_rng(0)
     k, n, s_dim = 400, 10, 16

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from trainer_client.bench.learning import learning_command
+from pcm_bench.learning import learning_command
 from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -59,7 +59,7 @@ def core(
     repeats: Annotated[int, typer.Option(min=10, help="timed selects per shape")] = 200,
 ) -> None:
     """Core select latency on 256x64x56 and 512x64x56 (trajectories x chunks x D)."""
-    from trainer_client.bench.core import run_core_bench
+    from pcm_bench.core import run_core_bench
 
     rows = run_core_bench(repeats=repeats)
     table = Table(title="pcm-bench core: select latency (ms)")
@@ -120,7 +120,7 @@ def selector(
     and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes, and the
     server CPU per select over the embedded select's of the same batch, measured in the same
     run. Starts its own redis-server and selector processes on free 127.0.0.1 ports."""
-    from trainer_client.bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
+    from pcm_bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
 
     table = Table(title="pcm-bench selector")
     for col in TABLE_COLUMNS:
@@ -165,7 +165,7 @@ def grad(
     side by side, micro-batched the same way (per trajectory, and fixed-size rows) and, with
     --pack, GRPO at each of those vs PCM packed under a row cap of --pack-memory-ratio of
     GRPO's micro-batch; on CUDA also the allocator's peak memory per update."""
-    from trainer_client.bench.grad import print_table, run_grad_bench
+    from pcm_bench.grad import print_table, run_grad_bench
 
     with _setup_errors():
         result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
@@ -199,7 +199,7 @@ def timemodel(
 ) -> None:
     """The learning study's time model (rollout s per env step, update s per kept chunk), fitted
     to two short runs (grpo; random at keep 0.2). Run it alone on the machine."""
-    from trainer_client.bench.timemodel import run_time_model_bench
+    from pcm_bench.timemodel import run_time_model_bench
 
     with _setup_errors():
         result = run_time_model_bench(out, init=init, env=env, steps=steps,
@@ -244,7 +244,7 @@ def estimator(
     weighting (grpo, random, pcm action/signal x mean/ht, an oracle) aligns with the expected
     gradient at equal budget, from exact per-chunk gradients. Rollouts and gradients are cached
     in --out: re-runs with other selection settings take seconds."""
-    from trainer_client.bench.estimator import plot_estimator, run_estimator_bench
+    from pcm_bench.estimator import plot_estimator, run_estimator_bench
 
     with _setup_errors():
         result = run_estimator_bench(
@@ -339,8 +339,8 @@ def replay(
     batches replayed through pcm-train rl's update for every algorithm, scored on held-out
     batches (the PPO surrogate's gain dJ and how far the policy moved, per phase) and by
     held-out success. Resumable."""
-    from trainer_client.bench.learning import ALGOS, StudyError
-    from trainer_client.bench.replay import run_replay_bench, score_runs
+    from pcm_bench.learning import ALGOS, StudyError
+    from pcm_bench.replay import run_replay_bench, score_runs
 
     if runs is not None:
         try:

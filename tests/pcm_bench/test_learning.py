@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.trainer_client.conftest import MAX_STEPS, TASK
-from trainer_client.bench.cli import app
-from trainer_client.bench.learning import (
+from pcm_bench.cli import app
+from pcm_bench.learning import (
     RUNS_FILE,
     _interpolated_equal_time,
     load_runs,
@@ -20,6 +19,7 @@ from trainer_client.bench.learning import (
     run_learning_bench,
     summarize_runs,
 )
+from tests.fixtures.training import MAX_STEPS, TASK
 
 SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci95",
                   "s_per_step", "backward_share"}

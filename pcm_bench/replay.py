@@ -67,9 +67,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pcm_contract.cli_options import build
-from trainer_client.bench import behaviour
-from trainer_client.bench.learning import (
+from pcm_bench import behaviour
+from pcm_bench.learning import (
     ALGOS,
     RUNS_FILE,
     StudyError,
@@ -77,6 +76,7 @@ from trainer_client.bench.learning import (
     mean_ci95,
     runs_by_algo,
 )
+from pcm_contract.cli_options import build
 from trainer_client.clients import connect
 from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
 from trainer_client.features import feature_dim_for
@@ -501,7 +501,7 @@ def score_runs(
     run's --seed, so that at the run's evaluation steps the success equals the run's): the
     funnel (reach, grasp, success), and the shift of its action means from `init`'s, arm and
     gripper apart, by env phase, on those episodes' states (`shift_own`) and on the evaluation
-    batches' (`shift_ref`); see trainer_client/bench/behaviour.py. `max_steps`: the runs'
+    batches' (`shift_ref`); see pcm_bench/behaviour.py. `max_steps`: the runs'
     episode limit, where they set one (the env's default otherwise)."""
     if not Path(init).is_file():
         raise StudyError(f"--init {init} is not a file (the runs' start checkpoint)")

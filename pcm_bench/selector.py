@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
+from pcm_bench.core import Shape, synthetic_request
+from pcm_bench.servers import RedisServer, SelectorProcess, child_pids
 from pcm_contract.models import SelectRequest
-from trainer_client.bench.core import Shape, synthetic_request
-from trainer_client.bench.servers import RedisServer, SelectorProcess, child_pids
 
 SHAPES: dict[str, Shape] = {"small": Shape(64, 32, 56), "libero": Shape(512, 64, 56)}
 DEFAULT_REQUESTS = {"small": 400, "libero": 48}
@@ -204,7 +204,7 @@ _EMBEDDED_CPU = """
 import json, sys, time
 from pcm_contract.models import SelectRequest
 from trainer_client import connect
-from trainer_client.bench.core import Shape, synthetic_request
+from pcm_bench.core import Shape, synthetic_request
 shape, selects, warmup = Shape(*map(int, sys.argv[1].split(","))), int(sys.argv[2]), 5
 template = SelectRequest.model_validate(synthetic_request(shape))
 client = connect("embedded")
@@ -243,7 +243,7 @@ import grpc
 from pcm_contract import codec
 from pcm_contract.models import SelectRequest
 from trainer_client import connect
-from trainer_client.bench.core import Shape, synthetic_request
+from pcm_bench.core import Shape, synthetic_request
 try:
     from selector_service.allocator import keep_large_buffers
     keep_large_buffers()

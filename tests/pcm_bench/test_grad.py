@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from trainer_client.bench.grad import print_table, run_grad_bench, synthetic_batch
+from pcm_bench.grad import print_table, run_grad_bench, synthetic_batch
 from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
 from trainer_client.train.selection import random_selection
