@@ -92,7 +92,7 @@ class Estimator:
     eps: float = 0.1
     transform: str = "none"  # pcm: none | sqrt (of the score before the keep weights)
     signal_dim: int = 128
-    variant: bool = False  # a tried variant (beyond the issue's required rows)
+    variant: bool = False  # a tried variant (beyond the default rows)
     target: float = 0.6  # auto, random-auto: the adaptive budget's target efficiency e*
 
 
@@ -111,7 +111,7 @@ def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
     rows.append(Estimator("auto ht", "auto", "signal", "ht", signal_dim=signal_dim))
     rows.append(Estimator("random at auto's budget", "random-auto", "signal", "ht",
                           signal_dim=signal_dim))
-    # variants tried for the default (issue: exploration floor, sqrt of the score, sketch size)
+    # variants tried for the default (exploration floor, sqrt of the score, sketch size)
     rows += [
         Estimator("pcm signal mean eps0", "pcm", "signal", "mean", 0.0, signal_dim=signal_dim,
                   variant=True),

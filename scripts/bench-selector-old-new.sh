@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 14's selector figures, old and new server code side by side on one machine:
+# The selector's figures (worker processes, inline selects), old and new server code side by
+# side on one machine:
 #
 #   bash scripts/bench-selector-old-new.sh OLD_CHECKOUT OUT_DIR [REPEATS]
 #

@@ -1,4 +1,4 @@
-"""Fixtures of the hardening tests (issue 10): real selector servers with tight limits, raw
+"""Fixtures of the hardening tests: real selector servers with tight limits, raw
 sockets, and a run with known state to compare against."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fault test (issue 10, "Must show"): a real redis-server with AOF `appendfsync everysec` is
+"""Fault test: a real redis-server with AOF `appendfsync everysec` is
 SIGKILLed and restarted while 8 clients (4 gRPC, 4 HTTP, with the local fallback) select,
 "train" and report. Afterwards the run's state_version and per-(task, phase) chunk counts are
 exactly what the clients trained on (the answers they used, local or not), and every outcome

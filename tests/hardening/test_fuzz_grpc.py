@@ -1,4 +1,4 @@
-"""Proto fuzz over gRPC (issue 10, "Must show"): hypothesis generates pcm.v1 messages (every
+"""Proto fuzz over gRPC: hypothesis generates pcm.v1 messages (every
 field from its descriptor, with boundary values, and mutations of a valid batch) and random
 bytes, sent to every ChunkSelector method of a real server. Every call ends OK,
 INVALID_ARGUMENT or NOT_FOUND; no rejected call changes the sentinel run's state.

@@ -1,4 +1,4 @@
-"""Schemathesis over every HTTP route (issue 10, "Must show"): with a valid token, no request
+"""Schemathesis over every HTTP route: with a valid token, no request
 gets a 5xx, every answer matches the OpenAPI document (status, content type, body schema), and
 no rejected request changes the stored state of a sentinel run.
 

@@ -1,5 +1,5 @@
 """Peak RSS of a real `pcm-selector serve` process (default limits) while it rejects 300 MB
-bodies, with and without a token (issue 10, "Must show"): under 300 MB, measured by this test
+bodies, with and without a token: under 300 MB, measured by this test
 from /proc/PID/status (VmHWM, the process's peak resident set). About 10 s.
     python -m pytest tests/hardening/test_rss.py -q
 """

@@ -70,7 +70,7 @@ def test_replayed_request_gets_the_stored_answer_and_changes_nothing(
     again = service.select("run-a", _request("same"))
     assert again.same_as(first)
     assert service.get_run("run-a") == before
-    # The same request_id with another body is a conflict (issue 10, defect 3).
+    # The same request_id with another body is a conflict.
     with pytest.raises(Conflict) as exc:
         service.select("run-a", _request("same", seed=99))
     assert exc.value.field == "request_id"

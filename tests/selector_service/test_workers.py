@@ -1,4 +1,4 @@
-"""`pcm-selector serve --workers 2` as real processes over a real redis-server (issue 14):
+"""`pcm-selector serve --workers 2` as real processes over a real redis-server:
 
 - 2 workers x 8 concurrent clients (4 gRPC, 4 HTTP, a new connection per call, so the kernel
   spreads them over both workers): state_version, outcome reports and per-(task, phase) chunk

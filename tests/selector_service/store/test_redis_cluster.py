@@ -1,4 +1,4 @@
-"""The Redis store on a real Redis Cluster (issue 14): `PCM_REDIS_URL=redis+cluster://...`.
+"""The Redis store on a real Redis Cluster: `PCM_REDIS_URL=redis+cluster://...`.
 
 - the URL form, and the per-run epoch (the run's shard's run_id, the same on every selector);
 - two selectors x 8 concurrent clients (gRPC and HTTP) on a 3-master cluster, three runs on three

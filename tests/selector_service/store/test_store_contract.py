@@ -396,7 +396,7 @@ def test_ping(store: PhaseStore) -> None:
 
 
 
-# -- issue 10: digests, revisions, reconciles, selections ----------------------------------------
+# -- digests, revisions, reconciles, selections -------------------------------------------------
 
 
 def test_same_request_id_with_another_digest_is_a_conflict(store: PhaseStore) -> None:

@@ -1,5 +1,11 @@
-"""Issue 10, "Harden the selector": one test per defect, named after it. Each failed on the
-landed main (see the report of the change) and passes now."""
+"""The selector's guards against broken or hostile clients and failing stores, one test per
+behaviour, over real servers with tight limits (tests/hardening/conftest.py): bodies are read
+only after auth and capped; big selects are refused before parsing; a request id is tied to its
+request; no commit is left behind by a client that timed out; metric series are bounded; slow
+and idle connections are cut off; unknown ids, malformed protobuf, bad run ids and loose
+types are refused with errors that name the field; gRPC health follows the store; the server
+binds to loopback unless deployed, shows its defaults in --help and serves its API docs without
+a CDN."""
 
 from __future__ import annotations
 
@@ -81,7 +87,7 @@ def _answer_before_body(port: int, head: bytes, sent: int = 64 * 1024) -> tuple[
 # -- 1 -------------------------------------------------------------------------------------------
 
 
-def test_defect_01_body_is_not_read_before_auth_and_every_body_is_capped(
+def test_body_is_not_read_before_auth_and_every_body_is_capped(
         guarded: ServerThread, client: httpx.Client) -> None:
     port = guarded.server.http_port
     huge = 100 * 1024 * 1024  # declared, never sent
@@ -108,7 +114,7 @@ def test_defect_01_body_is_not_read_before_auth_and_every_body_is_capped(
 # -- 2 -------------------------------------------------------------------------------------------
 
 
-def test_defect_02_big_select_is_refused_before_parsing_and_parsed_into_numpy(
+def test_big_select_is_refused_before_parsing_and_parsed_into_numpy(
         guarded: ServerThread, client: httpx.Client) -> None:
     port = guarded.server.http_port
     status, took = _answer_before_body(
@@ -143,7 +149,7 @@ def test_defect_02_big_select_is_refused_before_parsing_and_parsed_into_numpy(
 # -- 3 -------------------------------------------------------------------------------------------
 
 
-def test_defect_03_request_id_is_tied_to_the_request(guarded: ServerThread,
+def test_request_id_is_tied_to_the_request(guarded: ServerThread,
                                                      client: httpx.Client) -> None:
     first = make_run(client, "idem")
     before = state(client, "idem")
@@ -213,7 +219,7 @@ def _kept_by_phase(batches: list[dict[str, Any]], masks: list[list[np.ndarray]],
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_defect_04_no_phantom_commit_after_a_client_timeout(transport: str) -> None:
+def test_no_phantom_commit_after_a_client_timeout(transport: str) -> None:
     """The service commits a batch but answers after the client's timeout; the client trains
     on its local selection. Once the service answers again, the run counts that batch once,
     with the client's masks (not the phantom answer's)."""
@@ -276,7 +282,7 @@ def _series(text: str, run: str | None = None) -> list[dict[str, str]]:
     return out
 
 
-def test_defect_05_metrics_series_are_bounded_and_dropped(guarded: ServerThread,
+def test_metrics_series_are_bounded_and_dropped(guarded: ServerThread,
                                                           client: httpx.Client) -> None:
     # One select with 64 new task ids: at most PCM_MAX_TASKS_PER_RUN (4) task labels.
     make_run(client, "many-tasks")
@@ -320,7 +326,7 @@ def test_defect_05_metrics_series_are_bounded_and_dropped(guarded: ServerThread,
 # -- 6 -------------------------------------------------------------------------------------------
 
 
-def test_defect_06_slow_and_idle_connections_are_cut_off(guarded: ServerThread) -> None:
+def test_slow_and_idle_connections_are_cut_off(guarded: ServerThread) -> None:
     port = guarded.server.http_port
     # Headers one byte at a time, slower than PCM_HEADER_TIMEOUT_S (0.5 s) allows in all.
     start = time.monotonic()
@@ -394,7 +400,7 @@ def test_defect_06_slow_and_idle_connections_are_cut_off(guarded: ServerThread) 
 # -- 7 -------------------------------------------------------------------------------------------
 
 
-def test_defect_07_unknown_selection_id_is_not_found(guarded: ServerThread,
+def test_unknown_selection_id_is_not_found(guarded: ServerThread,
                                                      client: httpx.Client) -> None:
     first = make_run(client, "sel-check")
     r = client.post("/v1/runs/sel-check/outcomes", json=report("sel-nope", "rep-x"))
@@ -416,7 +422,7 @@ def test_defect_07_unknown_selection_id_is_not_found(guarded: ServerThread,
 # -- 8 -------------------------------------------------------------------------------------------
 
 
-def test_defect_08_malformed_protobuf_is_invalid_argument_without_a_traceback(
+def test_malformed_protobuf_is_invalid_argument_without_a_traceback(
         guarded: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     channel, _ = _stub(guarded)
@@ -449,7 +455,7 @@ def test_defect_08_malformed_protobuf_is_invalid_argument_without_a_traceback(
 # -- 9 -------------------------------------------------------------------------------------------
 
 
-def test_defect_09_run_id_with_a_trailing_newline_is_rejected(guarded: ServerThread,
+def test_run_id_with_a_trailing_newline_is_rejected(guarded: ServerThread,
                                                                client: httpx.Client) -> None:
     service = SelectorService(MemoryStore())
     with pytest.raises(InvalidArgument) as exc:
@@ -474,7 +480,7 @@ def test_defect_09_run_id_with_a_trailing_newline_is_rejected(guarded: ServerThr
 # -- 10 ------------------------------------------------------------------------------------------
 
 
-def test_defect_10_request_types_are_strict(guarded: ServerThread,
+def test_request_types_are_strict(guarded: ServerThread,
                                             client: httpx.Client) -> None:
     make_run(client, "strict")
     before = state(client, "strict")
@@ -516,7 +522,7 @@ def test_defect_10_request_types_are_strict(guarded: ServerThread,
 # -- 11 ------------------------------------------------------------------------------------------
 
 
-def test_defect_11_every_error_names_the_field_and_quotes_inputs_short(
+def test_every_error_names_the_field_and_quotes_inputs_short(
         guarded: ServerThread, client: httpx.Client) -> None:
     make_run(client, "errors")
     for path in ("/v1/runs/errors/select", "/v1/runs/errors/outcomes", "/v1/runs/errors"):
@@ -547,7 +553,7 @@ def test_defect_11_every_error_names_the_field_and_quotes_inputs_short(
 # -- 12 ------------------------------------------------------------------------------------------
 
 
-def test_defect_12_grpc_health_follows_a_failed_store_call_at_once(
+def test_grpc_health_follows_a_failed_store_call_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grpc_server_module, "HEALTH_POLL_S", 3600.0)  # only the calls count
     service_name = "pcm.v1.ChunkSelector"
@@ -578,7 +584,7 @@ def test_defect_12_grpc_health_follows_a_failed_store_call_at_once(
 # -- 13 ------------------------------------------------------------------------------------------
 
 
-def test_defect_13_loopback_by_default_defaults_in_help_and_no_cdn_docs(
+def test_loopback_by_default_defaults_in_help_and_no_cdn_docs(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PCM_HOST", raising=False)
     assert Settings().host == "127.0.0.1"
