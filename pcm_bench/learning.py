@@ -87,11 +87,21 @@ ALGOS: dict[str, dict[str, Any]] = {
     # between 0.125 and 0.625 with 4 phases): a test of the explanation that its dip in steps
     # 10-30 comes from ~90% of the budget sitting on one phase for 10-20 steps
     "pcm-eps0.5": {"algo": "pcm", "budget_rule": "fixed", "weighting": "mean", "eps": 0.5},
+    # the paper's algorithm (arXiv 2605.16154, sections 4.3-4.5): action score over mixed
+    # groups averaged over T_rc = 5 batches and held between refreshes, p = max(0.1, s / max s),
+    # B chunks per trajectory drawn by weighted sampling without replacement, its five
+    # gripper-fraction phases; B = 3 of our ~13.5 chunks is its 12 of 64
+    "pcm-paper": {"algo": "pcm", "score": "action", "score_window": 5, "keep_rule": "paper",
+                  "weighting": "mean", "budget_rule": "fixed", "segmenter": "paper",
+                  "phases": 5, "budget": 3},
+    # the adaptive budget with each phase's kept chunks weighted by its Wiener factor
+    # S / (S + N): biased toward the phases whose signal stands above their noise
+    "pcm-wiener": {"algo": "pcm", "phase_weighting": "wiener"},
 }
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
           "pcm-fixed": "tab:brown", "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple",
-          "pcm-eps0.5": "tab:orange"}
+          "pcm-eps0.5": "tab:orange", "pcm-paper": "tab:olive", "pcm-wiener": "tab:pink"}
 RUNS_FILE = "runs.jsonl"
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
