@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from pcm_bench.cli import app
 from pcm_bench.learning import (
+    ALGOS,
     RUNS_FILE,
     _interpolated_equal_time,
     load_runs,
@@ -19,7 +21,10 @@ from pcm_bench.learning import (
     run_learning_bench,
     summarize_runs,
 )
+from pcm_contract.cli_options import build
+from pcm_contract.run_config import RunConfigSchema
 from tests.fixtures.training import MAX_STEPS, TASK
+from trainer_client.train.config import TrainConfig
 
 SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci95",
                   "s_per_step", "backward_share"}
@@ -193,3 +198,18 @@ def test_interpolated_equal_time_lies_between_evaluations() -> None:
                         {"step": 2, "success_rate": 0.6}]}
     et = _interpolated_equal_time(record, np.array([10.0, 20.0]), 15.0)
     assert et["heldout"] == pytest.approx(0.5) and et["interpolated"] and et["step"] == 2
+
+
+@pytest.mark.parametrize("algo", sorted(ALGOS))
+def test_every_study_algo_is_a_valid_training_config(algo: str) -> None:
+    cfg = build(TrainConfig, dict(env=TASK, **ALGOS[algo]))
+    assert cfg.algo == ALGOS[algo]["algo"]
+    for name, value in ALGOS[algo].items():
+        if name in {f.name for f in fields(RunConfigSchema)}:
+            assert getattr(cfg.selection, name) == value, name
+
+
+def test_paper_algo_is_the_papers_selection() -> None:
+    sel = build(TrainConfig, dict(env=TASK, **ALGOS["pcm-paper"])).selection
+    assert (sel.keep_rule, sel.score, sel.score_window, sel.budget_rule, sel.phases) == (
+        "paper", "action", 5, "fixed", 5)
