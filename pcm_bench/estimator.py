@@ -94,6 +94,8 @@ class Estimator:
     signal_dim: int = 128
     variant: bool = False  # a tried variant (beyond the default rows)
     target: float = 0.6  # auto, random-auto: the adaptive budget's target efficiency e*
+    phase_weighting: str = "none"  # auto: none | wiener
+    carried: bool = False  # auto: the selector state folded from the other batches, not empty
 
 
 def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
@@ -111,6 +113,13 @@ def default_estimators(eps: float, signal_dim: int) -> list[Estimator]:
     rows.append(Estimator("auto ht", "auto", "signal", "ht", signal_dim=signal_dim))
     rows.append(Estimator("random at auto's budget", "random-auto", "signal", "ht",
                           signal_dim=signal_dim))
+    # the adaptive budget as a run sees it (its phase scores folded from the other batches),
+    # unbiased and with the Wiener phase weighting (biased toward phases whose signal stands
+    # above their noise)
+    rows.append(Estimator("auto ht carried", "auto", "signal", "ht", signal_dim=signal_dim,
+                          carried=True, variant=True))
+    rows.append(Estimator("auto wiener carried", "auto", "signal", "ht", signal_dim=signal_dim,
+                          phase_weighting="wiener", carried=True, variant=True))
     # variants tried for the default (exploration floor, sqrt of the score, sketch size)
     rows += [
         Estimator("pcm signal mean eps0", "pcm", "signal", "mean", 0.0, signal_dim=signal_dim,
@@ -422,11 +431,30 @@ def online_convergence(est: Estimator, data: Sequence[BatchData],
     }
 
 
+def _carried_states(est: Estimator, data: Sequence[BatchData],
+                    phases: Sequence[list[np.ndarray]], num_phases: int,
+                    b: int) -> dict[str, TaskState]:
+    """The selector state after the batches other than b, in order: what a run that has seen
+    them selects batch b with (the adaptive budget's signal term S and, with `wiener`, the
+    phases' alpha come from it)."""
+    config = _auto_config(est, num_phases)
+    states: dict[str, TaskState] = {}
+    for j, (d, ph) in enumerate(zip(data, phases, strict=True)):
+        if j == b or len(d.rows) == 0:
+            continue
+        feats = chunk_features(d.trajectories, d.advantages, "signal", est.signal_dim)
+        states = dict(select_chunks(config, _batch_for_core(d, ph, feats, num_phases), states,
+                                    f"carry/{b}/{j}").new_states)
+    return states
+
+
 def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
                        w: np.ndarray, keep_fraction: float, draws: int,
-                       seed: int, b: int) -> tuple[np.ndarray, float]:
+                       seed: int, b: int, states: dict[str, TaskState] | None = None,
+                       ) -> tuple[np.ndarray, float]:
     """coef (draws, R) over the batch's informative rows, and the largest selector weight.
-    The masks and weights are the selector's own (core `sample_chunks`) with keep weights w."""
+    The masks and weights are the selector's own (core `sample_chunks`) with keep weights w;
+    `auto` selects from `states` (empty when None)."""
     rows = data.rows
     n_rows = len(rows)
     if est.kind == "grpo":
@@ -444,7 +472,7 @@ def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.nda
             coef = np.zeros((draws, n_rows))
             max_weight = 0.0
             for r in range(draws):
-                sel = select_chunks(config, batch, {}, f"draw/{est.name}/{b}/{r}")
+                sel = select_chunks(config, batch, states or {}, f"draw/{est.name}/{b}/{r}")
                 coef[r] = sel.weight[flat] / max(n_rows, 1)  # 1/pi over the full count
                 max_weight = max(max_weight, float(sel.weight.max(initial=0.0)))
             return coef, max_weight
@@ -480,7 +508,8 @@ def _draw_coefficients(est: Estimator, data: BatchData, traj_phases: list[np.nda
 
 def _auto_config(est: Estimator, num_phases: int) -> RunConfig:
     return RunConfig(phases=num_phases, feature_dim=est.signal_dim, budget_rule="auto",
-                     weighting="ht", target_efficiency=est.target)
+                     weighting="ht", target_efficiency=est.target,
+                     phase_weighting=est.phase_weighting)
 
 
 def _auto_selection(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
@@ -548,8 +577,10 @@ def evaluate_estimators(
         for b, d in enumerate(data):
             if len(d.rows) == 0:
                 continue
+            states = (_carried_states(est, data, phases, num_phases, b)
+                      if est.kind == "auto" and est.carried else None)
             coef, mw = _draw_coefficients(est, d, phases[b], ws[b], keep_fraction, draws, seed,
-                                          b)
+                                          b, states)
             max_w = max(max_w, mw)
             kept.append(float((coef > 0).sum(axis=1).mean() / len(d.rows)))
             g_hat = coef @ d.grads.astype(np.float64)  # (R, S)

@@ -80,6 +80,11 @@ def test_fields_and_exact_facts(bench: tuple[dict, Path]) -> None:
     assert 0.1 <= auto["kept_fraction"] <= 1.0
     assert matched["kept_fraction"] == pytest.approx(auto["kept_fraction"], abs=0.1)
     assert rows["grpo"]["kept_fraction"] == 1.0
+    # the same rule with the state of a run that has seen the other batches, unbiased and
+    # Wiener-weighted
+    for name in ("auto ht carried", "auto wiener carried"):
+        assert 0.1 <= rows[name]["kept_fraction"] <= 1.0
+        assert -1.0 <= rows[name]["alignment"] <= 1.0
     # the regime: signal + noise is the batch gradient's mean squared norm, per phase too;
     # keeping more chunks uniformly keeps more of GRPO's predicted progress
     reg = result["regime"]
