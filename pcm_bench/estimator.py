@@ -514,8 +514,9 @@ def _auto_config(est: Estimator, num_phases: int) -> RunConfig:
 
 def _auto_selection(est: Estimator, data: BatchData, traj_phases: list[np.ndarray],
                     num_phases: int) -> Any:
-    """The adaptive budget's selection of the batch from an empty state (its signal term S at
-    0, as on a run's first batch): its kept count does not depend on the draw."""
+    """The adaptive budget's selection of the batch from an empty state (its signal term S from
+    the batch's own evidence, as on a run's first batch): its kept count does not depend on the
+    draw."""
     feats = chunk_features(data.trajectories, data.advantages, "signal", est.signal_dim)
     batch = _batch_for_core(data, traj_phases, feats, num_phases)
     return select_chunks(_auto_config(est, num_phases), batch, {}, "budget")
