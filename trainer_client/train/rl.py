@@ -392,7 +392,12 @@ def open_selector_run(
         f"max {info.max_steps} steps"
     )
     if cfg.algo == "pcm" and learner.start_step == 0:
-        say(f"pcm: {sel.score} score, {sel.weighting} weighting, {cfg.segmenter} phases;"
+        rules = "".join([
+            f", scores over windows of {sel.score_window} batches" if sel.score_window else "",
+            f", keep rule {sel.keep_rule}" if sel.keep_rule != "share" else "",
+            f", {sel.phase_weighting} phase weights" if sel.phase_weighting != "none" else "",
+        ])
+        say(f"pcm: {sel.score} score, {sel.weighting} weighting{rules}, {cfg.segmenter} phases;"
             " keep probs before the first batch: uniform ["
             + " ".join(f"{1 / sel.phases:.2f}" for _ in range(sel.phases)) + "]")
     if cfg.runtime.parallel == "fsdp" and not dist.enabled:

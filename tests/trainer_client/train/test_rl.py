@@ -201,3 +201,19 @@ def test_a_stored_answer_that_does_not_fit_is_reselected() -> None:
     entries = selector_inputs(_fake_trajectories(c=7))
     response, used = select(client, "r2", entries, request_id="q", trainer_id="t", step=1)
     assert used == "q.r1" and [m.shape for m in response.masks] == [(7,)] * 8
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    ({"phase_weighting": "wiener"},
+     "signal score, ht weighting, wiener phase weights, auto phases"),
+    ({"score": "action", "score_window": 5, "keep_rule": "paper", "weighting": "mean",
+      "budget_rule": "fixed", "segmenter": "paper", "phases": 5, "budget": 3},
+     "action score, mean weighting, scores over windows of 5 batches, keep rule paper, "
+     "paper phases"),
+])
+def test_the_log_names_the_selection_rules(tmp_path: Path, sft_checkpoint: Path,
+                                           overrides: dict[str, Any], words: str) -> None:
+    lines: list[str] = []
+    train_rl(tiny_rl_config(tmp_path, sft_checkpoint, algo="pcm", steps=1, **overrides),
+             log_line=lines.append)
+    assert any(f"pcm: {words};" in line for line in lines), lines[:3]
