@@ -1,11 +1,11 @@
 """`pcm-bench replay`: what do each selection's first updates do to the policy, phase by phase?
 
-The learning study's open question on pick-place (docs/BENCHMARKS.md, "Left to test"): the
-default PCM falls below random in steps 0-30 although the estimator, at the same policy, ranks
-its per-batch gradient above random's. The estimator measures one raw gradient's direction; a
-training step is that gradient clipped, then Adam's per-coordinate step with its running
-moments, applied to a shared network whose other phases move with it. This bench measures what
-the real updates do, on data they never saw, split by phase.
+The learning study's open question on pick-place (docs/research/learning-study.md, "Left to
+test"): the default PCM falls below random in steps 0-30 although the estimator, at the same
+policy, ranks its per-batch gradient above random's. The estimator measures one raw gradient's
+direction; a training step is that gradient clipped, then Adam's per-coordinate step with its
+running moments, applied to a shared network whose other phases move with it. This bench
+measures what the real updates do, on data they never saw, split by phase.
 
 From one checkpoint and one task, per seed:
 

@@ -65,7 +65,7 @@ class DemoConfig:
     algos: tuple[str, ...] = DEMO_ALGOS
     # SFT: `pcm-train sft`'s `base` trunk and 300 BC steps, at half its batch (32 chunks a step:
     # half the time; 150 steps or a higher lr left the policy at 0-5% held-out success, measured
-    # on a GPU: docs/BENCHMARKS.md, "The demo's sizes")
+    # on a GPU: docs/research/demo.md, "The demo's sizes")
     sft_episodes: int = 200
     sft_iters: int = 300
     sft_batch_size: int = 32
