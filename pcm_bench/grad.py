@@ -413,7 +413,7 @@ def _measure(
                         masks,
                         weights,
                         base_cfg.aggregation,
-                        base_cfg.loss_denominator,
+                        "kept",  # grpo_update's default, what `run` measures
                     )
                     entry["pack_memory_ratio"] = pack_memory_ratio
                     entry["pack_cap"] = pack_cap(rows, cfgs[c].pack_memory_ratio, micro_batch)

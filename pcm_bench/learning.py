@@ -56,8 +56,9 @@ from scipy import stats
 
 from pcm_bench.timemodel import TimeModel
 from pcm_contract.cli_options import build
+from trainer_client.grpo import DEFAULT_RL_LR
 from trainer_client.train.checkpoint import latest_checkpoint
-from trainer_client.train.config import DEFAULT_RL_LR, DEMO_ENV, SFTConfig, TrainConfig
+from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split

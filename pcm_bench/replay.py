@@ -295,7 +295,7 @@ def replay_run(cfg: TrainConfig, train: Sequence[list[Trajectory]], evalset: Eva
                                 step=step, score=sel_cfg.score, feature_dim=feature_dim)
             set_lr_for_step(optimizer, step, cfg.lr_warmup_steps)
             stats = grpo_update(policy, optimizer, trajs, sel.masks, sel.weights,
-                                config=cfg.grpo)
+                                config=cfg.grpo, denominator=cfg.loss_denominator)
             client.report_outcomes(cfg.run_id, {
                 "selection_id": sel.selection_id, "request_id": sel.request_id + "/outcome",
                 "trainer_id": cfg.trainer_id, "step": step, "success_rate": sel.success_rate,

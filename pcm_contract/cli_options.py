@@ -8,8 +8,10 @@ its help and its default in `--help`.
   a dataclass (`TrainConfig.grpo: GRPOConfig`) is flattened: its fields become options of their
   own, with the defaults of the parent's default instance; the parent field's metadata "derived"
   names the nested fields the parent sets itself and "unused" those it does not use (neither
-  gets an option; an unused one keeps its default), and "help_for" replaces the help of nested
-  fields where the parent's use of them needs other words.
+  gets an option; an unused one keeps its default), "help_for" replaces the help of nested
+  fields where the parent's use of them needs other words, and "rename" gives nested fields
+  another option name (and flag) in the parent (`TrainConfig`'s `--algo` is its run config's
+  `mode`).
 - `build(cls, values)`: the config from option values by name (what the command receives, or a
   flat dict of overrides), nested configs included.
 - `settings_options(cls)`: one option per field of a pydantic-settings class, with its
@@ -74,10 +76,17 @@ def dataclass_options(cls: type, defaults: Any = None) -> list[Option]:
         default = _default(f, defaults)
         if _is_config(hints[f.name]):
             skip = _not_options(f)
-            help_for = f.metadata.get("help_for", {})
+            help_for, rename = f.metadata.get("help_for", {}), f.metadata.get("rename", {})
             nested = dataclass_options(hints[f.name], default)
             options += [
-                replace(o, help=help_for.get(o.name, o.help)) for o in nested if o.name not in skip
+                replace(
+                    o,
+                    help=help_for.get(o.name, o.help),
+                    name=rename.get(o.name, o.name),
+                    flag="--" + rename[o.name].replace("_", "-") if o.name in rename else o.flag,
+                )
+                for o in nested
+                if o.name not in skip
             ]
             continue
         meta = f.metadata
@@ -126,6 +135,9 @@ def _build(
             kwargs[f.name] = values.pop(f.name)
         elif _is_config(hints[f.name]):
             skip = _not_options(f)
+            for name, option in f.metadata.get("rename", {}).items():
+                if option in values:  # the nested field's value, under its own name
+                    values[name] = values.pop(option)
             if (_names(hints[f.name]) - skip) & values.keys():
                 kwargs[f.name] = _build(hints[f.name], values, _default(f, base), skip)
     if base is not None:
@@ -139,11 +151,16 @@ def _not_options(f: Field[Any]) -> frozenset[str]:
 
 
 def _names(cls: type) -> set[str]:
-    """Every option name of a config, its nested configs' included."""
+    """Every field name of a config, its nested configs' included (by their options' names
+    where the parent renames them)."""
     hints = get_type_hints(cls)
     out: set[str] = set()
     for f in fields(cls):
-        out |= _names(hints[f.name]) if _is_config(hints[f.name]) else {f.name}
+        if _is_config(hints[f.name]):
+            rename = f.metadata.get("rename", {})
+            out |= {rename.get(n, n) for n in _names(hints[f.name])}
+        else:
+            out.add(f.name)
     return out
 
 

@@ -12,10 +12,10 @@ Only *informative* trajectories (their group's outcomes are not all equal; A_i !
 the others have zero advantage, the selector gives them all-false masks, and they cost nothing.
 With kept-chunk masks m_ic and weights w_ic (1, or Horvitz-Thompson 1/pi_ic), the loss is
 
-    loss_denominator "kept" (the selector's `mean` weighting, the paper's and veRL's masked mean):
+    denominator "kept" (the selector's `mean` weighting, the paper's and veRL's masked mean):
         aggregation "chunk":       L = sum_{i inf} sum_{c kept} w_ic l_ic / R       R kept chunks
         aggregation "trajectory":  L = (1 / N_traj) sum_{i inf} (1 / k_i) sum_{c kept} w_ic l_ic
-    loss_denominator "full" (weightings `ht` and `none`):
+    denominator "full" (weightings `ht` and `none`):
         aggregation "chunk":       L = sum_{i inf} sum_{c kept} w_ic l_ic / N_chunks,
                                    N_chunks = sum_{i inf} C_i
         aggregation "trajectory" (SimpleVLA-RL: chunk-mean in a trajectory, mean over
@@ -45,6 +45,9 @@ from trainer_client.types import Trajectory
 
 AGGREGATIONS = ("chunk", "trajectory")
 DENOMINATORS = ("kept", "full")
+# the network's AdamW learning rate: `pcm-train rl`'s on the base trunk (at 1e-5 the masked
+# methods collapsed, docs/research/learning-study.md)
+DEFAULT_RL_LR = 3e-6
 
 
 @dataclass
@@ -64,14 +67,6 @@ class GRPOConfig:
             "help": "'chunk': sum of w*l over kept chunks / number of chunks of informative "
             "trajectories (docs/design.md); 'trajectory': per-trajectory sum of w*l / C_i, "
             "then mean over informative trajectories (SimpleVLA-RL)"
-        },
-    )
-    loss_denominator: str = field(
-        default="kept",
-        metadata={
-            "help": "'kept': the loss is averaged over the kept chunks (the selector's `mean` "
-            "weighting, the paper's); 'full': divided by the chunks of informative trajectories "
-            "(weightings `ht`, `none`); the same for full GRPO"
         },
     )
     micro_batch: str = field(
@@ -105,7 +100,13 @@ class GRPOConfig:
             "'rows:N' (N rows, at most the batch's informative chunks)"
         },
     )
-    lr: float = field(default=5e-5, metadata={"help": "AdamW learning rate"})
+    lr: float = field(
+        default=DEFAULT_RL_LR,
+        metadata={
+            "help": "AdamW learning rate of the network (the base trunk: pcm and random "
+            "collapsed at 1e-5, see docs/research/learning-study.md)"
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float | None = field(
@@ -129,11 +130,6 @@ class GRPOConfig:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(
                 f"aggregation={self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
-            )
-        if self.loss_denominator not in DENOMINATORS:
-            raise ValueError(
-                f"loss_denominator={self.loss_denominator!r}: use one of {', '.join(DENOMINATORS)}"
-                " ('kept' for the selector weighting 'mean', 'full' for 'ht' and 'none')"
             )
         parse_micro_batch(self.micro_batch)  # validates
         if not 0.0 < self.pack_memory_ratio <= 1.0:
@@ -478,14 +474,17 @@ def selective_backward(
     weights: Sequence[np.ndarray] | None = None,
     *,
     config: GRPOConfig | None = None,
+    denominator: str = "kept",
     advantages: np.ndarray | None = None,
     ref_policy: LogProbPolicy | None = None,
 ) -> UpdateStats:
     """Accumulates dL/dtheta into the policy's .grad, computing only the kept chunks.
 
     masks / weights: per trajectory (C_i,) bool / float, e.g. the selector's answer; None = full
-    GRPO (every chunk, weight 1), which runs through the same micro-batching. Does not zero the
-    gradients and does not step: `grpo_update` does both."""
+    GRPO (every chunk, weight 1), which runs through the same micro-batching. denominator: what
+    the loss divides by (the module docstring), which the weighting of `weights` asks for:
+    "kept" for the selector's `mean`, "full" for `ht` and `none`. Does not zero the gradients
+    and does not step: `grpo_update` does both."""
     cfg = config or GRPOConfig()
     t_start = time.perf_counter()
     if advantages is None:
@@ -495,7 +494,7 @@ def selective_backward(
     if cfg.kl_coef > 0 and ref_policy is None:
         raise ValueError("kl_coef > 0 needs ref_policy (the frozen reference policy)")
     rows = plan_kept_rows(
-        trajectories, advantages, masks, weights, cfg.aggregation, cfg.loss_denominator
+        trajectories, advantages, masks, weights, cfg.aggregation, denominator
     )
     batches = split_for(rows, cfg)
     obs_keys = getattr(policy, "obs_keys", None)
@@ -586,6 +585,7 @@ def grpo_update(
     weights: Sequence[np.ndarray] | None = None,
     *,
     config: GRPOConfig | None = None,
+    denominator: str = "kept",
     advantages: np.ndarray | None = None,
     ref_policy: LogProbPolicy | None = None,
     after_backward: AfterBackward | None = None,
@@ -593,6 +593,7 @@ def grpo_update(
     """The actor update: per epoch, zero grads, selective backward, clip, optimizer step.
     Loss and ratio stats are the last epoch's; times are summed over epochs. With no kept rows
     (no informative trajectory) nothing is computed and the optimizer does not step.
+    denominator: the loss's, as in `selective_backward`.
 
     after_backward: called after each epoch's backward with its stats, before the clip and the
     step; it returns the stats the update goes on with. The data-parallel update
@@ -611,6 +612,7 @@ def grpo_update(
             masks,
             weights,
             config=cfg,
+            denominator=denominator,
             advantages=advantages,
             ref_policy=ref_policy,
         )

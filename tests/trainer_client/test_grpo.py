@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -149,16 +150,16 @@ def test_selective_gradient_equals_naive_full_batch(aggregation, micro_batch, ma
     assert expected.abs().max() > 1e-6  # a real gradient, not a vacuous comparison
 
     policy.zero_grad()
-    cfg = GRPOConfig(aggregation=aggregation, micro_batch=micro_batch,
-                     loss_denominator=denominator)
-    stats = selective_backward(policy, trajectories, masks, weights, config=cfg)
+    cfg = GRPOConfig(aggregation=aggregation, micro_batch=micro_batch)
+    stats = selective_backward(policy, trajectories, masks, weights, config=cfg,
+                               denominator=denominator)
     assert (grads(policy) - expected).abs().max().item() <= 1e-9
     assert stats.loss == pytest.approx(expected_loss.item(), abs=1e-12)
     assert 0.0 < stats.clip_frac < 1.0
     # masks None means full GRPO too
     if not masked:
         policy.zero_grad()
-        selective_backward(policy, trajectories, config=cfg)
+        selective_backward(policy, trajectories, config=cfg, denominator=denominator)
         assert (grads(policy) - expected).abs().max().item() <= 1e-9
 
 
@@ -200,8 +201,9 @@ def test_kl_term_gradient_equals_naive():
     naive_loss(policy, trajectories, masks, weights, "chunk", kl_coef=0.1, ref=ref).backward()
     expected = grads(policy).clone()
     policy.zero_grad()
-    cfg = GRPOConfig(kl_coef=0.1, micro_batch="rows:4", loss_denominator="full")
-    stats = selective_backward(policy, trajectories, masks, weights, config=cfg, ref_policy=ref)
+    cfg = GRPOConfig(kl_coef=0.1, micro_batch="rows:4")
+    stats = selective_backward(policy, trajectories, masks, weights, config=cfg,
+                               denominator="full", ref_policy=ref)
     assert (grads(policy) - expected).abs().max().item() <= 1e-9
     assert stats.kl_ref > 0
     with pytest.raises(ValueError, match="ref_policy"):
@@ -367,12 +369,22 @@ def test_micro_batch_split_and_plan():
         ({"ppo_epochs": 0}, "ppo_epochs"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"kl_coef": -1.0}, "kl_coef"),
-        ({"loss_denominator": "kept_chunks"}, "loss_denominator"),
     ],
 )
 def test_config_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GRPOConfig(**kwargs)
+
+
+def test_the_loss_denominator_is_the_updates_and_is_checked():
+    """What the loss divides by follows the weighting of the selection's weights: an argument of
+    the update next to them, not a field of GRPOConfig."""
+    policy = make_policy()
+    trajectories = make_batch(policy)
+    masks, weights = ht_masks()
+    assert "loss_denominator" not in {f.name for f in dataclasses.fields(GRPOConfig)}
+    with pytest.raises(ValueError, match="denominator='kept_chunks'"):
+        selective_backward(policy, trajectories, masks, weights, denominator="kept_chunks")
 
 
 # ---- micro-batch policies: 'pack' -----------------------------------------------------------

@@ -53,9 +53,13 @@ EVAL_INIT_OFFSET = 50_000  # MetaWorld evaluation uses init states EVAL_INIT_OFF
 DEMO_ENV = f"metaworld:{DEMO_TASK}"
 RUN_ID_RE = re.compile(RUN_ID_PATTERN)  # the selector's run id pattern
 _ID_BAD_CHARS = re.compile(r"[^A-Za-z0-9._:/@+=-]")
-# the run config's fields the trainer sets itself: mode from --algo, seed from --seed, feature_dim
-# from the score and the policy (trainer_client.train.rl)
-SELECTION_DERIVED = ("mode", "seed", "feature_dim")
+# the run config's fields the trainer sets itself: feature_dim from the score and the policy
+# (trainer_client.train.rl)
+SELECTION_DERIVED = ("feature_dim",)
+# the run config's fields whose flags are the trainer's own: the run's mode is --algo, and its
+# seed is the trainer's --seed (-1 derives one from the trainer id)
+SELECTION_RENAMED = {"mode": "algo"}
+SELECTION_TRAINER = ("mode", "seed")
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -99,16 +103,15 @@ def runtime_options(unused: tuple[str, ...] = (), **help_for: str) -> dict[str, 
 
 # ---- RL ---------------------------------------------------------------------------------------
 
-DEFAULT_RL_LR = 3e-6  # the network's AdamW learning rate for `pcm-train rl` (the base trunk)
 # what the weighting asks of the loss: `mean` averages over the kept chunks, `ht` and `none`
 # divide by what the full loss divides by (trainer_client.grpo)
 LOSS_DENOMINATORS = {"mean": "kept", "ht": "full", "none": "full"}
 
 
 def rl_grpo_config(**overrides: Any) -> GRPOConfig:
-    """`GRPOConfig` with the defaults of `pcm-train rl`: a fine-tuned trunk's learning rate and
-    fixed micro-batches of 32 gathered rows."""
-    return GRPOConfig(**{"lr": DEFAULT_RL_LR, "micro_batch": "rows:32", **overrides})
+    """`GRPOConfig` with the micro-batching of `pcm-train rl`: fixed micro-batches of 32
+    gathered rows."""
+    return GRPOConfig(**{"micro_batch": "rows:32", **overrides})
 
 
 def trainer_selection() -> RunConfigSchema:
@@ -121,9 +124,8 @@ def trainer_selection() -> RunConfigSchema:
 class TrainConfig:
     """`pcm-train rl`: GRPO post-training with chunk selection by a PCM selector."""
 
-    # what to train, where
+    # what to train, where (the algorithm, --algo, is the run config's mode: `selection`)
     env: str = opt(DEMO_ENV, "environment: metaworld:TASK or libero:SUITE:TASK_INDEX")
-    algo: str = opt("pcm", "pcm | grpo (every chunk) | random (same budget, phase-blind)")
     selector: str = opt("embedded", "embedded | grpc://HOST:PORT | http://HOST:PORT")
     run_id: str | None = opt(
         None, "selector run id (letters, digits, ._-); default: ALGO-TASK-sSEED"
@@ -132,11 +134,6 @@ class TrainConfig:
     init: str | None = opt(None, "policy checkpoint to start from (e.g. the SFT's sft.pt)")
     resume: bool = opt(False, "continue from the latest checkpoint in --out")
     steps: int = opt(60, "RL steps (each: rollout, select, selective backward, report)")
-    seed: int = opt(
-        0,
-        "seed of init-state draws, action sampling and a fresh policy; -1 = derived from the "
-        "trainer id, so scaled replicas sharing a run roll out different initial states",
-    )
     # the batch
     group_size: int = opt(8, "G: rollouts per initial state (a GRPO group)")
     init_states: int = opt(4, "initial states per step (all ranks together); batch = this x G")
@@ -148,13 +145,19 @@ class TrainConfig:
     )
     # chunk selection: the selector run config (pcm_contract.run_config.RunConfigSchema), its
     # fields flattened into flags (--keep-fraction, --phases, --eps, --eta, --weighting, --score,
-    # --budget, and any field the schema gains)
+    # --budget, and any field the schema gains); its mode is --algo and its seed --seed, the
+    # trainer's own (`algo` and `seed` read them)
     selection: RunConfigSchema = field(
         default_factory=trainer_selection,
         metadata={
             "help": "the selector run config (pcm_contract.run_config.RunConfigSchema)",
             "derived": SELECTION_DERIVED,
+            "rename": SELECTION_RENAMED,
             "help_for": {
+                "mode": "pcm | grpo (every chunk) | random (same budget, phase-blind)",
+                "seed": "seed of init-state draws, action sampling, a fresh policy and the "
+                "selector run; -1 = derived from the trainer id, so scaled replicas sharing a "
+                "run roll out different initial states",
                 "budget": "B: a fixed number of chunks per trajectory (k_i = min(B, C_i)) "
                 "instead of --keep-fraction; 0 = off",
             },
@@ -175,14 +178,7 @@ class TrainConfig:
     # the update: the GRPO config, its fields flattened into flags (--lr, --micro-batch, ...)
     grpo: GRPOConfig = field(
         default_factory=rl_grpo_config,
-        metadata={
-            "help": "the actor update (trainer_client.grpo.GRPOConfig)",
-            "derived": ("loss_denominator",),  # set from --weighting
-            "help_for": {
-                "lr": "AdamW learning rate of the network (base trunk: pcm/random diverged at "
-                "1e-5, see docs/BENCHMARKS.md; the demo's compact trunk uses 3e-5)",
-            },
-        },
+        metadata={"help": "the actor update (trainer_client.grpo.GRPOConfig)"},
     )
     log_std_lr: float = opt(
         1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
@@ -211,11 +207,27 @@ class TrainConfig:
         ),
     )
 
+    @property
+    def algo(self) -> str:
+        """pcm | grpo | random: the run config's mode (--algo)."""
+        return self.selection.mode
+
+    @property
+    def seed(self) -> int:
+        """The trainer's seed, the run config's (--seed; -1 is resolved when the config is
+        made)."""
+        return self.selection.seed
+
+    @property
+    def loss_denominator(self) -> str:
+        """What the loss divides by, as the weighting asks (`trainer_client.grpo`)."""
+        return LOSS_DENOMINATORS[self.selection.weighting]
+
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
         _choice("algo", self.algo, ALGOS)
         _choice("segmenter", self.segmenter, TRAINER_SEGMENTERS)
-        _check_selection(self.selection)
+        _check_selection(self.selection, skip=SELECTION_TRAINER)
         _positive("signal_dim", self.signal_dim, minimum=1)
         _choice("preset", self.preset, tuple(PRESETS))
         if not self.selector == "embedded" and not self.selector.startswith(
@@ -229,11 +241,12 @@ class TrainConfig:
             self.trainer_id = default_trainer_id()
         self.trainer_id = sanitize_id(self.trainer_id)
         if self.seed == -1:
-            self.seed = seed_from_trainer_id(self.trainer_id)
+            self.selection = replace(self.selection, seed=seed_from_trainer_id(self.trainer_id))
         elif self.seed < 0:
             raise ValueError(
                 f"--seed {self.seed}: use a seed >= 0, or -1 to derive one from the trainer id"
             )
+        _check_selection(self.selection, only=("seed",))
         if self.run_id is None:
             self.run_id = f"{self.algo}-{spec.task}-s{self.seed}".replace(":", "-")[:64]
         if not RUN_ID_RE.match(self.run_id):
@@ -259,13 +272,10 @@ class TrainConfig:
             raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
         if self.keep_schedule:
             load_keep_schedule(self.keep_schedule)  # refused here, not at the first step
-        self.grpo = replace(self.grpo, loss_denominator=LOSS_DENOMINATORS[self.selection.weighting])
-        # the run config's derived fields (feature_dim is set when the policy is known, see
-        # `run_config`); grpo keeps every chunk: record what actually runs
-        keep_fraction = 1.0 if self.algo == "grpo" else self.selection.keep_fraction
-        self.selection = replace(
-            self.selection, mode=self.algo, seed=self.seed, keep_fraction=keep_fraction
-        )
+        # feature_dim is set when the policy is known (`run_config`); grpo keeps every chunk:
+        # record what actually runs
+        if self.algo == "grpo":
+            self.selection = replace(self.selection, keep_fraction=1.0)
         if (self.selection.budget_rule == "auto" and self.algo != "grpo"
                 and self.selection.score != "signal"):
             raise ValueError(
@@ -275,7 +285,9 @@ class TrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The fields (the token masked), and `algo` and `seed` (the run config's mode and
+        seed) at the top as well, for readers of the saved config."""
+        d = {"algo": self.algo, "seed": self.seed, **asdict(self)}
         d["token"] = "***" if self.token else None  # never written to disk
         return d
 
@@ -453,15 +465,19 @@ def _check_env(env: str) -> Any:
         raise ValueError(f"--env: {exc}") from None
 
 
-def _check_selection(selection: RunConfigSchema) -> None:
-    """The run config's flags, by the schema's own checks (what the selector would refuse)."""
+def _check_selection(
+    selection: RunConfigSchema, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> None:
+    """The run config's flags, by the schema's own checks (what the selector would refuse):
+    every field but the derived ones and `skip`, or the fields `only`."""
     for f in schema_fields():
-        if f.name in SELECTION_DERIVED:
+        if f.name in SELECTION_DERIVED or f.name in skip or (only and f.name not in only):
             continue
         value = getattr(selection, f.name)
         why = problem(f, value)
         if why is not None:
-            raise ValueError(f"--{f.name.replace('_', '-')} {value!r}: {why}")
+            flag = SELECTION_RENAMED.get(f.name, f.name).replace("_", "-")
+            raise ValueError(f"--{flag} {value!r}: {why}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

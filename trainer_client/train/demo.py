@@ -261,8 +261,8 @@ def _activation_memory(cfg: DemoConfig, checkpoint: Path, rl_cfg: TrainConfig,
             meter = SavedTensorMeter(exclude=params)
             with meter:
                 selective_backward(policy, trajs, side_masks, None, advantages=advantages,
-                                   config=GRPOConfig(micro_batch=micro_batch,
-                                                     loss_denominator="kept"))
+                                   config=GRPOConfig(micro_batch=micro_batch),
+                                   denominator="kept")
             policy.zero_grad(set_to_none=True)
             peaks[side] = meter.peak_bytes
         out[f"grpo_bytes_{label}"] = peaks["grpo"]

@@ -208,6 +208,7 @@ def distributed_update(
     weights: Sequence[np.ndarray],
     *,
     config: GRPOConfig,
+    denominator: str = "kept",
     dist: Dist,
     global_informative_chunks: int,
     global_informative_trajectories: int,
@@ -224,6 +225,7 @@ def distributed_update(
     )
     scale = _global_scale(
         config,
+        denominator,
         trajectories,
         masks,
         informative_trajectories(advantages),
@@ -235,7 +237,7 @@ def distributed_update(
     passes = 0
     if is_sharded(policy):  # FSDP: every rank runs as many forward/backward passes as the busiest
         rows = plan_kept_rows(
-            trajectories, advantages, masks, scaled, config.aggregation, config.loss_denominator
+            trajectories, advantages, masks, scaled, config.aggregation, denominator
         )
         passes = dist.all_max(len(split_for(rows, config)))  # agreed before any backward
     return grpo_update(
@@ -245,6 +247,7 @@ def distributed_update(
         masks,
         scaled,
         config=config,
+        denominator=denominator,
         advantages=advantages,
         ref_policy=ref_policy,
         after_backward=lambda stats: sum_over_ranks(stats, policy, dist, passes),
@@ -253,6 +256,7 @@ def distributed_update(
 
 def _global_scale(
     config: GRPOConfig,
+    denominator: str,
     trajectories: Sequence[Trajectory],
     masks: Sequence[np.ndarray],
     informative: np.ndarray,
@@ -261,9 +265,9 @@ def _global_scale(
     global_kept_chunks: int | None,
 ) -> float:
     """The factor that turns `plan_kept_rows`' rank-local loss denominator into the global one."""
-    if config.aggregation == "chunk" and config.loss_denominator == "kept":
+    if config.aggregation == "chunk" and denominator == "kept":
         if global_kept_chunks is None:
-            raise ValueError("loss_denominator 'kept' needs global_kept_chunks")
+            raise ValueError("denominator 'kept' needs global_kept_chunks")
         local = sum(
             int(np.count_nonzero(m)) for m, inf in zip(masks, informative, strict=True) if inf
         )

@@ -516,6 +516,7 @@ def update(
         sel.masks,
         sel.weights,
         config=cfg.grpo,
+        denominator=cfg.loss_denominator,
         ref_policy=learner.ref_policy,
     )
     if learner.trained is not learner.policy:

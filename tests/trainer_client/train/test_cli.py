@@ -98,7 +98,7 @@ def test_the_rl_config_is_composed_of_the_grpo_config() -> None:
     cfg = TrainConfig()
     assert isinstance(cfg.grpo, GRPOConfig) and not hasattr(cfg, "lr")
     # the adaptive budget's Horvitz-Thompson weights divide by the full count
-    assert (cfg.grpo.lr, cfg.grpo.micro_batch, cfg.grpo.loss_denominator) == (
+    assert (cfg.grpo.lr, cfg.grpo.micro_batch, cfg.loss_denominator) == (
         3e-6,
         "rows:32",
         "full",
@@ -106,7 +106,7 @@ def test_the_rl_config_is_composed_of_the_grpo_config() -> None:
     assert (cfg.selection.budget_rule, cfg.selection.weighting) == ("auto", "ht")
     cfg = build(TrainConfig, {"weighting": "mean", "budget_rule": "fixed", "lr": 1e-4,
                               "ppo_epochs": 2})
-    assert (cfg.grpo.lr, cfg.grpo.ppo_epochs, cfg.grpo.loss_denominator) == (1e-4, 2, "kept")
+    assert (cfg.grpo.lr, cfg.grpo.ppo_epochs, cfg.loss_denominator) == (1e-4, 2, "kept")
     assert cfg.to_dict()["grpo"]["lr"] == 1e-4
 
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import pytest
 
+from pcm_contract.cli_options import build
 from trainer_client.train.config import TrainConfig
 
 
+def _config(**values: object) -> TrainConfig:
+    return build(TrainConfig, {"env": "metaworld:reach-v3", **values})
+
+
 def test_seed_derived_from_trainer_id() -> None:
-    a = TrainConfig(env="metaworld:reach-v3", seed=-1, trainer_id="trainer-a")
-    a_again = TrainConfig(env="metaworld:reach-v3", seed=-1, trainer_id="trainer-a")
-    b = TrainConfig(env="metaworld:reach-v3", seed=-1, trainer_id="trainer-b")
+    a = _config(seed=-1, trainer_id="trainer-a")
+    a_again = _config(seed=-1, trainer_id="trainer-a")
+    b = _config(seed=-1, trainer_id="trainer-b")
     assert a.seed == a_again.seed and a.seed != b.seed
     assert 0 <= a.seed < 2**31 and 0 <= b.seed < 2**31
-    assert TrainConfig(env="metaworld:reach-v3", seed=7, trainer_id="trainer-a").seed == 7
+    assert _config(seed=7, trainer_id="trainer-a").seed == 7
 
 
 def test_negative_seed_other_than_minus_one_is_rejected() -> None:
     with pytest.raises(ValueError, match="-1 to derive"):
-        TrainConfig(env="metaworld:reach-v3", seed=-2)
+        _config(seed=-2)
