@@ -55,7 +55,7 @@ from rich.table import Table
 from scipy import stats
 
 from pcm_bench.timemodel import TimeModel
-from pcm_contract.cli_options import build
+from trainer_client.cli_options import build
 from trainer_client.grpo import DEFAULT_RL_LR
 from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig

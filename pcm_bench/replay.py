@@ -76,7 +76,7 @@ from pcm_bench.learning import (
     mean_ci95,
     runs_by_algo,
 )
-from pcm_contract.cli_options import build
+from trainer_client.cli_options import build
 from trainer_client.clients import connect
 from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
 from trainer_client.features import feature_dim_for

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pcm_contract.cli_options import build
+from trainer_client.cli_options import build
 from trainer_client.train.config import DEMO_ENV, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.rl import train_rl

@@ -1,16 +1,19 @@
-"""`pcm-selector`: the selector's command line (one flag per PCM_* setting, defaults shown),
-generated from `Settings` by `pcm_contract.cli_options`."""
+"""`pcm-selector`: the selector's command line, one flag per PCM_* setting of its
+pydantic-settings `Settings` (`settings_options`), defaults shown; a flag not given leaves the
+setting to the environment, then to its default, and pydantic checks the values."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from pcm_contract.cli_options import command, settings_options
 from selector_service.settings import Settings, configure_logging
 
 # One BLAS thread per selector process: selections are small and many run at once, and BLAS
@@ -61,7 +64,69 @@ def serve(flags: dict[str, Any]) -> None:
     run_server(settings)
 
 
-# one flag per Settings field (pcm_contract.cli_options), the settings' own defaults shown
+@dataclass(frozen=True)
+class SettingOption:
+    """The flag of one setting: its keyword, type, flag and help, and the default `--help`
+    shows (the option's own default is None: not given)."""
+
+    name: str
+    annotation: Any
+    flag: str
+    help: str
+    show_default: str
+
+    def parameter(self) -> inspect.Parameter:
+        info = typer.Option(self.flag, help=self.help, show_default=self.show_default)
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[self.annotation, info])
+
+
+def settings_options(
+    cls: Any,
+    shown_defaults: Mapping[str, str] | None = None,
+    extra_help: Mapping[str, str] | None = None,
+) -> list[SettingOption]:
+    """One option per field of a pydantic-settings class: `--name-with-dashes`, typed str for
+    literals and anything not a plain int / float / bool, default None (= the environment,
+    else the setting's default, which the help shows: `shown_defaults` replaces it where a
+    plain value says too little). The help is the field's description and its environment
+    variable, then `extra_help`'s words for it."""
+    prefix = cls.model_config.get("env_prefix", "")
+    shown_defaults, extra_help = shown_defaults or {}, extra_help or {}
+    options = []
+    for name, info in cls.model_fields.items():
+        default = shown_defaults.get(name, info.default)
+        if isinstance(default, bool):
+            default = "true" if default else "false"
+        description = info.description or name
+        help_text = (
+            f"{description[0].upper()}{description[1:]} (env {prefix}{name.upper()})."
+            f"{extra_help.get(name, '')}"
+        )
+        kind = info.annotation if info.annotation in (int, float, bool) else str
+        options.append(SettingOption(name=name, annotation=kind | None,
+                                     flag="--" + name.replace("_", "-"), help=help_text,
+                                     show_default=str(default)))
+    return options
+
+
+def command(
+    options: Sequence[SettingOption], body: Callable[[dict[str, Any]], None], doc: str | None
+) -> Callable[..., None]:
+    """A function whose keyword parameters are `options` (register it with `app.command`); it
+    calls `body` with the values by option name."""
+
+    def run(**values: Any) -> None:
+        body(values)
+
+    params = [o.parameter() for o in options]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    run.__doc__ = doc
+    return run
+
+
+# one flag per Settings field, the settings' own defaults shown
 app.command("serve")(
     command(settings_options(Settings, _SHOWN_DEFAULTS, _EXTRA_HELP), serve, serve.__doc__)
 )

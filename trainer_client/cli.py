@@ -12,7 +12,7 @@
 The flags of sft, rl and eval are generated from the fields (and help texts) of `SFTConfig`,
 `TrainConfig` (its `grpo: GRPOConfig` flattened: --lr, --clip-coef-low, --ppo-epochs, ...) and
 `EvalConfig` in `trainer_client.train.config`, each with its `runtime: Runtime` flattened
-(--num-workers, --device, --precision, ...), by `pcm_contract.cli_options` (as the
+(--num-workers, --device, --precision, ...), by `trainer_client.cli_options` (as the
 selector's flags are from its Settings); a bad value exits with the config's message, which
 says how to fix it.
 """
@@ -37,7 +37,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pcm_contract.cli_options import build, command, dataclass_options
+from trainer_client.cli_options import build, command, dataclass_options
 from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 from trainer_client.train.config import EvalConfig, SFTConfig, TrainConfig
 
@@ -54,7 +54,7 @@ Body = Callable[[C], None]
 
 def _config_command(name: str, cls: type[C]) -> Callable[[Body[C]], Body[C]]:
     """Register `body(config)` as a command whose flags are `cls`'s fields, nested configs
-    flattened (`pcm_contract.cli_options`); a bad value exits 2 with the config's message."""
+    flattened (`trainer_client.cli_options`); a bad value exits 2 with the config's message."""
 
     def register(body: Body[C]) -> Body[C]:
         def run(values: dict[str, Any]) -> None:

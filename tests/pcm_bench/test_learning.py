@@ -21,9 +21,9 @@ from pcm_bench.learning import (
     run_learning_bench,
     summarize_runs,
 )
-from pcm_contract.cli_options import build
 from pcm_contract.run_config import RunConfigSchema
 from tests.fixtures.training import MAX_STEPS, TASK
+from trainer_client.cli_options import build
 from trainer_client.train.config import TrainConfig
 
 SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci95",

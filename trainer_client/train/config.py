@@ -1,5 +1,5 @@
 """Configuration of the training commands: one dataclass per command, each field with its help
-text (the `pcm-train` flags are generated from these fields by `pcm_contract.cli_options`) and
+text (the `pcm-train` flags are generated from these fields by `trainer_client.cli_options`) and
 checks that say how to fix a bad value.
 
 - `TrainConfig`: `pcm-train rl` (GRPO / PCM post-training against a selector); the actor update

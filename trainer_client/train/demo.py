@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from pcm_contract.cli_options import build
+from trainer_client.cli_options import build
 from trainer_client.device import resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
 from trainer_client.memory import SavedTensorMeter

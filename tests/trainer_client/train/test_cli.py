@@ -92,7 +92,7 @@ def test_token_comes_from_the_environment_and_never_reaches_disk(
 def test_the_rl_config_is_composed_of_the_grpo_config() -> None:
     """One definition per field: --lr and --micro-batch are GRPOConfig's, with the RL defaults;
     the loss denominator follows the selector weighting."""
-    from pcm_contract.cli_options import build
+    from trainer_client.cli_options import build
     from trainer_client.grpo import GRPOConfig
 
     cfg = TrainConfig()
@@ -116,7 +116,7 @@ def test_every_command_config_is_composed_of_one_runtime() -> None:
     from flat values and checked by Runtime's checks."""
     from dataclasses import fields
 
-    from pcm_contract.cli_options import build, dataclass_options
+    from trainer_client.cli_options import build, dataclass_options
     from trainer_client.train.config import EvalConfig, Runtime, SFTConfig
     from trainer_client.train.demo import DemoConfig
 
@@ -298,8 +298,8 @@ def test_the_rl_config_is_composed_of_the_run_config_schema() -> None:
     schema's checks; mode, seed and feature_dim are the trainer's (not flags)."""
     from dataclasses import fields
 
-    from pcm_contract.cli_options import build
     from pcm_contract.run_config import RunConfigSchema
+    from trainer_client.cli_options import build
 
     cfg = build(TrainConfig, {"algo": "random", "seed": 7, "eps": 0.2, "budget": 3})
     assert isinstance(cfg.selection, RunConfigSchema) and not hasattr(cfg, "keep_fraction")

@@ -15,9 +15,9 @@ import torch
 from typer.testing import CliRunner
 
 from pcm_bench.grad import run_grad_bench
-from pcm_contract.cli_options import build
 from tests.fixtures.training import tiny_rl_config
 from trainer_client.cli import app
+from trainer_client.cli_options import build
 from trainer_client.device import (
     SetupError,
     autocast_dtype,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcm_contract.cli_options import build
+from trainer_client.cli_options import build
 from trainer_client.train.config import TrainConfig
 
 

@@ -1,6 +1,7 @@
-"""Command-line options generated from the configs: the one mechanism behind `pcm-train` (its
-config dataclasses) and `pcm-selector` (its pydantic-settings `Settings`). Every option shows
-its help and its default in `--help`.
+"""Command-line options generated from config dataclasses: the mechanism behind `pcm-train`
+(its configs in `trainer_client.train.config`) and the `pcm-bench` commands that take a config.
+Each field is declared once, with its default, its help and its checks (the config's own
+`__post_init__`); its option follows, and `--help` shows its help and default.
 
 - `dataclass_options(cls)`: one option per field of a config dataclass, `--field-name`, from
   the field's metadata: "help", and optionally "flag" (another flag name), "envvar",
@@ -14,13 +15,11 @@ its help and its default in `--help`.
   `mode`).
 - `build(cls, values)`: the config from option values by name (what the command receives, or a
   flat dict of overrides), nested configs included.
-- `settings_options(cls)`: one option per field of a pydantic-settings class, with its
-  description and the environment variable it reads; an option not given is None, so the
-  environment and then the setting's default apply.
 - `command(options, body)`: the function typer registers as a command with these options; it
   calls `body(values)` with the values by option name.
 
-Imports neither `selector_service` nor `trainer_client`: both sides build their commands here.
+The selector's command line (`pcm-selector`, from its pydantic-settings `Settings`) is its own:
+`selector_service.cli`.
 """
 
 from __future__ import annotations
@@ -135,11 +134,15 @@ def _build(
             kwargs[f.name] = values.pop(f.name)
         elif _is_config(hints[f.name]):
             skip = _not_options(f)
-            for name, option in f.metadata.get("rename", {}).items():
-                if option in values:  # the nested field's value, under its own name
+            rename = f.metadata.get("rename", {})
+            # a renamed field's own name is no option here: held back (`build` reports it)
+            held = {name: values.pop(name) for name in rename if name in values}
+            for name, option in rename.items():
+                if option in values:  # the nested field's value, under its field name
                     values[name] = values.pop(option)
             if (_names(hints[f.name]) - skip) & values.keys():
                 kwargs[f.name] = _build(hints[f.name], values, _default(f, base), skip)
+            values.update(held)
     if base is not None:
         return typing.cast(C, replace(base, **kwargs))
     return cls(**kwargs)
@@ -177,51 +180,6 @@ def _default(f: Field[Any], instance: Any) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return None
-
-
-# ---- pydantic-settings ------------------------------------------------------------------------
-
-
-def settings_options(
-    cls: Any,
-    shown_defaults: Mapping[str, str] | None = None,
-    extra_help: Mapping[str, str] | None = None,
-) -> list[Option]:
-    """One option per field of a pydantic-settings class: `--name-with-dashes`, typed str for
-    literals and anything not a plain int / float / bool, default None (= the environment,
-    else the setting's default, which the help shows: `shown_defaults` replaces it where a
-    plain value says too little). The help is the field's description and its environment
-    variable, then `extra_help`'s words for it."""
-    prefix = cls.model_config.get("env_prefix", "")
-    shown_defaults, extra_help = shown_defaults or {}, extra_help or {}
-    options = []
-    for name, info in cls.model_fields.items():
-        default = shown_defaults.get(name, info.default)
-        if isinstance(default, bool):
-            default = "true" if default else "false"
-        description = info.description or name
-        help_text = (
-            f"{description[0].upper()}{description[1:]} (env {prefix}{name.upper()})."
-            f"{extra_help.get(name, '')}"
-        )
-        options.append(
-            Option(
-                name=name,
-                annotation=_settings_type(info.annotation) | None,
-                default=None,
-                flag="--" + name.replace("_", "-"),
-                help=help_text,
-                show_default=str(default),
-            )
-        )
-    return options
-
-
-def _settings_type(annotation: Any) -> type:
-    """The CLI type of a setting: str for literals and token lists, else its own type."""
-    if annotation in (int, float, bool):
-        return typing.cast(type, annotation)
-    return str
 
 
 # ---- the command ------------------------------------------------------------------------------

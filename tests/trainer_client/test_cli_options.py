@@ -1,20 +1,15 @@
-"""`pcm_contract.cli_options`: options generated from config dataclasses (nested ones flattened)
-and from pydantic-settings classes, and configs built back from option values."""
+"""`trainer_client.cli_options`: options generated from config dataclasses (nested ones
+flattened, renamed where the parent says), and configs built back from option values."""
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import typer
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from typer.testing import CliRunner
 
-from pcm_contract import cli_options
-from pcm_contract.cli_options import build, command, dataclass_options, settings_options
+from trainer_client.cli_options import build, command, dataclass_options
 
 runner = CliRunner()
 
@@ -104,24 +99,24 @@ def test_a_field_added_to_a_config_reaches_the_command_line() -> None:
     assert seen[0].inner.momentum == 0.5 and seen[0].inner.epochs == 2
 
 
-def test_settings_fields_become_options_that_default_to_the_environment() -> None:
-    class S(BaseSettings):
-        model_config = SettingsConfigDict(env_prefix="APP_")
-        port: int = Field(default=80, description="the port")
-        store: str = Field(default="memory", description="where state lives")
-        debug: bool = Field(default=False, description="debug mode")
-
-    options = {o.name: o for o in settings_options(S, {"store": "memory (one process)"})}
-    assert options["port"].flag == "--port" and options["port"].default is None
-    assert options["port"].help == "The port (env APP_PORT)."
-    assert options["store"].show_default == "memory (one process)"
-    assert options["debug"].show_default == "false"
+@dataclass(frozen=True)
+class Run:
+    mode: str = field(default="a", metadata={"help": "the mode"})
+    seed: int = field(default=0, metadata={"help": "the seed"})
 
 
-def test_the_module_imports_neither_side() -> None:
-    tree = ast.parse(Path(cli_options.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-    }
-    sides = ("selector_service", "trainer_client")
-    assert not {m for m in imported if m and m.split(".")[0] in sides}
+@dataclass
+class Trainer:
+    run: Run = field(
+        default_factory=Run,
+        metadata={"rename": {"mode": "algo"}, "help_for": {"mode": "the algorithm"}},
+    )
+
+
+def test_a_renamed_nested_field_has_the_parents_name_and_flag() -> None:
+    options = {o.name: o for o in dataclass_options(Trainer)}
+    assert list(options) == ["algo", "seed"]
+    assert (options["algo"].flag, options["algo"].help) == ("--algo", "the algorithm")
+    assert build(Trainer, {"algo": "b", "seed": 3}).run == Run(mode="b", seed=3)
+    with pytest.raises(TypeError, match="no option named mode"):
+        build(Trainer, {"mode": "b"})
