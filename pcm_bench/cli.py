@@ -7,20 +7,23 @@ import contextlib
 import json
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pcm_bench.estimator import EstimatorConfig
 from pcm_bench.learning import learning_command
+from trainer_client.cli_options import build, command, dataclass_options
 from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
 
+C = TypeVar("C")
 JsonPath = Annotated[Path | None, typer.Option("--json", help="write the figures here as JSON")]
 
 
@@ -214,32 +217,27 @@ def timemodel(
     _write(json_path, result)
 
 
-@app.command()
-def estimator(
-    init: Annotated[Path, typer.Option(
-        help="policy checkpoint to measure (any MetaWorld task: `pcm-train sft --env "
-             "metaworld:TASK --out runs/sft-TASK` writes runs/sft-TASK/sft.pt)",
-        exists=True, dir_okay=False)],
-    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
-    batches: Annotated[int, typer.Option(min=3, help="K rollout batches")] = 10,
-    init_states: Annotated[int, typer.Option(min=1, help="initial states per batch")] = 4,
-    group_size: Annotated[int, typer.Option(min=2, help="G rollouts per initial state")] = 8,
-    keep_fraction: Annotated[float, typer.Option(help="f: the common chunk budget")] = 0.2,
-    phases: Annotated[int, typer.Option(min=1, help="P phases")] = 4,
-    segmenter: Annotated[str, typer.Option(help="gripper | progress")] = "gripper",
-    eps: Annotated[float, typer.Option(help="exploration floor of pcm and oracle")] = 0.1,
-    signal_dim: Annotated[int, typer.Option(min=1, help="sketch size the trainer sends")] = 128,
-    sketch_dim: Annotated[int, typer.Option(
-        min=64, help="S: size of the exact-gradient sketch")] = 2**17,
-    draws: Annotated[int, typer.Option(min=2, help="mask draws per batch and estimator")] = 32,
-    seed: Annotated[int, typer.Option(min=0)] = 0,
-    max_steps: Annotated[int, typer.Option(min=1, help="env step limit")] = 120,
-    out: Annotated[Path, typer.Option(
-        help="cache of rollouts and gradient sketches, and the plot")] = Path(
-        "runs/bench-estimator"),
-    json_path: JsonPath = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-) -> None:
+def _config_command(name: str, cls: type[C]) -> Callable[[Callable[[C], None]], None]:
+    """Register `body(config)` as the command `name` whose flags are `cls`'s fields, nested
+    configs flattened (`trainer_client.cli_options`); a bad value exits 2 with the config's
+    message, which says how to fix it."""
+
+    def register(body: Callable[[C], None]) -> None:
+        def run(values: dict[str, Any]) -> None:
+            try:
+                config = build(cls, values)
+            except ValueError as exc:
+                console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+                raise typer.Exit(2) from None
+            body(config)
+
+        app.command(name)(command(dataclass_options(cls), run, body.__doc__))
+
+    return register
+
+
+@_config_command("estimator", EstimatorConfig)
+def estimator(config: EstimatorConfig) -> None:
     """Where the learning signal is per phase, and how well each chunk selection and loss
     weighting (grpo, random, pcm action/signal x mean/ht, an oracle) aligns with the expected
     gradient at equal budget, from exact per-chunk gradients. Rollouts and gradients are cached
@@ -247,11 +245,9 @@ def estimator(
     from pcm_bench.estimator import plot_estimator, run_estimator_bench
 
     with _setup_errors():
-        result = run_estimator_bench(
-            init, env=env, batches=batches, init_states=init_states, group_size=group_size,
-            keep_fraction=keep_fraction, phases=phases, segmenter=segmenter, eps=eps,
-            signal_dim=signal_dim, sketch_dim=sketch_dim, draws=draws, seed=seed,
-            max_steps=max_steps, out=out, log=console.print, device=device)
+        result = run_estimator_bench(config, log=console.print)
+    env, batches, segmenter = config.env, config.batches, config.segmenter
+    keep_fraction, json_path, out = config.selection.keep_fraction, config.json_path, config.out
     table = Table(title=f"pcm-bench estimator: {env}, {batches} batches, "
                         f"{result['informative_chunks']} informative chunks, {segmenter} phases")
     for col in ("phase", "chunks", "energy", "signal", "share"):

@@ -64,9 +64,11 @@ import numpy as np
 import torch
 
 from pcm_bench.regime import regime
+from pcm_contract.run_config import RunConfigSchema, problem, schema_fields
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
 from selector_service.core.select import request_rng, sample_chunks
-from trainer_client.device import resolve_device
+from trainer_client.device import DEVICE_HELP, resolve_device
+from trainer_client.expert import DEMO_MAX_STEPS
 from trainer_client.features import chunk_features
 from trainer_client.grpo import group_advantages
 from trainer_client.phases import label_trajectory, make_segmenter
@@ -75,6 +77,69 @@ from trainer_client.rollout import RolloutCollector
 from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers
 from trainer_client.train.model import load_policy
 from trainer_client.types import Trajectory
+
+# the run config's fields the estimator uses (the common budget and the phases of every
+# selection); the others keep their defaults and are no flags
+ESTIMATOR_SELECTION = ("phases", "keep_fraction", "eps")
+ESTIMATOR_SEGMENTERS = ("gripper", "progress")  # relabelled from the cached rollouts
+
+
+def opt(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with its help (the flag's, `trainer_client.cli_options`)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class EstimatorConfig:
+    """`pcm-bench estimator`: its flags are these fields (`trainer_client.cli_options`); the
+    budget and the phases (--keep-fraction, --phases, --eps) are the selector run config's, with
+    its defaults and checks."""
+
+    init: Path = field(metadata={
+        "help": "policy checkpoint to measure (any MetaWorld task: `pcm-train sft --env "
+                "metaworld:TASK --out runs/sft-TASK` writes runs/sft-TASK/sft.pt)",
+        "typer": {"exists": True, "dir_okay": False}})
+    env: str = opt(DEMO_ENV, "metaworld:TASK")
+    batches: int = opt(10, "K rollout batches (>= 3: leave-one-out needs two others)")
+    init_states: int = opt(4, "initial states per batch")
+    group_size: int = opt(8, "G rollouts per initial state")
+    selection: RunConfigSchema = field(default_factory=RunConfigSchema, metadata={
+        "unused": tuple(f.name for f in schema_fields() if f.name not in ESTIMATOR_SELECTION),
+        "help_for": {"keep_fraction": "f: the common chunk budget of every selection",
+                     "eps": "exploration floor of pcm and oracle"}})
+    segmenter: str = opt("gripper", " | ".join(ESTIMATOR_SEGMENTERS)
+                         + " (the phases, relabelled from the cached rollouts)")
+    signal_dim: int = opt(128, "sketch size the trainer sends")
+    sketch_dim: int = opt(2**17, "S: size of the exact-gradient sketch")
+    draws: int = opt(32, "mask draws per batch and estimator")
+    seed: int = opt(0, "seed of the rollouts and the mask draws")
+    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit (pcm-train rl's for MetaWorld)")
+    out: Path = field(default=Path("runs/bench-estimator"), metadata={
+        "help": "cache of rollouts and gradient sketches, and the plot"})
+    json_path: Path | None = field(default=None, metadata={
+        "help": "write the figures here as JSON", "flag": "--json"})
+    device: str = opt("auto", DEVICE_HELP)
+    num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
+
+    def __post_init__(self) -> None:
+        self.init, self.out = Path(self.init), Path(self.out)
+        if self.json_path is not None:
+            self.json_path = Path(self.json_path)
+        for f in schema_fields():
+            if f.name in ESTIMATOR_SELECTION:
+                value = getattr(self.selection, f.name)
+                if (why := problem(f, value)) is not None:
+                    raise ValueError(f"--{f.name.replace('_', '-')} {value!r}: {why}")
+        if self.segmenter not in ESTIMATOR_SEGMENTERS:
+            raise ValueError(f"--segmenter {self.segmenter!r}: use one of "
+                             + " | ".join(ESTIMATOR_SEGMENTERS))
+        for name, minimum in (("batches", 3), ("init_states", 1), ("group_size", 2),
+                              ("signal_dim", 1), ("sketch_dim", 64), ("draws", 2), ("seed", 0),
+                              ("max_steps", 1)):
+            if getattr(self, name) < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
+                                 f">= {minimum}")
+
 
 CACHE_VERSION = 1
 AVG_SPLITS = 64  # random half-splits behind `alignment_avg` (the same splits for every estimator)
@@ -631,18 +696,17 @@ def _se(values: Sequence[float]) -> float:
 
 
 def run_estimator_bench(
-    init: Path, *, env: str = DEMO_ENV, batches: int = 10, init_states: int = 4,
-    group_size: int = 8, keep_fraction: float = 0.2, phases: int = 4,
-    segmenter: str = "gripper", eps: float = 0.1, signal_dim: int = 128,
-    sketch_dim: int = 2**17, draws: int = 32, seed: int = 0, max_steps: int = 120,
-    out: Path = Path("runs/bench-estimator"), num_workers: int = -1,
-    estimators: Sequence[Estimator] | None = None, log: Callable[[str], None] = print,
-    device: str = "auto",
+    config: EstimatorConfig, *, estimators: Sequence[Estimator] | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    if batches < 3:
-        raise ValueError(f"--batches {batches}: need >= 3 (leave-one-out needs two others)")
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"--keep-fraction {keep_fraction}: must be in (0, 1]")
+    c = config
+    init, env, batches, init_states, group_size = (c.init, c.env, c.batches, c.init_states,
+                                                   c.group_size)
+    keep_fraction, phases, eps = (c.selection.keep_fraction, c.selection.phases,
+                                  c.selection.eps)
+    segmenter, signal_dim, sketch_dim, draws, seed, max_steps, out, num_workers, device = (
+        c.segmenter, c.signal_dim, c.sketch_dim, c.draws, c.seed, c.max_steps, c.out,
+        c.num_workers, c.device)
     torch.manual_seed(seed)
     torch_device = resolve_device(device)  # the policy's, for rollouts and per-chunk gradients
     t0 = time.perf_counter()

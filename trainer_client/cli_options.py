@@ -5,7 +5,9 @@ Each field is declared once, with its default, its help and its checks (the conf
 
 - `dataclass_options(cls)`: one option per field of a config dataclass, `--field-name`, from
   the field's metadata: "help", and optionally "flag" (another flag name), "envvar",
-  "show_default" (False: not shown) and "cli" (False: no option). A field whose type is itself
+  "show_default" (False: not shown), "cli" (False: no option) and "typer" (more settings of
+  the typer option, e.g. {"exists": True} for a file); a field without a default is a
+  required option. A field whose type is itself
   a dataclass (`TrainConfig.grpo: GRPOConfig`) is flattened: its fields become options of their
   own, with the defaults of the parent's default instance; the parent field's metadata "derived"
   names the nested fields the parent sets itself and "unused" those it does not use (neither
@@ -27,7 +29,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, Field, dataclass, fields, is_dataclass, replace
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
@@ -46,12 +48,15 @@ class Option:
     help: str = ""
     envvar: str | None = None
     show_default: bool | str = True
+    typer_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"exists": True}
 
     def parameter(self) -> inspect.Parameter:
-        """A keyword parameter annotated for typer (a bool field gets --flag/--no-flag)."""
+        """A keyword parameter annotated for typer (a bool field gets --flag/--no-flag; a field
+        without a default, a required option)."""
         decls = [f"{self.flag}/--no-{self.flag[2:]}" if self.annotation is bool else self.flag]
         info = typer.Option(
-            *decls, help=self.help, envvar=self.envvar, show_default=self.show_default
+            *decls, help=self.help, envvar=self.envvar, show_default=self.show_default,
+            **self.typer_settings,
         )
         return inspect.Parameter(
             self.name,
@@ -98,6 +103,7 @@ def dataclass_options(cls: type, defaults: Any = None) -> list[Option]:
                 help=meta.get("help", ""),
                 envvar=meta.get("envvar"),
                 show_default=meta.get("show_default", True),
+                typer_settings=meta.get("typer", {}),
             )
         )
     seen: set[str] = set()
@@ -172,14 +178,15 @@ def _is_config(annotation: Any) -> bool:
 
 
 def _default(f: Field[Any], instance: Any) -> Any:
-    """A field's default: `instance`'s value if given, else its default (or factory's)."""
+    """A field's default: `instance`'s value if given, else its default (or factory's); a
+    field without one has none (a required option)."""
     if instance is not None:
         return getattr(instance, f.name)
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
         return f.default_factory()
-    return None
+    return inspect.Parameter.empty
 
 
 # ---- the command ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from pcm_bench.estimator import (
     BatchData,
     Estimator,
+    EstimatorConfig,
     SignFoldSketch,
     averaged_alignment,
     cross_batch_signal,
@@ -22,7 +23,15 @@ from pcm_bench.estimator import (
     run_estimator_bench,
 )
 from tests.fixtures.training import MAX_STEPS, TASK
+from trainer_client.cli_options import build
 from trainer_client.types import Trajectory
+
+
+def _config(init: Path, **values: object) -> EstimatorConfig:
+    """The command's config from its flags' values (keep_fraction, phases, eps: the run
+    config's)."""
+    return build(EstimatorConfig, {"init": init, **values})
+
 
 PHASE_FIELDS = {"phase", "chunks", "energy", "signal", "share"}
 ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "alignment_avg", "cosine",
@@ -32,9 +41,9 @@ ESTIMATOR_FIELDS = {"name", "score", "weighting", "alignment", "alignment_avg", 
 @pytest.fixture(scope="module")
 def bench(sft_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("estimator")
-    result = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+    result = run_estimator_bench(_config(sft_checkpoint, env=TASK, batches=3, init_states=3,
                                  group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
-                                 num_workers=0, out=out, log=lambda _m: None)
+                                 num_workers=0, out=out), log=lambda _m: None)
     return result, out
 
 
@@ -106,18 +115,18 @@ def test_cache_makes_reruns_identical_and_cheap(bench: tuple[dict, Path],
     cached = {p: p.stat().st_mtime_ns for p in out.rglob("batch*.npz")}
     assert len(cached) == 3
     lines: list[str] = []
-    again = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+    again = run_estimator_bench(_config(sft_checkpoint, env=TASK, batches=3, init_states=3,
                                 group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
-                                num_workers=0, out=out, log=lines.append)
+                                num_workers=0, out=out), log=lines.append)
     assert again["estimators"] == result["estimators"] and again["phases"] == result["phases"]
     # cheap: no rollout and no gradient was computed again (nothing collected, nothing written)
     assert not any("to collect" in line for line in lines)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("batch*.npz")} == cached
     # another segmenter relabels the cached batches
     assert result["config"]["segmenter"] == "gripper"  # the default phases
-    progress = run_estimator_bench(sft_checkpoint, env=TASK, batches=3, init_states=3,
+    progress = run_estimator_bench(_config(sft_checkpoint, env=TASK, batches=3, init_states=3,
                                    group_size=4, max_steps=MAX_STEPS, sketch_dim=512, draws=6,
-                                   segmenter="progress", num_workers=0, out=out,
+                                   segmenter="progress", num_workers=0, out=out),
                                    log=lambda _m: None)
     assert progress["config"]["segmenter"] == "progress"
     assert sum(p["chunks"] for p in progress["phases"]) == result["informative_chunks"]
