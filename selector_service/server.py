@@ -27,7 +27,7 @@ from selector_service.allocator import keep_large_buffers
 from selector_service.auth import TokenAuth
 from selector_service.grpc_api import GrpcServer, build_grpc_server
 from selector_service.http_api import create_app
-from selector_service.http_api.limits import guarded_protocol
+from selector_service.http_api.limits import guarded_connections
 from selector_service.metrics import Metrics
 from selector_service.service import SelectorService
 from selector_service.settings import Settings
@@ -113,8 +113,9 @@ class SelectorServer:
             self.app, log_config=None, access_log=s.log_level == "DEBUG", lifespan="off",
             ws="none", timeout_graceful_shutdown=max(1, round(s.grace_period_s)),
             server_header=False,
-            # header timeout and connection cap (body size and time: GuardMiddleware)
-            http=guarded_protocol(s.header_timeout_s, s.max_connections),
+            # h11 with a header timeout and a connection cap (body size and time:
+            # GuardMiddleware; see http_api/limits.py)
+            http=guarded_connections(s.header_timeout_s, s.max_connections),
             limit_concurrency=s.max_connections, timeout_keep_alive=s.keep_alive_s,
             h11_max_incomplete_event_size=64 * 1024)
         self.http = _Uvicorn(config)

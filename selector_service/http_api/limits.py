@@ -9,15 +9,27 @@
    and `PCM_BODY_TIMEOUT_S` for the whole body (408).
 
 Answers sent before the body was read close the connection (`connection: close`), so nothing
-more of that body is read. `guarded_protocol` is the uvicorn HTTP/1.1 protocol with a header
-timeout (a connection must send a request's headers within `PCM_HEADER_TIMEOUT_S` of opening or
-of its previous answer: slow-header clients are cut off) and a connection cap
-(`PCM_MAX_CONNECTIONS`: connections beyond it are closed at once).
+more of that body is read.
+
+Below HTTP requests, uvicorn's public options (`server.py`) bound the connections: the size of
+a request's headers (`h11_max_incomplete_event_size`), idle keep-alive connections
+(`timeout_keep_alive`, `PCM_KEEP_ALIVE_S`) and requests beyond `PCM_MAX_CONNECTIONS` (503,
+`limit_concurrency`). Two limits have no uvicorn option: a time limit on a request's headers,
+and closing connections beyond the cap at once (uvicorn keeps them open until they send a
+request). `guarded_connections` adds both around uvicorn's own HTTP/1.1 protocol, which it
+wraps (given to uvicorn as `Config(http=...)`) and drives through the asyncio protocol
+interface alone:
+
+- a connection must send a request's headers within `PCM_HEADER_TIMEOUT_S` of opening or of its
+  previous answer (slow-header and silent clients are cut off): the timer stops at the end of
+  the header block, and `GuardMiddleware` starts it again when a request's answer is sent;
+- connections beyond `PCM_MAX_CONNECTIONS` are closed at once, never handed to uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -39,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SELECT_PATH = re.compile(r"^/v1/runs/[^/]+/select/?$")
 PROTECTED_PREFIX = "/v1/"
+# The end of a request's header block, as h11 reads it (CRLF or bare LF line ends).
+HEADER_END = re.compile(rb"\n\r?\n")
 
 
 class GuardMiddleware:
@@ -54,6 +68,16 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        connection = _connection.get()
+        if connection is not None:
+            connection.request_started()
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            if connection is not None:
+                connection.request_finished()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         headers = _headers(scope)
         if self.auth.enabled and path.startswith(PROTECTED_PREFIX):
@@ -107,47 +131,113 @@ async def _refuse(send: Send, exc: PCMError, extra: dict[str, str] | None = None
     await send({"type": "http.response.body", "body": body})
 
 
-def guarded_protocol(header_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a header timeout and a connection cap."""
+class GuardedConnection(asyncio.Protocol):
+    """One HTTP connection: the header timer and the connection cap around `inner`, the
+    protocol uvicorn would have used, to which every asyncio callback is passed on. The
+    requests of the connection run in tasks that uvicorn creates while handing it data, so
+    they see this object in `_connection` (asyncio tasks copy the context they are created in)
+    and `GuardMiddleware` tells it when each request starts and finishes."""
 
-    class GuardedH11Protocol(H11Protocol):
-        _header_timer: asyncio.TimerHandle | None = None
+    def __init__(self, inner: asyncio.Protocol, connections: set[GuardedConnection],
+                 header_timeout_s: float, max_connections: int) -> None:
+        self.inner = inner
+        self.connections = connections
+        self.header_timeout_s = header_timeout_s
+        self.max_connections = max_connections
+        self.transport: asyncio.BaseTransport | None = None
+        self.refused = False
+        self.in_flight = 0  # requests in the app
+        self.timer: asyncio.TimerHandle | None = None  # set while headers are awaited
+        self.tail = b""  # the last bytes received while headers are awaited
 
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                log.warning("HTTP connection refused: %d open, the limit is %d",
-                            len(self.connections), max_connections)
-                transport.close()
-                return
-            self._arm_header_timer()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        if len(self.connections) >= self.max_connections:
+            log.warning("HTTP connection refused: %d open, the limit is %d",
+                        len(self.connections), self.max_connections)
+            self.refused = True
+            transport.close()
+            return
+        self.connections.add(self)
+        self.inner.connection_made(transport)
+        self._arm()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_header_timer()
-            super().connection_lost(exc)
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self.timer is not None:  # headers awaited
+            if HEADER_END.search(data) or HEADER_END.search(self.tail + data[:2]):
+                self._disarm()  # a request's headers are in: its body has its own deadline
+            else:
+                self.tail = (self.tail + data[-2:])[-2:]
+        token = _connection.set(self)
+        try:
+            self.inner.data_received(data)
+        finally:
+            _connection.reset(token)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm_header_timer()  # the next request's headers are due in time too
+    def eof_received(self) -> bool | None:
+        return None if self.refused else self.inner.eof_received()
 
-        def _arm_header_timer(self) -> None:
-            self._disarm_header_timer()
-            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout,
-                                                      self.cycle)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if not self.refused:
+            self.connections.discard(self)
+            self.inner.connection_lost(exc)
 
-        def _disarm_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+    def pause_writing(self) -> None:
+        if not self.refused:
+            self.inner.pause_writing()
 
-        def _header_timeout(self, cycle_when_armed: Any) -> None:
-            self._header_timer = None
-            # A request whose headers arrived since the timer was armed has its own cycle; its
-            # body has its own deadline (GuardMiddleware).
-            if self.cycle is cycle_when_armed and not self.transport.is_closing():
-                log.info("HTTP connection closed: no request headers within %g s",
-                         header_timeout_s)
-                self.transport.close()
+    def resume_writing(self) -> None:
+        if not self.refused:
+            self.inner.resume_writing()
 
-    return GuardedH11Protocol
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._arm()  # the next request's headers are due in time too
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.transport is not None and not self.transport.is_closing():
+            self.tail = b""
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _header_timeout(self) -> None:
+        self.timer = None
+        if self.in_flight == 0 and self.transport is not None \
+                and not self.transport.is_closing():
+            log.info("HTTP connection closed: no request headers within %g s",
+                     self.header_timeout_s)
+            self.transport.close()
+
+
+_connection: contextvars.ContextVar[GuardedConnection | None] = contextvars.ContextVar(
+    "pcm_http_connection", default=None)
+
+
+def guarded_connections(header_timeout_s: float, max_connections: int,
+                        protocol: type[asyncio.Protocol] = H11Protocol
+                        ) -> type[asyncio.Protocol]:
+    """An HTTP protocol class for `uvicorn.Config(http=...)`: uvicorn's `protocol` (h11 by
+    default), created with the arguments uvicorn passes, inside a `GuardedConnection`; one
+    connection cap for all the connections of the server."""
+    connections: set[GuardedConnection] = set()
+
+    class Guarded(GuardedConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(protocol(*args, **kwargs), connections, header_timeout_s,
+                             max_connections)
+
+    return Guarded

@@ -1,11 +1,15 @@
 """The HTTP client (`http://HOST:PORT`, `https://...`): RemoteClient's five hooks over one
-pooled httpx.Client. Thin: bodies are the models' JSON (docs/design.md, "Bodies"); retries, the
-replay log and the local fallback are remote.py's.
+pooled httpx.Client. Thin: retries, the replay log and the local fallback are remote.py's.
 
-A Select body is serialised with orjson straight from the NumPy arrays (measured on a full
-LIBERO step, 1.8 M features: ~80 ms, against ~150 ms for pydantic's serialiser and ~950 ms for
-json over lists). float32 features are written in their shortest float32 form, which the server
-parses and casts back to the same float32 values the core computes on (as gRPC sends them).
+A Select travels as the gRPC API's protobuf messages (Content-Type and Accept
+application/x-protobuf, docs/design.md "HTTP routes"): the features as packed float32 bytes
+and the masks and weights of the answer as packed bytes, built and read by `pcm_contract.codec`
+as the gRPC client does, so a batch is the same float32 values over either transport. The
+other bodies are the models' JSON (docs/design.md, "Bodies"); errors are JSON whatever was sent.
+
+`select_body` is a Select's JSON form (for a client without protobuf), serialised with orjson
+straight from the NumPy arrays; float32 features are written in their shortest float32 form,
+which the server reads back as the same float32 values.
 """
 
 from __future__ import annotations
@@ -17,20 +21,25 @@ import httpx
 import numpy as np
 import orjson
 
-from pcm_contract import models
+from pcm_contract import codec, models
 from pcm_contract.errors import PCMError
+from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from trainer_client.clients.errors import (
     BY_HTTP_STATUS,
     SelectorTimeout,
     SelectorUnreachable,
     error_from_answer,
 )
+from trainer_client.clients.grpc_transport import select_message
 from trainer_client.clients.remote import RemoteClient
 
 JSON_HEADERS = {"content-type": "application/json", "accept": "application/json"}
+PROTOBUF = "application/x-protobuf"
+PROTOBUF_HEADERS = {"content-type": PROTOBUF, "accept": PROTOBUF}
 
 
 def select_body(request: models.SelectRequest) -> bytes:
+    """The JSON form of a Select body (HttpClient sends `select_message_body`)."""
     body: dict[str, Any] = {
         "request_id": request.request_id, "trainer_id": request.trainer_id,
         "step": request.step,
@@ -50,15 +59,26 @@ def select_body(request: models.SelectRequest) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def select_message_body(run_id: str, request: models.SelectRequest) -> bytes:
+    """The protobuf form of a Select body (`pcm.v1.SelectChunksRequest`)."""
+    return select_message(run_id, request).SerializeToString()
+
+
 def loads(content: bytes) -> Any:
     return orjson.loads(content)
 
 
 def select_answer(content: bytes) -> models.SelectResponse:
+    """A JSON Select answer."""
     answer = models.SelectResponse.model_validate(loads(content))
     for arr in (*answer.masks, *answer.weights):  # read-only, as the other transports answer
         arr.flags.writeable = False
     return answer
+
+
+def select_answer_message(content: bytes) -> models.SelectResponse:
+    """A protobuf Select answer (`pcm.v1.SelectChunksResponse`; its arrays read-only)."""
+    return codec.select_response_from_proto(pb.SelectChunksResponse.FromString(content))
 
 
 def error_from_response(response: httpx.Response) -> PCMError:
@@ -106,9 +126,10 @@ class HttpClient(RemoteClient):
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections))
 
-    def _send(self, method: str, path: str, content: bytes | None = None) -> bytes:
+    def _send(self, method: str, path: str, content: bytes | None = None,
+              headers: dict[str, str] | None = None) -> bytes:
         try:
-            response = self._http.request(method, path, content=content)
+            response = self._http.request(method, path, content=content, headers=headers)
         except httpx.TransportError as exc:
             raise error_from_transport(exc, self.url) from None
         if response.is_error:
@@ -126,7 +147,9 @@ class HttpClient(RemoteClient):
         return models.DeleteAck.model_validate(loads(self._send("DELETE", _path(run_id))))
 
     def _select(self, run_id: str, request: models.SelectRequest) -> models.SelectResponse:
-        return select_answer(self._send("POST", _path(run_id, "/select"), select_body(request)))
+        content = self._send("POST", _path(run_id, "/select"),
+                             select_message_body(run_id, request), PROTOBUF_HEADERS)
+        return select_answer_message(content)
 
     def _report(self, run_id: str, report: models.OutcomeReport) -> models.OutcomeAck:
         content = self._send("POST", _path(run_id, "/outcomes"),
