@@ -191,7 +191,10 @@ class Trainers:
         steps: int = 3,
         init_states: int = 2,
         group_size: int = 4,
+        resume: bool = False,
     ) -> Trainer:
+        """A trainer of `steps` steps in all; with `resume`, one continuing from its checkpoint
+        in the same --out (a restarted container)."""
         out = self.root / trainer_id
         argv = [
             *_cli_argv("rl"),
@@ -232,6 +235,7 @@ class Trainers:
             "--threads",
             "1",
             "--no-progress",
+            *(["--resume"] if resume else []),
         ]
         return Trainer(
             trainer_id,
@@ -243,7 +247,7 @@ class Trainers:
 
     def start(self, trainer: Trainer) -> Trainer:
         self.root.mkdir(parents=True, exist_ok=True)
-        with trainer.log_path.open("wb") as log:
+        with trainer.log_path.open("ab") as log:
             trainer.proc = subprocess.Popen(
                 trainer.argv,
                 stdout=log,

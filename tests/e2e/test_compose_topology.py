@@ -2,7 +2,8 @@
 
 redis-server (AOF, as in compose) <- `pcm-selector serve` (PCM_STORE=redis) <- three
 `pcm-train rl --selector grpc://...` trainers (distinct trainer ids, one shared run id, run
-concurrently, like `docker compose up --scale trainer=3`); a real Prometheus scrapes the selector
+concurrently, like `docker compose up --scale trainer=3`, then restarted to resume from their
+checkpoints, as a restarted compose service would); a real Prometheus scrapes the selector
 with deploy/prometheus/prometheus.yml (targets rewritten to 127.0.0.1, 1 s scrapes) and
 evaluates deploy/prometheus/alerts.yml.
 
@@ -35,6 +36,7 @@ from tests.deploy.promql import (
 )
 from tests.e2e.conftest import (
     TASK_ID,
+    Trainer,
     Trainers,
     assert_ran_concurrently,
     assert_trainers_succeeded,
@@ -45,6 +47,7 @@ from trainer_client import connect
 
 RUN_ID = "e2e-compose"
 TRAINER_IDS = ("trainer-1", "trainer-2", "trainer-3")
+FIRST_STEPS = 2  # steps before the trainers are restarted (they resume for one more)
 # $__rate_interval and friends: a window covering the whole run (Prometheus lives < 2 min).
 WINDOWS = {"__rate_interval": "5m", "__interval": "5m", "__range": "5m"}
 
@@ -99,31 +102,46 @@ def test_compose_topology_monitored_end_to_end(
     bad_select(grpc_url)
     prom.wait_for_scrapes("pcm-selector", 2, timeout=30)
 
-    # Three trainers, one run, concurrently (compose: --scale trainer=3).
-    three = [
-        trainers.spec(grpc_url, RUN_ID, trainer_id, seed=seed)
-        for seed, trainer_id in enumerate(TRAINER_IDS, start=1)
-    ]
-    trainers.run_concurrently(three)
-    assert_trainers_succeeded(three)
-    assert_ran_concurrently(three)
-    for trainer in three:
-        assert [r["step"] for r in trainer.step_rows()] == list(
-            range(1, trainer.extra["steps"] + 1)
-        ), trainer.log_tail()
+    # Three trainers, one run, concurrently (compose: --scale trainer=3), in two waves: the
+    # trainers stop after FIRST_STEPS and are restarted to resume from their checkpoints. A rate
+    # needs two scrapes of a series with an increase between them, and a short run can start and
+    # end between two scrapes; the second wave adds to series Prometheus already holds.
+    def wave(steps: int, resume: bool) -> list[Trainer]:
+        specs = [
+            trainers.spec(grpc_url, RUN_ID, trainer_id, seed=seed, steps=steps, resume=resume)
+            for seed, trainer_id in enumerate(TRAINER_IDS, start=1)
+        ]
+        trainers.run_concurrently(specs)
+        assert_trainers_succeeded(specs)
+        assert_ran_concurrently(specs)
+        for trainer in specs:
+            assert [r["step"] for r in trainer.step_rows()] == list(range(1, steps + 1)), (
+                trainer.log_tail()
+            )
+        steps_total = sum(t.extra["steps"] for t in specs)
+        prom.wait_until(
+            lambda: (
+                prom.values(f'sum(pcm_outcome_reports_total{{run="{RUN_ID}",status="accepted"}})')
+                == [steps_total]
+            ),
+            timeout=30,
+            what=f"the counters of {steps_total} steps scraped",
+        )
+        return specs
+
+    wave(FIRST_STEPS, resume=False)
+    three = wave(FIRST_STEPS + 1, resume=True)
     total_steps = sum(t.extra["steps"] for t in three)
     bad_select(grpc_url)
 
     # Prometheus has the final figures, then a few more scrapes.
     prom.wait_until(
         lambda: (
-            prom.values(f'sum(pcm_outcome_reports_total{{run="{RUN_ID}",status="accepted"}})')
-            == [total_steps]
-            and prom.values('sum(pcm_select_requests_total{transport="grpc",status="NOT_FOUND"})')
+            prom.values('sum(pcm_select_requests_total{transport="grpc",status="NOT_FOUND"})')
             == [2]
         ),
         timeout=30,
-        what="the final counters scraped",
+        what="the second refused select scraped",
     )
     prom.wait_for_scrapes("pcm-selector", 3, timeout=30)
 
