@@ -67,11 +67,16 @@ from trainer_client.train.rl import summarize, train_rl
 # algorithm name -> the TrainConfig options that define it (everything else is shared)
 ALGOS: dict[str, dict[str, Any]] = {
     "grpo": {"algo": "grpo"},
-    # the default PCM: the adaptive budget (budget_rule auto, Horvitz-Thompson weights)
+    # the default PCM: the adaptive budget (budget_rule auto, Horvitz-Thompson weights, each
+    # phase's kept chunks weighted by its Wiener factor S / (S + N))
     "pcm": {"algo": "pcm"},
     # uniform within each trajectory; at the default PCM's per-step kept fractions where the
-    # study has its run at the same seed (`keep_schedule`), else at --keep-fraction
+    # study has its run at the same seed (`keep_schedule`, RANDOM_PACED_BY), else at
+    # --keep-fraction
     "random": {"algo": "random", "budget_rule": "fixed"},
+    # the adaptive budget's unbiased update (no phase weighting), and random at its budget
+    "pcm-ht": {"algo": "pcm", "phase_weighting": "none"},
+    "random-ht": {"algo": "random", "budget_rule": "fixed"},
     # the paper's phase score at the fixed keep fraction (action score, masked mean)
     "pcm-action": {"algo": "pcm", "score": "action", "budget_rule": "fixed",
                    "weighting": "mean"},
@@ -95,14 +100,14 @@ ALGOS: dict[str, dict[str, Any]] = {
     "pcm-paper": {"algo": "pcm", "score": "action", "score_window": 5, "keep_rule": "paper",
                   "weighting": "mean", "budget_rule": "fixed", "segmenter": "paper",
                   "phases": 5, "budget": 3},
-    # the adaptive budget with each phase's kept chunks weighted by its Wiener factor
-    # S / (S + N): biased toward the phases whose signal stands above their noise
-    "pcm-wiener": {"algo": "pcm", "phase_weighting": "wiener"},
 }
+# random masking at the per-step kept fractions of this algorithm's run at the same seed
+RANDOM_PACED_BY = {"random": "pcm", "random-ht": "pcm-ht"}
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
           "pcm-fixed": "tab:brown", "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple",
-          "pcm-eps0.5": "tab:orange", "pcm-paper": "tab:olive", "pcm-wiener": "tab:pink"}
+          "pcm-eps0.5": "tab:orange", "pcm-paper": "tab:olive", "pcm-ht": "tab:pink",
+          "random-ht": "silver"}
 RUNS_FILE = "runs.jsonl"
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
@@ -207,11 +212,11 @@ def run_learning_bench(
                 stopped = True
                 break
             overrides = dict(rl_overrides or {})
-            pcm_run = next((r for r in load_runs(out) if (r["algo"], r["seed"]) == ("pcm", seed)),
-                           None)
-            if algo == "random" and pcm_run is not None:  # random at the default's budget
-                schedule = out / f"random-s{seed}.keep.json"
-                schedule.write_text(json.dumps(_kept_series(pcm_run)))
+            pacer = next((r for r in load_runs(out)
+                          if (r["algo"], r["seed"]) == (RANDOM_PACED_BY.get(algo), seed)), None)
+            if pacer is not None:  # random at the budget of the pcm it is paired with
+                schedule = out / f"{algo}-s{seed}.keep.json"
+                schedule.write_text(json.dumps(_kept_series(pacer)))
                 overrides["keep_schedule"] = str(schedule)
             short = next((r for r in done if (r["algo"], r["seed"]) == (algo, seed)), None)
             if short is not None:  # recorded, but its equal-time evaluation fell short: top up

@@ -213,3 +213,18 @@ def test_paper_algo_is_the_papers_selection() -> None:
     sel = build(TrainConfig, dict(env=TASK, **ALGOS["pcm-paper"])).selection
     assert (sel.keep_rule, sel.score, sel.score_window, sel.budget_rule, sel.phases) == (
         "paper", "action", 5, "fixed", 5)
+
+
+def test_the_study_algos_build_what_they_name() -> None:
+    from pcm_bench.learning import ALGOS, RANDOM_PACED_BY
+    from trainer_client.cli_options import build
+    from trainer_client.train.config import TrainConfig
+
+    selection = {name: build(TrainConfig, opts).selection for name, opts in ALGOS.items()}
+    assert selection["pcm"].phase_weighting == "wiener"  # the default: what pcm-train runs
+    assert selection["pcm"] == build(TrainConfig, {}).selection
+    assert selection["pcm-ht"].phase_weighting == "none"
+    assert selection["pcm-ht"].budget_rule == selection["pcm"].budget_rule == "auto"
+    # each random is paced by a pcm run that exists among the algos
+    for random, pcm in RANDOM_PACED_BY.items():
+        assert selection[random].mode == "random" and selection[pcm].mode == "pcm"

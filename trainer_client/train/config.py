@@ -116,8 +116,9 @@ def rl_grpo_config(**overrides: Any) -> GRPOConfig:
 
 def trainer_selection() -> RunConfigSchema:
     """pcm-train's run config defaults: the schema's, with the adaptive budget (budget_rule
-    auto) and its Horvitz-Thompson weights."""
-    return RunConfigSchema(budget_rule="auto", weighting="ht")
+    auto), its Horvitz-Thompson weights and each phase's Wiener factor (phase_weighting
+    wiener; docs/design.md, "Why these defaults")."""
+    return RunConfigSchema(budget_rule="auto", weighting="ht", phase_weighting="wiener")
 
 
 @dataclass
@@ -160,6 +161,10 @@ class TrainConfig:
                 "run roll out different initial states",
                 "budget": "B: a fixed number of chunks per trajectory (k_i = min(B, C_i)) "
                 "instead of --keep-fraction; 0 = off",
+                "phase_weighting": "with --budget-rule auto and --algo pcm: wiener (each "
+                "phase's kept chunks also weighted by its measured signal over signal plus "
+                "noise; biased, damps noise-only phases) | none (the unbiased update); fixed "
+                "budgets, grpo and random use none",
             },
         },
     )
@@ -276,6 +281,11 @@ class TrainConfig:
         # record what actually runs
         if self.algo == "grpo":
             self.selection = replace(self.selection, keep_fraction=1.0)
+        # the Wiener factor weights the adaptive budget's phases from their measured signal and
+        # noise; a fixed budget, grpo and random have none to weight
+        if self.selection.phase_weighting == "wiener" and (
+                self.selection.budget_rule != "auto" or self.algo != "pcm"):
+            self.selection = replace(self.selection, phase_weighting="none")
         if (self.selection.budget_rule == "auto" and self.algo != "grpo"
                 and self.selection.score != "signal"):
             raise ValueError(

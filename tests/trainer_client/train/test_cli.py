@@ -358,3 +358,26 @@ def test_auto_budget_needs_the_signal_score() -> None:
     with pytest.raises(ValueError, match="--budget-rule auto"):
         TrainConfig(selection=RunConfigSchema(budget_rule="auto", score="action"))
     TrainConfig(selection=RunConfigSchema(budget_rule="fixed", score="action", weighting="mean"))
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({}, "wiener"),  # pcm-train's default: the adaptive budget with Wiener phase weights
+        ({"phase_weighting": "none"}, "none"),
+        ({"budget_rule": "fixed"}, "none"),  # a fixed budget has no measured phases to weight
+        ({"algo": "random"}, "none"),
+        ({"algo": "grpo"}, "none"),
+    ],
+)
+def test_the_wiener_phase_weights_go_with_the_adaptive_budget(
+    values: dict[str, str], expected: str
+) -> None:
+    from trainer_client.cli_options import build
+
+    cfg = build(TrainConfig, values)
+    assert cfg.selection.phase_weighting == expected
+    # what the selector gets passes its own checks (wiener needs budget_rule auto)
+    from selector_service.core.config import RunConfig
+
+    RunConfig.from_dict(cfg.run_config(feature_dim=32))
