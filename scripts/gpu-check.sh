@@ -123,7 +123,7 @@ run_stage 1 sft 60 "$PY" -m trainer_client.cli sft --device "$DEVICE" --out "$WO
 if [ -f "$WORK/sft/sft.pt" ]; then
   run_stage 1 rl 120 "$PY" -m trainer_client.cli rl --device "$DEVICE" --precision bf16 \
     --init "$WORK/sft/sft.pt" --out "$WORK/rl" --run-id gpu-check --trainer-id gpu-check \
-    --steps 4 --init-states 4 --group-size 8 --lr 3e-5 --num-workers 8 \
+    --steps 4 --init-states 4 --group-size 8 --num-workers 8 \
     --checkpoint-every 4 --time-budget-s 90 --no-progress
   if [ -f "$WORK/rl/summary.json" ]; then cp "$WORK/rl/summary.json" "$OUT/rl-summary.json"; fi
 else

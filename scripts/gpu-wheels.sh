@@ -19,7 +19,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVE
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
   annotated-doc==0.0.7 annotated-types==0.7.0 farama-notifications==0.0.6 fastapi==0.165.0 \
   glfw==2.11.0 grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
-  gymnasium==1.4.0 hiredis==3.5.0 metaworld==3.1.1 mujoco==3.3.0 opentelemetry-api==1.45.2 \
+  gymnasium==1.4.0 hiredis==3.5.0 ijson==3.6.0 metaworld==3.1.1 mujoco==3.3.0 opentelemetry-api==1.45.2 \
   orjson==3.13.0 protobuf==7.36.2 pydantic==2.13.4 pydantic-core==2.46.4 \
   pydantic-settings==2.14.1 pyopengl==3.1.10 pytest-asyncio==1.5.0 pytest-timeout==2.4.0 \
   python-dotenv==1.2.2 redis==8.1.0 starlette==1.10.0 tenacity==9.2.1 typer==0.29.2 \
