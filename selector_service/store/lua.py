@@ -26,14 +26,15 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function remember(req_key, reqs_key, request_id, record, ttl_s)
+local function remember(req_key, reqs_key, request_id, record, ttl_s, now)
+  -- now: Redis' clock in ms (read here if nil)
   redis.call('SET', req_key, record, 'EX', ttl_s)
-  local now = now_ms()
+  now = now or now_ms()
   redis.call('ZREMRANGEBYSCORE', reqs_key, '-inf', now)
   redis.call('ZADD', reqs_key, now + tonumber(ttl_s) * 1000, request_id)
 end
-local function register(sels_key, selection_ids, ttl_s)
-  local now = now_ms()
+local function register(sels_key, selection_ids, ttl_s, now)
+  now = now or now_ms()
   redis.call('ZREMRANGEBYSCORE', sels_key, '-inf', now)
   for _, selection_id in ipairs(selection_ids) do
     redis.call('ZADD', sels_key, now + tonumber(ttl_s) * 1000, selection_id)
@@ -59,12 +60,25 @@ return created
 # state folded here is bit for bit the one Python computes (tests check it on random inputs).
 _STATE = r"""
 local CHUNK = 200  -- doubles per struct call (Lua's C stack takes a few thousand values)
+local FORMATS = {}
+local function format(k)
+  local f = FORMATS[k]
+  if f == nil then
+    f = '<' .. string.rep('d', k)
+    FORMATS[k] = f
+  end
+  return f
+end
 local function read_doubles(s, pos, n)
-  local out = {}
-  local i = 0
+  -- the first CHUNK values are unpacked into the table returned (no copy), the rest appended
+  local k = math.min(n, CHUNK)
+  local out = {struct.unpack(format(k), s, pos)}
+  pos = out[k + 1]
+  out[k + 1] = nil
+  local i = k
   while i < n do
-    local k = math.min(n - i, CHUNK)
-    local vals = {struct.unpack('<' .. string.rep('d', k), s, pos)}
+    k = math.min(n - i, CHUNK)
+    local vals = {struct.unpack(format(k), s, pos)}
     for j = 1, k do
       out[i + j] = vals[j]
     end
@@ -77,7 +91,7 @@ local function write_doubles(parts, values, n)
   local i = 0
   while i < n do
     local k = math.min(n - i, CHUNK)
-    parts[#parts + 1] = struct.pack('<' .. string.rep('d', k), unpack(values, i + 1, i + k))
+    parts[#parts + 1] = struct.pack(format(k), unpack(values, i + 1, i + k))
     i = i + k
   end
 end
@@ -357,9 +371,6 @@ FOLD_SELECT = """
 -- outcome_reports, revision, state_1, ..., state_n}: the run's current state (state_i '' where
 -- TASK_i has none), nothing written.
 """ + _REMEMBER + _STATE + """
-local function patch(s, offset, value)
-  return string.sub(s, 1, offset) .. string.format('%20d', value) .. string.sub(s, offset + 21)
-end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
@@ -403,9 +414,13 @@ for i = 1, n do
 end
 redis.call('HSET', KEYS[1], 'state_version', version)
 local revision = redis.call('HINCRBY', KEYS[1], 'revision', 1)
-local record = patch(patch(ARGV[4], tonumber(ARGV[5]), version), tonumber(ARGV[6]), staleness)
-remember(KEYS[2], KEYS[3], ARGV[3], record, ARGV[7])
-register(KEYS[6], {unpack(ARGV, 13, 12 + a)}, ARGV[7])
+-- the record as sent, its state_version and staleness then set in place (SETRANGE writes
+-- into the stored string: no copy of the record is made here)
+local now = now_ms()
+remember(KEYS[2], KEYS[3], ARGV[3], ARGV[4], ARGV[7], now)
+redis.call('SETRANGE', KEYS[2], tonumber(ARGV[5]), string.format('%20d', version))
+redis.call('SETRANGE', KEYS[2], tonumber(ARGV[6]), string.format('%20d', staleness))
+register(KEYS[6], {unpack(ARGV, 13, 12 + a)}, ARGV[7], now)
 local entry = ARGV[8] .. string.format('"state_version":%d,"staleness":%d}', version, staleness)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'e', entry)
 local reply = {'committed', version, staleness, revision}
