@@ -65,7 +65,7 @@ from selector_service.core import (
     phase_keep_weights,
     select_chunks,
 )
-from selector_service.store import CommitStatus, PhaseStore, RunSnapshot
+from selector_service.store import CommitStatus, FlatAnswer, PhaseStore, RunSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,8 @@ class SelectorService:
             result = self._store.commit_select(
                 run_id, req.request_id, snapshot.state_version, config, update, answer,
                 history, digest=digest, aliases=aliases,
-                max_staleness=self.max_staleness if attempt == 0 else None)
+                max_staleness=self.max_staleness if attempt == 0 else None,
+                flat=FlatAnswer(batch.lengths, mask, weight))
             if result.status is CommitStatus.COMMITTED:
                 assert result.answer is not None
                 if self.observer is not None:

@@ -3,6 +3,7 @@
 from selector_service.store.base import (
     CommitResult,
     CommitStatus,
+    FlatAnswer,
     PhaseStore,
     RequestKind,
     RunSnapshot,
@@ -12,6 +13,7 @@ from selector_service.store.memory import MemoryStore
 __all__ = [
     "CommitResult",
     "CommitStatus",
+    "FlatAnswer",
     "MemoryStore",
     "PhaseStore",
     "RequestKind",

@@ -61,6 +61,17 @@ class CommitStatus(enum.Enum):
     GONE = "gone"  # reconcile: no record for request_id (it expired or was never stored)
 
 
+@dataclass(frozen=True)
+class FlatAnswer:
+    """An answer's masks and weights as the flat per-chunk arrays they were split from, with
+    each trajectory's chunk count: a store that serialises the answer packs these instead of
+    concatenating the per-trajectory arrays again."""
+
+    lengths: np.ndarray  # int (N,): chunks of each trajectory
+    mask: np.ndarray  # bool (M,)
+    weight: np.ndarray  # float64 (M,)
+
+
 @dataclass
 class CommitResult:
     status: CommitStatus
@@ -109,6 +120,7 @@ class PhaseStore(Protocol):
         digest: str = "",
         aliases: tuple[str, ...] = (),
         max_staleness: int | None = None,
+        flat: FlatAnswer | None = None,
     ) -> CommitResult:
         """Atomically: if request_id is stored, REPLAY (Conflict if the digests differ); elif
         the run's state_version V is below read_version, or above it by more than
@@ -119,7 +131,8 @@ class PhaseStore(Protocol):
         answer.selection_id and `aliases` and append the history entry with those two
         fields. COMMITTED carries the answer as stored. Raises NotFound if the run was
         deleted, InvalidArgument (run_id) if a stored task state has another number of
-        phases than the update."""
+        phases than the update. `flat`, if given, is `answer`'s masks and weights unsplit
+        (a store may use it, e.g. to serialise the answer)."""
 
     def reconcile_select(
         self,

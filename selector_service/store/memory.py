@@ -15,7 +15,13 @@ from pcm_contract.errors import Conflict, InvalidArgument, NotFound, StoreUnavai
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
 from selector_service.core.fold import StateUpdate, fold_task
-from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
+from selector_service.store.base import (
+    CommitResult,
+    CommitStatus,
+    FlatAnswer,
+    RequestKind,
+    RunSnapshot,
+)
 
 MAX_REQUESTS_PER_RUN = 100_000  # idempotency records kept per run, oldest dropped first
 MAX_HISTORY = 10_000
@@ -110,7 +116,8 @@ class MemoryStore:
                       config: RunConfig, update: StateUpdate, answer: SelectResponse,
                       history: dict[str, Any], *, digest: str = "",
                       aliases: tuple[str, ...] = (),
-                      max_staleness: int | None = None) -> CommitResult:
+                      max_staleness: int | None = None,
+                      flat: FlatAnswer | None = None) -> CommitResult:
         with self._lock:
             run = self._require(run_id)
             stored = run.requests.get(request_id)

@@ -72,7 +72,13 @@ from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig, TaskState
 from selector_service.core.fold import StateUpdate
 from selector_service.store import lua
-from selector_service.store.base import CommitResult, CommitStatus, RequestKind, RunSnapshot
+from selector_service.store.base import (
+    CommitResult,
+    CommitStatus,
+    FlatAnswer,
+    RequestKind,
+    RunSnapshot,
+)
 from selector_service.store.memory import check_digest, unknown_selection
 from selector_service.store.state_codec import (
     decode_state,
@@ -179,13 +185,23 @@ VERSION_AT = _PREFIX.size + len(_VERSION_KEY)  # where the record's state_versio
 STALENESS_AT = VERSION_AT + 20 + len(_STALENESS_KEY)  # and its staleness
 
 
-def encode_answer(answer: SelectResponse, digest: str = "") -> bytes:
+def encode_answer(answer: SelectResponse, digest: str = "",
+                  flat: FlatAnswer | None = None) -> bytes:
     """Pack a SelectResponse (and its request's digest) into an idempotency record (kind byte
-    included). store_epoch is not stored: it says where an answer is read from."""
-    lengths = np.fromiter((len(m) for m in answer.masks), dtype="<i4", count=len(answer.masks))
+    included). store_epoch is not stored: it says where an answer is read from. `flat`: the
+    answer's masks and weights unsplit (packed as they are, not concatenated again)."""
+    if flat is None:
+        lengths = np.fromiter((len(m) for m in answer.masks), dtype="<i4",
+                              count=len(answer.masks))
+        masks = _concat(answer.masks, bool)
+        weights = _concat(answer.weights, "<f8")
+    else:
+        lengths = flat.lengths.astype("<i4")
+        masks = flat.mask.astype(bool, copy=False)
+        weights = flat.weight.astype("<f8", copy=False)
+        if lengths.shape[0] != len(answer.masks):
+            raise ValueError("the flat answer has another number of trajectories")
     total = int(lengths.sum())
-    masks = _concat(answer.masks, bool)
-    weights = _concat(answer.weights, "<f8")
     if weights.shape != (total,) or masks.shape != (total,):
         raise ValueError("masks and weights must have one entry per chunk")
     if not weights.view(np.uint64)[~masks].any():  # all +0.0 off the mask: store kept only
@@ -627,7 +643,8 @@ class RedisStore:
                       config: RunConfig, update: StateUpdate, answer: SelectResponse,
                       history: dict[str, Any], *, digest: str = "",
                       aliases: tuple[str, ...] = (),
-                      max_staleness: int | None = None) -> CommitResult:
+                      max_staleness: int | None = None,
+                      flat: FlatAnswer | None = None) -> CommitResult:
         keys = RunKeys(run_id)
         tasks = list(update.tasks)
         selections = [answer.selection_id, *aliases]
@@ -642,7 +659,7 @@ class RedisStore:
                 keys=[keys.config, keys.req(request_id), keys.reqs, keys.history, keys.tasks,
                       keys.sels, *(keys.state(t) for t in tasks)],
                 args=[read_version, -1 if max_staleness is None else max_staleness, request_id,
-                      encode_answer(answer, digest), VERSION_AT, STALENESS_AT,
+                      encode_answer(answer, digest, flat), VERSION_AT, STALENESS_AT,
                       self.request_ttl_s, entry, self.history_maxlen, raw_config,
                       encode_fold_params(update.eta, update.bias_corrected, update.window),
                       len(selections), *selections, *tasks,

@@ -17,7 +17,7 @@ from pcm_contract.errors import StoreUnavailable
 from pcm_contract.models import OutcomeReport, SelectResponse
 from selector_service.core import RunConfig
 from selector_service.service import SelectorService
-from selector_service.store import CommitStatus
+from selector_service.store import CommitStatus, FlatAnswer
 from selector_service.store.redis_store import RedisStore, RunKeys, decode_answer, encode_answer
 from tests.selector_service.store.updates import counting_update
 from tests.selector_service.test_service_concurrency import make_request
@@ -80,6 +80,19 @@ def test_answer_round_trip_is_exact(lengths: list[int], dense: bool) -> None:
             got.weights[0][...] = 1.0
         else:
             raise ValueError("read-only")
+
+
+@pytest.mark.parametrize("lengths", [[5, 3, 7], [0, 4, 0], [], [9] * 40])
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_record_packed_from_the_flat_arrays_is_the_same(lengths: list[int],
+                                                          dense: bool) -> None:
+    want = response(lengths, seed=3, dense=dense)
+    flat = FlatAnswer(np.asarray(lengths, dtype=np.int64),
+                      np.concatenate([np.zeros(0, bool), *want.masks]),
+                      np.concatenate([np.zeros(0), *want.weights]))
+    assert encode_answer(want, "d" * 32, flat) == encode_answer(want, "d" * 32)
+    with pytest.raises(ValueError, match="trajectories"):
+        encode_answer(want, "", FlatAnswer(np.asarray([*lengths, 0]), flat.mask, flat.weight))
 
 
 def test_extreme_weights_round_trip() -> None:
