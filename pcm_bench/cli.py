@@ -9,22 +9,28 @@ import platform
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pcm_bench.core import CoreConfig, run_core_bench
 from pcm_bench.estimator import EstimatorConfig
-from pcm_bench.learning import learning_command
+from pcm_bench.grad import GradConfig, run_grad_bench
+from pcm_bench.learning import LearningConfig, run_learning_bench
+from pcm_bench.learning import print_table as print_learning
+from pcm_bench.replay import ReplayConfig, run_replay_bench, score_runs
+from pcm_bench.selector import SelectorBenchConfig, run_selector_bench
+from pcm_bench.study import StudyError
+from pcm_bench.timemodel import TimeModelConfig, run_time_model_bench
 from trainer_client.cli_options import build, command, dataclass_options
-from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
+from trainer_client.device import SetupError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
 
 C = TypeVar("C")
-JsonPath = Annotated[Path | None, typer.Option("--json", help="write the figures here as JSON")]
 
 
 @app.callback()
@@ -40,181 +46,14 @@ def _machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _setup_errors() -> Iterator[None]:
-    """A bad --device / --precision ends the command with its one line and exit status 2."""
+def _run_errors() -> Iterator[None]:
+    """A bad --device / --precision (SetupError) or a study that cannot run as asked
+    (StudyError) ends the command with its one line and exit status 2."""
     try:
         yield
-    except SetupError as exc:
+    except (SetupError, StudyError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False)
         raise typer.Exit(2) from None
-
-
-def _write(path: Path | None, payload: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        console.print(f"wrote {path}")
-
-
-@app.command()
-def core(
-    json_path: JsonPath = None,
-    repeats: Annotated[int, typer.Option(min=10, help="timed selects per shape")] = 200,
-) -> None:
-    """Core select latency on 256x64x56 and 512x64x56 (trajectories x chunks x D)."""
-    from pcm_bench.core import run_core_bench
-
-    rows = run_core_bench(repeats=repeats)
-    table = Table(title="pcm-bench core: select latency (ms)")
-    for col in ("shape", "median_ms", "p99_ms", "embedded median", "embedded p99"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        s = r["shape"]
-        table.add_row(f"{s['trajectories']}x{s['chunks']}x{s['feature_dim']}",
-                      f"{r['median_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                      f"{r['embedded_median_ms']:.2f}", f"{r['embedded_p99_ms']:.2f}")
-    console.print(table)
-    _write(json_path, {"benchmark": "core", "machine": _machine(), "results": rows})
-
-
-def _key_values(items: list[str], option: str) -> dict[str, str]:
-    """KEY=VALUE strings -> a dict; a malformed one is a usage error naming the option."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
-        out[key] = value
-    return out
-
-
-def _csv(value: str, cast: type = str) -> tuple:
-    return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
-
-
-@app.command()
-def selector(
-    json_path: JsonPath = None,
-    transports: Annotated[str, typer.Option(help="comma-separated: grpc,http")] = "grpc,http",
-    stores: Annotated[str, typer.Option(help="comma-separated: memory,redis")] = "memory,redis",
-    clients: Annotated[str, typer.Option(help="concurrent clients per cell")] = "1,4,16",
-    shapes: Annotated[str, typer.Option(help="small (64x32x56), libero (512x64x56)")] = (
-        "small,libero"),
-    requests: Annotated[int | None, typer.Option(help="timed selects per cell")] = None,
-    interval_s: Annotated[float, typer.Option(
-        help="0: closed loop (saturation); >0: each client selects once per interval")] = 0.0,
-    time_cap_s: Annotated[float, typer.Option(help="time cap per cell")] = 30.0,
-    step_time_s: Annotated[float | None, typer.Option(
-        help="an RL step's duration, to report selection's share of it")] = None,
-    workers: Annotated[int, typer.Option(
-        min=1, help="worker processes of the Redis selector (pcm-selector serve --workers)")] = 1,
-    shared_run: Annotated[bool, typer.Option(
-        help="all clients select on one run (contend on its state): one row per --clients "
-             "value says what a select costs as more trainers share a run")] = False,
-    embedded_selects: Annotated[int | None, typer.Option(
-        min=0, help="embedded selects per measurement of the reference CPU per select "
-                    "(before and after each shape's cells; default 300 small, 12 libero; "
-                    "0: none)")] = None,
-    selector_env: Annotated[list[str] | None, typer.Option(
-        help="KEY=VALUE set in the selector processes' environment (repeatable), e.g. "
-             "PCM_GRPC_INLINE_SELECT_CHUNKS=0")] = None,
-) -> None:
-    """Select latency p50/p99, throughput and server CPU per select over gRPC and HTTP, memory
-    and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes, and the
-    server CPU per select over the embedded select's of the same batch, measured in the same
-    run. Starts its own redis-server and selector processes on free 127.0.0.1 ports."""
-    from pcm_bench.selector import TABLE_COLUMNS, format_rows, run_selector_bench
-
-    table = Table(title="pcm-bench selector")
-    for col in TABLE_COLUMNS:
-        table.add_column(col, justify="right")
-    result = run_selector_bench(
-        transports=_csv(transports), stores=_csv(stores), clients=_csv(clients, int),
-        shapes=_csv(shapes), requests=requests, interval_s=interval_s, time_cap_s=time_cap_s,
-        step_time_s=step_time_s, workers=workers, shared_run=shared_run,
-        embedded_selects=embedded_selects,
-        selector_env=_key_values(selector_env or [], "--selector-env"),
-        progress=lambda row: console.print(" ".join(format_rows([row])[0])))
-    for cells in format_rows(result["rows"]):
-        table.add_row(*cells)
-    console.print(table)
-    _write(json_path, {**result, "machine": _machine()})
-
-
-@app.command()
-def grad(
-    json_path: JsonPath = None,
-    keep_fractions: Annotated[str, typer.Option(help="comma-separated")] = "0.1,0.2,0.5",
-    trajectories: Annotated[int, typer.Option(min=2, help="trajectories in the batch")] = 16,
-    chunks: Annotated[int, typer.Option(min=1, help="chunks per trajectory")] = 48,
-    repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats per side")] = 3,
-    runs: Annotated[int, typer.Option(
-        min=1, help="whole measurements in a row (same model and batch); the ratios' min-max "
-                    "over them is printed and written under `ranges`")] = 1,
-    rows_micro_batch: Annotated[int, typer.Option(
-        min=1, help="N of the fixed-size micro-batching rows:N")] = 32,
-    pack: Annotated[bool, typer.Option(
-        help="also GRPO vs PCM with micro_batch 'pack' (row cap relative to GRPO's)")] = True,
-    pack_memory_ratio: Annotated[float, typer.Option(
-        min=0.01, max=1.0, help="pack's row cap: this fraction of GRPO's largest micro-batch")
-    ] = 0.25,
-    images: Annotated[bool, typer.Option(help="camera images through the policy")] = False,
-    threads: Annotated[int, typer.Option(
-        min=0, help="torch intra-op threads for the run; 0 = torch's default")] = 0,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "fp32",
-) -> None:
-    """Actor-update time and peak activation memory of full GRPO vs PCM on the same batch,
-    side by side, micro-batched the same way (per trajectory, and fixed-size rows) and, with
-    --pack, GRPO at each of those vs PCM packed under a row cap of --pack-memory-ratio of
-    GRPO's micro-batch; on CUDA also the allocator's peak memory per update."""
-    from pcm_bench.grad import print_table, run_grad_bench
-
-    with _setup_errors():
-        result = run_grad_bench(keep_fractions=_csv(keep_fractions, float),
-                                num_trajectories=trajectories, num_chunks=chunks,
-                                repeats=repeats, runs=runs,
-                                rows_micro_batch=rows_micro_batch, pack=pack,
-                                pack_memory_ratio=pack_memory_ratio, images=images,
-                                threads=threads or None, device=device,
-                                precision=precision, log=console.print)
-    # the table is wide: do not fold it into 80 columns when the output is not a terminal
-    print_table(result, console if console.is_terminal else Console(width=220))
-    _write(json_path, {**result, "machine": _machine()})
-
-
-app.command("learning")(learning_command)
-
-
-@app.command()
-def timemodel(
-    init: Annotated[Path, typer.Option(help="the study's SFT checkpoint", exists=True,
-                                       dir_okay=False)],
-    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
-    steps: Annotated[int, typer.Option(min=3, help="steps of each calibration run")] = 6,
-    init_states: Annotated[int, typer.Option(min=1, help="initial states per step")] = 4,
-    group_size: Annotated[int, typer.Option(min=2, help="G: rollouts per initial state")] = 8,
-    out: Annotated[Path, typer.Option(help="the calibration runs' dir")] = Path(
-        "runs/bench-timemodel"),
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", help="write the model here (pcm-bench learning --time-model reads it)")
-    ] = None,
-) -> None:
-    """The learning study's time model (rollout s per env step, update s per kept chunk), fitted
-    to two short runs (grpo; random at keep 0.2). Run it alone on the machine."""
-    from pcm_bench.timemodel import run_time_model_bench
-
-    with _setup_errors():
-        result = run_time_model_bench(out, init=init, env=env, steps=steps,
-                                      init_states=init_states, group_size=group_size,
-                                      log=console.print)
-    m, fit = result["model"], result["fit"]
-    console.print(f"rollout {m['c_env'] * 1e3:.3f} ms per env step + {m['c_rollout0']:.2f} s; "
-                  f"update {m['c_row'] * 1e3:.2f} ms per kept chunk + {m['c_update0']:.2f} s "
-                  f"(relative rmse per step {fit['step_rel_rmse']:.3f}; load average "
-                  f"{result['machine']['loadavg_before'][0]:.2f} before, "
-                  f"{result['machine']['loadavg_after'][0]:.2f} after)")
-    _write(json_path, result)
 
 
 def _config_command(name: str, cls: type[C]) -> Callable[[Callable[[C], None]], None]:
@@ -229,11 +68,93 @@ def _config_command(name: str, cls: type[C]) -> Callable[[Callable[[C], None]], 
             except ValueError as exc:
                 console.print(f"error: {exc}", style="red", markup=False, highlight=False)
                 raise typer.Exit(2) from None
-            body(config)
+            with _run_errors():
+                body(config)
 
         app.command(name)(command(dataclass_options(cls), run, body.__doc__))
 
     return register
+
+
+def _write(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        console.print(f"wrote {path}")
+
+
+@_config_command("core", CoreConfig)
+def core(config: CoreConfig) -> None:
+    """Core select latency on 256x64x56 and 512x64x56 (trajectories x chunks x D)."""
+    rows = run_core_bench(config)
+    table = Table(title="pcm-bench core: select latency (ms)")
+    for col in ("shape", "median_ms", "p99_ms", "embedded median", "embedded p99"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        s = r["shape"]
+        table.add_row(f"{s['trajectories']}x{s['chunks']}x{s['feature_dim']}",
+                      f"{r['median_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['embedded_median_ms']:.2f}", f"{r['embedded_p99_ms']:.2f}")
+    console.print(table)
+    _write(config.json_path, {"benchmark": "core", "machine": _machine(), "results": rows})
+
+
+@_config_command("selector", SelectorBenchConfig)
+def selector(config: SelectorBenchConfig) -> None:
+    """Select latency p50/p99, throughput and server CPU per select over gRPC and HTTP, memory
+    and Redis stores, 1/4/16 concurrent clients, small and full-LIBERO batch shapes, and the
+    server CPU per select over the embedded select's of the same batch, measured in the same
+    run. Starts its own redis-server and selector processes on free 127.0.0.1 ports."""
+    from pcm_bench.selector import TABLE_COLUMNS, format_rows
+
+    table = Table(title="pcm-bench selector")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="right")
+    result = run_selector_bench(
+        config, progress=lambda row: console.print(" ".join(format_rows([row])[0])))
+    for cells in format_rows(result["rows"]):
+        table.add_row(*cells)
+    console.print(table)
+    _write(config.json_path, {**result, "machine": _machine()})
+
+
+@_config_command("grad", GradConfig)
+def grad(config: GradConfig) -> None:
+    """Actor-update time and peak activation memory of full GRPO vs PCM on the same batch,
+    side by side, micro-batched the same way (per trajectory, and fixed-size rows) and, with
+    --pack, GRPO at each of those vs PCM packed under a row cap of --pack-memory-ratio of
+    GRPO's micro-batch; on CUDA also the allocator's peak memory per update."""
+    from pcm_bench.grad import print_table
+
+    result = run_grad_bench(config, log=console.print)
+    # the table is wide: do not fold it into 80 columns when the output is not a terminal
+    print_table(result, console if console.is_terminal else Console(width=220))
+    _write(config.json_path, {**result, "machine": _machine()})
+
+
+@_config_command("learning", LearningConfig)
+def learning(config: LearningConfig) -> None:
+    """Paired learning comparison from one SFT checkpoint: held-out gain per algorithm with 95%
+    intervals, success vs step and vs wall-clock, the time split. Resumable."""
+    result = run_learning_bench(config)
+    print_learning(result)
+    if config.json_path is not None:
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
+        config.json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@_config_command("timemodel", TimeModelConfig)
+def timemodel(config: TimeModelConfig) -> None:
+    """The learning study's time model (rollout s per env step, update s per kept chunk), fitted
+    to two short runs (grpo; random at keep 0.2). Run it alone on the machine."""
+    result = run_time_model_bench(config, log=console.print)
+    m, fit = result["model"], result["fit"]
+    console.print(f"rollout {m['c_env'] * 1e3:.3f} ms per env step + {m['c_rollout0']:.2f} s; "
+                  f"update {m['c_row'] * 1e3:.2f} ms per kept chunk + {m['c_update0']:.2f} s "
+                  f"(relative rmse per step {fit['step_rel_rmse']:.3f}; load average "
+                  f"{result['machine']['loadavg_before'][0]:.2f} before, "
+                  f"{result['machine']['loadavg_after'][0]:.2f} after)")
+    _write(config.json_path, result)
 
 
 @_config_command("estimator", EstimatorConfig)
@@ -244,8 +165,7 @@ def estimator(config: EstimatorConfig) -> None:
     in --out: re-runs with other selection settings take seconds."""
     from pcm_bench.estimator import plot_estimator, run_estimator_bench
 
-    with _setup_errors():
-        result = run_estimator_bench(config, log=console.print)
+    result = run_estimator_bench(config, log=console.print)
     env, batches, segmenter = config.env, config.batches, config.segmenter
     keep_fraction, json_path, out = config.selection.keep_fraction, config.json_path, config.out
     table = Table(title=f"pcm-bench estimator: {env}, {batches} batches, "
@@ -289,87 +209,20 @@ def estimator(config: EstimatorConfig) -> None:
     _write(json_path, {**result, "machine": _machine()})
 
 
-@app.command()
-def replay(
-    init: Annotated[Path, typer.Option(
-        help="checkpoint every update starts from (`pcm-train sft` writes runs/sft/sft.pt)",
-        exists=True, dir_okay=False)],
-    env: Annotated[str, typer.Option(help="metaworld:TASK")] = "metaworld:pick-place-v3",
-    algos: Annotated[str, typer.Option(
-        help="comma-separated, from pcm-bench learning's (pcm = the default PCM)")
-    ] = "grpo,pcm,random",
-    seeds: Annotated[int, typer.Option(min=1, help="seeds (each its own batches)")] = 3,
-    first_seed: Annotated[int, typer.Option(min=0)] = 0,
-    train_batches: Annotated[int, typer.Option(
-        min=1, help="T: updates, one per training batch")] = 30,
-    eval_batches: Annotated[int, typer.Option(
-        min=2, help="M: evaluation batches the updates are scored on")] = 8,
-    at: Annotated[str, typer.Option(
-        help="comma-separated update counts to score after (T is always scored)")] = "1,3,10,30",
-    init_states: Annotated[int, typer.Option(min=1, help="initial states per batch")] = 4,
-    group_size: Annotated[int, typer.Option(min=2, help="G rollouts per initial state")] = 8,
-    keep_fraction: Annotated[float, typer.Option(help="pcm / random keep fraction")] = 0.2,
-    eval_episodes: Annotated[int, typer.Option(
-        min=0, help="held-out episodes before and after the T updates (0: none)")] = 100,
-    out: Annotated[Path, typer.Option(
-        help="batch cache, runs.jsonl (appended per run), replay.json; rerun to continue")
-    ] = Path("runs/bench-replay"),
-    summarize_only: Annotated[bool, typer.Option(
-        help="run nothing: write the figures of the finished runs")] = False,
-    runs: Annotated[str | None, typer.Option(
-        help="comma-separated `pcm-train rl` run dirs started from --init: score their step "
-             "checkpoints on the evaluation batches instead of replaying")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="with --runs: the evaluation batches' seed")
-                    ] = 0,
-    heldout_episodes: Annotated[int, typer.Option(
-        min=0, help="with --runs: also run each checkpoint (and --init) on this many held-out "
-                    "episodes, as pcm-train rl evaluates, and report how far they get (reach, "
-                    "grasp, success) and how its action means moved, arm and gripper apart")
-    ] = 0,
-    heldout_seed: Annotated[int, typer.Option(
-        min=0, help="with --heldout-episodes: the runs' --seed (their evaluation's sampling "
-                    "seed), so that the success at their evaluation steps is theirs")] = 0,
-    json_path: JsonPath = None,
-) -> None:
+@_config_command("replay", ReplayConfig)
+def replay(config: ReplayConfig) -> None:
     """What each selection's first updates do to the policy, per phase: the same training
     batches replayed through pcm-train rl's update for every algorithm, scored on held-out
     batches (the PPO surrogate's gain dJ and how far the policy moved, per phase) and by
     held-out success. Resumable."""
-    from pcm_bench.learning import ALGOS, StudyError
-    from pcm_bench.replay import run_replay_bench, score_runs
-
-    if runs is not None:
-        try:
-            scored = score_runs([Path(r.strip()) for r in runs.split(",") if r.strip()],
-                                init=init, env=env, eval_batches=eval_batches, seed=seed,
-                                init_states=init_states, group_size=group_size, out=out,
-                                heldout_episodes=heldout_episodes,
-                                heldout_seed=heldout_seed, log=console.print)
-        except StudyError as e:
-            console.print(f"error: {e}", markup=False)
-            raise typer.Exit(2) from None
+    if config.runs is not None:
+        scored = score_runs(config, log=console.print)
         print_scored_runs(scored)
-        _write(json_path, {**scored, "machine": _machine()})
+        _write(config.json_path, {**scored, "machine": _machine()})
         return
-
-    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
-    if not algo_list or any(a not in ALGOS for a in algo_list):
-        raise typer.BadParameter(f"use some of {', '.join(ALGOS)}", param_hint="--algos")
-    try:
-        at_list = [int(x) for x in at.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{at!r} is not a list of integers", param_hint="--at") from None
-    try:
-        result = run_replay_bench(
-            out, init=init, env=env, algos=algo_list, seeds=seeds, first_seed=first_seed,
-            train_batches=train_batches, eval_batches=eval_batches, at=at_list,
-            init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
-            eval_episodes=eval_episodes, summarize_only=summarize_only, log=console.print)
-    except StudyError as e:
-        console.print(f"error: {e}", markup=False)
-        raise typer.Exit(2) from None
+    result = run_replay_bench(config, log=console.print)
     print_replay(result)
-    _write(json_path, {**result, "machine": _machine()})
+    _write(config.json_path, {**result, "machine": _machine()})
 
 
 def print_regime(reg: dict[str, Any]) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pcm_bench.options import as_paths, at_least, json_option
 from selector_service.core import ChunkBatch, RunConfig, select_chunks
+from trainer_client.train.config import opt
 
 DEFAULT_SHAPES = ((256, 64, 56), (512, 64, 56))
 
@@ -48,13 +51,28 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.median(arr)), float(np.percentile(arr, 99))
 
 
-def run_core_bench(shapes: tuple[tuple[int, int, int], ...] = DEFAULT_SHAPES,
-                   repeats: int = 200, warmup: int = 10) -> list[dict[str, Any]]:
+@dataclass
+class CoreConfig:
+    """`pcm-bench core`: its flags are these fields (`trainer_client.cli_options`)."""
+
+    json_path: Path | None = field(default=None, metadata=json_option())
+    repeats: int = opt(200, "timed selects per shape")
+    shapes: tuple[tuple[int, int, int], ...] = opt(DEFAULT_SHAPES, "(trajectories, chunks, "
+                                                   "feature_dim) per row", cli=False)
+    warmup: int = opt(10, "untimed selects first", cli=False)
+
+    def __post_init__(self) -> None:
+        as_paths(self, "json_path")
+        at_least(self, repeats=10, warmup=0)
+
+
+def run_core_bench(bench: CoreConfig) -> list[dict[str, Any]]:
     """Per shape: the core `select_chunks` on a validated batch (state carried from call to
     call, as in a run), and the whole embedded `select` (pydantic validation of the request,
     flattening, selection, answer) through `trainer_client.connect("embedded")`."""
     from trainer_client import connect
 
+    repeats, warmup, shapes = bench.repeats, bench.warmup, bench.shapes
     rows = []
     for dims in shapes:
         shape = Shape(*dims)

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pcm_bench.options import as_paths, at_least, json_option
 from pcm_bench.regime import regime
 from pcm_contract.run_config import RunConfigSchema, problem, schema_fields
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
@@ -74,7 +75,7 @@ from trainer_client.grpo import group_advantages
 from trainer_client.phases import label_trajectory, make_segmenter
 from trainer_client.policy import VLAPolicy
 from trainer_client.rollout import RolloutCollector
-from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers
+from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers, opt
 from trainer_client.train.model import load_policy
 from trainer_client.types import Trajectory
 
@@ -82,11 +83,6 @@ from trainer_client.types import Trajectory
 # selection); the others keep their defaults and are no flags
 ESTIMATOR_SELECTION = ("phases", "keep_fraction", "eps")
 ESTIMATOR_SEGMENTERS = ("gripper", "progress")  # relabelled from the cached rollouts
-
-
-def opt(default: Any, help: str, **meta: Any) -> Any:
-    """A config field with its help (the flag's, `trainer_client.cli_options`)."""
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
@@ -116,15 +112,12 @@ class EstimatorConfig:
     max_steps: int = opt(DEMO_MAX_STEPS, "env step limit (pcm-train rl's for MetaWorld)")
     out: Path = field(default=Path("runs/bench-estimator"), metadata={
         "help": "cache of rollouts and gradient sketches, and the plot"})
-    json_path: Path | None = field(default=None, metadata={
-        "help": "write the figures here as JSON", "flag": "--json"})
+    json_path: Path | None = field(default=None, metadata=json_option())
     device: str = opt("auto", DEVICE_HELP)
     num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
 
     def __post_init__(self) -> None:
-        self.init, self.out = Path(self.init), Path(self.out)
-        if self.json_path is not None:
-            self.json_path = Path(self.json_path)
+        as_paths(self, "init", "out", "json_path")
         for f in schema_fields():
             if f.name in ESTIMATOR_SELECTION:
                 value = getattr(self.selection, f.name)
@@ -133,12 +126,8 @@ class EstimatorConfig:
         if self.segmenter not in ESTIMATOR_SEGMENTERS:
             raise ValueError(f"--segmenter {self.segmenter!r}: use one of "
                              + " | ".join(ESTIMATOR_SEGMENTERS))
-        for name, minimum in (("batches", 3), ("init_states", 1), ("group_size", 2),
-                              ("signal_dim", 1), ("sketch_dim", 64), ("draws", 2), ("seed", 0),
-                              ("max_steps", 1)):
-            if getattr(self, name) < minimum:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
-                                 f">= {minimum}")
+        at_least(self, batches=3, init_states=1, group_size=2, signal_dim=1, sketch_dim=64,
+                 draws=2, seed=0, max_steps=1)
 
 
 CACHE_VERSION = 1

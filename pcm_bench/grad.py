@@ -47,6 +47,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from pcm_bench.options import as_paths, at_least, json_option, split
 from trainer_client.device import (
+    DEVICE_HELP,
+    PRECISION_HELP,
     CudaPeakMemory,
     check_precision,
     device_name,
@@ -72,6 +76,7 @@ from trainer_client.grpo import (
 )
 from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
+from trainer_client.train.config import opt
 from trainer_client.train.selection import random_selection
 from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
 
@@ -141,26 +146,54 @@ CUDA_COLUMNS = ("GRPO CUDA peak MB", "PCM CUDA peak MB", "peak ratio", "peak-del
 # ---- the measurement --------------------------------------------------------------------------
 
 
-def run_grad_bench(
-    *,
-    keep_fractions: Sequence[float] = (0.1, 0.2, 0.5),
-    num_trajectories: int = 16,
-    num_chunks: int = 48,
-    group_size: int = 4,
-    rows_micro_batch: int = 32,
-    repeats: int = 3,
-    pack: bool = True,
-    pack_memory_ratio: float = 0.25,
-    runs: int = 1,
-    images: bool = False,
-    policy_config: PolicyConfig | None = None,
-    grpo_config: GRPOConfig | None = None,
-    seed: int = 0,
-    threads: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+@dataclasses.dataclass
+class GradConfig:
+    """`pcm-bench grad`: its flags are these fields (`trainer_client.cli_options`); the fields
+    without a flag are for callers in Python (tests: a tiny policy)."""
+
+    json_path: Path | None = dataclasses.field(default=None, metadata=json_option())
+    keep_fractions: str = opt("0.1,0.2,0.5", "comma-separated")
+    trajectories: int = opt(16, "trajectories in the batch")
+    chunks: int = opt(48, "chunks per trajectory")
+    repeats: int = opt(3, "interleaved repeats per side")
+    runs: int = opt(1, "whole measurements in a row (same model and batch); the ratios' min-max "
+                    "over them is printed and written under `ranges`")
+    rows_micro_batch: int = opt(32, "N of the fixed-size micro-batching rows:N")
+    pack: bool = opt(True, "also GRPO vs PCM with micro_batch 'pack' (row cap relative to "
+                     "GRPO's)")
+    pack_memory_ratio: float = opt(0.25, "pack's row cap: this fraction of GRPO's largest "
+                                   "micro-batch (0.01 to 1)")
+    images: bool = opt(False, "camera images through the policy")
+    threads: int = opt(0, "torch intra-op threads for the run; 0 = torch's default")
+    device: str = opt("auto", DEVICE_HELP)
+    precision: str = opt("fp32", PRECISION_HELP)
+    group_size: int = opt(4, "rollouts per group", cli=False)
+    # the policy (default: PolicyConfig(), or LIBERO_POLICY with --images) and the update's
+    # settings
+    policy_config: PolicyConfig | None = dataclasses.field(default=None,
+                                                           metadata={"cli": False})
+    grpo_config: GRPOConfig | None = dataclasses.field(default=None, metadata={"cli": False})
+    seed: int = opt(0, "seed of the model and the batch", cli=False)
+
+    def __post_init__(self) -> None:
+        as_paths(self, "json_path")
+        fractions = self.fractions
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise ValueError(f"--keep-fractions {self.keep_fractions!r}: use fractions in "
+                             "(0, 1], comma-separated, e.g. 0.1,0.2,0.5")
+        at_least(self, trajectories=2, chunks=1, repeats=1, runs=1, rows_micro_batch=1,
+                 threads=0, group_size=1)
+        if not 0.01 <= self.pack_memory_ratio <= 1:
+            raise ValueError(f"--pack-memory-ratio {self.pack_memory_ratio}: use a fraction "
+                             "from 0.01 to 1")
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        return split(self.keep_fractions, float, "keep_fractions")
+
+
+def run_grad_bench(config: GradConfig, log: Callable[[str], None] | None = None
+                   ) -> dict[str, Any]:
     """Full GRPO vs PCM on one batch, for micro-batching 'trajectory' (results) and
     'rows:{rows_micro_batch}' (results_rows), both sides micro-batched the same way; with
     pack=True also GRPO at each of those policies vs PCM at micro_batch 'pack' with the row cap
@@ -174,17 +207,15 @@ def run_grad_bench(
     activation_memory_ratio = pcm / grpo bytes (and on CUDA cuda_peak_ratio,
     cuda_peak_delta_ratio). images=True uses LIBERO-like observations (LIBERO_POLICY: two
     128x128 cameras, 9-D proprio, 7-D actions; ~7x the cost per row); policy_config overrides
-    both. threads: torch intra-op threads for the run (None: as set). device: auto | cpu | cuda
+    both. threads: torch intra-op threads for the run (0: as set). device: auto | cpu | cuda
     | cuda:N; precision: fp32 | bf16 (autocast of the policy forward)."""
-    if repeats < 1 or not keep_fractions or not all(0 < f <= 1 for f in keep_fractions):
-        raise ValueError("need repeats >= 1 and keep fractions in (0, 1]")
-    if runs < 1 or not 0 < pack_memory_ratio <= 1:
-        raise ValueError("need runs >= 1 and pack_memory_ratio in (0, 1]")
+    c = config
+    runs, precision = c.runs, c.precision
     check_precision(precision)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(c.device)
     threads_before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if c.threads:
+        torch.set_num_threads(c.threads)
     say = log or (lambda _msg: None)
     try:
         results = []
@@ -193,16 +224,16 @@ def run_grad_bench(
                 say(f"run {run + 1}/{runs}")
             results.append(
                 _measure(
-                    keep_fractions,
-                    num_trajectories,
-                    num_chunks,
-                    group_size,
-                    rows_micro_batch,
-                    repeats,
-                    pack_memory_ratio if pack else None,
-                    policy_config or (LIBERO_POLICY if images else PolicyConfig()),
-                    grpo_config or GRPOConfig(),
-                    seed,
+                    c.fractions,
+                    c.trajectories,
+                    c.chunks,
+                    c.group_size,
+                    c.rows_micro_batch,
+                    c.repeats,
+                    c.pack_memory_ratio if c.pack else None,
+                    c.policy_config or (LIBERO_POLICY if c.images else PolicyConfig()),
+                    c.grpo_config or GRPOConfig(),
+                    c.seed,
                     torch_device,
                     precision,
                     say,

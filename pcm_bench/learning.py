@@ -37,7 +37,6 @@ heldout_start, heldout_mid, heldout_end, gain, summary}], plot}.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -45,20 +44,22 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from pcm_bench.options import as_paths, at_least, json_option, one_of, positive, split
+from pcm_bench.study import Study, StudyError, complete
 from pcm_bench.timemodel import TimeModel
 from trainer_client.cli_options import build
 from trainer_client.grpo import DEFAULT_RL_LR
 from trainer_client.train.checkpoint import latest_checkpoint
-from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
+from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig, opt
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split
@@ -108,150 +109,146 @@ COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-actio
           "pcm-fixed": "tab:brown", "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple",
           "pcm-eps0.5": "tab:orange", "pcm-paper": "tab:olive", "pcm-ht": "tab:pink",
           "random-ht": "silver"}
-RUNS_FILE = "runs.jsonl"
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 
-class StudyError(ValueError):
-    """A study that cannot run as asked (the CLI prints it and exits 2)."""
+@dataclass
+class LearningConfig:
+    """`pcm-bench learning`: its flags are these fields (`trainer_client.cli_options`); the
+    fields without a flag are for callers in Python (tests: a short episode limit, one thread)."""
+
+    json_path: Path | None = field(default=None, metadata=json_option(
+        "also write the figures here as JSON"))
+    out: Path = field(default=Path("runs/bench-learning"), metadata={
+        "help": "study dir: runs.jsonl (appended per run), learning.json, learning.png, run "
+                "dirs; rerun with the same dir to continue"})
+    init: Path | None = field(default=None, metadata={
+        "help": "SFT checkpoint every run starts from; default: train one into OUT/sft"})
+    env: str = opt(DEMO_ENV, "metaworld:TASK")
+    algos: str = opt(",".join(DEFAULT_ALGOS), "comma-separated, from: " + ", ".join(ALGOS)
+                     + " (pcm = the default PCM; pcm-action = the paper's action score)")
+    steps: int = opt(60, "RL steps per run")
+    seeds: int = opt(5, "paired seeds")
+    first_seed: int = opt(0, "the first seed (0, 1, ...)")
+    budget_s: float = opt(6000.0, "this call's time budget (s); no run starts that would not fit")
+    init_states: int = opt(4, "initial states per step")
+    group_size: int = opt(8, "G: rollouts per initial state")
+    keep_fraction: float = opt(0.2, "pcm / random keep fraction")
+    eval_episodes: int = opt(100, "held-out episodes at the start, the middle and the end")
+    lr: float | None = opt(None, "network learning rate; default: pcm-train rl's")
+    time_model: Path | None = field(default=None, metadata={
+        "help": "pcm-bench timemodel's JSON: every run but grpo continues to grpo's modelled "
+                "training time and is evaluated there (equal wall-clock)"})
+    summarize_only: bool = opt(False, "start no run: write the figures of the finished runs in "
+                               "OUT/runs.jsonl")
+    num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
+    threads: int = opt(0, "torch threads; 0 = all cores", cli=False)
+    # more TrainConfig options every run sets (part of the study's configuration), and
+    # SFTConfig options of the checkpoint trained without --init
+    rl_overrides: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    sft_overrides: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        as_paths(self, "out", "json_path", "init", "time_model")
+        one_of("algos", self.algo_list, tuple(ALGOS))
+        at_least(self, steps=2, seeds=1, first_seed=0, init_states=1, group_size=2,
+                 eval_episodes=1)
+        positive(self, "budget_s")
+
+    @property
+    def algo_list(self) -> list[str]:
+        return list(split(self.algos, str, "algos"))
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The TrainConfig options every run sets: `rl_overrides` and --lr."""
+        return {**self.rl_overrides, **({"lr": self.lr} if self.lr is not None else {})}
 
 
-def run_learning_bench(
-    out: Path,
-    *,
-    init: Path | None = None,
-    env: str = DEMO_ENV,
-    algos: Sequence[str] = DEFAULT_ALGOS,
-    seeds: int = 5,
-    first_seed: int = 0,
-    steps: int = 60,
-    budget_s: float = 6000.0,
-    init_states: int = 4,
-    group_size: int = 8,
-    keep_fraction: float = 0.2,
-    eval_episodes: int = 100,
-    num_workers: int = -1,
-    threads: int = 0,
-    rl_overrides: dict[str, Any] | None = None,
-    sft_overrides: dict[str, Any] | None = None,
-    time_model: Path | None = None,
-    summarize_only: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run_learning_bench(config: LearningConfig, log: Callable[[str], None] = print
+                       ) -> dict[str, Any]:
     """Run what is missing of the study (seeds first_seed .. first_seed + seeds - 1, each algo),
     then write and return the figures of every finished run. Without `init`, an SFT checkpoint is
     trained first into OUT/sft (reused by later calls). `budget_s` bounds this call: a run starts
     only if the longest run of its algorithm so far still fits (an algorithm not run yet
     always starts). `summarize_only` starts nothing: it writes the figures of the runs that
     OUT/runs.jsonl holds (a study stopped between runs has no learning.json until then)."""
-    for algo in algos:
-        if algo not in ALGOS:
-            raise StudyError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
-    if seeds < 1 or steps < 2 or budget_s <= 0 or eval_episodes < 1:
-        raise StudyError("need seeds >= 1, steps >= 2, budget_s > 0 and eval_episodes >= 1")
-    out = Path(out)
-    if not summarize_only:
+    c = config
+    out, env, algos, steps = c.out, c.env, c.algo_list, c.steps
+    if not c.summarize_only:
         out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     # ---- the one SFT checkpoint every run starts from -----------------------------------------
+    init = c.init
     if init is None:
         init = out / "sft" / "sft.pt"
-        if not init.is_file() and summarize_only:
+        if not init.is_file() and c.summarize_only:
             raise StudyError(f"{init} does not exist: nothing to summarize (pass --init)")
         if not init.is_file():
             from trainer_client.train.sft import run_sft
 
             sft_cfg = build(SFTConfig, dict(env=env, out=str(out / "sft"), progress=False,
-                                            num_workers=num_workers, threads=threads,
-                                            **(sft_overrides or {})))
+                                            num_workers=c.num_workers, threads=c.threads,
+                                            **c.sft_overrides))
             init = run_sft(sft_cfg, log=log).checkpoint
-    config = {
-        "env": env, "checkpoint": str(init), "steps": steps, "init_states": init_states,
-        "group_size": group_size, "keep_fraction": keep_fraction,
-        "eval_episodes": eval_episodes, "eval_steps": _eval_steps(steps),
-        **(rl_overrides or {}),
+    init = Path(init)
+    overrides = c.overrides
+    study_config = {
+        "env": env, "checkpoint": str(init), "steps": steps, "init_states": c.init_states,
+        "group_size": c.group_size, "keep_fraction": c.keep_fraction,
+        "eval_episodes": c.eval_episodes, "eval_steps": _eval_steps(steps), **overrides,
     }
     model = None
-    if time_model is not None:
+    if c.time_model is not None:
         try:
-            model = TimeModel.load(time_model)
+            model = TimeModel.load(c.time_model)
         except (OSError, ValueError, KeyError) as exc:
-            raise StudyError(f"--time-model {time_model}: not a timemodel JSON ({exc})") from None
-        config["time_model"] = model.to_dict()
+            raise StudyError(f"--time-model {c.time_model}: not a timemodel JSON ({exc})"
+                             ) from None
+        study_config["time_model"] = model.to_dict()
         algos = ["grpo", *[a for a in algos if a != "grpo"]]  # equal time needs grpo's first
-    fingerprint = _fingerprint(config, Path(init))
-    done = load_runs(out)
-    for record in done:
-        if record["fingerprint"] != fingerprint:
-            raise StudyError(
-                f"{out / RUNS_FILE} holds runs of another configuration (checkpoint, steps, "
-                "batch, keep fraction, evaluation or overrides differ); use another --out for "
-                f"this one (theirs: {record['config']}, this: {config})")
-    finished = {(r["algo"], r["seed"]) for r in done
-                if model is None or not _short_of_equal_time(r)}
-    if summarize_only and not done:
-        raise StudyError(f"{out / RUNS_FILE} holds no finished run: nothing to summarize")
+    study = Study.open(out, study_config, init, summarize_only=c.summarize_only,
+                       budget_s=c.budget_s, started=t_start)
+    seeds = range(c.first_seed, c.first_seed + c.seeds)
 
     # ---- the runs: seed-major, algorithms interleaved -----------------------------------------
-    durations: dict[str, float] = {}
-    for r in done:
-        durations[r["algo"]] = max(durations.get(r["algo"], 0.0), r["duration_s"])
-    stopped = summarize_only  # no (further) run: --summarize-only, or the budget is spent
-    for seed in range(first_seed, first_seed + seeds):
-        if stopped:
-            break
-        for algo in algos:
-            if (algo, seed) in finished:
-                continue
-            expected = durations.get(algo, 0.0)  # an algorithm not run yet: no estimate
-            elapsed = time.perf_counter() - t_start
-            if elapsed + expected > budget_s:
-                log(f"learning bench: the budget ({budget_s:.0f}s) would end during {algo} seed "
-                    f"{seed} (~{expected:.0f}s); rerun the same command to continue")
-                stopped = True
-                break
-            overrides = dict(rl_overrides or {})
-            pacer = next((r for r in load_runs(out)
-                          if (r["algo"], r["seed"]) == (RANDOM_PACED_BY.get(algo), seed)), None)
-            if pacer is not None:  # random at the budget of the pcm it is paired with
-                schedule = out / f"{algo}-s{seed}.keep.json"
-                schedule.write_text(json.dumps(_kept_series(pacer)))
-                overrides["keep_schedule"] = str(schedule)
-            short = next((r for r in done if (r["algo"], r["seed"]) == (algo, seed)), None)
-            if short is not None:  # recorded, but its equal-time evaluation fell short: top up
-                record = {k: v for k, v in short.items()
-                          if k not in ("fingerprint", "config", "equal_time", "extension")}
-            else:
-                record = _run_one(out, Path(init), env, algo, seed, steps, init_states,
-                                  group_size, keep_fraction, eval_episodes, num_workers, threads,
-                                  overrides, log)
-            if model is not None and algo != "grpo":
-                grpo_run = next(r for r in load_runs(out) if (r["algo"], r["seed"]) == ("grpo",
-                                                                                     seed))
-                record = _extend_to_equal_time(
-                    record, model, grpo_run, out, Path(init), env, algo, seed, steps,
-                    init_states, group_size, keep_fraction, eval_episodes, num_workers,
-                    threads, overrides, log)
-            record.update(fingerprint=fingerprint, config=config)
-            with (out / RUNS_FILE).open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            durations[algo] = max(durations.get(algo, 0.0), record["duration_s"])
+    pending = () if c.summarize_only else study.pending(
+        algos, seeds, finished=lambda r: model is None or not _short_of_equal_time(r), log=log,
+        name="learning bench")
+    for seed, algo in pending:
+        run_overrides = dict(overrides)
+        pacer = next((r for r in study.runs()
+                      if (r["algo"], r["seed"]) == (RANDOM_PACED_BY.get(algo), seed)), None)
+        if pacer is not None:  # random at the budget of the pcm it is paired with
+            schedule = out / f"{algo}-s{seed}.keep.json"
+            schedule.write_text(json.dumps(_kept_series(pacer)))
+            run_overrides["keep_schedule"] = str(schedule)
+        short = next((r for r in study.done if (r["algo"], r["seed"]) == (algo, seed)), None)
+        if short is not None:  # recorded, but its equal-time evaluation fell short: top up
+            record = {k: v for k, v in short.items()
+                      if k not in ("fingerprint", "config", "equal_time", "extension")}
+        else:
+            record = _run_one(c, init, algo, seed, run_overrides, log)
+        if model is not None and algo != "grpo":
+            grpo_run = next(r for r in study.runs() if (r["algo"], r["seed"]) == ("grpo", seed))
+            record = _extend_to_equal_time(record, model, grpo_run, c, init, algo, seed,
+                                           run_overrides, log)
+        study.append(record)
 
     # ---- the figures of every finished run ----------------------------------------------------
-    runs = load_runs(out)
+    runs = study.runs()
     policy = load_policy(init)
     result: dict[str, Any] = {
         "benchmark": "learning",
         "task": env,
         "checkpoint": str(init),
-        "config": config,
+        "config": study_config,
         "machine": {"python": platform.python_version(), "machine": platform.machine(),
                     "cpus": os.cpu_count(), "loadavg_end": list(os.getloadavg())},
         "policy": {"params": policy.num_params(), "width": policy.config.width,
                    "depth": policy.config.depth},
-        "complete": all((a, s) in {(r["algo"], r["seed"]) for r in runs}
-                        for a in algos for s in range(first_seed, first_seed + seeds)),
+        "complete": complete(runs, algos, seeds),
         "summary": summarize_runs(runs),
         "runs": runs,
     }
@@ -266,40 +263,20 @@ def _eval_steps(steps: int) -> list[int]:
     return sorted({0, steps // 2, steps})
 
 
-def _fingerprint(config: dict[str, Any], init: Path) -> str:
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    h.update(init.read_bytes() if init.is_file() else b"")
-    return h.hexdigest()[:16]
-
-
-def load_runs(out: Path) -> list[dict[str, Any]]:
-    """The finished runs recorded in OUT/runs.jsonl (the last record of an (algo, seed) wins)."""
-    path = Path(out) / RUNS_FILE
-    if not path.is_file():
-        return []
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[(r["algo"], r["seed"])] = r
-    return list(records.values())
-
-
-def _run_one(out: Path, init: Path, env: str, algo: str, seed: int, steps: int,
-             init_states: int, group_size: int, keep_fraction: float, eval_episodes: int,
-             num_workers: int, threads: int, rl_overrides: dict[str, Any],
+def _run_one(c: LearningConfig, init: Path, algo: str, seed: int, overrides: dict[str, Any],
              log: Callable[[str], None], until: int | None = None) -> dict[str, Any]:
-    """The run of `steps` steps (held-out evaluations at 0, steps / 2 and steps), or with
-    `until`, its continuation from step `steps` to `until`, evaluated at `until` only."""
+    """The run of `c.steps` steps (held-out evaluations at 0, steps / 2 and steps), or with
+    `until`, its continuation from step `c.steps` to `until`, evaluated at `until` only."""
+    steps, out = c.steps, c.out
     run_dir = out / f"{algo}-s{seed}"
     resume = latest_checkpoint(run_dir) is not None
     cfg = build(TrainConfig, dict(
-        env=env, selector="embedded", run_id=f"learn-{algo}-s{seed}", out=str(run_dir),
-        init=str(init), resume=resume, steps=until or steps, seed=seed, group_size=group_size,
-        init_states=init_states, keep_fraction=keep_fraction,
-        eval_every=until or steps // 2, eval_episodes=eval_episodes, checkpoint_every=10,
-        keep_checkpoints=1, num_workers=num_workers, threads=threads, progress=False,
-        trainer_id="bench", **{**rl_overrides, **ALGOS[algo]},
+        env=c.env, selector="embedded", run_id=f"learn-{algo}-s{seed}", out=str(run_dir),
+        init=str(init), resume=resume, steps=until or steps, seed=seed, group_size=c.group_size,
+        init_states=c.init_states, keep_fraction=c.keep_fraction,
+        eval_every=until or steps // 2, eval_episodes=c.eval_episodes, checkpoint_every=10,
+        keep_checkpoints=1, num_workers=c.num_workers, threads=c.threads, progress=False,
+        trainer_id="bench", **{**overrides, **ALGOS[algo]},
     ))
     log(f"learning bench: {algo} seed {seed} ({until or steps} steps"
         f"{', resumed' if resume else ''}) -> {cfg.out}")
@@ -360,10 +337,8 @@ def _kept_series(run: dict[str, Any]) -> list[float]:
 
 
 def _extend_to_equal_time(
-    record: dict[str, Any], model: TimeModel, grpo_run: dict[str, Any], out: Path, init: Path,
-    env: str, algo: str, seed: int, steps: int, init_states: int, group_size: int,
-    keep_fraction: float, eval_episodes: int, num_workers: int, threads: int,
-    overrides: dict[str, Any], log: Callable[[str], None],
+    record: dict[str, Any], model: TimeModel, grpo_run: dict[str, Any], c: LearningConfig,
+    init: Path, algo: str, seed: int, overrides: dict[str, Any], log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Continue the run until its modelled time reaches grpo's (`steps` steps at this seed),
     with a held-out evaluation there: the extra steps are predicted from the modelled time of
@@ -375,13 +350,12 @@ def _extend_to_equal_time(
     if mine[-1] >= t_grpo:  # as slow as grpo or slower: held-out at the equal time, interpolated
         record["equal_time"] = _interpolated_equal_time(record, mine, t_grpo)
         return record
+    steps = c.steps
     until, extra, total = steps, [], mine
     while total[-1] < t_grpo:  # predict the steps left from the recent steps' modelled time
         recent = np.diff(np.r_[0.0, total])[-max(1, steps // 2):].mean()
         until += max(1, int(np.ceil((t_grpo - total[-1]) / recent)))
-        extended = _run_one(out, init, env, algo, seed, steps, init_states, group_size,
-                            keep_fraction, eval_episodes, num_workers, threads, overrides, log,
-                            until=until)
+        extended = _run_one(c, init, algo, seed, overrides, log, until=until)
         rows = read_metrics(Path(extended["out"]) / "metrics.jsonl")
         extra = [r for r in rows if r.get("kind", "step") == "step" and steps < r["step"] <= until]
         evals = {r["step"]: r for r in rows if r.get("kind") == "eval"}
@@ -713,59 +687,3 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
         console.print(f"plot: {result['plot']}")
     if not result.get("complete", True):
         console.print("incomplete: rerun the same command to continue the study")
-
-
-def learning_command(
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="also write the figures here as JSON")
-    ] = None,
-    out: Annotated[Path, typer.Option(
-        help="study dir: runs.jsonl (appended per run), learning.json, learning.png, run dirs; "
-        "rerun with the same dir to continue")] = Path("runs/bench-learning"),
-    init: Annotated[Path | None, typer.Option(
-        help="SFT checkpoint every run starts from; default: train one into OUT/sft")] = None,
-    env: Annotated[str, typer.Option(help="metaworld:TASK")] = DEMO_ENV,
-    algos: Annotated[str, typer.Option(
-        help="comma-separated, from: " + ", ".join(ALGOS) + " (pcm = the default PCM; "
-        "pcm-action = the paper's action score)")] = ",".join(DEFAULT_ALGOS),
-    steps: Annotated[int, typer.Option(min=2, help="RL steps per run")] = 60,
-    seeds: Annotated[int, typer.Option(min=1, help="paired seeds")] = 5,
-    first_seed: Annotated[int, typer.Option(min=0, help="the first seed (0, 1, ...)")] = 0,
-    budget_s: Annotated[float, typer.Option(
-        min=1, help="time budget of this call (s); no run starts that would not fit")] = 6000.0,
-    init_states: Annotated[int, typer.Option(min=1, help="initial states per step")] = 4,
-    group_size: Annotated[int, typer.Option(min=2, help="G: rollouts per initial state")] = 8,
-    keep_fraction: Annotated[float, typer.Option(help="pcm / random keep fraction")] = 0.2,
-    eval_episodes: Annotated[int, typer.Option(
-        min=1, help="held-out episodes at the start, the middle and the end")] = 100,
-    lr: Annotated[
-        float | None, typer.Option(help="network learning rate; default: pcm-train rl's")
-    ] = None,
-    time_model: Annotated[Path | None, typer.Option(
-        help="pcm-bench timemodel's JSON: every run but grpo continues to grpo's modelled "
-             "training time and is evaluated there (equal wall-clock)")] = None,
-    summarize_only: Annotated[bool, typer.Option(
-        help="start no run: write the figures of the finished runs in OUT/runs.jsonl")] = False,
-) -> None:
-    """Paired learning comparison from one SFT checkpoint: held-out gain per algorithm with 95%
-    intervals, success vs step and vs wall-clock, the time split. Resumable."""
-    algo_list = [a.strip() for a in algos.split(",") if a.strip()]
-    unknown = [a for a in algo_list if a not in ALGOS]
-    if unknown or not algo_list:
-        raise typer.BadParameter(f"unknown {unknown}; use some of {', '.join(ALGOS)}",
-                                 param_hint="--algos")
-    try:
-        result = run_learning_bench(
-            out, init=init, env=env, algos=algo_list,
-            seeds=seeds, first_seed=first_seed, steps=steps, budget_s=budget_s,
-            init_states=init_states, group_size=group_size, keep_fraction=keep_fraction,
-            eval_episodes=eval_episodes, rl_overrides={"lr": lr} if lr is not None else None,
-            time_model=time_model, summarize_only=summarize_only,
-        )
-    except StudyError as exc:
-        Console().print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-    print_table(result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -57,10 +57,11 @@ heldout_end, updates: [{step, grad_norm, kept_fraction, clip_frac, keep_probs}]}
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,9 @@ import numpy as np
 import torch
 
 from pcm_bench import behaviour
-from pcm_bench.learning import (
-    ALGOS,
-    RUNS_FILE,
-    StudyError,
-    load_runs,
-    mean_ci95,
-    runs_by_algo,
-)
+from pcm_bench.learning import ALGOS, mean_ci95, runs_by_algo
+from pcm_bench.options import as_paths, at_least, json_option, one_of, split
+from pcm_bench.study import Study, StudyError, complete, fingerprint
 from trainer_client.cli_options import build
 from trainer_client.clients import connect
 from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
@@ -84,7 +80,13 @@ from trainer_client.grpo import group_advantages, grpo_update
 from trainer_client.phases import choose_segmenter, phase_counts, relabel
 from trainer_client.rollout import RolloutCollector
 from trainer_client.train.checkpoint import list_checkpoints
-from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, TrainConfig, auto_workers
+from trainer_client.train.config import (
+    DEMO_ENV,
+    TRAIN_INIT_POOL,
+    TrainConfig,
+    auto_workers,
+    opt,
+)
 from trainer_client.train.distributed import Dist
 from trainer_client.train.evaluate import evaluate_policy
 from trainer_client.train.metrics import read_metrics
@@ -96,6 +98,71 @@ from trainer_client.types import Trajectory
 CACHE_VERSION = 1
 DEFAULT_AT = (1, 3, 10, 30)
 EVAL_ROWS = 256  # chunk rows per forward pass when scoring the evaluation batches
+
+
+@dataclass
+class ReplayConfig:
+    """`pcm-bench replay`: its flags are these fields (`trainer_client.cli_options`); the fields
+    without a flag are for callers in Python (tests: a short episode limit, one thread)."""
+
+    init: Path = field(metadata={
+        "help": "checkpoint every update starts from (`pcm-train sft` writes runs/sft/sft.pt)",
+        "typer": {"exists": True, "dir_okay": False}})
+    env: str = opt(DEMO_ENV, "metaworld:TASK")
+    algos: str = opt("grpo,pcm,random", "comma-separated, from pcm-bench learning's (pcm = the "
+                     "default PCM)")
+    seeds: int = opt(3, "seeds (each its own batches)")
+    first_seed: int = opt(0, "the first seed (0, 1, ...)")
+    train_batches: int = opt(30, "T: updates, one per training batch")
+    eval_batches: int = opt(8, "M: evaluation batches the updates are scored on")
+    at: str = opt(",".join(map(str, DEFAULT_AT)), "comma-separated update counts to score after "
+                  "(T is always scored)")
+    init_states: int = opt(4, "initial states per batch")
+    group_size: int = opt(8, "G rollouts per initial state")
+    keep_fraction: float = opt(0.2, "pcm / random keep fraction")
+    eval_episodes: int = opt(100, "held-out episodes before and after the T updates (0: none)")
+    out: Path = field(default=Path("runs/bench-replay"), metadata={
+        "help": "batch cache, runs.jsonl (appended per run), replay.json; rerun to continue"})
+    summarize_only: bool = opt(False, "run nothing: write the figures of the finished runs")
+    runs: str | None = opt(None, "comma-separated `pcm-train rl` run dirs started from --init: "
+                           "score their step checkpoints on the evaluation batches instead of "
+                           "replaying")
+    seed: int = opt(0, "with --runs: the evaluation batches' seed")
+    heldout_episodes: int = opt(0, "with --runs: also run each checkpoint (and --init) on this "
+                                "many held-out episodes, as pcm-train rl evaluates, and report "
+                                "how far they get (reach, grasp, success) and how its action "
+                                "means moved, arm and gripper apart")
+    heldout_seed: int = opt(0, "with --heldout-episodes: the runs' --seed (their evaluation's "
+                            "sampling seed), so that the success at their evaluation steps is "
+                            "theirs")
+    json_path: Path | None = field(default=None, metadata=json_option())
+    num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
+    threads: int = opt(0, "torch threads; 0 = as set", cli=False)
+    # with --runs: the runs' episode limit where they set one (the env's default otherwise)
+    max_steps: int | None = opt(None, "the runs' episode limit", cli=False)
+    # more TrainConfig options of every replay (part of the study's configuration)
+    rl_overrides: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        as_paths(self, "init", "out", "json_path")
+        one_of("algos", self.algo_list, tuple(ALGOS))
+        split(self.at, int, "at")  # a list of integers, or the error that says so
+        at_least(self, seeds=1, first_seed=0, train_batches=1, eval_batches=2, init_states=1,
+                 group_size=2, eval_episodes=0, seed=0, heldout_episodes=0, heldout_seed=0)
+
+    @property
+    def algo_list(self) -> list[str]:
+        return list(split(self.algos, str, "algos"))
+
+    @property
+    def at_list(self) -> list[int]:
+        """--at as integers (not yet bounded by T)."""
+        return list(split(self.at, int, "at"))
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """--runs as paths (none without it)."""
+        return [Path(r) for r in split(self.runs or "", str, "runs")]
 
 
 # ---- 1. the batches, cached ---------------------------------------------------------------------
@@ -318,101 +385,75 @@ def replay_run(cfg: TrainConfig, train: Sequence[list[Trajectory]], evalset: Eva
 # ---- the study ----------------------------------------------------------------------------------
 
 
-def run_replay_bench(
-    out: Path, *, init: Path, env: str = DEMO_ENV, algos: Sequence[str] = ("grpo", "pcm",
-                                                                            "random"),
-    seeds: int = 3, first_seed: int = 0, train_batches: int = 30, eval_batches: int = 8,
-    at: Sequence[int] = DEFAULT_AT, init_states: int = 4, group_size: int = 8,
-    keep_fraction: float = 0.2, eval_episodes: int = 100, num_workers: int = -1,
-    threads: int = 0, rl_overrides: dict[str, Any] | None = None, summarize_only: bool = False,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+def run_replay_bench(config: ReplayConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run what is missing (each algo on seeds first_seed .. first_seed + seeds - 1), then
     write OUT/replay.json from every finished run and return it. `summarize_only` runs nothing."""
-    for algo in algos:
-        if algo not in ALGOS:
-            raise StudyError(f"unknown algo {algo!r}; use {', '.join(ALGOS)}")
-    at = sorted({int(t) for t in at if 1 <= int(t) <= train_batches} | {train_batches})
-    if seeds < 1 or train_batches < 1 or eval_batches < 2 or eval_episodes < 0:
-        raise StudyError("need seeds >= 1, train_batches >= 1, eval_batches >= 2 and "
-                         "eval_episodes >= 0")
-    if not Path(init).is_file():
+    c = config
+    out, init, env, algos = c.out, c.init, c.env, c.algo_list
+    at = sorted({t for t in c.at_list if 1 <= t <= c.train_batches} | {c.train_batches})
+    if not init.is_file():
         raise StudyError(f"--init {init} is not a file (an SFT checkpoint, `pcm-train sft`)")
-    out = Path(out)
 
     def config_for(algo: str, seed: int) -> TrainConfig:
         return build(TrainConfig, dict(
             env=env, selector="embedded", run_id=f"replay-{algo}-s{seed}", out=str(out),
-            init=str(init), seed=seed, group_size=group_size, init_states=init_states,
-            keep_fraction=keep_fraction, num_workers=num_workers, threads=threads,
-            progress=False, trainer_id="bench", **{**(rl_overrides or {}), **ALGOS[algo]}))
+            init=str(init), seed=seed, group_size=c.group_size, init_states=c.init_states,
+            keep_fraction=c.keep_fraction, num_workers=c.num_workers, threads=c.threads,
+            progress=False, trainer_id="bench", **{**c.rl_overrides, **ALGOS[algo]}))
 
     base = config_for("grpo", 0)
     for algo in algos:
-        c = config_for(algo, 0)
-        if (c.segmenter, c.selection.phases) != (base.segmenter, base.selection.phases):
-            raise StudyError(f"{algo} labels phases otherwise ({c.segmenter}); the batches are "
-                             f"labelled with {base.segmenter}: run it with another --out")
-    config = {"env": env, "train_batches": train_batches, "eval_batches": eval_batches,
-              "at": at, "init_states": init_states, "group_size": group_size,
-              "keep_fraction": keep_fraction, "eval_episodes": eval_episodes,
-              "segmenter": base.segmenter, "phases": base.selection.phases,
-              "cache_version": CACHE_VERSION, **(rl_overrides or {})}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
-                            + Path(init).read_bytes()).hexdigest()[:16]
-    done = load_runs(out)
-    for r in done:
-        if r["fingerprint"] != digest:
-            raise StudyError(f"{out / RUNS_FILE} holds runs of another configuration; use "
-                             f"another --out (theirs: {r['config']}, this: {config})")
-    if summarize_only and not done:
-        raise StudyError(f"{out / RUNS_FILE} holds no finished run: nothing to summarize")
-    finished = {(r["algo"], r["seed"]) for r in done}
-    torch.set_num_threads(threads or torch.get_num_threads())
+        other = config_for(algo, 0)
+        if (other.segmenter, other.selection.phases) != (base.segmenter, base.selection.phases):
+            raise StudyError(f"{algo} labels phases otherwise ({other.segmenter}); the batches "
+                             f"are labelled with {base.segmenter}: run it with another --out")
+    study_config = {"env": env, "train_batches": c.train_batches,
+                    "eval_batches": c.eval_batches, "at": at, "init_states": c.init_states,
+                    "group_size": c.group_size, "keep_fraction": c.keep_fraction,
+                    "eval_episodes": c.eval_episodes, "segmenter": base.segmenter,
+                    "phases": base.selection.phases, "cache_version": CACHE_VERSION,
+                    **c.rl_overrides}
+    study = Study.open(out, study_config, init, summarize_only=c.summarize_only)
+    seeds = range(c.first_seed, c.first_seed + c.seeds)
+    torch.set_num_threads(c.threads or torch.get_num_threads())
 
     def collector() -> RolloutCollector:
-        return RolloutCollector(env, num_workers=auto_workers(num_workers, 1),
+        return RolloutCollector(env, num_workers=auto_workers(c.num_workers, 1),
                                 max_steps=base.max_steps)
 
-    if not summarize_only:
-        cache = out / f"cache-{digest}"
+    pending = () if c.summarize_only else study.pending(algos, seeds, log=log, name="replay")
+    cache = out / f"cache-{study.fingerprint}"
+    for seed, todo in itertools.groupby(pending, key=lambda pair: pair[0]):
         cache.mkdir(parents=True, exist_ok=True)
-        for seed in range(first_seed, first_seed + seeds):
-            todo = [a for a in algos if (a, seed) not in finished]
-            if not todo:
-                continue
-            train = collect_batches(base, seed, "train", train_batches, cache, collector, log)
-            evalset = EvalSet(collect_batches(base, seed, "eval", eval_batches, cache,
-                                              collector, log), base.selection.phases)
-            checkpoint = load_policy(Path(init))
-            evalset.logp0 = evalset.log_probs(checkpoint)
-            with collector() as coll:
+        train = collect_batches(base, seed, "train", c.train_batches, cache, collector, log)
+        evalset = EvalSet(collect_batches(base, seed, "eval", c.eval_batches, cache,
+                                          collector, log), base.selection.phases)
+        checkpoint = load_policy(init)
+        evalset.logp0 = evalset.log_probs(checkpoint)
+        with collector() as coll:
 
-                def heldout(policy: Any, coll: RolloutCollector = coll, seed: int = seed
-                            ) -> float:
-                    if not eval_episodes:
-                        return float("nan")
-                    r = evaluate_policy(policy, env, eval_init_states(
-                        coll.info.num_init_states, eval_episodes), seed=seed, collector=coll)
-                    return r.success_rate
+            def heldout(policy: Any, coll: RolloutCollector = coll, seed: int = seed) -> float:
+                if not c.eval_episodes:
+                    return float("nan")
+                r = evaluate_policy(policy, env, eval_init_states(
+                    coll.info.num_init_states, c.eval_episodes), seed=seed, collector=coll)
+                return r.success_rate
 
-                start = heldout(checkpoint)
-                for algo in todo:
-                    log(f"replay: {algo} seed {seed}, {train_batches} updates")
-                    t0 = time.perf_counter()
-                    record = replay_run(config_for(algo, seed), train, evalset, at, heldout, log)
-                    record.update(algo=algo, seed=seed, heldout_start=start,
-                                  duration_s=time.perf_counter() - t0, fingerprint=digest,
-                                  config=config, phases=evalset.phase_shares())
-                    log(f"  held-out {start:.2f} -> {record['heldout_end']:.2f} "
-                        f"({record['duration_s']:.0f}s)")
-                    with (out / RUNS_FILE).open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-    runs = load_runs(out)
-    result = {"benchmark": "replay", "task": env, "checkpoint": str(init), "config": config,
-              "summary": summarize_replay(runs), "runs": runs,
-              "complete": all((a, s) in {(r["algo"], r["seed"]) for r in runs}
-                              for a in algos for s in range(first_seed, first_seed + seeds))}
+            start = heldout(checkpoint)
+            for _, algo in todo:
+                log(f"replay: {algo} seed {seed}, {c.train_batches} updates")
+                t0 = time.perf_counter()
+                record = replay_run(config_for(algo, seed), train, evalset, at, heldout, log)
+                record.update(algo=algo, seed=seed, heldout_start=start,
+                              duration_s=time.perf_counter() - t0,
+                              phases=evalset.phase_shares())
+                log(f"  held-out {start:.2f} -> {record['heldout_end']:.2f} "
+                    f"({record['duration_s']:.0f}s)")
+                study.append(record)
+    runs = study.runs()
+    result = {"benchmark": "replay", "task": env, "checkpoint": str(init),
+              "config": study_config, "summary": summarize_replay(runs), "runs": runs,
+              "complete": complete(runs, algos, seeds)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -485,16 +526,12 @@ def summarize_replay(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # ---- the same score along finished runs: `--runs` -----------------------------------------------
 
 
-def score_runs(
-    run_dirs: Sequence[Path], *, init: Path, env: str = DEMO_ENV, eval_batches: int = 8,
-    seed: int = 0, init_states: int = 4, group_size: int = 8, out: Path,
-    heldout_episodes: int = 0, heldout_seed: int = 0, max_steps: int | None = None,
-    num_workers: int = -1, log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Step 3 on the step checkpoints of finished `pcm-train rl` runs that started from `init`:
-    dJ and move per phase of each checkpoint against `init`, on evaluation batches collected at
-    `init` (cached in OUT), with the run's held-out evaluations and the mean keep weights the
-    selector answered in the steps up to each checkpoint (from its metrics.jsonl).
+def score_runs(config: ReplayConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Step 3 on the step checkpoints of finished `pcm-train rl` runs (`--runs`) that started
+    from `init`: dJ and move per phase of each checkpoint against `init`, on evaluation batches
+    collected at `init` with `seed` (cached in OUT), with the run's held-out evaluations and the
+    mean keep weights the selector answered in the steps up to each checkpoint (from its
+    metrics.jsonl).
 
     With `heldout_episodes` > 0, also what each checkpoint does on its own held-out episodes
     (`pcm-train rl`'s evaluation: its held-out initial states, sampled with `heldout_seed`, the
@@ -503,42 +540,40 @@ def score_runs(
     gripper apart, by env phase, on those episodes' states (`shift_own`) and on the evaluation
     batches' (`shift_ref`); see pcm_bench/behaviour.py. `max_steps`: the runs'
     episode limit, where they set one (the env's default otherwise)."""
-    if not Path(init).is_file():
+    c = config
+    init, env, max_steps = c.init, c.env, c.max_steps
+    if not init.is_file():
         raise StudyError(f"--init {init} is not a file (the runs' start checkpoint)")
-    if heldout_episodes < 0:
-        raise StudyError(f"--heldout-episodes must be >= 0, got {heldout_episodes}")
     base = build(TrainConfig, dict(env=env, selector="embedded", init=str(init),
-                                   init_states=init_states, group_size=group_size,
-                                   num_workers=num_workers, progress=False,
+                                   init_states=c.init_states, group_size=c.group_size,
+                                   num_workers=c.num_workers, progress=False,
                                    max_steps=max_steps))
-    config = {"env": env, "eval_batches": eval_batches, "seed": seed,
-              "init_states": init_states, "group_size": group_size,
-              **({"max_steps": max_steps} if max_steps is not None else {}),
-              "segmenter": base.segmenter, "phases": base.selection.phases,
-              "cache_version": CACHE_VERSION}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()
-                            + Path(init).read_bytes()).hexdigest()[:16]
-    cache = Path(out) / f"cache-{digest}"
+    settings = {"env": env, "eval_batches": c.eval_batches, "seed": c.seed,
+                "init_states": c.init_states, "group_size": c.group_size,
+                **({"max_steps": max_steps} if max_steps is not None else {}),
+                "segmenter": base.segmenter, "phases": base.selection.phases,
+                "cache_version": CACHE_VERSION}
+    cache = c.out / f"cache-{fingerprint(settings, init)}"
     cache.mkdir(parents=True, exist_ok=True)
 
     def collector() -> RolloutCollector:
-        return RolloutCollector(env, num_workers=auto_workers(num_workers, 1),
+        return RolloutCollector(env, num_workers=auto_workers(c.num_workers, 1),
                                 max_steps=base.max_steps)
 
-    evalset = EvalSet(collect_batches(base, seed, "eval", eval_batches, cache, collector, log),
-                      base.selection.phases)
-    start = load_policy(Path(init))
+    evalset = EvalSet(collect_batches(base, c.seed, "eval", c.eval_batches, cache, collector,
+                                      log), base.selection.phases)
+    start = load_policy(init)
     evalset.logp0 = evalset.log_probs(start)
-    episodes = (_Behaviour(start, evalset, collector(), heldout_episodes, heldout_seed)
-                if heldout_episodes else None)
+    episodes = (_Behaviour(start, evalset, collector(), c.heldout_episodes, c.heldout_seed)
+                if c.heldout_episodes else None)
     try:
-        runs = [_score_run(Path(d), evalset, episodes, log) for d in run_dirs]
+        runs = [_score_run(d, evalset, episodes, log) for d in c.run_dirs]
     finally:
         if episodes is not None:
             episodes.close()
-    config.update(heldout_episodes=heldout_episodes, heldout_seed=heldout_seed)
+    settings.update(heldout_episodes=c.heldout_episodes, heldout_seed=c.heldout_seed)
     return {"benchmark": "replay --runs", "task": env, "checkpoint": str(init),
-            "config": config, "phases": evalset.phase_shares(),
+            "config": settings, "phases": evalset.phase_shares(),
             "start": episodes.start if episodes is not None else None, "runs": runs}
 
 

@@ -42,16 +42,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pcm_bench.core import Shape, synthetic_request
+from pcm_bench.options import as_paths, at_least, json_option, one_of, positive, split
 from pcm_bench.servers import RedisServer, SelectorProcess, child_pids
 from pcm_contract.models import SelectRequest
+from trainer_client.train.config import opt
 
 SHAPES: dict[str, Shape] = {"small": Shape(64, 32, 56), "libero": Shape(512, 64, 56)}
 DEFAULT_REQUESTS = {"small": 400, "libero": 48}
@@ -66,23 +69,73 @@ EMBEDDED_SELECTS = {"small": 300, "libero": 12}  # per measurement of the embedd
 FLOOR_CALLS = {"small": 2000, "libero": 60}  # per measurement of the bare gRPC floor
 
 
-def run_selector_bench(
-    *,
-    transports: Sequence[str] = ("grpc", "http"),
-    stores: Sequence[str] = ("memory", "redis"),
-    clients: Sequence[int] = (1, 4, 16),
-    shapes: Sequence[str] = ("small", "libero"),
-    requests: int | None = None,
-    warmup: int = 2,
-    time_cap_s: float = 30.0,
-    step_time_s: float | None = None,
-    shared_run: bool = False,
-    interval_s: float = 0.0,
-    selector_env: Mapping[str, str] | None = None,
-    workers: int = 1,
-    embedded_selects: int | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+@dataclass
+class SelectorBenchConfig:
+    """`pcm-bench selector`: its flags are these fields (`trainer_client.cli_options`)."""
+
+    json_path: Path | None = field(default=None, metadata=json_option())
+    transports: str = opt("grpc,http", "comma-separated: grpc,http")
+    stores: str = opt("memory,redis", "comma-separated: memory,redis")
+    clients: str = opt("1,4,16", "concurrent clients per cell")
+    shapes: str = opt("small,libero", "small (64x32x56), libero (512x64x56)")
+    requests: int | None = opt(None, "timed selects per cell")
+    interval_s: float = opt(0.0, "0: closed loop (saturation); >0: each client selects once "
+                            "per interval")
+    time_cap_s: float = opt(30.0, "time cap per cell")
+    step_time_s: float | None = opt(None, "an RL step's duration, to report selection's share "
+                                    "of it")
+    workers: int = opt(1, "worker processes of the Redis selector (pcm-selector serve "
+                       "--workers)")
+    shared_run: bool = opt(False, "all clients select on one run (contend on its state): one "
+                           "row per --clients value says what a select costs as more trainers "
+                           "share a run")
+    embedded_selects: int | None = opt(None, "embedded selects per measurement of the "
+                                       "reference CPU per select (before and after each "
+                                       "shape's cells; default 300 small, 12 libero; 0: none)")
+    selector_env: list[str] | None = field(default=None, metadata={
+        "help": "KEY=VALUE set in the selector processes' environment (repeatable), e.g. "
+                "PCM_GRPC_INLINE_SELECT_CHUNKS=0"})
+    warmup: int = opt(2, "untimed selects per client first", cli=False)
+
+    def __post_init__(self) -> None:
+        as_paths(self, "json_path")
+        transports, stores, clients, shapes = self.cells()
+        one_of("transports", transports, ("grpc", "http"))
+        one_of("stores", stores, ("memory", "redis"))
+        one_of("shapes", shapes, tuple(SHAPES))
+        if not clients:
+            raise ValueError(f"--clients {self.clients!r}: give at least one count, e.g. 1,4")
+        positive(self, "step_time_s")
+        at_least(self, interval_s=0, workers=1, warmup=0)
+        if self.embedded_selects is not None:
+            at_least(self, embedded_selects=0)
+        _key_values(self.selector_env)
+
+    def cells(self) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+        """The matrix's axes: (transports, stores, client counts, shapes), from their flags."""
+        return (split(self.transports, str, "transports"), split(self.stores, str, "stores"),
+                split(self.clients, int, "clients"), split(self.shapes, str, "shapes"))
+
+    @property
+    def env_vars(self) -> dict[str, str]:
+        """--selector-env as a dict."""
+        return _key_values(self.selector_env)
+
+
+def _key_values(items: list[str] | None) -> dict[str, str]:
+    """--selector-env's KEY=VALUE strings as a dict; a malformed one is an error naming it."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--selector-env {item!r}: use KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run_selector_bench(config: SelectorBenchConfig,
+                       progress: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any]:
     """Measure every (transport, store, clients, shape) cell; returns
     ``{"benchmark": "selector", "settings": {...}, "targets": {...}, "rows": [...]}``.
 
@@ -105,21 +158,11 @@ def run_selector_bench(
     floor) / embedded, the lowest ratio a gRPC server could reach. `progress` is called with
     each row.
     """
-    for name in transports:
-        if name not in ("grpc", "http"):
-            raise ValueError(f"unknown transport {name!r}: grpc or http")
-    for name in stores:
-        if name not in ("memory", "redis"):
-            raise ValueError(f"unknown store {name!r}: memory or redis")
-    for name in shapes:
-        if name not in SHAPES:
-            raise ValueError(f"unknown shape {name!r}: {', '.join(SHAPES)}")
-    if step_time_s is not None and step_time_s <= 0:
-        raise ValueError("step_time_s must be positive")
-    if interval_s < 0:
-        raise ValueError("interval_s must be >= 0")
-    if workers < 1:
-        raise ValueError("workers must be >= 1")
+    c = config
+    transports, stores, clients, shapes = c.cells()
+    requests, warmup, time_cap_s, step_time_s = c.requests, c.warmup, c.time_cap_s, c.step_time_s
+    shared_run, interval_s, workers = c.shared_run, c.interval_s, c.workers
+    selector_env, embedded_selects = c.env_vars, c.embedded_selects
 
     templates = {name: SelectRequest.model_validate(synthetic_request(SHAPES[name]))
                  for name in shapes}
@@ -205,6 +248,7 @@ import json, sys, time
 from pcm_contract.models import SelectRequest
 from trainer_client import connect
 from pcm_bench.core import Shape, synthetic_request
+from pcm_bench.options import as_paths, at_least, json_option, one_of, positive, split
 shape, selects, warmup = Shape(*map(int, sys.argv[1].split(","))), int(sys.argv[2]), 5
 template = SelectRequest.model_validate(synthetic_request(shape))
 client = connect("embedded")
@@ -244,6 +288,7 @@ from pcm_contract import codec
 from pcm_contract.models import SelectRequest
 from trainer_client import connect
 from pcm_bench.core import Shape, synthetic_request
+from pcm_bench.options import as_paths, at_least, json_option, one_of, positive, split
 try:
     from selector_service.allocator import keep_large_buffers
     keep_large_buffers()

@@ -22,14 +22,15 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pcm_bench.options import as_paths, at_least, json_option
 from trainer_client.cli_options import build
-from trainer_client.train.config import DEMO_ENV, TrainConfig
+from trainer_client.train.config import DEMO_ENV, TrainConfig, opt
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.rl import train_rl
 
@@ -84,21 +85,35 @@ def fit_time_model(rows: Sequence[dict[str, Any]]) -> tuple[TimeModel, dict[str,
     return model, fit
 
 
-def run_time_model_bench(
-    out: Path,
-    *,
-    init: Path,
-    env: str = DEMO_ENV,
-    steps: int = 6,
-    init_states: int = 4,
-    group_size: int = 8,
-    num_workers: int = -1,
-    threads: int = 0,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+@dataclass
+class TimeModelConfig:
+    """`pcm-bench timemodel`: its flags are these fields (`trainer_client.cli_options`)."""
+
+    init: Path = field(metadata={"help": "the study's SFT checkpoint",
+                                 "typer": {"exists": True, "dir_okay": False}})
+    env: str = opt(DEMO_ENV, "metaworld:TASK")
+    steps: int = opt(6, "steps of each calibration run")
+    init_states: int = opt(4, "initial states per step")
+    group_size: int = opt(8, "G: rollouts per initial state")
+    out: Path = field(default=Path("runs/bench-timemodel"),
+                      metadata={"help": "the calibration runs' dir"})
+    json_path: Path | None = field(default=None, metadata=json_option(
+        "write the model here (pcm-bench learning --time-model reads it)"))
+    num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
+    threads: int = opt(0, "torch threads; 0 = all cores", cli=False)
+
+    def __post_init__(self) -> None:
+        as_paths(self, "init", "out", "json_path")
+        at_least(self, steps=3, init_states=1, group_size=2)
+
+
+def run_time_model_bench(config: TimeModelConfig, log: Callable[[str], None] = print
+                         ) -> dict[str, Any]:
     """Two short runs (grpo; random at keep 0.2) from `init`, their first step left out (warm-up),
     and the fit. The load average before and after says whether the machine was quiet."""
-    out = Path(out)
+    c = config
+    out, init, env, steps = c.out, c.init, c.env, c.steps
+    init_states, group_size = c.init_states, c.group_size
     out.mkdir(parents=True, exist_ok=True)
     load_before = list(os.getloadavg())
     rows: list[dict[str, Any]] = []
@@ -107,8 +122,8 @@ def run_time_model_bench(
             env=env, selector="embedded", run_id=f"timemodel-{algo}", out=str(out / algo),
             init=str(init), steps=steps, seed=0, group_size=group_size,
             init_states=init_states, keep_fraction=0.2, budget_rule="fixed", eval_every=0,
-            checkpoint_every=steps, keep_checkpoints=1, num_workers=num_workers,
-            threads=threads, progress=False, trainer_id="timemodel"))
+            checkpoint_every=steps, keep_checkpoints=1, num_workers=c.num_workers,
+            threads=c.threads, progress=False, trainer_id="timemodel"))
         log(f"timemodel: {algo}, {steps} steps")
         t0 = time.perf_counter()
         result = train_rl(cfg, log_line=lambda _line: None)

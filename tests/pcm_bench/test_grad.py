@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from pcm_bench.grad import print_table, run_grad_bench, synthetic_batch
+from pcm_bench.grad import GradConfig, print_table, run_grad_bench, synthetic_batch
 from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
 from trainer_client.train.selection import random_selection
@@ -18,16 +18,16 @@ TINY = PolicyConfig.preset("tiny")
 
 def test_grad_bench_structure_and_ratios():
     threads = torch.get_num_threads()
-    result = run_grad_bench(
-        keep_fractions=(0.2, 0.5),
-        num_trajectories=4,
-        num_chunks=10,
+    result = run_grad_bench(GradConfig(
+        keep_fractions="0.2,0.5",
+        trajectories=4,
+        chunks=10,
         group_size=2,
         rows_micro_batch=4,
         repeats=1,
         policy_config=TINY,
         threads=1,
-    )
+    ))
     assert torch.get_num_threads() == threads  # restored
     assert result["torch_threads"] == 1
     json.dumps(result)  # JSON-serialisable as is
@@ -69,17 +69,17 @@ def test_grad_bench_structure_and_ratios():
 
 
 def test_grad_bench_runs_report_the_range():
-    result = run_grad_bench(
-        keep_fractions=(0.2,),
-        num_trajectories=4,
-        num_chunks=6,
+    result = run_grad_bench(GradConfig(
+        keep_fractions="0.2",
+        trajectories=4,
+        chunks=6,
         group_size=2,
         rows_micro_batch=4,
         repeats=1,
         runs=2,
         policy_config=TINY,
         threads=1,
-    )
+    ))
     json.dumps(result)
     assert len(result["runs"]) == 2
     assert set(result["runs"][0]) == {
@@ -97,8 +97,9 @@ def test_grad_bench_runs_report_the_range():
     print_table(result, console)
     assert "over 2 runs" in console.export_text()
     # without pack: the two original comparisons only
-    plain = run_grad_bench(keep_fractions=(0.5,), num_trajectories=2, num_chunks=4,
-                           group_size=2, repeats=1, pack=False, policy_config=TINY, threads=1)
+    plain = run_grad_bench(GradConfig(keep_fractions="0.5", trajectories=2, chunks=4,
+                                      group_size=2, repeats=1, pack=False, policy_config=TINY,
+                                      threads=1))
     assert "results_pack" not in plain and "results_rows_pack" not in plain
 
 

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 from pcm_bench.cli import app
 from pcm_bench.learning import (
     ALGOS,
-    RUNS_FILE,
+    LearningConfig,
     _interpolated_equal_time,
-    load_runs,
     mean_ci95,
     print_table,
     run_learning_bench,
     summarize_runs,
 )
+from pcm_bench.study import RUNS_FILE, load_runs
 from pcm_contract.run_config import RunConfigSchema
 from tests.fixtures.training import MAX_STEPS, TASK
 from trainer_client.cli_options import build
@@ -31,11 +31,11 @@ SUMMARY_FIELDS = {"seeds", "heldout_start", "heldout_end", "gain_mean", "gain_ci
 
 
 def _bench(out: Path, init: Path, **kw: object) -> dict:
-    args: dict = dict(init=init, env=TASK, steps=2, init_states=4, group_size=4,
+    args: dict = dict(out=out, init=init, env=TASK, steps=2, init_states=4, group_size=4,
                       eval_episodes=3, num_workers=0, threads=1,
-                      rl_overrides={"max_steps": MAX_STEPS}, log=lambda _m: None)
+                      rl_overrides={"max_steps": MAX_STEPS})
     args.update(kw)
-    return run_learning_bench(out, **args)
+    return run_learning_bench(LearningConfig(**args), log=lambda _m: None)
 
 
 def test_learning_bench_is_paired_resumable_and_writes_figures(sft_checkpoint: Path,
@@ -156,7 +156,7 @@ def test_equal_time_continues_masked_runs_to_grpos_modelled_time(sft_checkpoint:
     # fewer chunks per step, so their modelled step is shorter and they run past `steps`
     model = {"c_env": 1e-6, "c_rollout0": 0.0, "c_row": 1.0, "c_update0": 0.0}
     (tmp_path / "model.json").write_text(json.dumps({"model": model}))
-    result = _bench(tmp_path, sft_checkpoint, seeds=1, algos=["pcm", "random", "grpo"],
+    result = _bench(tmp_path, sft_checkpoint, seeds=1, algos="pcm,random,grpo",
                     time_model=tmp_path / "model.json",
                     rl_overrides={"max_steps": MAX_STEPS, "min_keep_fraction": 0.1})
     runs = {r["algo"]: r for r in result["runs"]}

@@ -4,7 +4,9 @@ planted log-probabilities."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,26 +14,33 @@ import torch
 from typer.testing import CliRunner
 
 from pcm_bench.cli import app
-from pcm_bench.learning import StudyError
 from pcm_bench.replay import (
-    RUNS_FILE,
     EvalSet,
+    ReplayConfig,
     _load_trajectories,
     _save_trajectories,
     run_replay_bench,
     score_runs,
 )
+from pcm_bench.study import RUNS_FILE, StudyError
 from tests.fixtures.training import MAX_STEPS, TASK, tiny_rl_config
 from trainer_client.train.rl import train_rl
 from trainer_client.types import OBS_STATE, Trajectory
 
 
 def _bench(out: Path, init: Path, **kw: object) -> dict:
-    args: dict = dict(init=init, env=TASK, seeds=1, train_batches=2, eval_batches=2, at=(1,),
-                      init_states=2, group_size=4, eval_episodes=3, num_workers=0, threads=1,
-                      rl_overrides={"max_steps": MAX_STEPS}, log=lambda _m: None)
+    args: dict = dict(out=out, init=init, env=TASK, seeds=1, train_batches=2, eval_batches=2,
+                      at="1", init_states=2, group_size=4, eval_episodes=3, num_workers=0,
+                      threads=1, rl_overrides={"max_steps": MAX_STEPS})
     args.update(kw)
-    return run_replay_bench(out, **args)
+    return run_replay_bench(ReplayConfig(**args), log=lambda _m: None)
+
+
+def _score(run: Path, init: Path, out: Path, log: Callable[[str], None], **kw: Any) -> dict:
+    """`pcm-bench replay --runs RUN` at toy sizes."""
+    return score_runs(ReplayConfig(init=init, runs=str(run), env=TASK, eval_batches=2,
+                                   init_states=2, group_size=4, out=out, num_workers=0, **kw),
+                      log=log)
 
 
 def test_replay_runs_the_real_updates_and_resumes(sft_checkpoint: Path, tmp_path: Path) -> None:
@@ -80,10 +89,8 @@ def test_runs_are_scored_checkpoint_by_checkpoint(sft_checkpoint: Path, tmp_path
                             keep_checkpoints=2, eval_every=1, eval_episodes=3),
              log_line=lambda _line: None)
     logged: list[str] = []
-    scored = score_runs([run], init=sft_checkpoint, env=TASK, eval_batches=2, init_states=2,
-                        group_size=4, out=tmp_path / "score", num_workers=0,
-                        heldout_episodes=3, heldout_seed=0, max_steps=MAX_STEPS,
-                        log=logged.append)
+    scored = _score(run, sft_checkpoint, tmp_path / "score", logged.append,
+                    heldout_episodes=3, heldout_seed=0, max_steps=MAX_STEPS)
     (result,) = scored["runs"]
     assert result["algo"] == "pcm" and result["heldout_start"] is not None
     assert [c["step"] for c in result["checkpoints"]] == [1, 2]
@@ -108,16 +115,12 @@ def test_runs_are_scored_checkpoint_by_checkpoint(sft_checkpoint: Path, tmp_path
     # the start against itself: no shift
     assert scored["start"]["shift_own"]["arm_rms_all"] == 0.0
     # another seed is not the run's evaluation, and says so
-    other = score_runs([run], init=sft_checkpoint, env=TASK, eval_batches=2, init_states=2,
-                       group_size=4, out=tmp_path / "score", num_workers=0,
-                       heldout_episodes=3, heldout_seed=1, max_steps=MAX_STEPS,
-                       log=logged.append)
+    other = _score(run, sft_checkpoint, tmp_path / "score", logged.append,
+                   heldout_episodes=3, heldout_seed=1, max_steps=MAX_STEPS)
     if any(c["behaviour"]["success"] != c["heldout"] for c in other["runs"][0]["checkpoints"]):
         assert [m for m in logged if "warning" in m]
     with pytest.raises(StudyError, match="no step checkpoint"):
-        score_runs([tmp_path / "score"], init=sft_checkpoint, env=TASK, eval_batches=2,
-                   init_states=2, group_size=4, out=tmp_path / "score", num_workers=0,
-                   log=lambda _m: None)
+        _score(tmp_path / "score", sft_checkpoint, tmp_path / "score", lambda _m: None)
 
 
 def _trajectory(group: str, success: bool, phases: list[int], row0: int) -> Trajectory:

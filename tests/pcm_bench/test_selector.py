@@ -7,13 +7,13 @@ import json
 import math
 from pathlib import Path
 
-from pcm_bench.selector import ROW_FIELDS, run_selector_bench
+from pcm_bench.selector import ROW_FIELDS, SelectorBenchConfig, run_selector_bench
 
 
 def test_selector_bench_rows() -> None:
-    result = run_selector_bench(transports=("grpc", "http"), stores=("memory", "redis"),
-                                clients=(1, 2), shapes=("small",), requests=4, warmup=1,
-                                time_cap_s=20, step_time_s=2.0, embedded_selects=0)
+    result = run_selector_bench(SelectorBenchConfig(
+        transports="grpc,http", stores="memory,redis", clients="1,2", shapes="small",
+        requests=4, warmup=1, time_cap_s=20, step_time_s=2.0, embedded_selects=0))
     json.dumps(result)  # serialisable as is
     assert result["benchmark"] == "selector"
     rows = result["rows"]
@@ -30,9 +30,9 @@ def test_selector_bench_rows() -> None:
 
 def test_selector_bench_workers_and_server_cpu() -> None:
     """`--workers 2` over Redis, and the server's CPU time per select (all its processes)."""
-    result = run_selector_bench(transports=("grpc",), stores=("redis",), clients=(2,),
-                                shapes=("small",), requests=8, warmup=1, time_cap_s=20,
-                                workers=2)
+    result = run_selector_bench(SelectorBenchConfig(
+        transports="grpc", stores="redis", clients="2", shapes="small", requests=8, warmup=1,
+        time_cap_s=20, workers=2))
     assert result["settings"]["workers"] == 2
     (row,) = result["rows"]
     assert row["errors"] == 0 and row["requests"] == 8
@@ -66,9 +66,9 @@ def test_shared_run_rows_carry_the_embedded_reference() -> None:
     """`--shared-run`: one row per client count on one run, each with the embedded select's
     CPU per select of the same batch (measured twice, in a process of its own), the server's
     CPU per select over it, and the bare gRPC transport's floor for the same messages."""
-    result = run_selector_bench(transports=("grpc",), stores=("redis",), clients=(1, 3),
-                                shapes=("small",), requests=6, warmup=1, time_cap_s=20,
-                                shared_run=True, embedded_selects=5)
+    result = run_selector_bench(SelectorBenchConfig(
+        transports="grpc", stores="redis", clients="1,3", shapes="small", requests=6, warmup=1,
+        time_cap_s=20, shared_run=True, embedded_selects=5))
     assert result["settings"]["shared_run"] is True
     rows = result["rows"]
     assert [r["clients"] for r in rows] == [1, 3]
