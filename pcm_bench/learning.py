@@ -15,7 +15,8 @@ Wall-clock is training time (evaluations excluded).
 
 Per algorithm (DESIGN: the paired gain): gain = held-out end - held-out start per seed; its mean
 and 95% t-interval over seeds; the same for the paired difference to grpo and to random (gain of
-the algorithm minus gain of grpo at the same seed); seconds per step and the time split; and the
+the algorithm minus gain of grpo at the same seed; the random is the one drawn at the algorithm's
+own kept fractions, `random_for`); seconds per step and the time split; and the
 wall-clock for its training success (trailing mean of 10 steps, mean over seeds) to reach GRPO's
 final training success, as a ratio to GRPO's own time to get there.
 
@@ -419,15 +420,21 @@ HALVES: dict[str, Callable[[dict[str, Any]], float]] = {
 }
 
 
-def _halves(mine: dict[int, dict[str, Any]], by_algo: dict[str, dict[int, dict[str, Any]]]
-            ) -> dict[str, dict[str, Any]]:
+def random_for(algo: str) -> str:
+    """The random masking `algo` is compared with: the one drawn at its own per-step kept
+    fractions (RANDOM_PACED_BY), else `random`."""
+    return next((r for r, pcm in RANDOM_PACED_BY.items() if pcm == algo), "random")
+
+
+def _halves(algo: str, mine: dict[int, dict[str, Any]],
+            by_algo: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per half: the held-out change (mean, 95% CI over seeds) and its paired differences to
-    grpo's and random's at the same seeds."""
+    grpo's and to its random's (`random_for`) at the same seeds."""
     out: dict[str, dict[str, Any]] = {}
     for half, change in HALVES.items():
         mean, ci = mean_ci95([change(r) for r in mine.values()])
         vs_grpo = _paired(mine, by_algo.get("grpo", {}), change)
-        vs_random = _paired(mine, by_algo.get("random", {}), change)
+        vs_random = _paired(mine, by_algo.get(random_for(algo), {}), change)
         out[half] = {"change_mean": mean, "change_ci95": ci,
                      "vs_grpo_mean": vs_grpo[0], "vs_grpo_ci95": vs_grpo[1],
                      "vs_random_mean": vs_random[0], "vs_random_ci95": vs_random[1]}
@@ -481,7 +488,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         total = sum(secs.values())
         gain_mean, gain_ci = mean_ci95([r["gain"] for r in rs])
         vs_grpo = _paired(mine, by_algo.get("grpo", {}))
-        vs_random = _paired(mine, by_algo.get("random", {}))
+        vs_random = _paired(mine, by_algo.get(random_for(algo), {}))
         out[algo] = {
             "seeds": sorted(mine),
             "heldout_start": float(np.mean([r["heldout_start"] for r in rs])),
@@ -490,7 +497,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "gain_mean": gain_mean, "gain_ci95": gain_ci,
             "gain_vs_grpo_mean": vs_grpo[0], "gain_vs_grpo_ci95": vs_grpo[1],
             "gain_vs_random_mean": vs_random[0], "gain_vs_random_ci95": vs_random[1],
-            "halves": _halves(mine, by_algo),
+            "halves": _halves(algo, mine, by_algo),
             "s_per_step": total / n_steps,
             "seconds_per_step": {k: v / n_steps for k, v in secs.items()},
             "rollout_share": secs["rollout"] / total,
@@ -657,7 +664,8 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
             f"{a['heldout_start']:.2f} -> {a['heldout_mid']:.2f} -> {a['heldout_end']:.2f}",
             _pm(a["gain_mean"], a["gain_ci95"]),
             _pm(a["gain_vs_grpo_mean"], a["gain_vs_grpo_ci95"]) if algo != "grpo" else "0",
-            _pm(a["gain_vs_random_mean"], a["gain_vs_random_ci95"]) if algo != "random" else "0",
+            _pm(a["gain_vs_random_mean"], a["gain_vs_random_ci95"])
+            if algo not in RANDOM_PACED_BY else "0",
             (f"{et['heldout_end']:.2f}, "
              + (_pm(et["minus_grpo_mean"], et["minus_grpo_ci95"]) if algo != "grpo" else "0"))
             if et else "-",
@@ -680,7 +688,8 @@ def print_table(result: dict[str, Any], console: Console | None = None) -> None:
             h = a["halves"][half]
             cells += [_pm(h["change_mean"], h["change_ci95"]),
                       _pm(h["vs_grpo_mean"], h["vs_grpo_ci95"]) if algo != "grpo" else "0",
-                      _pm(h["vs_random_mean"], h["vs_random_ci95"]) if algo != "random" else "0"]
+                      _pm(h["vs_random_mean"], h["vs_random_ci95"])
+                      if algo not in RANDOM_PACED_BY else "0"]
         halves.add_row(*cells)
     console.print(halves)
     if result.get("plot"):

@@ -228,3 +228,17 @@ def test_the_study_algos_build_what_they_name() -> None:
     # each random is paced by a pcm run that exists among the algos
     for random, pcm in RANDOM_PACED_BY.items():
         assert selection[random].mode == "random" and selection[pcm].mode == "pcm"
+
+
+def test_each_pcm_is_compared_with_the_random_at_its_own_budget() -> None:
+    from pcm_bench.learning import random_for
+
+    runs = [_record("grpo", 0, 0.2, 0.1, 0.5), _record("pcm", 0, 0.2, 0.1, 0.4),
+            _record("random", 0, 0.2, 0.1, 0.3), _record("pcm-ht", 0, 0.2, 0.1, 0.45),
+            _record("random-ht", 0, 0.2, 0.1, 0.25), _record("pcm-action", 0, 0.2, 0.1, 0.2)]
+    assert (random_for("pcm"), random_for("pcm-ht"), random_for("pcm-action")) == (
+        "random", "random-ht", "random")
+    summary = summarize_runs(runs)
+    gain = {r["algo"]: r["gain"] for r in runs}
+    for algo, random in (("pcm", "random"), ("pcm-ht", "random-ht"), ("pcm-action", "random")):
+        assert summary[algo]["gain_vs_random_mean"] == pytest.approx(gain[algo] - gain[random])
