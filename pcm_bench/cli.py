@@ -24,7 +24,7 @@ from pcm_bench.replay import ReplayConfig, run_replay_bench, score_runs
 from pcm_bench.selector import SelectorBenchConfig, run_selector_bench
 from pcm_bench.study import StudyError
 from pcm_bench.timemodel import TimeModelConfig, run_time_model_bench
-from trainer_client.cli_options import build, command, dataclass_options
+from trainer_client.cli_options import Body, config_command
 from trainer_client.device import SetupError
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -52,28 +52,19 @@ def _run_errors() -> Iterator[None]:
     try:
         yield
     except (SetupError, StudyError) as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        _error(f"error: {exc}")
         raise typer.Exit(2) from None
 
 
-def _config_command(name: str, cls: type[C]) -> Callable[[Callable[[C], None]], None]:
-    """Register `body(config)` as the command `name` whose flags are `cls`'s fields, nested
-    configs flattened (`trainer_client.cli_options`); a bad value exits 2 with the config's
+def _error(line: str) -> None:
+    console.print(line, style="red", markup=False, highlight=False)
+
+
+def _config_command(name: str, cls: type[C]) -> Callable[[Body[C]], Body[C]]:
+    """Register `body(config)` as the command `name` whose flags are `cls`'s fields
+    (`trainer_client.cli_options.config_command`); a bad value exits 2 with the config's
     message, which says how to fix it."""
-
-    def register(body: Callable[[C], None]) -> None:
-        def run(values: dict[str, Any]) -> None:
-            try:
-                config = build(cls, values)
-            except ValueError as exc:
-                console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-                raise typer.Exit(2) from None
-            with _run_errors():
-                body(config)
-
-        app.command(name)(command(dataclass_options(cls), run, body.__doc__))
-
-    return register
+    return config_command(app, name, cls, report=_error, run_errors=_run_errors)
 
 
 def _write(path: Path | None, payload: dict[str, Any]) -> None:

@@ -33,11 +33,11 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
-from trainer_client.cli_options import build, command, dataclass_options
+from trainer_client.cli_options import Body, config_command
 from trainer_client.device import DEVICE_HELP, PRECISION_HELP, SetupError
 from trainer_client.train.config import EvalConfig, SFTConfig, TrainConfig
 
@@ -49,27 +49,14 @@ app = typer.Typer(
 )
 
 C = TypeVar("C")
-Body = Callable[[C], None]
 
 
 def _config_command(name: str, cls: type[C]) -> Callable[[Body[C]], Body[C]]:
-    """Register `body(config)` as a command whose flags are `cls`'s fields, nested configs
-    flattened (`trainer_client.cli_options`); a bad value exits 2 with the config's message."""
-
-    def register(body: Body[C]) -> Body[C]:
-        def run(values: dict[str, Any]) -> None:
-            try:
-                config = build(cls, values)
-            except ValueError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(2) from None
-            with _setup_errors():
-                body(config)
-
-        app.command(name)(command(dataclass_options(cls), run, body.__doc__))
-        return body
-
-    return register
+    """Register `body(config)` as a command whose flags are `cls`'s fields
+    (`trainer_client.cli_options.config_command`); a bad value exits 2 with the config's
+    message on stderr."""
+    return config_command(app, name, cls, report=lambda line: typer.echo(line, err=True),
+                          run_errors=_setup_errors)
 
 
 @contextlib.contextmanager

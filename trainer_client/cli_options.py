@@ -19,6 +19,8 @@ Each field is declared once, with its default, its help and its checks (the conf
   flat dict of overrides), nested configs included.
 - `command(options, body)`: the function typer registers as a command with these options; it
   calls `body(values)` with the values by option name.
+- `config_command(app, name, cls, ...)`: registers `body(config)` as the command `name` of
+  `app` whose flags are `cls`'s (what `pcm-train` and `pcm-bench` do for each command).
 
 The selector's command line (`pcm-selector`, from its pydantic-settings `Settings`) is its own:
 `selector_service.cli`.
@@ -26,6 +28,7 @@ The selector's command line (`pcm-selector`, from its pydantic-settings `Setting
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +38,7 @@ from typing import Annotated, Any, TypeVar, get_type_hints
 import typer
 
 C = TypeVar("C")
+Body = Callable[[C], None]
 
 
 @dataclass(frozen=True)
@@ -208,3 +212,32 @@ def command(
     run.__annotations__ = {p.name: p.annotation for p in params}
     run.__doc__ = doc
     return run
+
+
+def config_command(
+    app: typer.Typer,
+    name: str,
+    cls: type[C],
+    *,
+    report: Callable[[str], None],
+    run_errors: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> Callable[[Body[C]], Body[C]]:
+    """A decorator: register `body(config)` as the command `name` of `app`, its flags `cls`'s
+    fields, nested configs flattened. A bad value exits 2 after `report("error: ...")` with the
+    config's message, which says how to fix it; `body` runs inside `run_errors()` (the command's
+    own errors that end it with one line)."""
+
+    def register(body: Body[C]) -> Body[C]:
+        def run(values: dict[str, Any]) -> None:
+            try:
+                config = build(cls, values)
+            except ValueError as exc:
+                report(f"error: {exc}")
+                raise typer.Exit(2) from None
+            with run_errors():
+                body(config)
+
+        app.command(name)(command(dataclass_options(cls), run, body.__doc__))
+        return body
+
+    return register
