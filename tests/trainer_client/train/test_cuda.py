@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from pcm_bench.grad import run_grad_bench
+from pcm_bench.grad import GradConfig, run_grad_bench
 from tests.fixtures.training import tiny_rl_config, tiny_sft_config
 from trainer_client.device import misplaced_tensors, resolve_device
 from trainer_client.grpo import GRPOConfig, grpo_update, selective_backward
@@ -139,17 +139,17 @@ def test_bf16_on_cuda_keeps_log_probs_in_fp32_and_the_gradient_direction() -> No
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_grad_bench_on_cuda_reports_allocator_peaks(precision: str) -> None:
-    result = run_grad_bench(
-        keep_fractions=(0.2, 0.5),
-        num_trajectories=4,
-        num_chunks=10,
+    result = run_grad_bench(GradConfig(
+        keep_fractions="0.2,0.5",
+        trajectories=4,
+        chunks=10,
         group_size=2,
         rows_micro_batch=4,
         repeats=1,
         policy_config=TINY,
         device="cuda",
         precision=precision,
-    )
+    ))
     assert result["device"].startswith("cuda") and result["precision"] == precision
     grpo = result["grpo_results"]
     assert grpo["cuda_peak_bytes"] > grpo["cuda_peak_delta_bytes"] > 0

@@ -14,7 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pcm_bench.grad import run_grad_bench
+from pcm_bench.grad import GradConfig, run_grad_bench
 from tests.fixtures.training import tiny_rl_config
 from trainer_client.cli import app
 from trainer_client.cli_options import build
@@ -251,10 +251,10 @@ def test_activation_meter_does_not_count_autocast_copies_of_the_weights() -> Non
 
 
 def test_grad_bench_reports_device_and_precision() -> None:
-    result = run_grad_bench(
-        keep_fractions=(0.5,),
-        num_trajectories=4,
-        num_chunks=6,
+    result = run_grad_bench(GradConfig(
+        keep_fractions="0.5",
+        trajectories=4,
+        chunks=6,
         group_size=2,
         rows_micro_batch=4,
         repeats=1,
@@ -262,7 +262,7 @@ def test_grad_bench_reports_device_and_precision() -> None:
         threads=1,
         device="cpu",
         precision="bf16",
-    )
+    ))
     assert result["device"] == "cpu" and result["precision"] == "bf16"
     assert result["cuda_memory"] is None  # CPU: the saved-tensor count only
     for r in result["results"]:
