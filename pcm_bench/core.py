@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from pcm_bench.options import as_paths, at_least, json_option
+from pcm_bench.options import as_paths, json_option
 from selector_service.core import ChunkBatch, RunConfig, select_chunks
-from trainer_client.train.config import opt
+from trainer_client.config_fields import check_fields, opt
 
 DEFAULT_SHAPES = ((256, 64, 56), (512, 64, 56))
 
@@ -56,14 +56,14 @@ class CoreConfig:
     """`pcm-bench core`: its flags are these fields (`trainer_client.cli_options`)."""
 
     json_path: Path | None = field(default=None, metadata=json_option())
-    repeats: int = opt(200, "timed selects per shape")
+    repeats: int = opt(200, "timed selects per shape", ge=10)
     shapes: tuple[tuple[int, int, int], ...] = opt(DEFAULT_SHAPES, "(trajectories, chunks, "
                                                    "feature_dim) per row", cli=False)
-    warmup: int = opt(10, "untimed selects first", cli=False)
+    warmup: int = opt(10, "untimed selects first", cli=False, ge=0)
 
     def __post_init__(self) -> None:
         as_paths(self, "json_path")
-        at_least(self, repeats=10, warmup=0)
+        check_fields(self)
 
 
 def run_core_bench(bench: CoreConfig) -> list[dict[str, Any]]:

@@ -63,11 +63,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pcm_bench.options import as_paths, at_least, json_option
+from pcm_bench.options import as_paths, json_option
 from pcm_bench.regime import regime
-from pcm_contract.run_config import RunConfigSchema, problem, schema_fields
+from pcm_contract.run_config import RunConfigSchema, schema_fields
 from selector_service.core import ChunkBatch, RunConfig, TaskState, keep_weights, select_chunks
 from selector_service.core.select import request_rng, sample_chunks
+from trainer_client.config_fields import check_choice, check_fields, opt
 from trainer_client.device import DEVICE_HELP, resolve_device
 from trainer_client.expert import DEMO_MAX_STEPS
 from trainer_client.features import chunk_features
@@ -75,7 +76,7 @@ from trainer_client.grpo import group_advantages
 from trainer_client.phases import label_trajectory, make_segmenter
 from trainer_client.policy import VLAPolicy
 from trainer_client.rollout import RolloutCollector
-from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers, opt
+from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers
 from trainer_client.train.model import load_policy
 from trainer_client.types import Trajectory
 
@@ -96,20 +97,20 @@ class EstimatorConfig:
                 "metaworld:TASK --out runs/sft-TASK` writes runs/sft-TASK/sft.pt)",
         "typer": {"exists": True, "dir_okay": False}})
     env: str = opt(DEMO_ENV, "metaworld:TASK")
-    batches: int = opt(10, "K rollout batches (>= 3: leave-one-out needs two others)")
-    init_states: int = opt(4, "initial states per batch")
-    group_size: int = opt(8, "G rollouts per initial state")
+    batches: int = opt(10, "K rollout batches (>= 3: leave-one-out needs two others)", ge=3)
+    init_states: int = opt(4, "initial states per batch", ge=1)
+    group_size: int = opt(8, "G rollouts per initial state", ge=2)
     selection: RunConfigSchema = field(default_factory=RunConfigSchema, metadata={
         "unused": tuple(f.name for f in schema_fields() if f.name not in ESTIMATOR_SELECTION),
         "help_for": {"keep_fraction": "f: the common chunk budget of every selection",
                      "eps": "exploration floor of pcm and oracle"}})
     segmenter: str = opt("gripper", " | ".join(ESTIMATOR_SEGMENTERS)
                          + " (the phases, relabelled from the cached rollouts)")
-    signal_dim: int = opt(128, "sketch size the trainer sends")
-    sketch_dim: int = opt(2**17, "S: size of the exact-gradient sketch")
-    draws: int = opt(32, "mask draws per batch and estimator")
-    seed: int = opt(0, "seed of the rollouts and the mask draws")
-    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit (pcm-train rl's for MetaWorld)")
+    signal_dim: int = opt(128, "sketch size the trainer sends", ge=1)
+    sketch_dim: int = opt(2**17, "S: size of the exact-gradient sketch", ge=64)
+    draws: int = opt(32, "mask draws per batch and estimator", ge=2)
+    seed: int = opt(0, "seed of the rollouts and the mask draws", ge=0)
+    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit (pcm-train rl's for MetaWorld)", ge=1)
     out: Path = field(default=Path("runs/bench-estimator"), metadata={
         "help": "cache of rollouts and gradient sketches, and the plot"})
     json_path: Path | None = field(default=None, metadata=json_option())
@@ -118,16 +119,9 @@ class EstimatorConfig:
 
     def __post_init__(self) -> None:
         as_paths(self, "init", "out", "json_path")
-        for f in schema_fields():
-            if f.name in ESTIMATOR_SELECTION:
-                value = getattr(self.selection, f.name)
-                if (why := problem(f, value)) is not None:
-                    raise ValueError(f"--{f.name.replace('_', '-')} {value!r}: {why}")
-        if self.segmenter not in ESTIMATOR_SEGMENTERS:
-            raise ValueError(f"--segmenter {self.segmenter!r}: use one of "
-                             + " | ".join(ESTIMATOR_SEGMENTERS))
-        at_least(self, batches=3, init_states=1, group_size=2, signal_dim=1, sketch_dim=64,
-                 draws=2, seed=0, max_steps=1)
+        check_fields(self.selection, only=ESTIMATOR_SELECTION)
+        check_choice("segmenter", self.segmenter, ESTIMATOR_SEGMENTERS)
+        check_fields(self)
 
 
 CACHE_VERSION = 1

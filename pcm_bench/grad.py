@@ -55,7 +55,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pcm_bench.options import as_paths, at_least, json_option, split
+from pcm_bench.options import as_paths, json_option, split
+from trainer_client.config_fields import check_fields, opt
 from trainer_client.device import (
     DEVICE_HELP,
     PRECISION_HELP,
@@ -76,7 +77,6 @@ from trainer_client.grpo import (
 )
 from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import PolicyConfig, VLAPolicy
-from trainer_client.train.config import opt
 from trainer_client.train.selection import random_selection
 from trainer_client.types import OBS_IMAGES, OBS_STATE, Trajectory
 
@@ -153,21 +153,21 @@ class GradConfig:
 
     json_path: Path | None = dataclasses.field(default=None, metadata=json_option())
     keep_fractions: str = opt("0.1,0.2,0.5", "comma-separated")
-    trajectories: int = opt(16, "trajectories in the batch")
-    chunks: int = opt(48, "chunks per trajectory")
-    repeats: int = opt(3, "interleaved repeats per side")
+    trajectories: int = opt(16, "trajectories in the batch", ge=2)
+    chunks: int = opt(48, "chunks per trajectory", ge=1)
+    repeats: int = opt(3, "interleaved repeats per side", ge=1)
     runs: int = opt(1, "whole measurements in a row (same model and batch); the ratios' min-max "
-                    "over them is printed and written under `ranges`")
-    rows_micro_batch: int = opt(32, "N of the fixed-size micro-batching rows:N")
+                    "over them is printed and written under `ranges`", ge=1)
+    rows_micro_batch: int = opt(32, "N of the fixed-size micro-batching rows:N", ge=1)
     pack: bool = opt(True, "also GRPO vs PCM with micro_batch 'pack' (row cap relative to "
                      "GRPO's)")
     pack_memory_ratio: float = opt(0.25, "pack's row cap: this fraction of GRPO's largest "
-                                   "micro-batch (0.01 to 1)")
+                                   "micro-batch (0.01 to 1)", ge=0.01, le=1)
     images: bool = opt(False, "camera images through the policy")
-    threads: int = opt(0, "torch intra-op threads for the run; 0 = torch's default")
+    threads: int = opt(0, "torch intra-op threads for the run; 0 = torch's default", ge=0)
     device: str = opt("auto", DEVICE_HELP)
     precision: str = opt("fp32", PRECISION_HELP)
-    group_size: int = opt(4, "rollouts per group", cli=False)
+    group_size: int = opt(4, "rollouts per group", cli=False, ge=1)
     # the policy (default: PolicyConfig(), or LIBERO_POLICY with --images) and the update's
     # settings
     policy_config: PolicyConfig | None = dataclasses.field(default=None,
@@ -181,11 +181,7 @@ class GradConfig:
         if not fractions or not all(0 < f <= 1 for f in fractions):
             raise ValueError(f"--keep-fractions {self.keep_fractions!r}: use fractions in "
                              "(0, 1], comma-separated, e.g. 0.1,0.2,0.5")
-        at_least(self, trajectories=2, chunks=1, repeats=1, runs=1, rows_micro_batch=1,
-                 threads=0, group_size=1)
-        if not 0.01 <= self.pack_memory_ratio <= 1:
-            raise ValueError(f"--pack-memory-ratio {self.pack_memory_ratio}: use a fraction "
-                             "from 0.01 to 1")
+        check_fields(self)
 
     @property
     def fractions(self) -> tuple[float, ...]:

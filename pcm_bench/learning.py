@@ -54,13 +54,14 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
-from pcm_bench.options import as_paths, at_least, json_option, one_of, positive, split
+from pcm_bench.options import as_paths, json_option, one_of, split
 from pcm_bench.study import Study, StudyError, complete
 from pcm_bench.timemodel import TimeModel
 from trainer_client.cli_options import build
+from trainer_client.config_fields import check_fields, opt
 from trainer_client.grpo import DEFAULT_RL_LR
 from trainer_client.train.checkpoint import latest_checkpoint
-from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig, opt
+from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.model import load_policy
 from trainer_client.train.plots import moving_average, plot_time_split
@@ -128,14 +129,16 @@ class LearningConfig:
     env: str = opt(DEMO_ENV, "metaworld:TASK")
     algos: str = opt(",".join(DEFAULT_ALGOS), "comma-separated, from: " + ", ".join(ALGOS)
                      + " (pcm = the default PCM; pcm-action = the paper's action score)")
-    steps: int = opt(60, "RL steps per run")
-    seeds: int = opt(5, "paired seeds")
-    first_seed: int = opt(0, "the first seed (0, 1, ...)")
-    budget_s: float = opt(6000.0, "this call's time budget (s); no run starts that would not fit")
-    init_states: int = opt(4, "initial states per step")
-    group_size: int = opt(8, "G: rollouts per initial state")
+    steps: int = opt(60, "RL steps per run", ge=2)
+    seeds: int = opt(5, "paired seeds", ge=1)
+    first_seed: int = opt(0, "the first seed (0, 1, ...)", ge=0)
+    budget_s: float = opt(6000.0, "this call's time budget (s); no run starts that would not fit",
+                          gt=0)
+    init_states: int = opt(4, "initial states per step", ge=1)
+    group_size: int = opt(8, "G: rollouts per initial state", ge=2)
     keep_fraction: float = opt(0.2, "pcm / random keep fraction")
-    eval_episodes: int = opt(100, "held-out episodes at the start, the middle and the end")
+    eval_episodes: int = opt(100, "held-out episodes at the start, the middle and the end",
+                             ge=1)
     lr: float | None = opt(None, "network learning rate; default: pcm-train rl's")
     time_model: Path | None = field(default=None, metadata={
         "help": "pcm-bench timemodel's JSON: every run but grpo continues to grpo's modelled "
@@ -152,9 +155,7 @@ class LearningConfig:
     def __post_init__(self) -> None:
         as_paths(self, "out", "json_path", "init", "time_model")
         one_of("algos", self.algo_list, tuple(ALGOS))
-        at_least(self, steps=2, seeds=1, first_seed=0, init_states=1, group_size=2,
-                 eval_episodes=1)
-        positive(self, "budget_s")
+        check_fields(self)
 
     @property
     def algo_list(self) -> list[str]:

@@ -1,14 +1,20 @@
-"""What the `pcm-bench` commands' config dataclasses share: the --json option, comma-separated
-lists and lower bounds. Each command's config is one dataclass, a field per flag with its default
-and help (`opt`, from `trainer_client.train.config`); `pcm_bench.cli` derives the command's flags
-from it (`trainer_client.cli_options`), and its `__post_init__` checks the values with these
-helpers, each error naming the flag and how to fix it."""
+"""What the `pcm-bench` commands' config dataclasses share: the --json option and
+comma-separated lists. Each command's config is one dataclass, a field per flag with its default,
+help and bounds (`trainer_client.config_fields.opt`); `pcm_bench.cli` derives the command's flags
+from it (`trainer_client.cli_options`), and its `__post_init__` checks the values as every
+config does (`trainer_client.config_fields.check_fields`), each error naming the flag and how to
+fix it. `at_least` and `positive` are that check for bounds a config states in its
+`__post_init__` instead of on its fields."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from trainer_client.config_fields import check_bound, flag
+
+__all__ = ["as_paths", "at_least", "flag", "json_option", "one_of", "positive", "split"]
 
 T = TypeVar("T")
 
@@ -25,11 +31,6 @@ def as_paths(config: object, *names: str) -> None:
         value = getattr(config, name)
         if value is not None:
             setattr(config, name, Path(value))
-
-
-def flag(name: str) -> str:
-    """A field's flag: `keep_fraction` -> `--keep-fraction`."""
-    return "--" + name.replace("_", "-")
 
 
 def split(value: str, cast: Callable[[str], T], name: str) -> tuple[T, ...]:
@@ -54,14 +55,12 @@ def one_of(name: str, values: Sequence[str], choices: Sequence[str]) -> None:
 def at_least(config: object, **minimums: float) -> None:
     """Each named field of `config` is >= its minimum (checked in this order)."""
     for name, minimum in minimums.items():
-        value = getattr(config, name)
-        if value < minimum:
-            raise ValueError(f"{flag(name)} {value}: must be >= {minimum}")
+        check_bound(name, getattr(config, name), ge=minimum)
 
 
 def positive(config: object, *names: str) -> None:
     """Each named field of `config` is > 0 (None: not set, allowed)."""
     for name in names:
         value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{flag(name)} {value}: must be > 0")
+        if value is not None:
+            check_bound(name, value, gt=0)

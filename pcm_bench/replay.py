@@ -70,10 +70,11 @@ import torch
 
 from pcm_bench import behaviour
 from pcm_bench.learning import ALGOS, mean_ci95, runs_by_algo
-from pcm_bench.options import as_paths, at_least, json_option, one_of, split
+from pcm_bench.options import as_paths, json_option, one_of, split
 from pcm_bench.study import Study, StudyError, complete, fingerprint
 from trainer_client.cli_options import build
 from trainer_client.clients import connect
+from trainer_client.config_fields import check_fields, opt
 from trainer_client.envs.metaworld_env import NUM_ENV_PHASES
 from trainer_client.features import feature_dim_for
 from trainer_client.grpo import group_advantages, grpo_update
@@ -85,7 +86,6 @@ from trainer_client.train.config import (
     TRAIN_INIT_POOL,
     TrainConfig,
     auto_workers,
-    opt,
 )
 from trainer_client.train.distributed import Dist
 from trainer_client.train.evaluate import evaluate_policy
@@ -111,30 +111,31 @@ class ReplayConfig:
     env: str = opt(DEMO_ENV, "metaworld:TASK")
     algos: str = opt("grpo,pcm,random", "comma-separated, from pcm-bench learning's (pcm = the "
                      "default PCM)")
-    seeds: int = opt(3, "seeds (each its own batches)")
-    first_seed: int = opt(0, "the first seed (0, 1, ...)")
-    train_batches: int = opt(30, "T: updates, one per training batch")
-    eval_batches: int = opt(8, "M: evaluation batches the updates are scored on")
+    seeds: int = opt(3, "seeds (each its own batches)", ge=1)
+    first_seed: int = opt(0, "the first seed (0, 1, ...)", ge=0)
+    train_batches: int = opt(30, "T: updates, one per training batch", ge=1)
+    eval_batches: int = opt(8, "M: evaluation batches the updates are scored on", ge=2)
     at: str = opt(",".join(map(str, DEFAULT_AT)), "comma-separated update counts to score after "
                   "(T is always scored)")
-    init_states: int = opt(4, "initial states per batch")
-    group_size: int = opt(8, "G rollouts per initial state")
+    init_states: int = opt(4, "initial states per batch", ge=1)
+    group_size: int = opt(8, "G rollouts per initial state", ge=2)
     keep_fraction: float = opt(0.2, "pcm / random keep fraction")
-    eval_episodes: int = opt(100, "held-out episodes before and after the T updates (0: none)")
+    eval_episodes: int = opt(100, "held-out episodes before and after the T updates (0: none)",
+                             ge=0)
     out: Path = field(default=Path("runs/bench-replay"), metadata={
         "help": "batch cache, runs.jsonl (appended per run), replay.json; rerun to continue"})
     summarize_only: bool = opt(False, "run nothing: write the figures of the finished runs")
     runs: str | None = opt(None, "comma-separated `pcm-train rl` run dirs started from --init: "
                            "score their step checkpoints on the evaluation batches instead of "
                            "replaying")
-    seed: int = opt(0, "with --runs: the evaluation batches' seed")
+    seed: int = opt(0, "with --runs: the evaluation batches' seed", ge=0)
     heldout_episodes: int = opt(0, "with --runs: also run each checkpoint (and --init) on this "
                                 "many held-out episodes, as pcm-train rl evaluates, and report "
                                 "how far they get (reach, grasp, success) and how its action "
-                                "means moved, arm and gripper apart")
+                                "means moved, arm and gripper apart", ge=0)
     heldout_seed: int = opt(0, "with --heldout-episodes: the runs' --seed (their evaluation's "
                             "sampling seed), so that the success at their evaluation steps is "
-                            "theirs")
+                            "theirs", ge=0)
     json_path: Path | None = field(default=None, metadata=json_option())
     num_workers: int = opt(-1, "env worker processes; -1 = auto", cli=False)
     threads: int = opt(0, "torch threads; 0 = as set", cli=False)
@@ -147,8 +148,7 @@ class ReplayConfig:
         as_paths(self, "init", "out", "json_path")
         one_of("algos", self.algo_list, tuple(ALGOS))
         split(self.at, int, "at")  # a list of integers, or the error that says so
-        at_least(self, seeds=1, first_seed=0, train_batches=1, eval_batches=2, init_states=1,
-                 group_size=2, eval_episodes=0, seed=0, heldout_episodes=0, heldout_seed=0)
+        check_fields(self)
 
     @property
     def algo_list(self) -> list[str]:

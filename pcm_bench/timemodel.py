@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from pcm_bench.options import as_paths, at_least, json_option
+from pcm_bench.options import as_paths, json_option
 from trainer_client.cli_options import build
-from trainer_client.train.config import DEMO_ENV, TrainConfig, opt
+from trainer_client.config_fields import check_fields, opt
+from trainer_client.train.config import DEMO_ENV, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.rl import train_rl
 
@@ -92,9 +93,9 @@ class TimeModelConfig:
     init: Path = field(metadata={"help": "the study's SFT checkpoint",
                                  "typer": {"exists": True, "dir_okay": False}})
     env: str = opt(DEMO_ENV, "metaworld:TASK")
-    steps: int = opt(6, "steps of each calibration run")
-    init_states: int = opt(4, "initial states per step")
-    group_size: int = opt(8, "G: rollouts per initial state")
+    steps: int = opt(6, "steps of each calibration run", ge=3)
+    init_states: int = opt(4, "initial states per step", ge=1)
+    group_size: int = opt(8, "G: rollouts per initial state", ge=2)
     out: Path = field(default=Path("runs/bench-timemodel"),
                       metadata={"help": "the calibration runs' dir"})
     json_path: Path | None = field(default=None, metadata=json_option(
@@ -104,7 +105,7 @@ class TimeModelConfig:
 
     def __post_init__(self) -> None:
         as_paths(self, "init", "out", "json_path")
-        at_least(self, steps=3, init_states=1, group_size=2)
+        check_fields(self)
 
 
 def run_time_model_bench(config: TimeModelConfig, log: Callable[[str], None] = print

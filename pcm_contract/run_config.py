@@ -13,6 +13,7 @@ Adding a field here (and to the proto message) reaches the body, the core and th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
@@ -123,16 +124,26 @@ RUN_CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in schema_fields())
 
 
 def field_type(f: Field[Any]) -> type:
-    """The Python type of a schema field (`int`, `float` or `str`)."""
+    """The Python type of a schema field (`int`, `float` or `str`; an optional one's, e.g.
+    `int | None`, that of its values)."""
     names = {"int": int, "float": float, "str": str}
-    return names[f.type] if isinstance(f.type, str) else f.type
+    if isinstance(f.type, str):
+        return names[f.type.removesuffix(" | None")]
+    return f.type
 
 
 def problem(f: Field[Any], value: object) -> str | None:
-    """Why `value` is not allowed for schema field `f` (None when it is): the message of the
-    InvalidArgument that names the field."""
-    meta, kind = f.metadata, field_type(f)
-    choices = meta["choices"]
+    """Why `value` is not allowed for field `f` (None when it is): the message of the
+    InvalidArgument that names the field. `f`'s metadata says what is allowed (`option`'s
+    keywords; a field of another config that states none of them allows any value)."""
+    return value_problem(value, field_type(f), f.metadata)
+
+
+def value_problem(value: object, kind: type, meta: Mapping[str, Any]) -> str | None:
+    """Why `value` of type `kind` is not allowed by `meta` (`option`'s keywords: ge, gt, le, lt,
+    choices, min_positive, hint; a missing one is no limit), or None. A range bounded on both
+    sides reads "must be in [a, b], got v"; one bounded on one side "must be >= a"."""
+    choices = meta.get("choices")
     if choices is not None:
         return None if value in choices else f"must be one of {choices}, got {value!r}"
     ok = _is_int(value) if kind is int else _is_real(value)
@@ -141,26 +152,40 @@ def problem(f: Field[Any], value: object) -> str | None:
         ok = _within(value, meta)
     if ok:
         return None
-    hint = f" ({meta['hint']})" if meta["hint"] else ""
+    hint = f" ({meta['hint']})" if meta.get("hint") else ""
+    if not _two_sided(meta):  # the flag's error names the value: only the bound is said
+        integer = "an integer " if kind is int and not _is_int(value) else ""
+        return f"must be {integer}{_interval(meta)}{hint}"
     if kind is int:
         return f"must be an integer {_interval(meta)}{hint}, got {value!r}"
     return f"must be {_interval(meta)}, got {value!r}{hint}"
 
 
-def _within(value: float, meta: Any) -> bool:
-    lo, hi = (meta["ge"], meta["gt"]), (meta["le"], meta["lt"])
+def _two_sided(meta: Mapping[str, Any]) -> bool:
+    lower = meta.get("ge") is not None or meta.get("gt") is not None
+    upper = meta.get("le") is not None or meta.get("lt") is not None
+    return lower and upper
+
+
+def _within(value: float, meta: Mapping[str, Any]) -> bool:
+    lo, hi = (meta.get("ge"), meta.get("gt")), (meta.get("le"), meta.get("lt"))
     if (lo[0] is not None and value < lo[0]) or (lo[1] is not None and value <= lo[1]):
         return False
     if (hi[0] is not None and value > hi[0]) or (hi[1] is not None and value >= hi[1]):
         return False
-    tiny = meta["min_positive"]
+    tiny = meta.get("min_positive")
     return tiny is None or value == 0 or value >= tiny
 
 
-def _interval(meta: Any) -> str:
-    left = f"[{_num(meta['ge'])}" if meta["ge"] is not None else f"({_num(meta['gt'])}"
-    right = f"{_num(meta['le'])}]" if meta["le"] is not None else f"{_num(meta['lt'])})"
-    if meta["min_positive"] is not None:
+def _interval(meta: Mapping[str, Any]) -> str:
+    if not _two_sided(meta):  # one bound: ">= 2", "> 0", "<= 1", "< 1"
+        for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if meta.get(key) is not None:
+                return f"{op} {_num(meta[key])}"
+        return "a number"
+    left = f"[{_num(meta['ge'])}" if meta.get("ge") is not None else f"({_num(meta['gt'])}"
+    right = f"{_num(meta['le'])}]" if meta.get("le") is not None else f"{_num(meta['lt'])})"
+    if meta.get("min_positive") is not None:
         return f"0 or in [{meta['min_positive']:g}, {right}"
     return f"in {left}, {right}"
 

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer_client.config_fields import check_choice, check_fields, opt
 from trainer_client.types import Trajectory
 
 AGGREGATIONS = ("chunk", "trajectory")
@@ -52,102 +53,75 @@ DEFAULT_RL_LR = 3e-6
 
 @dataclass
 class GRPOConfig:
-    """GRPO / PCM actor-update hyper-parameters."""
+    """GRPO / PCM actor-update hyper-parameters (the flags of `pcm-train rl`'s update)."""
 
-    clip_coef_low: float = field(
-        default=0.2, metadata={"help": "lower PPO clip: rho is clipped at 1 - clip_coef_low"}
+    clip_coef_low: float = opt(
+        0.2, "lower PPO clip: rho is clipped at 1 - clip_coef_low", ge=0, lt=1
     )
-    clip_coef_high: float = field(
-        default=0.28,
-        metadata={"help": "upper PPO clip (clip-higher, DAPO): rho is clipped at 1 + this"},
+    clip_coef_high: float = opt(
+        0.28, "upper PPO clip (clip-higher, DAPO): rho is clipped at 1 + this", ge=0
     )
-    aggregation: str = field(
-        default="chunk",
-        metadata={
-            "help": "'chunk': sum of w*l over kept chunks / number of chunks of informative "
-            "trajectories (docs/design.md); 'trajectory': per-trajectory sum of w*l / C_i, "
-            "then mean over informative trajectories (SimpleVLA-RL)"
-        },
+    aggregation: str = opt(
+        "chunk",
+        "'chunk': sum of w*l over kept chunks / number of chunks of informative "
+        "trajectories (docs/design.md); 'trajectory': per-trajectory sum of w*l / C_i, "
+        "then mean over informative trajectories (SimpleVLA-RL)",
     )
-    micro_batch: str = field(
-        default="trajectory",
-        metadata={
-            "help": "'trajectory': one trajectory's kept chunks per micro-batch (SimpleVLA-RL); "
-            "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf); 'pack:N': the "
-            "fewest micro-batches of at most N rows (ceil(R / N), as many as 'rows:N'), cut "
-            "at trajectory boundaries wherever that costs no extra micro-batch (a trajectory "
-            "is split only where keeping it whole would need one more); 'pack': 'pack:N' with the "
-            "cap set per update from what full GRPO would use on the same batch, N = "
-            "floor(pack_memory_ratio x the rows of full GRPO's largest micro-batch under "
-            "pack_reference). The cap bounds the rows per micro-batch and so the peak "
-            "activation memory (linear in rows); fewer micro-batches cut the fixed cost each "
-            "one has (weights read, weight gradients written and accumulated, kernel launches)"
-        },
+    micro_batch: str = opt(
+        "trajectory",
+        "'trajectory': one trajectory's kept chunks per micro-batch (SimpleVLA-RL); "
+        "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf); 'pack:N': the "
+        "fewest micro-batches of at most N rows (ceil(R / N), as many as 'rows:N'), cut "
+        "at trajectory boundaries wherever that costs no extra micro-batch (a trajectory "
+        "is split only where keeping it whole would need one more); 'pack': 'pack:N' with the "
+        "cap set per update from what full GRPO would use on the same batch, N = "
+        "floor(pack_memory_ratio x the rows of full GRPO's largest micro-batch under "
+        "pack_reference). The cap bounds the rows per micro-batch and so the peak "
+        "activation memory (linear in rows); fewer micro-batches cut the fixed cost each "
+        "one has (weights read, weight gradients written and accumulated, kernel launches)",
     )
-    pack_memory_ratio: float = field(
-        default=0.25,
-        metadata={
-            "help": "micro_batch 'pack' only: the row cap as a fraction of full GRPO's largest "
-            "micro-batch under pack_reference (0.25: PCM's peak activation memory at most 25% "
-            "of GRPO's)"
-        },
+    pack_memory_ratio: float = opt(
+        0.25,
+        "micro_batch 'pack' only: the row cap as a fraction of full GRPO's largest "
+        "micro-batch under pack_reference (0.25: PCM's peak activation memory at most 25% "
+        "of GRPO's)",
+        gt=0, le=1,
     )
-    pack_reference: str = field(
-        default="trajectory",
-        metadata={
-            "help": "micro_batch 'pack' only: the micro-batching full GRPO is compared with, "
-            "'trajectory' (its largest micro-batch: the longest informative trajectory) or "
-            "'rows:N' (N rows, at most the batch's informative chunks)"
-        },
+    pack_reference: str = opt(
+        "trajectory",
+        "micro_batch 'pack' only: the micro-batching full GRPO is compared with, "
+        "'trajectory' (its largest micro-batch: the longest informative trajectory) or "
+        "'rows:N' (N rows, at most the batch's informative chunks)",
     )
-    lr: float = field(
-        default=DEFAULT_RL_LR,
-        metadata={
-            "help": "AdamW learning rate of the network (the base trunk: pcm and random "
-            "collapsed at 1e-5, see docs/research/learning-study.md)"
-        },
+    lr: float = opt(
+        DEFAULT_RL_LR,
+        "AdamW learning rate of the network (the base trunk: pcm and random "
+        "collapsed at 1e-5, see docs/research/learning-study.md)",
+        gt=0,
     )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float | None = field(
-        default=1.0, metadata={"help": "clip the global gradient norm to this; None = no clip"}
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    max_grad_norm: float | None = opt(
+        1.0, "clip the global gradient norm to this; None = no clip", gt=0,
+        hint="or None for no clip"
     )
-    ppo_epochs: int = field(
-        default=1,
-        metadata={"help": "optimizer steps per batch, each a full pass over the kept chunks"},
+    ppo_epochs: int = opt(
+        1, "optimizer steps per batch, each a full pass over the kept chunks", ge=1
     )
-    kl_coef: float = field(
-        default=0.0,
-        metadata={"help": "weight of the k3 KL estimate to a reference policy; 0 = no KL term"},
+    kl_coef: float = opt(
+        0.0, "weight of the k3 KL estimate to a reference policy; 0 = no KL term", ge=0,
+        hint="0 disables the KL term"
     )
-    adv_eps: float = field(default=1e-6, metadata={"help": "A = (y - mean) / (std + adv_eps)"})
+    adv_eps: float = opt(1e-6, "A = (y - mean) / (std + adv_eps)", gt=0)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_coef_low < 1.0:
-            raise ValueError(f"clip_coef_low={self.clip_coef_low}: must be in [0, 1)")
-        if self.clip_coef_high < 0.0:
-            raise ValueError(f"clip_coef_high={self.clip_coef_high}: must be >= 0")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"aggregation={self.aggregation!r}: use one of {', '.join(AGGREGATIONS)}"
-            )
+        check_fields(self)
+        check_choice("aggregation", self.aggregation, AGGREGATIONS)
         parse_micro_batch(self.micro_batch)  # validates
-        if not 0.0 < self.pack_memory_ratio <= 1.0:
-            raise ValueError(f"pack_memory_ratio={self.pack_memory_ratio}: must be in (0, 1]")
         if parse_micro_batch(self.pack_reference)[0] not in ("trajectory", "rows"):
             raise ValueError(
                 f"pack_reference={self.pack_reference!r}: use 'trajectory' or 'rows:N'"
             )
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr}: must be > 0")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm={self.max_grad_norm}: must be > 0, or None for none")
-        if self.ppo_epochs < 1:
-            raise ValueError(f"ppo_epochs={self.ppo_epochs}: must be >= 1")
-        if self.kl_coef < 0:
-            raise ValueError(f"kl_coef={self.kl_coef}: must be >= 0 (0 disables the KL term)")
-        if self.adv_eps <= 0:
-            raise ValueError(f"adv_eps={self.adv_eps}: must be > 0")
 
 
 MICRO_BATCH_KINDS = ("trajectory", "rows", "pack")

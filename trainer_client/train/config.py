@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from pcm_contract.models import RUN_ID_PATTERN
-from pcm_contract.run_config import MODES, RunConfigSchema, problem, schema_fields
+from pcm_contract.run_config import MODES, RunConfigSchema
+from trainer_client.config_fields import check_choice, check_fields, opt
 from trainer_client.device import (
     DEVICE_HELP,
     PARALLEL_HELP,
@@ -62,11 +63,6 @@ SELECTION_RENAMED = {"mode": "algo"}
 SELECTION_TRAINER = ("mode", "seed")
 
 
-def opt(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with CLI metadata: help, and optionally flag / envvar / cli=False."""
-    return field(default=default, metadata={"help": help, **meta})
-
-
 # ---- where and how a command runs -------------------------------------------------------------
 
 
@@ -78,17 +74,15 @@ class Runtime:
     it is made, and each error says how to fix the value. A bf16 request on a GPU without bf16
     is refused when the job starts."""
 
-    num_workers: int = opt(-1, "env worker processes; -1 = auto")
-    threads: int = opt(0, "torch threads; 0 = all cores")
+    num_workers: int = opt(-1, "env worker processes; -1 = auto", ge=-1, hint="-1 = auto")
+    threads: int = opt(0, "torch threads; 0 = all cores", ge=0)
     progress: bool = opt(True, "show a progress bar")
     device: str = opt("auto", DEVICE_HELP)
     precision: str = opt("fp32", PRECISION_HELP)
     parallel: str = opt("ddp", PARALLEL_HELP)
 
     def __post_init__(self) -> None:
-        if self.num_workers < -1:
-            raise ValueError(f"--num-workers {self.num_workers}: use -1 (auto), 0 or more")
-        _positive("threads", self.threads, minimum=0)
+        check_fields(self)
         check_device_spec(self.device)
         check_precision(self.precision)
         check_parallel(self.parallel)
@@ -134,15 +128,17 @@ class TrainConfig:
     out: str = opt("runs/rl", "output dir: metrics.jsonl, checkpoints/, final.pt, PNG")
     init: str | None = opt(None, "policy checkpoint to start from (e.g. the SFT's sft.pt)")
     resume: bool = opt(False, "continue from the latest checkpoint in --out")
-    steps: int = opt(60, "RL steps (each: rollout, select, selective backward, report)")
+    steps: int = opt(60, "RL steps (each: rollout, select, selective backward, report)", ge=1)
     # the batch
-    group_size: int = opt(8, "G: rollouts per initial state (a GRPO group)")
-    init_states: int = opt(4, "initial states per step (all ranks together); batch = this x G")
+    group_size: int = opt(8, "G: rollouts per initial state (a GRPO group)", ge=2,
+                          hint="GRPO compares within a group")
+    init_states: int = opt(4, "initial states per step (all ranks together); batch = this x G",
+                           ge=1)
     max_steps: int | None = opt(
         None,
         "env step limit of an episode; default: 120 for MetaWorld (as the SFT demos), the "
         "suite's limit for LIBERO; 0 = the env's own default",
-        show_default=False,
+        show_default=False, ge=0, hint="0 = the env's default",
     )
     # chunk selection: the selector run config (pcm_contract.run_config.RunConfigSchema), its
     # fields flattened into flags (--keep-fraction, --phases, --eps, --eta, --weighting, --score,
@@ -175,7 +171,7 @@ class TrainConfig:
         "close / open; the estimator bench's best) | progress (equal time bins) | env | paper "
         "(the paper's five gripper-fraction phases; use with --phases 5)",
     )
-    signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches")
+    signal_dim: int = opt(128, "feature_dim of the signal score's gradient sketches", ge=1)
     trainer_id: str | None = opt(None, "trainer id at the selector; default: the hostname")
     token: str | None = opt(
         None, "bearer token for the selector", envvar="PCM_AUTH_TOKEN", show_default=False
@@ -186,19 +182,23 @@ class TrainConfig:
         metadata={"help": "the actor update (trainer_client.grpo.GRPOConfig)"},
     )
     log_std_lr: float = opt(
-        1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr"
+        1e-2, "AdamW learning rate of the action log-std (exploration noise); 0 = --lr", ge=0,
+        hint="0 = same as --lr"
     )
-    lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps")
+    lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps", ge=0)
     # a fresh policy (ignored with --init)
     preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
-    chunk_size: int = opt(8, "K: actions per chunk (a fresh policy)")
+    chunk_size: int = opt(8, "K: actions per chunk (a fresh policy)", ge=1)
     init_log_std: float = opt(-1.0, "initial action log-std (a fresh policy)")
     # bookkeeping
-    checkpoint_every: int = opt(10, "save a checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = opt(2, "step checkpoints kept on disk (older ones are deleted)")
-    eval_every: int = opt(0, "evaluate on held-out init states every N steps; 0 = never")
-    eval_episodes: int = opt(32, "episodes of each evaluation (one per held-out init state)")
-    time_budget_s: float = opt(0.0, "stop after the step that passes this many seconds; 0 = off")
+    checkpoint_every: int = opt(10, "save a checkpoint every N steps (and at the end)", ge=1)
+    keep_checkpoints: int = opt(2, "step checkpoints kept on disk (older ones are deleted)",
+                                ge=1)
+    eval_every: int = opt(0, "evaluate on held-out init states every N steps; 0 = never", ge=0)
+    eval_episodes: int = opt(32, "episodes of each evaluation (one per held-out init state)",
+                             ge=1)
+    time_budget_s: float = opt(0.0, "stop after the step that passes this many seconds; 0 = off",
+                               ge=0, hint="0 = off")
     keep_schedule: str = opt(
         "", "a JSON list of keep fractions, one per step, sent with each step's batch instead "
         "of the run's budget (replays another run's per-step budget, e.g. random at the "
@@ -230,11 +230,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
-        _choice("algo", self.algo, ALGOS)
-        _choice("segmenter", self.segmenter, TRAINER_SEGMENTERS)
+        check_choice("algo", self.algo, ALGOS)
+        check_choice("segmenter", self.segmenter, TRAINER_SEGMENTERS)
         _check_selection(self.selection, skip=SELECTION_TRAINER)
-        _positive("signal_dim", self.signal_dim, minimum=1)
-        _choice("preset", self.preset, tuple(PRESETS))
+        check_fields(self)
+        check_choice("preset", self.preset, tuple(PRESETS))
         if not self.selector == "embedded" and not self.selector.startswith(
             ("grpc://", "http://", "https://")
         ):
@@ -262,19 +262,8 @@ class TrainConfig:
         if self.token is None:
             self.token = os.environ.get("PCM_AUTH_TOKEN") or None
         self.max_steps = _default_max_steps(self.max_steps, spec.family)
-        _positive("steps", self.steps, minimum=1)
-        _positive("group_size", self.group_size, minimum=2, why="GRPO compares within a group")
-        _positive("init_states", self.init_states, minimum=1)
         if spec.family == "libero" and self.init_states > 50:
             raise ValueError(f"--init-states {self.init_states}: LIBERO tasks have 50")
-        _at_least(self, chunk_size=1, checkpoint_every=1, keep_checkpoints=1, eval_episodes=1,
-                  eval_every=0, lr_warmup_steps=0)
-        if self.max_steps is not None:
-            _positive("max_steps", self.max_steps, minimum=1)
-        if self.log_std_lr < 0:
-            raise ValueError(f"--log-std-lr {self.log_std_lr}: must be >= 0 (0 = same as --lr)")
-        if self.time_budget_s < 0:
-            raise ValueError(f"--time-budget-s {self.time_budget_s}: must be >= 0 (0 = off)")
         if self.keep_schedule:
             load_keep_schedule(self.keep_schedule)  # refused here, not at the first step
         # feature_dim is set when the policy is known (`run_config`); grpo keeps every chunk:
@@ -316,22 +305,24 @@ class SFTConfig:
 
     env: str = opt(DEMO_ENV, "MetaWorld task with a scripted expert: metaworld:TASK")
     out: str = opt("runs/sft", "output dir: sft.pt and sft.json")
-    episodes: int = opt(200, "expert episodes to collect")
-    noise_std: float = opt(DEMO_NOISE_STD, "std of the Gaussian noise on the expert's actions")
+    episodes: int = opt(200, "expert episodes to collect", ge=1)
+    noise_std: float = opt(DEMO_NOISE_STD, "std of the Gaussian noise on the expert's actions",
+                           ge=0)
     labels: str = opt("noisy", "BC targets: noisy (executed; partial success) | expert (clean)")
-    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit of an episode (demos and evaluation)")
-    iters: int = opt(300, "gradient steps")
-    batch_size: int = opt(64, "chunks per gradient step")
-    lr: float = opt(3e-4, "AdamW peak learning rate (5% warm-up, cosine decay to 10%)")
+    max_steps: int = opt(DEMO_MAX_STEPS, "env step limit of an episode (demos and evaluation)",
+                         ge=1)
+    iters: int = opt(300, "gradient steps", ge=1)
+    batch_size: int = opt(64, "chunks per gradient step", ge=1)
+    lr: float = opt(3e-4, "AdamW peak learning rate (5% warm-up, cosine decay to 10%)", gt=0)
     preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
     width: int | None = opt(None, "override the preset's trunk width")
     depth: int | None = opt(None, "override the preset's trunk depth")
-    chunk_size: int = opt(8, "K: actions per chunk")
+    chunk_size: int = opt(8, "K: actions per chunk", ge=1)
     init_log_std: float = opt(
         -1.0, "action log-std of the policy (BC fits the mean only): sets the sampled success"
     )
     seed: int = opt(0, "seed of the demo noise, the init and the batches")
-    eval_episodes: int = opt(32, "held-out episodes to evaluate the SFT policy; 0 = skip")
+    eval_episodes: int = opt(32, "held-out episodes to evaluate the SFT policy; 0 = skip", ge=0)
     runtime: Runtime = field(
         default_factory=Runtime,
         metadata=runtime_options(
@@ -345,14 +336,9 @@ class SFTConfig:
             raise ValueError(
                 f"--env {self.env}: SFT uses MetaWorld's scripted experts; pass metaworld:TASK"
             )
-        _choice("labels", self.labels, ("noisy", "expert"))
-        _choice("preset", self.preset, tuple(PRESETS))
-        _at_least(self, episodes=1, iters=1, batch_size=1, max_steps=1, chunk_size=1,
-                  eval_episodes=0)
-        if self.noise_std < 0:
-            raise ValueError(f"--noise-std {self.noise_std}: must be >= 0")
-        if self.lr <= 0:
-            raise ValueError(f"--lr {self.lr}: must be > 0")
+        check_choice("labels", self.labels, ("noisy", "expert"))
+        check_choice("preset", self.preset, tuple(PRESETS))
+        check_fields(self)
 
     @property
     def task(self) -> str:
@@ -371,12 +357,12 @@ class EvalConfig:
 
     checkpoint: str = opt("runs/demo/rl/final.pt", "policy checkpoint (sft.pt, final.pt, ...)")
     env: str = opt(DEMO_ENV, "environment: metaworld:TASK or libero:SUITE:TASK_INDEX")
-    episodes: int = opt(50, "episodes, one per initial state")
+    episodes: int = opt(50, "episodes, one per initial state", ge=1)
     mode: str = opt("both", "sampled (what RL optimises) | deterministic (the mean) | both")
     max_steps: int | None = opt(
         None,
         "env step limit; default: as `pcm-train rl`; 0 = the env's own default",
-        show_default=False,
+        show_default=False, ge=0, hint="0 = the env's default",
     )
     init_offset: int | None = opt(
         None, "first initial state; default: the held-out range (MetaWorld), 0 (LIBERO)"
@@ -390,8 +376,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         spec = _check_env(self.env)
-        _choice("mode", self.mode, ("sampled", "deterministic", "both"))
-        _positive("episodes", self.episodes, minimum=1)
+        check_choice("mode", self.mode, ("sampled", "deterministic", "both"))
+        check_fields(self)
         self.max_steps = _default_max_steps(self.max_steps, spec.family)
         if self.init_offset is None:
             self.init_offset = EVAL_INIT_OFFSET if spec.family == "metaworld" else 0
@@ -438,14 +424,10 @@ def auto_workers(requested: int, world_size: int = 1) -> int:
 
 def _default_max_steps(max_steps: int | None, family: str) -> int | None:
     """None -> 120 for MetaWorld (the SFT demos' limit), the suite's own for LIBERO; 0 -> the
-    env's own default."""
+    env's own default (a negative limit is refused by the field's bound)."""
     if max_steps is None:
         return DEMO_MAX_STEPS if family == "metaworld" else None
-    if max_steps == 0:
-        return None
-    if max_steps < 0:
-        raise ValueError(f"--max-steps {max_steps}: must be >= 0 (0 = the env's default)")
-    return max_steps
+    return max_steps or None
 
 
 def load_keep_schedule(path: str) -> list[float]:
@@ -480,30 +462,5 @@ def _check_selection(
 ) -> None:
     """The run config's flags, by the schema's own checks (what the selector would refuse):
     every field but the derived ones and `skip`, or the fields `only`."""
-    for f in schema_fields():
-        if f.name in SELECTION_DERIVED or f.name in skip or (only and f.name not in only):
-            continue
-        value = getattr(selection, f.name)
-        why = problem(f, value)
-        if why is not None:
-            flag = SELECTION_RENAMED.get(f.name, f.name).replace("_", "-")
-            raise ValueError(f"--{flag} {value!r}: {why}")
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{flag} {value!r}: use one of {' | '.join(choices)}")
-
-
-def _at_least(config: object, **minimums: int) -> None:
-    """Each named field of `config` must be >= its minimum (in this order; the error names the
-    flag)."""
-    for name, minimum in minimums.items():
-        _positive(name, getattr(config, name), minimum)
-
-
-def _positive(name: str, value: int, minimum: int, why: str = "") -> None:
-    if value < minimum:
-        flag = "--" + name.replace("_", "-")
-        raise ValueError(f"{flag} {value}: must be >= {minimum}" + (f" ({why})" if why else ""))
+    check_fields(selection, skip=(*SELECTION_DERIVED, *skip), only=only,
+                 rename=SELECTION_RENAMED)

@@ -70,7 +70,7 @@ def test_help_lists_the_commands_and_the_rl_contract_flags() -> None:
         (["rl", "--micro-batch", "rows:x"], "rows:N"),
         (["rl", "--micro-batch", "pack:0"], "pack:N"),
         (["rl", "--micro-batch", "chunks"], "'pack'"),
-        (["rl", "--ppo-epochs", "0"], "ppo_epochs=0: must be >= 1"),
+        (["rl", "--ppo-epochs", "0"], "--ppo-epochs 0: must be >= 1"),
         (["eval", "--env", "libero:libero_object:0", "--episodes", "60"], "50 initial states"),
     ],
 )
