@@ -76,7 +76,7 @@ from trainer_client.grpo import group_advantages
 from trainer_client.phases import label_trajectory, make_segmenter
 from trainer_client.policy import VLAPolicy
 from trainer_client.rollout import RolloutCollector
-from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, auto_workers
+from trainer_client.train.config import DEMO_ENV, TRAIN_INIT_POOL, TrainConfig, auto_workers
 from trainer_client.train.model import load_policy
 from trainer_client.types import Trajectory
 
@@ -98,15 +98,15 @@ class EstimatorConfig:
         "typer": {"exists": True, "dir_okay": False}})
     env: str = opt(DEMO_ENV, "metaworld:TASK")
     batches: int = opt(10, "K rollout batches (>= 3: leave-one-out needs two others)", ge=3)
-    init_states: int = opt(4, "initial states per batch", ge=1)
-    group_size: int = opt(8, "G rollouts per initial state", ge=2)
+    init_states: int = opt(TrainConfig.init_states, "initial states per batch", ge=1)
+    group_size: int = opt(TrainConfig.group_size, "G rollouts per initial state", ge=2)
     selection: RunConfigSchema = field(default_factory=RunConfigSchema, metadata={
         "unused": tuple(f.name for f in schema_fields() if f.name not in ESTIMATOR_SELECTION),
         "help_for": {"keep_fraction": "f: the common chunk budget of every selection",
                      "eps": "exploration floor of pcm and oracle"}})
     segmenter: str = opt("gripper", " | ".join(ESTIMATOR_SEGMENTERS)
                          + " (the phases, relabelled from the cached rollouts)")
-    signal_dim: int = opt(128, "sketch size the trainer sends", ge=1)
+    signal_dim: int = opt(TrainConfig.signal_dim, "sketch size the trainer sends", ge=1)
     sketch_dim: int = opt(2**17, "S: size of the exact-gradient sketch", ge=64)
     draws: int = opt(32, "mask draws per batch and estimator", ge=2)
     seed: int = opt(0, "seed of the rollouts and the mask draws", ge=0)
@@ -136,13 +136,14 @@ class Estimator:
     name: str
     kind: str  # grpo | random | pcm | oracle | auto | random-auto
     score: str = "-"  # pcm: action | signal
-    weighting: str = "mean"  # mean | ht
-    eps: float = 0.1
+    weighting: str = RunConfigSchema.weighting  # mean | ht
+    eps: float = RunConfigSchema.eps
     transform: str = "none"  # pcm: none | sqrt (of the score before the keep weights)
-    signal_dim: int = 128
+    signal_dim: int = TrainConfig.signal_dim
     variant: bool = False  # a tried variant (beyond the default rows)
-    target: float = 0.6  # auto, random-auto: the adaptive budget's target efficiency e*
-    phase_weighting: str = "none"  # auto: none | wiener
+    # auto, random-auto: the adaptive budget's target efficiency e*
+    target: float = RunConfigSchema.target_efficiency
+    phase_weighting: str = RunConfigSchema.phase_weighting  # auto: none | wiener
     carried: bool = False  # auto: the selector state folded from the other batches, not empty
 
 

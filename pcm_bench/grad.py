@@ -67,6 +67,7 @@ from trainer_client.device import (
     synchronize,
 )
 from trainer_client.grpo import (
+    DEFAULT_MICRO_BATCH_ROWS,
     GRPOConfig,
     group_advantages,
     grpo_update,
@@ -158,11 +159,13 @@ class GradConfig:
     repeats: int = opt(3, "interleaved repeats per side", ge=1)
     runs: int = opt(1, "whole measurements in a row (same model and batch); the ratios' min-max "
                     "over them is printed and written under `ranges`", ge=1)
-    rows_micro_batch: int = opt(32, "N of the fixed-size micro-batching rows:N", ge=1)
+    rows_micro_batch: int = opt(DEFAULT_MICRO_BATCH_ROWS,
+                                "N of the fixed-size micro-batching rows:N", ge=1)
     pack: bool = opt(True, "also GRPO vs PCM with micro_batch 'pack' (row cap relative to "
                      "GRPO's)")
-    pack_memory_ratio: float = opt(0.25, "pack's row cap: this fraction of GRPO's largest "
-                                   "micro-batch (0.01 to 1)", ge=0.01, le=1)
+    pack_memory_ratio: float = opt(GRPOConfig.pack_memory_ratio, "pack's row cap: this "
+                                   "fraction of GRPO's largest micro-batch (0.01 to 1)",
+                                   ge=0.01, le=1)
     images: bool = opt(False, "camera images through the policy")
     threads: int = opt(0, "torch intra-op threads for the run; 0 = torch's default", ge=0)
     device: str = opt("auto", DEVICE_HELP)

@@ -57,6 +57,7 @@ from scipy import stats
 from pcm_bench.options import as_paths, json_option, one_of, split
 from pcm_bench.study import Study, StudyError, complete
 from pcm_bench.timemodel import TimeModel
+from pcm_contract.run_config import RunConfigSchema
 from trainer_client.cli_options import build
 from trainer_client.config_fields import check_fields, opt
 from trainer_client.grpo import DEFAULT_RL_LR
@@ -129,14 +130,14 @@ class LearningConfig:
     env: str = opt(DEMO_ENV, "metaworld:TASK")
     algos: str = opt(",".join(DEFAULT_ALGOS), "comma-separated, from: " + ", ".join(ALGOS)
                      + " (pcm = the default PCM; pcm-action = the paper's action score)")
-    steps: int = opt(60, "RL steps per run", ge=2)
+    steps: int = opt(TrainConfig.steps, "RL steps per run", ge=2)
     seeds: int = opt(5, "paired seeds", ge=1)
     first_seed: int = opt(0, "the first seed (0, 1, ...)", ge=0)
     budget_s: float = opt(6000.0, "this call's time budget (s); no run starts that would not fit",
                           gt=0)
-    init_states: int = opt(4, "initial states per step", ge=1)
-    group_size: int = opt(8, "G: rollouts per initial state", ge=2)
-    keep_fraction: float = opt(0.2, "pcm / random keep fraction")
+    init_states: int = opt(TrainConfig.init_states, "initial states per step", ge=1)
+    group_size: int = opt(TrainConfig.group_size, "G: rollouts per initial state", ge=2)
+    keep_fraction: float = opt(RunConfigSchema.keep_fraction, "pcm / random keep fraction")
     eval_episodes: int = opt(100, "held-out episodes at the start, the middle and the end",
                              ge=1)
     lr: float | None = opt(None, "network learning rate; default: pcm-train rl's")

@@ -72,6 +72,7 @@ from pcm_bench import behaviour
 from pcm_bench.learning import ALGOS, mean_ci95, runs_by_algo
 from pcm_bench.options import as_paths, json_option, one_of, split
 from pcm_bench.study import Study, StudyError, complete, fingerprint
+from pcm_contract.run_config import RunConfigSchema
 from trainer_client.cli_options import build
 from trainer_client.clients import connect
 from trainer_client.config_fields import check_fields, opt
@@ -117,9 +118,9 @@ class ReplayConfig:
     eval_batches: int = opt(8, "M: evaluation batches the updates are scored on", ge=2)
     at: str = opt(",".join(map(str, DEFAULT_AT)), "comma-separated update counts to score after "
                   "(T is always scored)")
-    init_states: int = opt(4, "initial states per batch", ge=1)
-    group_size: int = opt(8, "G rollouts per initial state", ge=2)
-    keep_fraction: float = opt(0.2, "pcm / random keep fraction")
+    init_states: int = opt(TrainConfig.init_states, "initial states per batch", ge=1)
+    group_size: int = opt(TrainConfig.group_size, "G rollouts per initial state", ge=2)
+    keep_fraction: float = opt(RunConfigSchema.keep_fraction, "pcm / random keep fraction")
     eval_episodes: int = opt(100, "held-out episodes before and after the T updates (0: none)",
                              ge=0)
     out: Path = field(default=Path("runs/bench-replay"), metadata={

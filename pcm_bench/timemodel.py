@@ -94,8 +94,8 @@ class TimeModelConfig:
                                  "typer": {"exists": True, "dir_okay": False}})
     env: str = opt(DEMO_ENV, "metaworld:TASK")
     steps: int = opt(6, "steps of each calibration run", ge=3)
-    init_states: int = opt(4, "initial states per step", ge=1)
-    group_size: int = opt(8, "G: rollouts per initial state", ge=2)
+    init_states: int = opt(TrainConfig.init_states, "initial states per step", ge=1)
+    group_size: int = opt(TrainConfig.group_size, "G: rollouts per initial state", ge=2)
     out: Path = field(default=Path("runs/bench-timemodel"),
                       metadata={"help": "the calibration runs' dir"})
     json_path: Path | None = field(default=None, metadata=json_option(

@@ -49,6 +49,8 @@ DENOMINATORS = ("kept", "full")
 # the network's AdamW learning rate: `pcm-train rl`'s on the base trunk (at 1e-5 the masked
 # methods collapsed, docs/research/learning-study.md)
 DEFAULT_RL_LR = 3e-6
+# `pcm-train rl`'s micro-batching: fixed micro-batches of this many gathered chunk rows
+DEFAULT_MICRO_BATCH_ROWS = 32
 
 
 @dataclass
@@ -68,7 +70,7 @@ class GRPOConfig:
         "then mean over informative trajectories (SimpleVLA-RL)",
     )
     micro_batch: str = opt(
-        "trajectory",
+        f"rows:{DEFAULT_MICRO_BATCH_ROWS}",
         "'trajectory': one trajectory's kept chunks per micro-batch (SimpleVLA-RL); "
         "'rows:N': fixed micro-batches of N gathered chunk rows (RLinf); 'pack:N': the "
         "fewest micro-batches of at most N rows (ceil(R / N), as many as 'rows:N'), cut "
@@ -161,7 +163,8 @@ class LogProbPolicy(Protocol):
 
 
 def group_advantages(
-    success: Sequence[float] | np.ndarray, group_ids: Sequence[str], eps: float = 1e-6
+    success: Sequence[float] | np.ndarray, group_ids: Sequence[str],
+    eps: float = GRPOConfig.adv_eps,
 ) -> np.ndarray:
     """A_i = (y_i - mean_g y) / (std_g y + eps), std the population std (ddof=0) of the group.
     success (N,), group_ids (N,) -> float64 (N,). All-equal groups (incl. singletons) get exactly
@@ -190,8 +193,8 @@ def ppo_clip_loss(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
-    clip_coef_low: float = 0.2,
-    clip_coef_high: float = 0.28,
+    clip_coef_low: float = GRPOConfig.clip_coef_low,
+    clip_coef_high: float = GRPOConfig.clip_coef_high,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-chunk l = -min(rho A, clip(rho, 1 - low, 1 + high) A). All inputs (B,).
     Returns l (B,), rho (B,), log rho (B,)."""
@@ -304,10 +307,10 @@ def plan_kept_rows(
 
 def split_micro_batches(
     rows: KeptRows,
-    micro_batch: str = "trajectory",
+    micro_batch: str,
     *,
-    pack_memory_ratio: float = 0.25,
-    pack_reference: str = "trajectory",
+    pack_memory_ratio: float = GRPOConfig.pack_memory_ratio,
+    pack_reference: str = GRPOConfig.pack_reference,
 ) -> list[np.ndarray]:
     """Index arrays into the R kept rows, one per micro-batch, in order: consecutive ranges
     that partition arange(R) (so the loss, a sum over rows, is the same under every policy).
@@ -335,7 +338,8 @@ def split_for(rows: KeptRows, config: GRPOConfig) -> list[np.ndarray]:
     )
 
 
-def reference_micro_batch_rows(rows: KeptRows, reference: str = "trajectory") -> int:
+def reference_micro_batch_rows(rows: KeptRows,
+                               reference: str = GRPOConfig.pack_reference) -> int:
     """Rows of the largest micro-batch full GRPO (every chunk of the informative trajectories)
     runs on the batch `rows` was planned from, micro-batched by `reference`: 'trajectory' ->
     the longest informative trajectory's C_i; 'rows:N' -> min(N, its chunks)."""
@@ -347,7 +351,8 @@ def reference_micro_batch_rows(rows: KeptRows, reference: str = "trajectory") ->
     raise ValueError(f"pack_reference={reference!r}: use 'trajectory' or 'rows:N'")
 
 
-def pack_cap(rows: KeptRows, memory_ratio: float = 0.25, reference: str = "trajectory") -> int:
+def pack_cap(rows: KeptRows, memory_ratio: float = GRPOConfig.pack_memory_ratio,
+             reference: str = GRPOConfig.pack_reference) -> int:
     """The automatic row cap of micro_batch 'pack': floor(memory_ratio x the rows of full
     GRPO's largest micro-batch under `reference`), at least 1."""
     ref = reference_micro_batch_rows(rows, reference)

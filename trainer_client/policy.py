@@ -146,6 +146,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"width": 256, "depth": 4, "heads": 4},
     "base": {"width": 512, "depth": 8, "heads": 8},
 }
+DEFAULT_PRESET = "base"  # `pcm-train sft` and `rl`'s trunk
 
 
 class HashedWordTokenizer:

@@ -291,14 +291,14 @@ def test_grpo_update_steps_and_reports():
     policy = make_policy()
     trajectories = make_batch(policy)
     masks, weights = ht_masks()
-    cfg = GRPOConfig(lr=1e-3, ppo_epochs=2)
+    cfg = GRPOConfig(lr=1e-3, ppo_epochs=2, micro_batch="trajectory")
     opt = make_optimizer(policy, cfg)
     before = [p.detach().clone() for p in policy.parameters()]
     stats = grpo_update(policy, opt, trajectories, masks, weights, config=cfg)
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters(), strict=True))
     assert stats.grad_norm is not None and stats.grad_norm > 0
     assert stats.update_s >= stats.forward_backward_s + stats.optimizer_s > 0
-    assert stats.micro_batches == 5
+    assert stats.micro_batches == 5  # one per informative trajectory
     assert set(stats.as_dict()) >= {"loss", "kept_rows", "clip_frac", "approx_kl", "update_s"}
 
 

@@ -46,7 +46,7 @@ from trainer_client.envs.factory import check_env_installed
 from trainer_client.expert import DEMO_MAX_STEPS, DEMO_NOISE_STD, DEMO_TASK
 from trainer_client.grpo import GRPOConfig
 from trainer_client.phases import TRAINER_SEGMENTERS
-from trainer_client.policy import PRESETS
+from trainer_client.policy import DEFAULT_PRESET, PRESETS, PolicyConfig
 
 ALGOS = MODES  # the selector's modes, weightings and scores (pcm_contract.run_config)
 TRAIN_INIT_POOL = 50_000  # MetaWorld RL training draws init states from [0, TRAIN_INIT_POOL)
@@ -100,12 +100,6 @@ def runtime_options(unused: tuple[str, ...] = (), **help_for: str) -> dict[str, 
 # what the weighting asks of the loss: `mean` averages over the kept chunks, `ht` and `none`
 # divide by what the full loss divides by (trainer_client.grpo)
 LOSS_DENOMINATORS = {"mean": "kept", "ht": "full", "none": "full"}
-
-
-def rl_grpo_config(**overrides: Any) -> GRPOConfig:
-    """`GRPOConfig` with the micro-batching of `pcm-train rl`: fixed micro-batches of 32
-    gathered rows."""
-    return GRPOConfig(**{"micro_batch": "rows:32", **overrides})
 
 
 def trainer_selection() -> RunConfigSchema:
@@ -178,7 +172,7 @@ class TrainConfig:
     )
     # the update: the GRPO config, its fields flattened into flags (--lr, --micro-batch, ...)
     grpo: GRPOConfig = field(
-        default_factory=rl_grpo_config,
+        default_factory=GRPOConfig,
         metadata={"help": "the actor update (trainer_client.grpo.GRPOConfig)"},
     )
     log_std_lr: float = opt(
@@ -187,9 +181,9 @@ class TrainConfig:
     )
     lr_warmup_steps: int = opt(5, "linear learning-rate warm-up over the first N steps", ge=0)
     # a fresh policy (ignored with --init)
-    preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
-    chunk_size: int = opt(8, "K: actions per chunk (a fresh policy)", ge=1)
-    init_log_std: float = opt(-1.0, "initial action log-std (a fresh policy)")
+    preset: str = opt(DEFAULT_PRESET, "policy trunk preset: " + " | ".join(PRESETS))
+    chunk_size: int = opt(PolicyConfig.chunk_size, "K: actions per chunk (a fresh policy)", ge=1)
+    init_log_std: float = opt(PolicyConfig.init_log_std, "initial action log-std (a fresh policy)")
     # bookkeeping
     checkpoint_every: int = opt(10, "save a checkpoint every N steps (and at the end)", ge=1)
     keep_checkpoints: int = opt(2, "step checkpoints kept on disk (older ones are deleted)",
@@ -314,12 +308,13 @@ class SFTConfig:
     iters: int = opt(300, "gradient steps", ge=1)
     batch_size: int = opt(64, "chunks per gradient step", ge=1)
     lr: float = opt(3e-4, "AdamW peak learning rate (5% warm-up, cosine decay to 10%)", gt=0)
-    preset: str = opt("base", "policy trunk preset: " + " | ".join(PRESETS))
+    preset: str = opt(DEFAULT_PRESET, "policy trunk preset: " + " | ".join(PRESETS))
     width: int | None = opt(None, "override the preset's trunk width")
     depth: int | None = opt(None, "override the preset's trunk depth")
-    chunk_size: int = opt(8, "K: actions per chunk", ge=1)
+    chunk_size: int = opt(PolicyConfig.chunk_size, "K: actions per chunk", ge=1)
     init_log_std: float = opt(
-        -1.0, "action log-std of the policy (BC fits the mean only): sets the sampled success"
+        PolicyConfig.init_log_std,
+        "action log-std of the policy (BC fits the mean only): sets the sampled success",
     )
     seed: int = opt(0, "seed of the demo noise, the init and the batches")
     eval_episodes: int = opt(32, "held-out episodes to evaluate the SFT policy; 0 = skip", ge=0)

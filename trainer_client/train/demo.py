@@ -30,10 +30,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy import stats
 
+from pcm_contract.run_config import RunConfigSchema
 from trainer_client.cli_options import build
 from trainer_client.device import resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
 from trainer_client.memory import SavedTensorMeter
+from trainer_client.policy import DEFAULT_PRESET
 from trainer_client.rollout import collect_groups
 from trainer_client.train.config import (
     DEMO_ENV,
@@ -66,18 +68,18 @@ class DemoConfig:
     # SFT: `pcm-train sft`'s `base` trunk and 300 BC steps, at half its batch (32 chunks a step:
     # half the time; 150 steps or a higher lr left the policy at 0-5% held-out success, measured
     # on a GPU: docs/research/demo.md, "The demo's sizes")
-    sft_episodes: int = 200
-    sft_iters: int = 300
-    sft_batch_size: int = 32
+    sft_episodes: int = SFTConfig.episodes
+    sft_iters: int = SFTConfig.iters
+    sft_batch_size: int = SFTConfig.batch_size // 2
     sft_lr: float | None = None  # None: pcm-train sft's
-    preset: str = "base"
+    preset: str = DEFAULT_PRESET
     # RL: the same batch, seeds and steps for every algorithm
     rl_steps: int = 12
     init_states: int = 3
-    group_size: int = 8
-    keep_fraction: float = 0.2
+    group_size: int = TrainConfig.group_size
+    keep_fraction: float = RunConfigSchema.keep_fraction
     lr: float | None = None  # None: pcm-train rl's default for the trunk
-    checkpoint_every: int = 10
+    checkpoint_every: int = TrainConfig.checkpoint_every
     # held-out evaluation (the SFT and each RL policy on the same initial states and seed)
     eval_episodes: int = 100
     # workers, threads, progress bar, device, precision: those of pcm-train sft and rl (checked
