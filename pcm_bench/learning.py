@@ -334,9 +334,22 @@ def _series(step_rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _kept_series(run: dict[str, Any]) -> list[float]:
-    """A run's kept fraction per step, its equal-time continuation included."""
-    return [float(f) for f in run["kept_fraction"] + run.get("extension", {}).get(
+    """A run's kept fraction per step, its equal-time continuation included. A step that kept
+    nothing (no informative group: every rollout of every group succeeded, or every one failed)
+    chose no fraction: it takes the last one chosen (the first one, before any), so the series
+    paces a random run whose batch at that step may have informative groups."""
+    fractions = [float(f) for f in run["kept_fraction"] + run.get("extension", {}).get(
         "kept_fraction", [])]
+    chosen = [f for f in fractions if f > 0]
+    if not chosen:
+        raise StudyError(f"{run['algo']} seed {run['seed']} kept no chunk at any step: nothing "
+                         "to pace random masking by")
+    last = chosen[0]
+    series = []
+    for f in fractions:
+        last = f if f > 0 else last
+        series.append(last)
+    return series
 
 
 def _extend_to_equal_time(

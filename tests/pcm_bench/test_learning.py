@@ -20,7 +20,7 @@ from pcm_bench.learning import (
     run_learning_bench,
     summarize_runs,
 )
-from pcm_bench.study import RUNS_FILE, load_runs
+from pcm_bench.study import RUNS_FILE, StudyError, load_runs
 from pcm_contract.run_config import RunConfigSchema
 from tests.fixtures.training import MAX_STEPS, TASK
 from trainer_client.cli_options import build
@@ -242,3 +242,13 @@ def test_each_pcm_is_compared_with_the_random_at_its_own_budget() -> None:
     gain = {r["algo"]: r["gain"] for r in runs}
     for algo, random in (("pcm", "random"), ("pcm-ht", "random-ht"), ("pcm-action", "random")):
         assert summary[algo]["gain_vs_random_mean"] == pytest.approx(gain[algo] - gain[random])
+
+
+def test_steps_that_kept_nothing_pace_random_at_the_last_chosen_fraction() -> None:
+    from pcm_bench.learning import _kept_series
+
+    run = {"algo": "pcm", "seed": 0, "kept_fraction": [0.0, 0.3, 0.0, 0.0, 0.5],
+           "extension": {"kept_fraction": [0.0, 0.2]}}
+    assert _kept_series(run) == [0.3, 0.3, 0.3, 0.3, 0.5, 0.5, 0.2]
+    with pytest.raises(StudyError, match="kept no chunk"):
+        _kept_series({"algo": "pcm", "seed": 1, "kept_fraction": [0.0, 0.0]})
