@@ -523,7 +523,7 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             # gradient's noise shows here
             "grad_norm_median": _median_grad_norm(rs),
             # only where the keep weights choose the chunks (grpo and random record them unused)
-            "keep_weight_change": (None if algo in ("grpo", "random")
+            "keep_weight_change": (None if algo == "grpo" or algo in RANDOM_PACED_BY
                                    else _keep_weight_change(rs)),
         }
     if "grpo" in out:
