@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from pcm_bench.options import as_paths, json_option
+from pcm_contract.run_config import RunConfigSchema
 from selector_service.core import ChunkBatch, RunConfig, select_chunks
 from trainer_client.config_fields import check_fields, opt
 
@@ -26,7 +27,7 @@ class Shape:
         return f"{self.trajectories}x{self.chunks}x{self.feature_dim}"
 
 
-def synthetic_request(shape: Shape, num_phases: int = 4, group_size: int = 8,
+def synthetic_request(shape: Shape, num_phases: int = RunConfigSchema.phases, group_size: int = 8,
                       seed: int = 0) -> dict[str, Any]:
     """A GRPO-shaped batch: groups of `group_size`, mixed outcomes, contiguous phases."""
     rng = np.random.default_rng(seed)

@@ -56,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pcm_bench.options import as_paths, json_option, split
+from pcm_contract.run_config import RunConfigSchema
 from trainer_client.config_fields import check_fields, opt
 from trainer_client.device import (
     DEVICE_HELP,
@@ -98,10 +99,10 @@ INSTRUCTIONS = (
 
 def synthetic_batch(
     policy: VLAPolicy,
-    num_trajectories: int = 16,
-    num_chunks: int = 48,
-    group_size: int = 4,
-    num_phases: int = 4,
+    num_trajectories: int,
+    num_chunks: int,
+    group_size: int,
+    num_phases: int = RunConfigSchema.phases,
     seed: int = 0,
 ) -> list[Trajectory]:
     """A GRPO batch with random observations, actions sampled from `policy` (so old_logp is the
