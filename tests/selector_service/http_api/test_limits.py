@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pcm_bench.servers import wait_until
 from selector_service.settings import Settings
 from tests.fixtures.servers import ServerThread
 from tests.hardening.conftest import read_all, status_of
@@ -204,13 +205,11 @@ def test_connections_beyond_the_cap_are_closed_at_once() -> None:
             for s in socks:
                 s.close()
         # Once they are gone, new connections are served again.
-        deadline = time.monotonic() + 5
-        while True:
+        def healthy() -> bool:
             with httpx.Client(base_url=srv.http_url, timeout=5) as http:
                 try:
-                    if http.get("/healthz").status_code == 200:
-                        break
+                    return http.get("/healthz").status_code == 200
                 except httpx.TransportError:
-                    pass
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+                    return False
+
+        wait_until(healthy, 5.0, "200 from /healthz once the connections closed")
