@@ -21,6 +21,7 @@ from pcm_bench.grad import GradConfig, run_grad_bench
 from pcm_bench.learning import LearningConfig, run_learning_bench
 from pcm_bench.learning import print_table as print_learning
 from pcm_bench.replay import ReplayConfig, run_replay_bench, score_runs
+from pcm_bench.rollout import RolloutBenchConfig, run_rollout_bench
 from pcm_bench.selector import SelectorBenchConfig, run_selector_bench
 from pcm_bench.study import StudyError
 from pcm_bench.timemodel import TimeModelConfig, run_time_model_bench
@@ -132,6 +133,24 @@ def learning(config: LearningConfig) -> None:
     if config.json_path is not None:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@_config_command("rollout", RolloutBenchConfig)
+def rollout(config: RolloutBenchConfig) -> None:
+    """Rollout throughput of the env backends side by side: worker processes holding several
+    envs each (the default) vs gymnasium's AsyncVectorEnv (a process per env), the same GRPO
+    step's rollouts from the same policy, calls alternating."""
+    result = run_rollout_bench(config, log=console.print)
+    table = Table(title=f"pcm-bench rollout: {result['env']}, "
+                        f"{config.init_states}x{config.group_size} rollouts per call")
+    for col in ("backend", "wall s (median)", "env steps/s", "vs first", "processes",
+                "RSS MiB"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(r["backend"], f"{r['wall_s_median']:.2f}", f"{r['steps_per_s_median']:.0f}",
+                      f"{r['wall_vs_first']:.2f}x", str(r["processes"]), f"{r['rss_mib']:.0f}")
+    console.print(table)
+    _write(config.json_path, {**result, "machine": _machine()})
 
 
 @_config_command("timemodel", TimeModelConfig)

@@ -1,8 +1,8 @@
 """Vectorised chunked rollouts: environments in worker processes, the policy batched here.
 
-`RolloutCollector` owns a bank of env instances of one task (in this process when
-`num_workers=0`, else spread over spawned worker processes) and reuses them across calls, so a
-training loop pays the env build cost once. Per chunk round it sends each worker ONE message
+`RolloutCollector` owns a bank of env instances of one task (`trainer_client.env_banks`: in
+this process when `num_workers=0`, else spread over spawned worker processes) and reuses them
+across calls, so a training loop pays the env build cost once. Per chunk round it sends each worker ONE message
 holding the actions of all its envs and gets back one message with their `ChunkStep`s; the
 policy is queried once per round on the batch of all running episodes. Episodes whose env
 finishes early free their slot for the next queued episode.
@@ -13,55 +13,18 @@ finishes early free their slot for the next queued episode.
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing as mp
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
-from trainer_client.envs import ChunkEnv, ChunkStep, make_env, parse_env_spec
+from trainer_client.env_banks import EnvInfo, LocalBank, Op, ProcessBank, ResetOut
+from trainer_client.envs import ChunkStep, parse_env_spec
 from trainer_client.phases import Segmenter, make_segmenter
 from trainer_client.types import ChunkPolicy, Trajectory
-
-_RECV_POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class EnvInfo:
-    """What the main process needs to know about the envs of a collector."""
-
-    task_id: str
-    instruction: str
-    action_dim: int
-    max_steps: int
-    obs_keys: tuple[str, ...]
-    gripper_threshold: float
-    gripper_index: int  # action dim holding the gripper command
-    num_init_states: int | None
-
-    @classmethod
-    def of(cls, env: ChunkEnv) -> EnvInfo:
-        return cls(
-            task_id=env.task_id,
-            instruction=env.instruction,
-            action_dim=env.action_dim,
-            max_steps=env.max_steps,
-            obs_keys=tuple(env.obs_keys),
-            gripper_threshold=float(env.gripper_threshold),
-            gripper_index=int(env.gripper_index),
-            num_init_states=env.num_init_states,
-        )
-
-
-@dataclass
-class ResetOut:
-    obs: dict[str, np.ndarray]
-    env_phase: int | None
+from trainer_client.vector_env import GymVectorBank
 
 
 @dataclass
@@ -78,171 +41,6 @@ class RolloutStats:
     @property
     def steps_per_s(self) -> float:
         return self.num_steps / self.rollout_s if self.rollout_s > 0 else 0.0
-
-
-# An op on one env slot: (slot, "reset", init_state) or (slot, "step", actions (K, A)).
-Op = tuple[int, str, Any]
-
-
-def _apply(env: ChunkEnv, kind: str, arg: Any) -> ResetOut | ChunkStep:
-    if kind == "reset":
-        obs = env.reset(int(arg))
-        return ResetOut(obs, env.env_phase())
-    elif kind == "step":
-        return env.step_chunk(arg)
-    else:
-        raise ValueError(f"unknown env op {kind!r}")
-
-
-def _worker_main(conn: Connection, spec: str, env_kwargs: dict[str, Any]) -> None:
-    """Worker process: owns a list of envs, answers one message per request."""
-    envs: list[ChunkEnv] = []
-    try:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
-            cmd = msg[0]
-            if cmd == "close":
-                break
-            try:
-                if cmd == "ensure":
-                    while len(envs) < int(msg[1]):
-                        envs.append(make_env(spec, **env_kwargs))
-                    reply: Any = EnvInfo.of(envs[0]) if envs else None
-                elif cmd == "run":
-                    reply = [_apply(envs[i], kind, arg) for i, kind, arg in msg[1]]
-                else:
-                    raise ValueError(f"unknown worker command {cmd!r}")
-                conn.send(("ok", reply))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for env in envs:
-            env.close()
-        conn.close()
-
-
-class _LocalBank:
-    """Env slots in this process."""
-
-    def __init__(self, spec: str, env_kwargs: dict[str, Any]) -> None:
-        self._spec = spec
-        self._kwargs = env_kwargs
-        self._envs: list[ChunkEnv] = []
-
-    def ensure(self, n: int) -> EnvInfo:
-        while len(self._envs) < max(n, 1):
-            self._envs.append(make_env(self._spec, **self._kwargs))
-        return EnvInfo.of(self._envs[0])
-
-    def run(self, ops: list[Op]) -> list[ResetOut | ChunkStep]:
-        return [_apply(self._envs[slot], kind, arg) for slot, kind, arg in ops]
-
-    def close(self) -> None:
-        for env in self._envs:
-            env.close()
-        self._envs = []
-
-
-class _ProcessBank:
-    """Env slots spread over worker processes: slot s lives in worker s % W at index s // W."""
-
-    def __init__(self, spec: str, env_kwargs: dict[str, Any], num_workers: int) -> None:
-        ctx = mp.get_context("spawn")
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []
-        for w in range(num_workers):
-            parent, child = ctx.Pipe(duplex=True)
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(child, spec, env_kwargs),
-                name=f"pcm-env-worker-{w}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        self._closed = False
-
-    @property
-    def num_workers(self) -> int:
-        return len(self._conns)
-
-    def _recv(self, w: int) -> Any:
-        conn = self._conns[w]
-        try:
-            while not conn.poll(_RECV_POLL_S):
-                if not self._procs[w].is_alive():
-                    raise EOFError
-            status, payload = conn.recv()
-        except (EOFError, OSError) as exc:
-            self._procs[w].join(timeout=5)
-            raise RuntimeError(
-                f"env worker {w} died (exit code {self._procs[w].exitcode}); scripts that "
-                "start workers need the `if __name__ == '__main__':` guard (spawn)"
-            ) from exc
-        if status != "ok":
-            raise RuntimeError(f"env worker {w} failed:\n{payload}")
-        return payload
-
-    def _gather(self, workers: list[int]) -> dict[int, Any]:
-        """Replies of `workers`, all read before raising the first error, so the pipes stay
-        in step for the next request."""
-        replies: dict[int, Any] = {}
-        first_error: RuntimeError | None = None
-        for w in workers:
-            try:
-                replies[w] = self._recv(w)
-            except RuntimeError as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
-        return replies
-
-    def ensure(self, n: int) -> EnvInfo:
-        w_count = self.num_workers
-        per_worker = [len(range(w, max(n, 1), w_count)) for w in range(w_count)]
-        for w, count in enumerate(per_worker):
-            self._conns[w].send(("ensure", count))
-        infos = self._gather(list(range(w_count)))
-        info = next((i for i in infos.values() if i is not None), None)
-        if info is None:
-            raise RuntimeError("no env was built")
-        return info
-
-    def run(self, ops: list[Op]) -> list[ResetOut | ChunkStep]:
-        w_count = self.num_workers
-        by_worker: dict[int, list[tuple[int, Op]]] = {}
-        for pos, (slot, kind, arg) in enumerate(ops):
-            by_worker.setdefault(slot % w_count, []).append((pos, (slot // w_count, kind, arg)))
-        for w, items in by_worker.items():
-            self._conns[w].send(("run", [op for _, op in items]))
-        replies = self._gather(list(by_worker))
-        out: list[Any] = [None] * len(ops)
-        for w, items in by_worker.items():
-            for (pos, _), res in zip(items, replies[w], strict=True):
-                out[pos] = res
-        return out
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.send(("close",))
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-        for conn in self._conns:
-            conn.close()
 
 
 @dataclass
@@ -267,8 +65,10 @@ class RolloutCollector:
 
     num_workers=0 keeps the envs in this process (tests, tiny runs); otherwise they live in
     `num_workers` spawned processes. num_envs caps the env instances (default: one per
-    episode of the first call); episodes beyond it queue for a free env. Use as a context
-    manager or call `close()`.
+    episode of the first call); episodes beyond it queue for a free env. env_backend
+    "gymnasium" runs each env in a process of its own under gymnasium's `AsyncVectorEnv`
+    (`trainer_client.vector_env`; num_workers is then unused). Use as a context manager or
+    call `close()`.
     """
 
     def __init__(
@@ -279,6 +79,7 @@ class RolloutCollector:
         num_envs: int | None = None,
         max_steps: int | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        env_backend: str = "workers",
     ) -> None:
         self.env_spec = env_spec
         self.task_id = parse_env_spec(env_spec).task_id
@@ -290,11 +91,14 @@ class RolloutCollector:
         if max_steps is not None:
             kwargs["max_steps"] = int(max_steps)
         self._num_envs = num_envs
-        self._bank: _LocalBank | _ProcessBank = (
-            _ProcessBank(env_spec, kwargs, num_workers)
-            if num_workers > 0
-            else _LocalBank(env_spec, kwargs)
-        )
+        self._bank: LocalBank | ProcessBank | GymVectorBank
+        if env_backend == "workers":
+            self._bank = (ProcessBank(env_spec, kwargs, num_workers) if num_workers > 0
+                          else LocalBank(env_spec, kwargs))
+        elif env_backend == "gymnasium":
+            self._bank = GymVectorBank(env_spec, kwargs)
+        else:
+            raise ValueError(f"env_backend must be 'workers' or 'gymnasium', got {env_backend!r}")
         self._slots = 0
         self._info: EnvInfo | None = None
         self._calls = 0

@@ -17,6 +17,7 @@ from pcm_bench.estimator import EstimatorConfig
 from pcm_bench.grad import GradConfig
 from pcm_bench.learning import LearningConfig
 from pcm_bench.replay import ReplayConfig
+from pcm_bench.rollout import RolloutBenchConfig
 from pcm_bench.selector import SelectorBenchConfig
 from pcm_bench.timemodel import TimeModelConfig
 from trainer_client.cli_options import build, dataclass_options
@@ -24,7 +25,7 @@ from trainer_client.cli_options import build, dataclass_options
 COMMANDS: dict[str, type] = {
     "core": CoreConfig, "selector": SelectorBenchConfig, "grad": GradConfig,
     "learning": LearningConfig, "timemodel": TimeModelConfig, "estimator": EstimatorConfig,
-    "replay": ReplayConfig,
+    "replay": ReplayConfig, "rollout": RolloutBenchConfig,
 }
 
 

@@ -202,3 +202,42 @@ def test_worker_error_propagates_and_collector_recovers() -> None:
         # every worker's reply was read: the next call works on the same workers
         trajs = collector.collect(RandomChunkPolicy(), [0, 1], group_size=1)
     assert [t.num_steps for t in trajs] == [8, 8]
+
+
+def test_gymnasium_backend_matches_in_process() -> None:
+    """gymnasium's AsyncVectorEnv backend gives the same trajectories as envs in this process:
+    3 env slots for 6 episodes (queued episodes, slots idle while others finish), env phases,
+    and a second call on the same vector env."""
+    spec, inits = "metaworld:pick-place-v3", [0, 1, 2]
+    with RolloutCollector(spec, num_envs=3, max_steps=32) as collector:
+        local = collector.collect(RandomChunkPolicy(seed=5), inits, group_size=2,
+                                  segmenter="env", num_phases=3)
+        local_again = collector.collect(RandomChunkPolicy(seed=6), [4], group_size=2)
+    with RolloutCollector(spec, num_envs=3, max_steps=32,
+                          env_backend="gymnasium") as collector:
+        vec = collector.collect(RandomChunkPolicy(seed=5), inits, group_size=2,
+                                segmenter="env", num_phases=3)
+        vec_again = collector.collect(RandomChunkPolicy(seed=6), [4], group_size=2)
+        assert collector._bank.num_envs == 3  # type: ignore[union-attr]
+    for a, b in zip(local + local_again, vec + vec_again, strict=True):
+        assert a.group_id == b.group_id
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.obs[OBS_STATE], b.obs[OBS_STATE])
+        np.testing.assert_array_equal(a.gripper, b.gripper)
+        np.testing.assert_array_equal(a.phase_ids, b.phase_ids)
+        assert (a.success, a.num_steps, a.info["return"]) == (b.success, b.num_steps,
+                                                              b.info["return"])
+    assert vec[0].env_phase_ids is not None
+
+
+def test_gymnasium_backend_early_success_and_bad_backend() -> None:
+    """Episodes that succeed early leave their slots idle while the others run on."""
+    trajs = collect_groups(ExpertChunkPolicy(), "metaworld:reach-v3", [0, 1], group_size=1,
+                           max_steps=150, deterministic=True)
+    with RolloutCollector("metaworld:reach-v3", max_steps=150,
+                          env_backend="gymnasium") as collector:
+        vec = collector.collect(ExpertChunkPolicy(), [0, 1], group_size=1, deterministic=True)
+    assert [(t.success, t.num_steps) for t in vec] == [(t.success, t.num_steps) for t in trajs]
+    assert all(t.success and t.num_steps < 150 for t in vec)
+    with pytest.raises(ValueError, match="env_backend"):
+        RolloutCollector("metaworld:reach-v3", env_backend="threads")
