@@ -34,6 +34,7 @@ doing the embedded select's work could show on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -95,10 +96,15 @@ class SelectorBenchConfig:
     selector_env: list[str] | None = field(default=None, metadata={
         "help": "KEY=VALUE set in the selector processes' environment (repeatable), e.g. "
                 "PCM_GRPC_INLINE_SELECT_CHUNKS=0"})
+    server_cpus: str | None = opt(None, "CPUs (comma-separated) for the selector processes, "
+                                  "the embedded reference and the gRPC floor server; the "
+                                  "clients and redis-server get the other CPUs, as trainers "
+                                  "on other machines would (default: no pinning)")
     warmup: int = opt(2, "untimed selects per client first", cli=False)
 
     def __post_init__(self) -> None:
         as_paths(self, "json_path")
+        self.cpu_sets()
         transports, stores, clients, shapes = self.cells()
         one_of("transports", transports, ("grpc", "http"))
         one_of("stores", stores, ("memory", "redis"))
@@ -115,6 +121,18 @@ class SelectorBenchConfig:
         """The matrix's axes: (transports, stores, client counts, shapes), from their flags."""
         return (split(self.transports, str, "transports"), split(self.stores, str, "stores"),
                 split(self.clients, int, "clients"), split(self.shapes, str, "shapes"))
+
+    def cpu_sets(self) -> tuple[set[int], set[int]] | None:
+        """(the server's CPUs, the clients' CPUs) from --server-cpus; None: no pinning."""
+        if self.server_cpus is None:
+            return None
+        server = set(split(self.server_cpus, int, "server_cpus"))
+        available = os.sched_getaffinity(0)
+        if not server or not server < available:
+            raise ValueError(f"--server-cpus {self.server_cpus!r}: name some but not all of "
+                             f"this process's CPUs {sorted(available)}, e.g. --server-cpus "
+                             f"{max(available)}")
+        return server, available - server
 
     @property
     def env_vars(self) -> dict[str, str]:
@@ -163,6 +181,11 @@ def run_selector_bench(config: SelectorBenchConfig,
     requests, warmup, time_cap_s, step_time_s = c.requests, c.warmup, c.time_cap_s, c.step_time_s
     shared_run, interval_s, workers = c.shared_run, c.interval_s, c.workers
     selector_env, embedded_selects = c.env_vars, c.embedded_selects
+    cpus = c.cpu_sets()
+    server_cpus = None if cpus is None else cpus[0]
+    own_cpus = os.sched_getaffinity(0)
+    if cpus is not None:  # the clients (and the servers started from here, until re-pinned)
+        pin(os.getpid(), cpus[1])
 
     templates = {name: SelectRequest.model_validate(synthetic_request(SHAPES[name]))
                  for name in shapes}
@@ -179,17 +202,21 @@ def run_selector_bench(config: SelectorBenchConfig,
             selectors[store] = stack.enter_context(
                 SelectorProcess(store=store, redis_url=redis_url, env=selector_env,
                                 workers=workers if store == "redis" else 1))
+            selector_pid = selectors[store].pid
+            if server_cpus is not None and selector_pid is not None:
+                pin(selector_pid, server_cpus)
         cell = 0
         embedded: dict[str, list[float]] = {}
         for shape in shapes:
             total = requests if requests is not None else DEFAULT_REQUESTS[shape]
             selects = (EMBEDDED_SELECTS[shape] if embedded_selects is None
                        else embedded_selects)
-            embedded[shape] = [embedded_cpu_ms(shape, selects, selector_env)] if selects else []
+            embedded[shape] = ([embedded_cpu_ms(shape, selects, selector_env, server_cpus)]
+                               if selects else [])
             floor: list[float] = []
             if selects and "grpc" in transports:
                 calls = FLOOR_CALLS[shape] if embedded_selects is None else embedded_selects
-                floor.append(grpc_floor_cpu_ms(shape, calls, selector_env))
+                floor.append(grpc_floor_cpu_ms(shape, calls, selector_env, server_cpus))
             shape_rows: list[dict[str, Any]] = []
             for store in stores:
                 for transport in transports:
@@ -213,10 +240,10 @@ def run_selector_bench(config: SelectorBenchConfig,
                         if progress is not None:
                             progress(row)
             if selects:  # again after the cells: the reference is the mean of both
-                embedded[shape].append(embedded_cpu_ms(shape, selects, selector_env))
+                embedded[shape].append(embedded_cpu_ms(shape, selects, selector_env, server_cpus))
                 reference = float(np.mean(embedded[shape]))
                 if floor:
-                    floor.append(grpc_floor_cpu_ms(shape, calls, selector_env))
+                    floor.append(grpc_floor_cpu_ms(shape, calls, selector_env, server_cpus))
                 for row in shape_rows:
                     row["embedded_cpu_ms"] = reference
                     row["embedded_cpu_ms_runs"] = embedded[shape]
@@ -226,6 +253,8 @@ def run_selector_bench(config: SelectorBenchConfig,
                         row["grpc_floor_cpu_ms_runs"] = floor
                         row["floor_ratio"] = (reference + row["grpc_floor_cpu_ms"]) / reference
             rows += shape_rows
+    if cpus is not None:
+        pin(os.getpid(), own_cpus)
     return {
         "benchmark": "selector",
         "settings": {"transports": list(transports), "stores": list(stores),
@@ -235,7 +264,8 @@ def run_selector_bench(config: SelectorBenchConfig,
                      "warmup": warmup, "time_cap_s": time_cap_s, "step_time_s": step_time_s,
                      "shared_run": shared_run, "interval_s": interval_s,
                      "selector_env": dict(selector_env or {}), "workers": workers,
-                     "embedded_selects": embedded_selects},
+                     "embedded_selects": embedded_selects,
+                     "server_cpus": None if server_cpus is None else sorted(server_cpus)},
         "targets": TARGETS,
         "rows": rows,
     }
@@ -263,7 +293,8 @@ print(json.dumps({"cpu_ms": (time.process_time() - start) / selects * 1e3}))
 
 
 def embedded_cpu_ms(shape: str, selects: int,
-                    selector_env: Mapping[str, str] | None = None) -> float:
+                    selector_env: Mapping[str, str] | None = None,
+                    cpus: set[int] | None = None) -> float:
     """CPU time (all threads of its process) per embedded select of the shape's batch, in a
     process of its own with the selector processes' environment (BLAS pinned to one thread,
     as `pcm-selector` pins it, unless `selector_env` says otherwise)."""
@@ -273,8 +304,26 @@ def embedded_cpu_ms(shape: str, selects: int,
     out = subprocess.run(
         [sys.executable, "-c", _EMBEDDED_CPU,
          f"{s.trajectories},{s.chunks},{s.feature_dim}", str(selects)],
-        env=env, capture_output=True, text=True, timeout=900, check=True)
+        env=env, capture_output=True, text=True, timeout=900, check=True,
+        preexec_fn=_on_cpus(cpus))
     return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu_ms"])
+
+
+def _on_cpus(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A subprocess `preexec_fn` that puts the child on `cpus` (None: leave it)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Put every thread of process `pid` and of its descendants on `cpus` (threads and
+    processes they start later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(int(task.name), cpus)
+    for child in child_pids(pid):
+        pin(child, cpus)
 
 
 # The transport's floor: a bare grpc.aio server in a process of its own (the selector's
@@ -320,7 +369,7 @@ asyncio.run(serve())
 
 def grpc_floor_cpu_ms(shape: str, calls: int,
                       selector_env: Mapping[str, str] | None = None,
-                      warmup: int = 20) -> float:
+                      cpus: set[int] | None = None, warmup: int = 20) -> float:
     """Server CPU per call (its own process time) of a bare grpc.aio server that receives the
     shape's serialized Select request and sends a serialized answer of the same batch (the module's
     docstring), called `calls` times in a row by one client."""
@@ -336,7 +385,7 @@ def grpc_floor_cpu_ms(shape: str, calls: int,
     with subprocess.Popen(
             [sys.executable, "-c", _GRPC_FLOOR_SERVER,
              f"{s.trajectories},{s.chunks},{s.feature_dim}"],
-            env=env, stdout=subprocess.PIPE, text=True) as server:
+            env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_on_cpus(cpus)) as server:
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())

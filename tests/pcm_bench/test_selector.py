@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from pcm_bench.selector import ROW_FIELDS, SelectorBenchConfig, run_selector_bench
+import pytest
+
+from pcm_bench.selector import ROW_FIELDS, SelectorBenchConfig, pin, run_selector_bench
+from pcm_bench.servers import child_pids
 
 
 def test_selector_bench_rows() -> None:
@@ -83,3 +90,47 @@ def test_shared_run_rows_carry_the_embedded_reference() -> None:
         assert len(floor) == 2 and all(x > 0 for x in floor)
         assert math.isclose(row["floor_ratio"],
                             1 + sum(floor) / 2 / row["embedded_cpu_ms"])
+
+
+def test_pin_puts_every_thread_of_a_process_tree_on_the_cpus() -> None:
+    """`--server-cpus`' pinning: every thread of the process and of its children."""
+
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to pin to one of them")
+    tree = ("import subprocess, sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print('up', flush=True); time.sleep(60)\n")
+    with subprocess.Popen([sys.executable, "-c", tree], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+            deadline = time.monotonic() + 10
+            while not child_pids(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            children = child_pids(proc.pid)
+            assert children
+            pin(proc.pid, {cpus[-1]})
+            tasks = [int(t.name) for p in (proc.pid, *children)
+                     for t in Path(f"/proc/{p}/task").iterdir()]
+            assert len(tasks) >= 3  # the main thread, its sleeping thread, the child
+            assert all(os.sched_getaffinity(t) == {cpus[-1]} for t in tasks)
+        finally:
+            for child in child_pids(proc.pid):
+                os.kill(child, 9)
+            proc.kill()
+
+
+def test_server_cpus_must_leave_cpus_to_the_clients() -> None:
+
+    every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    with pytest.raises(ValueError, match="--server-cpus"):
+        SelectorBenchConfig(server_cpus=every)
+    with pytest.raises(ValueError, match="--server-cpus"):
+        SelectorBenchConfig(server_cpus="4096")
+    one = min(os.sched_getaffinity(0))
+    if len(os.sched_getaffinity(0)) > 1:
+        server, clients = SelectorBenchConfig(server_cpus=str(one)).cpu_sets()  # type: ignore[misc]
+        assert server == {one} and one not in clients
