@@ -91,6 +91,34 @@ def read_all(sock: socket.socket, wait: float) -> bytes:
     return out
 
 
+def closed_within(sock: socket.socket, wait: float) -> bool:
+    """The server closes the connection within `wait` seconds (nothing more to read)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def trickle_until_closed(sock: socket.socket, data: bytes, wait_per_byte: float) -> bool:
+    """Send `data` a byte at a time, waiting up to `wait_per_byte` after each for the server
+    to close the connection: True when it did before all of `data` was sent."""
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return True
+        if closed_within(sock, wait_per_byte):
+            return True
+    return False
+
+
 def status_of(response: bytes) -> int:
     line = response.split(b"\r\n", 1)[0]
     return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else 0

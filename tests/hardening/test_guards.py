@@ -44,6 +44,7 @@ from tests.hardening.conftest import (
     serving,
     state,
     status_of,
+    trickle_until_closed,
 )
 from tests.selector_service.conftest import (
     GRPC_OPTIONS,
@@ -331,24 +332,8 @@ def test_slow_and_idle_connections_are_cut_off(guarded: ServerThread) -> None:
     # Headers one byte at a time, slower than PCM_HEADER_TIMEOUT_S (0.5 s) allows in all.
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        closed = False
-        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n":
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                closed = True
-                break
-            sock.settimeout(0.2)
-            try:
-                if sock.recv(1) == b"":
-                    closed = True
-                    break
-            except TimeoutError:
-                continue
-            except OSError:
-                closed = True
-                break
-        assert closed and time.monotonic() - start < 3.0
+        assert trickle_until_closed(sock, b"GET /healthz HTTP/1.1\r\nhost: x\r\n", 0.2)
+        assert time.monotonic() - start < 3.0
     # A body slower than PCM_BODY_TIMEOUT_S (0.5 s): 408.
     head = _head("PUT", "/v1/runs/slow", 100, token=True)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

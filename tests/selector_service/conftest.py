@@ -131,3 +131,17 @@ def big_select(run_id: str, n: int) -> pb.SelectChunksRequest:
         group_ids=[f"g{i // 8}" for i in range(n)], success=[i % 2 == 0 for i in range(n)],
         chunk_counts=[c] * n, phase_ids=np.tile(np.arange(c) // 16, n).tolist(),
         action_features=rng.normal(size=(n * c, d)).astype("<f4").tobytes(), feature_dim=d)
+
+
+def refused_json_select(http: httpx.Client, run: str, raw: bytes | str, field: str
+                        ) -> httpx.Response:
+    """POST `raw` as a JSON Select body on `run`: it must be refused with 422
+    INVALID_ARGUMENT naming `field` (in `field` and in the detail). The response, for more."""
+    r = http.post(f"/v1/runs/{run}/select", content=raw,
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()
+    assert err["code"] == "INVALID_ARGUMENT"
+    assert err["field"] == field, err
+    assert field in err["detail"]
+    return r

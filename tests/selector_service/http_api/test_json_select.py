@@ -13,7 +13,7 @@ import pytest
 
 from pcm_contract.models import MAX_TRAJECTORIES
 from pcm_contract.run_config import MAX_FEATURE_DIM
-from tests.selector_service.conftest import batch, to_proto
+from tests.selector_service.conftest import batch, refused_json_select, to_proto
 
 RUN = "json-run"
 
@@ -85,13 +85,7 @@ def test_bad_json_select_is_422_naming_the_field_and_changes_nothing(
         http: httpx.Client, run: str, case: str) -> None:
     raw, field = BAD[case]
     before = _state(http, run)
-    r = http.post(f"/v1/runs/{run}/select", content=raw,
-                  headers={"content-type": "application/json"})
-    assert r.status_code == 422, r.text
-    err = r.json()
-    assert err["code"] == "INVALID_ARGUMENT"
-    assert err["field"] == field, err
-    assert field in err["detail"]
+    r = refused_json_select(http, run, raw, field)
     assert len(r.text) < 1000
     assert _state(http, run) == before
 

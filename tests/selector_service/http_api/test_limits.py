@@ -17,7 +17,7 @@ import pytest
 from pcm_bench.servers import wait_until
 from selector_service.settings import Settings
 from tests.fixtures.servers import ServerThread
-from tests.hardening.conftest import read_all, status_of
+from tests.hardening.conftest import closed_within, read_all, status_of, trickle_until_closed
 from tests.selector_service.conftest import batch, report, to_proto
 
 HEADER_TIMEOUT_S = 0.5
@@ -51,21 +51,6 @@ def _stored(srv: ServerThread, http: httpx.Client, run: str) -> Any:
     info = http.get(f"/v1/runs/{run}").json()
     info.pop("store_epoch", None)
     return info, srv.service.history(run, 1000)
-
-
-def _closed_within(sock: socket.socket, wait: float) -> bool:
-    """The server closes the connection within `wait` seconds (nothing more to read)."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-    return False
 
 
 def _request(path: str, body: bytes = b"", method: str = "POST",
@@ -137,23 +122,14 @@ def test_every_request_of_a_connection_must_send_its_headers_in_time() -> None:
         sock.sendall(_request("/healthz", method="GET"))
         assert status_of(read_all(sock, 0.3)) == 200
         start = time.monotonic()
-        closed = False
-        for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n":
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                closed = True
-                break
-            if _closed_within(sock, 0.15):
-                closed = True
-                break
+        closed = trickle_until_closed(sock, b"GET /healthz HTTP/1.1\r\nhost: x\r\n", 0.15)
         assert closed and time.monotonic() - start < 3.0
         # Silent after an answer: closed after PCM_HEADER_TIMEOUT_S, not PCM_KEEP_ALIVE_S (30).
         with socket.create_connection(("127.0.0.1", port), timeout=5) as quiet:
             quiet.sendall(_request("/healthz", method="GET"))
             assert status_of(read_all(quiet, 0.3)) == 200
             start = time.monotonic()
-            assert _closed_within(quiet, 3.0)
+            assert closed_within(quiet, 3.0)
             assert time.monotonic() - start < 2.0
 
 
@@ -198,8 +174,8 @@ def test_connections_beyond_the_cap_are_closed_at_once() -> None:
             deadline = time.monotonic() + 5.0
             while len(closed) < 3 and time.monotonic() < deadline:
                 closed += [i for i, s in enumerate(socks)
-                           if i not in closed and _closed_within(s, 0.05)]
-            closed += [i for i, s in enumerate(socks) if i not in closed and _closed_within(s, 0.2)]
+                           if i not in closed and closed_within(s, 0.05)]
+            closed += [i for i, s in enumerate(socks) if i not in closed and closed_within(s, 0.2)]
             assert len(closed) == 3, closed  # PCM_MAX_CONNECTIONS (6) stay open
         finally:
             for s in socks:

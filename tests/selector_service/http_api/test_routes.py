@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from pcm_contract.models import MAX_TRAJECTORIES
-from tests.selector_service.conftest import batch, report
+from tests.selector_service.conftest import batch, refused_json_select, report
 
 RUN = "http-run"
 
@@ -131,13 +131,7 @@ def test_bad_select_is_422_naming_the_field_and_changes_nothing(
         http: httpx.Client, run: str, case: str) -> None:
     raw, field = BAD_SELECTS[case]
     before = http.get(f"/v1/runs/{run}").json()
-    r = http.post(f"/v1/runs/{run}/select", content=raw,
-                  headers={"content-type": "application/json"})
-    assert r.status_code == 422, r.text
-    err = r.json()
-    assert err["code"] == "INVALID_ARGUMENT"
-    assert err["field"] == field, err
-    assert field in err["detail"]
+    refused_json_select(http, run, raw, field)
     assert http.get(f"/v1/runs/{run}").json() == before
 
 
