@@ -389,10 +389,12 @@ def _extend_to_equal_time(
 
 def _short_of_equal_time(record: dict[str, Any]) -> bool:
     """A run continued to grpo's modelled time that stopped short of it (an earlier version
-    predicted the continuation's length once, without topping it up)."""
+    predicted the continuation's length once, without topping it up), or whose evaluation
+    there is missing (an earlier trainer, stopped between the last checkpoint and that
+    evaluation, did not run it on resume)."""
     et = record.get("equal_time")
     return (et is not None and not et.get("interpolated", False)
-            and et.get("model_ratio", 1.0) < 1.0)
+            and (et.get("model_ratio", 1.0) < 1.0 or et.get("heldout") is None))
 
 
 def _interpolated_equal_time(record: dict[str, Any], model_s: np.ndarray, t_grpo: float

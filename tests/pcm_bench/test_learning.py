@@ -252,3 +252,18 @@ def test_steps_that_kept_nothing_pace_random_at_the_last_chosen_fraction() -> No
     assert _kept_series(run) == [0.3, 0.3, 0.3, 0.3, 0.5, 0.5, 0.2]
     with pytest.raises(StudyError, match="kept no chunk"):
         _kept_series({"algo": "pcm", "seed": 1, "kept_fraction": [0.0, 0.0]})
+
+
+def test_a_run_without_its_equal_time_evaluation_is_not_finished() -> None:
+    """The study tops up (and evaluates) a continuation that stopped short of grpo's modelled
+    time or has no evaluation there; an interpolated one or one with its evaluation is done."""
+    from pcm_bench.learning import _short_of_equal_time
+
+    def et(**kw: object) -> dict[str, object]:
+        return {"equal_time": {"interpolated": False, "model_ratio": 1.004, "heldout": 0.9, **kw}}
+
+    assert not _short_of_equal_time({"algo": "grpo"})
+    assert not _short_of_equal_time(et())
+    assert _short_of_equal_time(et(model_ratio=0.97))
+    assert _short_of_equal_time(et(heldout=None))
+    assert not _short_of_equal_time(et(interpolated=True, model_ratio=None))

@@ -28,11 +28,15 @@ class MetricsLog:
         kept = []
         if resume_after is not None and path.exists():
             kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= resume_after]
+        # the steps whose held-out evaluation the file holds (kept from before a resume)
+        self.eval_steps = {int(r["step"]) for r in kept if r.get("kind") == "eval"}
         with path.open("w") as f:
             for row in kept:
                 f.write(json.dumps(row) + "\n")
 
     def write(self, row: dict[str, Any]) -> None:
+        if row.get("kind") == "eval":
+            self.eval_steps.add(int(row["step"]))
         with self.path.open("a") as f:
             f.write(json.dumps(_jsonable(row)) + "\n")
 

@@ -227,8 +227,10 @@ def _train(
         if observer is not None:
             observer(learner.start_step, learner.trained, learner.optimizer)
         run = open_selector_run(cfg, dist, device, learner, collector.info, client, say)
-        if cfg.eval_every and learner.start_step == 0:
-            evaluate(cfg, dist, learner, collector, run, 0, say)
+        # step 0's evaluation, or the one a resumed run missed (stopped between its checkpoint
+        # and its evaluation)
+        if evaluation_missing(cfg, run, learner.start_step):
+            evaluate(cfg, dist, learner, collector, run, learner.start_step, say)
         bar = progress_bar(cfg, dist, learner.start_step)
 
         step = learner.start_step
@@ -591,6 +593,16 @@ def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, step: 
             config={**cfg.to_dict(), "segmenter_used": learner.segmenter},
             keep=cfg.keep_checkpoints,
         )
+
+
+def evaluation_missing(cfg: TrainConfig, run: SelectorRun, step: int) -> bool:
+    """The held-out evaluation due at `step` (step 0, every --eval-every steps, the last step)
+    is not in the run's metrics yet: a fresh run's step 0, or a run stopped after its
+    checkpoint at `step` and before that step's evaluation, now resumed there (rank 0 says;
+    the other ranks do not evaluate)."""
+    if not cfg.eval_every or (step % cfg.eval_every and step != cfg.steps):
+        return False
+    return run.metrics is not None and step not in run.metrics.eval_steps
 
 
 def evaluate(

@@ -103,6 +103,32 @@ def test_resume_continues_from_the_latest_checkpoint(
     assert [s for s, _ in list_checkpoints(out)] == [2, 3]  # keep_checkpoints=2
 
 
+def test_resume_runs_the_evaluation_a_stopped_run_missed(
+    sft_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A run stopped after its last checkpoint and before that step's held-out evaluation (its
+    metrics end without the eval row), resumed at that step, evaluates there; resumed again,
+    it does not evaluate twice."""
+    out = tmp_path / "run"
+    cfg = tiny_rl_config(out, sft_checkpoint, algo="grpo", steps=2, eval_every=2,
+                         eval_episodes=2)
+    train_rl(cfg, log_line=lambda _l: None)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if r.get("kind") == "eval"] == [0, 2]
+    (out / "metrics.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in rows if not (r.get("kind") == "eval" and r["step"] == 2)))
+    said: list[list[str]] = []
+    for _ in range(2):
+        said.append([])
+        train_rl(tiny_rl_config(out, sft_checkpoint, algo="grpo", steps=2, eval_every=2,
+                                eval_episodes=2, resume=True), log_line=said[-1].append)
+        evals = [r for r in read_metrics(out / "metrics.jsonl") if r.get("kind") == "eval"]
+        assert [r["step"] for r in evals] == [0, 2]
+    evaluated = [[x for x in lines if x.startswith("eval step")] for lines in said]
+    assert len(evaluated[0]) == 1 and evaluated[0][0].startswith("eval step 2:")
+    assert evaluated[1] == []  # resumed again: nothing missing, nothing evaluated twice
+
+
 def test_resume_replays_exactly_what_an_uninterrupted_run_does(
     sft_checkpoint: Path, tmp_path: Path
 ) -> None:
