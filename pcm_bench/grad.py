@@ -148,6 +148,12 @@ CUDA_COLUMNS = ("GRPO CUDA peak MB", "PCM CUDA peak MB", "peak ratio", "peak-del
 # ---- the measurement --------------------------------------------------------------------------
 
 
+# the trainer's bounds of pack_memory_ratio (GRPOConfig declares them)
+_PACK_RATIO_BOUNDS = {k: v for k, v in next(
+    f for f in dataclasses.fields(GRPOConfig) if f.name == "pack_memory_ratio").metadata.items()
+    if k in ("ge", "gt", "le", "lt")}
+
+
 @dataclasses.dataclass
 class GradConfig:
     """`pcm-bench grad`: its flags are these fields (`trainer_client.cli_options`); the fields
@@ -165,8 +171,9 @@ class GradConfig:
     pack: bool = opt(True, "also GRPO vs PCM with micro_batch 'pack' (row cap relative to "
                      "GRPO's)")
     pack_memory_ratio: float = opt(GRPOConfig.pack_memory_ratio, "pack's row cap: this "
-                                   "fraction of GRPO's largest micro-batch (0.01 to 1)",
-                                   ge=0.01, le=1)
+                                   "fraction of GRPO's largest micro-batch, in (0, 1] (the "
+                                   "trainer's --pack-memory-ratio, its bounds)",
+                                   **_PACK_RATIO_BOUNDS)
     images: bool = opt(False, "camera images through the policy")
     threads: int = opt(0, "torch intra-op threads for the run; 0 = torch's default", ge=0)
     device: str = opt("auto", DEVICE_HELP)
