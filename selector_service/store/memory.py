@@ -22,6 +22,7 @@ from selector_service.store.base import (
     RequestKind,
     RunSnapshot,
 )
+from selector_service.store.state_codec import decode_state, encode_state
 
 MAX_REQUESTS_PER_RUN = 100_000  # idempotency records kept per run, oldest dropped first
 MAX_HISTORY = 10_000
@@ -192,6 +193,31 @@ class MemoryStore:
         with self._lock:
             run = self._require(run_id)
             return list(run.history)[-count:] if count > 0 else []
+
+    def export_state(self, run_id: str) -> dict[str, Any]:
+        """The run's phase state as plain data (counters and each task's state in the stored
+        binary format), for a trainer's checkpoint: `import_state` puts it back after a
+        restart. Idempotency records and history are not part of it."""
+        with self._lock:
+            run = self._require(run_id)
+            return {"state_version": run.state_version, "outcome_reports": run.outcome_reports,
+                    "revision": run.revision,
+                    "tasks": {t: encode_state(s) for t, s in run.tasks.items()}}
+
+    def import_state(self, run_id: str, data: dict[str, Any]) -> None:
+        """Replace the run's phase state with `export_state`'s data (the run must exist: its
+        config comes from `put_config`); a malformed one raises ValueError, changing nothing."""
+        try:
+            tasks = {str(t): decode_state(bytes(raw)) for t, raw in data["tasks"].items()}
+            counters = {k: int(data[k]) for k in ("state_version", "outcome_reports", "revision")}
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not an exported run state: {exc!r}") from exc
+        with self._lock:
+            run = self._require(run_id)
+            run.tasks = tasks
+            run.state_version = counters["state_version"]
+            run.outcome_reports = counters["outcome_reports"]
+            run.revision = counters["revision"]
 
     def _require(self, run_id: str) -> _Run:
         run = self._runs.get(run_id)

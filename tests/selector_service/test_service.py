@@ -187,3 +187,34 @@ def test_the_answer_says_which_budget_the_batch_chose(service: SelectorService) 
     again = service.select("run-auto", _request("auto", n=16, seed=3))
     assert (again.keep_fraction, again.predicted_efficiency) == (
         auto.keep_fraction, auto.predicted_efficiency)
+
+
+def test_a_memory_stores_run_state_exports_and_imports_whole(service: SelectorService) -> None:
+    """What a trainer's checkpoint carries for the embedded selector: a new store given the
+    exported state selects the next batch exactly as the old one does; a malformed state is
+    refused and changes nothing."""
+    service.select("run-a", _request("r1", seed=1))
+    store = service.store
+    assert isinstance(store, MemoryStore)
+    data = store.export_state("run-a")
+    assert data["state_version"] == 1 and set(data["tasks"]) == {"pick"}
+    fresh = SelectorService(MemoryStore())
+    fresh.put_run("run-a", feature_dim=4)
+    fresh_store = fresh.store
+    assert isinstance(fresh_store, MemoryStore)
+    fresh_store.import_state("run-a", data)
+    def info(svc: SelectorService) -> dict[str, Any]:  # the store's epoch names the store
+        return svc.get_run("run-a").model_dump(exclude={"store_epoch"})
+
+    assert info(fresh) == info(service)
+    a = service.select("run-a", _request("r2", seed=2))
+    b = fresh.select("run-a", _request("r2", seed=2))
+    assert [m.tolist() for m in a.masks] == [m.tolist() for m in b.masks]
+    assert a.state_version == b.state_version == 2
+    before = info(fresh)
+    for bad in ({}, {**data, "tasks": {"pick": b"\x01garbage"}}, {**data, "revision": "x"}):
+        with pytest.raises(ValueError, match="not an exported run state"):
+            fresh_store.import_state("run-a", bad)
+    assert info(fresh) == before
+    with pytest.raises(NotFound):
+        fresh_store.import_state("no-such-run", data)

@@ -16,6 +16,7 @@ from pcm_contract.models import (
 
 if TYPE_CHECKING:
     from selector_service.service import SelectorService
+    from selector_service.store import MemoryStore
 
 
 class EmbeddedClient:
@@ -44,6 +45,24 @@ class EmbeddedClient:
     def report_outcomes(self, run_id: str,
                         report: OutcomeReport | Mapping[str, Any]) -> OutcomeAck:
         return self.service.report_outcomes(run_id, report)
+
+    def export_state(self, run_id: str) -> dict[str, Any]:
+        """The run's phase state as plain data, for a checkpoint (`MemoryStore.export_state`):
+        the in-process store dies with the process, so a resumed trainer puts it back with
+        `import_state`."""
+        return self._memory_store().export_state(run_id)
+
+    def import_state(self, run_id: str, data: dict[str, Any]) -> None:
+        self._memory_store().import_state(run_id, data)
+
+    def _memory_store(self) -> MemoryStore:
+        from selector_service.store import MemoryStore
+
+        store = self.service.store
+        if not isinstance(store, MemoryStore):
+            raise TypeError(f"the embedded selector's store is a {type(store).__name__}, "
+                            "not the in-memory store whose state a checkpoint carries")
+        return store
 
     pending = 0  # nothing is ever pending in-process
     pending_reports = 0

@@ -99,10 +99,12 @@ def save_checkpoint(
     config: dict[str, Any],
     keep: int = 2,
     optimizer_state: dict[str, Any] | None = None,
+    selector_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoints/step_N.pt and delete all but the newest `keep` step checkpoints.
     `optimizer_state` replaces `optimizer.state_dict()` (FSDP: the state gathered from the
-    shards, `trainer_client.train.distributed.optimizer_state`)."""
+    shards, `trainer_client.train.distributed.optimizer_state`); `selector_state`: the embedded
+    selector's run state (`EmbeddedClient.export_state`), which dies with the process."""
     path = step_checkpoint_path(out, step)
     atomic_torch_save(
         {
@@ -112,6 +114,7 @@ def save_checkpoint(
             "wall_s": float(wall_s),
             "rng": rng_state(),
             "config": config,
+            **({"selector_state": selector_state} if selector_state is not None else {}),
         },
         path,
     )

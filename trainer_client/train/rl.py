@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trainer_client.clients import SelectorClient, connect
+from trainer_client.clients import EmbeddedClient, SelectorClient, connect
 from trainer_client.device import (
     SetupError,
     device_name,
@@ -152,6 +152,7 @@ class Learner:
     wall_s: float = 0.0  # training seconds so far (resumed runs count the earlier ones)
     resumed_from: Path | None = None
     segmenter: str | None = None  # --segmenter auto: the choice, made on the first batch
+    selector_state: dict[str, Any] | None = None  # the embedded selector's, from the checkpoint
 
 
 @dataclass
@@ -260,7 +261,7 @@ def _train(
             # checkpoint and evaluate
             budget_hit = bool(cfg.time_budget_s) and learner.wall_s >= cfg.time_budget_s
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or budget_hit:
-                checkpoint(cfg, dist, out, learner, step)
+                checkpoint(cfg, dist, out, learner, run, step)
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps or budget_hit):
                 evaluate(cfg, dist, learner, collector, run, step, say)
             if observer is not None:
@@ -315,6 +316,7 @@ def setup_learner(
         load_optimizer_state(optimizer, ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         learner.start_step, learner.wall_s = int(ckpt["step"]), float(ckpt["wall_s"])
+        learner.selector_state = ckpt.get("selector_state")
         learner.segmenter = (ckpt.get("config") or {}).get("segmenter_used")
         say(f"resuming from {ckpt_path} (step {learner.start_step})")
     elif cfg.resume:
@@ -375,6 +377,11 @@ def open_selector_run(
     assert cfg.run_id is not None
     run = client.put_run(cfg.run_id, **cfg.run_config(feature_dim))
     resumed = learner.resumed_from is not None
+    if resumed and learner.selector_state is not None and isinstance(client, EmbeddedClient):
+        # the in-process selector starts empty: put back its state at the checkpoint
+        client.import_state(cfg.run_id, learner.selector_state)
+        run = client.get_run(cfg.run_id)
+        say(f"embedded selector: run state restored at version {run.state_version}")
     if run.state_version and not resumed:
         say(
             f"note: run {cfg.run_id} already has {run.state_version} selections at "
@@ -577,12 +584,17 @@ def log_step(
     say(_format_line(row, cfg.steps, cfg.algo))
 
 
-def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, step: int) -> None:
-    """The policy, the optimizer state and the RNG state (rank 0 writes; every rank takes part:
-    the ranks must agree first, and FSDP gathers the optimizer state from the shards)."""
+def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, run: SelectorRun,
+               step: int) -> None:
+    """The policy, the optimizer state, the RNG state and, with the embedded selector, its run
+    state (rank 0 writes; every rank takes part: the ranks must agree first, and FSDP gathers
+    the optimizer state from the shards)."""
     dist.check_in_sync(learner.policy)  # ranks must agree before one of them speaks for all
     state = optimizer_state(learner.optimizer)  # gathered from the shards under FSDP
     if dist.is_main:
+        assert cfg.run_id is not None
+        selector_state = (run.client.export_state(cfg.run_id)
+                          if isinstance(run.client, EmbeddedClient) else None)
         save_checkpoint(
             out,
             step,
@@ -592,6 +604,7 @@ def checkpoint(cfg: TrainConfig, dist: Dist, out: Path, learner: Learner, step: 
             wall_s=learner.wall_s,
             config={**cfg.to_dict(), "segmenter_used": learner.segmenter},
             keep=cfg.keep_checkpoints,
+            selector_state=selector_state,
         )
 
 

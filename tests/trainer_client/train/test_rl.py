@@ -151,6 +151,29 @@ def test_resume_replays_exactly_what_an_uninterrupted_run_does(
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b])
 
 
+def test_resume_restores_the_embedded_selectors_state(
+    sft_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The in-process selector dies with the process; its run state rides in the checkpoint,
+    so a pcm run stopped after step 1 and resumed selects at step 2 from the same state as the
+    uninterrupted run, and ends bitwise where it ends."""
+    full = tmp_path / "full"
+    train_rl(tiny_rl_config(full, sft_checkpoint, algo="pcm", steps=2), log_line=lambda _l: None)
+    part = tmp_path / "part"
+    train_rl(tiny_rl_config(part, sft_checkpoint, algo="pcm", steps=1), log_line=lambda _l: None)
+    assert load_checkpoint(list_checkpoints(part)[-1][1])["selector_state"]["state_version"] == 1
+    lines: list[str] = []
+    train_rl(tiny_rl_config(part, sft_checkpoint, algo="pcm", steps=2, resume=True),
+             log_line=lines.append)
+    assert "embedded selector: run state restored at version 1" in lines
+    a, b = _steps(full), _steps(part)
+    for key in ("keep_probs", "kept_chunks", "informative_chunks", "success_rate"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b])
+    assert param_digest(load_policy(full / "final.pt")) == param_digest(
+        load_policy(part / "final.pt"))
+
+
 @pytest.mark.parametrize("algo", ["grpo", "random"])
 def test_algos_keep_what_they_should(algo: str, sft_checkpoint: Path, tmp_path: Path) -> None:
     train_rl(
