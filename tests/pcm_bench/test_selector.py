@@ -8,13 +8,12 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from pcm_bench.selector import ROW_FIELDS, SelectorBenchConfig, pin, run_selector_bench
-from pcm_bench.servers import child_pids
+from pcm_bench.servers import child_pids, wait_until
 
 
 def test_selector_bench_rows() -> None:
@@ -107,9 +106,7 @@ def test_pin_puts_every_thread_of_a_process_tree_on_the_cpus() -> None:
                           text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
-            deadline = time.monotonic() + 10
-            while not child_pids(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: child_pids(proc.pid), 10, "child process")
             children = child_pids(proc.pid)
             assert children
             pin(proc.pid, {cpus[-1]})
