@@ -2,8 +2,9 @@
 
 `RolloutCollector` owns a bank of env instances of one task (`trainer_client.env_banks`: in
 this process when `num_workers=0`, else spread over spawned worker processes) and reuses them
-across calls, so a training loop pays the env build cost once. Per chunk round it sends each worker ONE message
-holding the actions of all its envs and gets back one message with their `ChunkStep`s; the
+across calls, so a training loop pays the env build cost once. Per chunk round it sends each
+worker ONE message holding the actions of all its envs and gets back one message with their
+`ChunkStep`s; the
 policy is queried once per round on the batch of all running episodes. Episodes whose env
 finishes early free their slot for the next queued episode.
 
