@@ -4,9 +4,8 @@
 this process when `num_workers=0`, else spread over spawned worker processes) and reuses them
 across calls, so a training loop pays the env build cost once. Per chunk round it sends each
 worker ONE message holding the actions of all its envs and gets back one message with their
-`ChunkStep`s; the
-policy is queried once per round on the batch of all running episodes. Episodes whose env
-finishes early free their slot for the next queued episode.
+`ChunkStep`s; the policy is queried once per round on the batch of all running episodes.
+Episodes whose env finishes early free their slot for the next queued episode.
 
 `collect_groups(...)` is the one-call form: G rollouts from each initial state, returned as
 `Trajectory` objects with group ids, old log-probs from `policy.act`, phase labels and timing.
