@@ -86,6 +86,11 @@ ALGOS: dict[str, dict[str, Any]] = {
     # where the signal is spread over the phases (hammer-v3)
     "pcm-e0.8": {"algo": "pcm", "target_efficiency": 0.8},
     "random-e0.8": {"algo": "random", "budget_rule": "fixed"},
+    # the default keeping the chunks that maximise the predicted progress per second (the
+    # budget objective rate, from the trainer's reported timings) instead of e* = 0.6, and
+    # random at its budget: a test of whether the time model's optimum pays where e* does not
+    "pcm-rate": {"algo": "pcm", "budget_objective": "rate"},
+    "random-rate": {"algo": "random", "budget_rule": "fixed"},
     # the paper's phase score at the fixed keep fraction (action score, masked mean)
     "pcm-action": {"algo": "pcm", "score": "action", "budget_rule": "fixed",
                    "weighting": "mean"},
@@ -111,12 +116,14 @@ ALGOS: dict[str, dict[str, Any]] = {
                   "phases": 5, "budget": 3},
 }
 # random masking at the per-step kept fractions of this algorithm's run at the same seed
-RANDOM_PACED_BY = {"random": "pcm", "random-ht": "pcm-ht", "random-e0.8": "pcm-e0.8"}
+RANDOM_PACED_BY = {"random": "pcm", "random-ht": "pcm-ht", "random-e0.8": "pcm-e0.8",
+                   "random-rate": "pcm-rate"}
 DEFAULT_ALGOS = ("grpo", "pcm", "random")
 COLORS = {"grpo": "tab:red", "pcm": "tab:blue", "random": "tab:gray", "pcm-action": "tab:green",
           "pcm-fixed": "tab:brown", "pcm-progress": "tab:cyan", "pcm-lr": "tab:purple",
           "pcm-eps0.5": "tab:orange", "pcm-paper": "tab:olive", "pcm-ht": "tab:pink",
-          "random-ht": "silver", "pcm-e0.8": "navy", "random-e0.8": "darkgray"}
+          "random-ht": "silver", "pcm-e0.8": "navy", "random-e0.8": "darkgray",
+          "pcm-rate": "teal", "random-rate": "lightgray"}
 SMOOTH = 10  # trailing window of the training-success curves (steps)
 
 

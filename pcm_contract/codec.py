@@ -231,7 +231,8 @@ def select_response_to_proto(answer: SelectResponse) -> pb.SelectChunksResponse:
         kept_chunks=answer.kept_chunks, total_chunks=answer.total_chunks,
         skipped_trajectories=answer.skipped_trajectories, store_epoch=answer.store_epoch,
         staleness=answer.staleness, keep_fraction=answer.keep_fraction,
-        predicted_efficiency=answer.predicted_efficiency)
+        predicted_efficiency=answer.predicted_efficiency,
+        predicted_rate=answer.predicted_rate)
     for task_id, probs in answer.keep_probs.items():
         out.keep_probs[task_id].values.extend(probs)
     return out
@@ -253,7 +254,8 @@ def select_response_from_proto(msg: pb.SelectChunksResponse) -> SelectResponse:
         store_epoch=msg.store_epoch, staleness=max(0, msg.staleness),
         keep_fraction=msg.keep_fraction,
         predicted_efficiency=(msg.predicted_efficiency if msg.HasField("predicted_efficiency")
-                              else None))
+                              else None),
+        predicted_rate=msg.predicted_rate if msg.HasField("predicted_rate") else None)
 
 
 # ---------------------------------------------------------------------------------------------

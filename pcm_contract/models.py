@@ -439,6 +439,10 @@ class SelectResponse(_Model):
         "budget_rule auto: the predicted share of the full batch's expected progress per step "
         "the kept chunks keep (noise-scale model; above 1 where phase_weighting wiener "
         "predicts its biased update to beat the full batch's); absent with a fixed budget"))
+    predicted_rate: float | None = Field(default=None, ge=0, description=(
+        "budget_objective rate, once the trainer's reported timings give its step time: the "
+        "predicted progress per second relative to keeping every informative chunk, "
+        "e(K) t(M) / t(K) (1 where the budget keeps every chunk); absent otherwise"))
 
     def same_as(self, other: SelectResponse) -> bool:
         """Field-by-field equality (arrays compared by value; store_epoch, which says where the
@@ -446,10 +450,10 @@ class SelectResponse(_Model):
         return (
             (self.selection_id, self.state_version, self.kept_chunks, self.total_chunks,
              self.skipped_trajectories, self.keep_probs, self.staleness, self.keep_fraction,
-             self.predicted_efficiency)
+             self.predicted_efficiency, self.predicted_rate)
             == (other.selection_id, other.state_version, other.kept_chunks, other.total_chunks,
                 other.skipped_trajectories, other.keep_probs, other.staleness,
-                other.keep_fraction, other.predicted_efficiency)
+                other.keep_fraction, other.predicted_efficiency, other.predicted_rate)
             and len(self.masks) == len(other.masks)
             and all(np.array_equal(a, b) for a, b in zip(self.masks, other.masks, strict=True))
             and all(np.array_equal(a, b) for a, b in zip(self.weights, other.weights,

@@ -23,6 +23,7 @@ SCORES = ("signal", "action")
 BUDGET_RULES = ("auto", "fixed")
 KEEP_RULES = ("share", "paper")
 PHASE_WEIGHTINGS = ("none", "wiener")
+BUDGET_OBJECTIVES = ("efficiency", "rate")
 MAX_SCORE_WINDOW = 1000
 MAX_PHASES = 64
 MAX_FEATURE_DIM = 4096
@@ -114,6 +115,12 @@ class RunConfigSchema:
         "chunks also weighted by alpha_tp = max(eps, S_tp / (S_tp + N_tp)), its measured "
         "signal over signal plus noise: a biased update that damps noise-only phases)",
         choices=PHASE_WEIGHTINGS)
+    budget_objective: str = option(
+        "efficiency", "with budget_rule auto: efficiency (the fewest chunks that keep "
+        "target_efficiency) | rate (the chunks that maximise the predicted progress per second, "
+        "the kept share of the progress over the step time fitted to the trainer's reported "
+        "timings: every chunk where masking cannot save time; target_efficiency until 5 "
+        "reports in which the kept chunks vary)", choices=BUDGET_OBJECTIVES)
 
 
 def schema_fields() -> tuple[Field[Any], ...]:

@@ -25,6 +25,9 @@ Semantics:
   selection that kept any: the budget it chose (the adaptive budget's moves with each batch).
 - `pcm_predicted_efficiency{run}`: with budget_rule auto, the predicted share of the full
   batch's progress per step of the run's last selection.
+- `pcm_predicted_rate{run}`: with budget_objective rate, once the trainer's timings give its
+  step time, the predicted progress per second of the run's last selection relative to keeping
+  every chunk.
 - `pcm_skipped_trajectories_total{run}`: trajectories of all-equal-outcome GRPO groups.
 - `pcm_outcome_reports_total{run,status}`: accepted | replayed (same request_id again) |
   rejected (invalid report, unknown run or selection, or a request_id reused for another
@@ -213,6 +216,10 @@ class Metrics:
             "pcm_predicted_efficiency", "budget_rule auto: the predicted share of the full "
             "batch's progress per step of the run's last selection.", ["run"], registry=r,
             multiprocess_mode=GAUGE_MODE)
+        self.predicted_rate = Gauge(
+            "pcm_predicted_rate", "budget_objective rate: the predicted progress per second of "
+            "the run's last selection relative to keeping every chunk.", ["run"], registry=r,
+            multiprocess_mode=GAUGE_MODE)
         self.skipped_trajectories = Counter(
             "pcm_skipped_trajectories_total",
             "Trajectories skipped as uninformative (GRPO group with all-equal outcomes).",
@@ -340,6 +347,8 @@ class Metrics:
             if event.predicted_efficiency is not None:
                 self._child(entry, self.predicted_efficiency, run).set(
                     event.predicted_efficiency)
+            if event.predicted_rate is not None:
+                self._child(entry, self.predicted_rate, run).set(event.predicted_rate)
             config = (event.mode, event.score, event.weighting)
             previous = entry.config
             if previous != config:

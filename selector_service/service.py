@@ -61,6 +61,8 @@ from pcm_contract.models import (
 from selector_service.core import (
     ChunkBatch,
     RunConfig,
+    StepCost,
+    fit_step_cost,
     kept_counts,
     phase_keep_weights,
     select_chunks,
@@ -73,6 +75,8 @@ log = logging.getLogger(__name__)
 # copy (the refusal brings the current state), more only while the run's config keeps changing.
 MAX_COMMIT_ATTEMPTS = 4
 MAX_STALENESS = 256  # commits a selection's state may lack (Settings.max_staleness)
+# budget_objective rate: the history entries searched for the trainer's newest outcome reports
+COST_HISTORY = 400
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class SelectEvent:
     staleness: int = 0  # commits the state it was computed on lacked
     keep_fraction: float = 0.0  # kept / informative chunks: the budget chosen
     predicted_efficiency: float | None = None  # budget_rule auto's prediction
+    predicted_rate: float | None = None  # budget_objective rate's, once it has a step time
 
 
 class ServiceObserver(Protocol):
@@ -296,6 +301,8 @@ class SelectorService:
         selection_id = _selection_id(run_id, req.request_id)
         trained = _trained_arrays(req)
         aliases = (LOCAL_SELECTION_PREFIX + req.request_id,) if trained is not None else ()
+        cost: StepCost | None = None
+        cost_read = False
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             if attempt or snapshot is None:
                 snapshot = self._snapshot(run_id, batch.task_ids)
@@ -308,7 +315,10 @@ class SelectorService:
                 raise InvalidArgument("run_id", "the run's phases or feature_dim changed while "
                                                 "selecting; resubmit the batch")
             config = snapshot.config
-            sel = select_chunks(config, batch, snapshot.tasks, req.request_id, req.keep_fraction)
+            if config.budget_objective == "rate" and not cost_read:
+                cost, cost_read = self._step_cost(run_id, req.trainer_id), True
+            sel = select_chunks(config, batch, snapshot.tasks, req.request_id, req.keep_fraction,
+                                cost)
             assert sel.update is not None
             update = sel.update
             if trained is None:
@@ -337,6 +347,8 @@ class SelectorService:
                 keep_fraction=_keep_fraction(batch, sel.informative, kept),
                 predicted_efficiency=(None if sel.budget is None
                                       else float(sel.budget.efficiency)),
+                predicted_rate=(None if sel.budget is None or sel.budget.rate is None
+                                else float(sel.budget.rate)),
             )
             history = {"type": "select", "request_id": req.request_id,
                        "trainer_id": req.trainer_id, "step": req.step, "kept_chunks": kept,
@@ -408,6 +420,14 @@ class SelectorService:
                 return self._commit(run_id, req, batch, digest)
         raise StoreUnavailable(f"run {clip(run_id)}: the stored answer kept changing during "
                                f"{MAX_COMMIT_ATTEMPTS} attempts; retry")
+
+    def _step_cost(self, run_id: str, trainer_id: str) -> StepCost | None:
+        """The trainer's step time fitted to the timings of its newest outcome reports
+        (core/costs.py); None until they identify it."""
+        reports = [(e["rollout_s"] + e["select_s"], e["backward_s"], e["kept_chunks"])
+                   for e in self._store.history(run_id, COST_HISTORY)
+                   if e.get("type") == "report" and e.get("trainer_id") == trainer_id]
+        return fit_step_cost(reports)
 
     # -- outcomes -----------------------------------------------------------------------------
 
@@ -482,7 +502,9 @@ def _select_event(run_id: str, trainer_id: str, batch: ChunkBatch, sel: Any,
         kept_chunks=int(mask.sum()), total_chunks=sel.total_chunks,
         skipped_trajectories=sel.skipped_trajectories, mode=config.mode, score=config.score,
         weighting=config.weighting, staleness=staleness, keep_fraction=keep_fraction,
-        predicted_efficiency=(None if sel.budget is None else float(sel.budget.efficiency)))
+        predicted_efficiency=(None if sel.budget is None else float(sel.budget.efficiency)),
+        predicted_rate=(None if sel.budget is None or sel.budget.rate is None
+                        else float(sel.budget.rate)))
 
 
 def _keep_fraction(batch: ChunkBatch, informative: np.ndarray, kept: int) -> float:

@@ -2,6 +2,7 @@
 
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.config import RunConfig
+from selector_service.core.costs import StepCost, fit_step_cost
 from selector_service.core.sampling import budgets, inclusion_probabilities, systematic_sample
 from selector_service.core.select import (
     Selection,
@@ -21,8 +22,10 @@ __all__ = [
     "ChunkBatch",
     "RunConfig",
     "Selection",
+    "StepCost",
     "TaskState",
     "budgets",
+    "fit_step_cost",
     "inclusion_probabilities",
     "informative_trajectories",
     "keep_weights",

@@ -41,15 +41,24 @@ full batch's progress S^2 / (S + N),
 
 can exceed 1: damping noise-only phases removes more noise than signal. pi is then Neyman on
 alpha_c ||x_c||, and the rule keeps the fewest chunks with e_a >= target.
+
+Objective `rate`: given the trainer's step time t(K) = t_0 + c K (core/costs.py), the rule keeps
+instead the K in [f_min M, M] that maximises the predicted progress per second e(K) / t(K);
+its value relative to keeping every chunk, e(K) t(M) / t(K), is the budget's `rate`. Where
+the update is a small part of the step or the noise dominates, that is K = M: the full
+batch. With e = K / (K + b M) (uniform draws, noise b M in chunks) and r = t_0 / t(M) the
+optimum is K / M = sqrt(b r / (1 - r)).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from selector_service.core.costs import StepCost
 from selector_service.core.sampling import inclusion_probabilities
 
 
@@ -63,6 +72,7 @@ class Budget:
     sampling_noise: float  # N_samp(pi)
     efficiency: float  # e(pi), the predicted share of the full batch's progress per step
     alpha: np.ndarray | None = None  # float64 (M,): phase weighting wiener's factor per chunk
+    rate: float | None = None  # objective rate: e(K) t(M) / t(K), progress per second vs all
 
     @property
     def keep_fraction(self) -> float:
@@ -159,8 +169,10 @@ def choose_budget(
     fixed_fraction: float | None = None,  # keep round(f M) chunks instead of choosing
     fallback_fraction: float,  # used with fewer than two informative groups
     weighting: PhaseWeighting | None = None,  # phase weighting wiener
+    cost: StepCost | None = None,  # objective rate: the trainer's step time t(K)
 ) -> Budget:
-    """The least K with e(pi(K)) >= target (bisection: N_samp falls as K grows), and its pi."""
+    """The least K with e(pi(K)) >= target (bisection: N_samp falls as K grows), and its pi;
+    with a step cost, the K that maximises e(pi(K)) / t(K)."""
     m = int(include.sum())
     pi_all = np.zeros(include.shape[0], dtype=np.float64)
     if m == 0:
@@ -194,6 +206,11 @@ def choose_budget(
         fraction = fallback_fraction if fixed_fraction is None else fixed_fraction
         k = min(m, max(1, int(np.rint(fraction * m))))
         pi = probs(k)
+    elif cost is not None:
+        seconds = cost.seconds
+        k = best_rate(lambda k: efficiency(sampling_noise(probs(k), a_sq)) / seconds(k),
+                      at_least(min_fraction), m)
+        pi = probs(k)
     else:
         # N_samp <= allowed  <=>  e >= target
         allowed = (gain / (target * full) - base if full > 0
@@ -215,4 +232,32 @@ def choose_budget(
     if weighting is not None:
         alpha_all = np.zeros(include.shape[0], dtype=np.float64)
         alpha_all[include] = a
-    return Budget(pi_all, k, m, signal, noise, n_samp, efficiency(n_samp), alpha_all)
+    e = efficiency(n_samp)
+    rate = None
+    if cost is not None and fixed_fraction is None and not math.isnan(noise):
+        rate = e * cost.seconds(m) / cost.seconds(k)
+    return Budget(pi_all, k, m, signal, noise, n_samp, e, alpha_all, rate)
+
+
+def best_rate(rate: Callable[[int], float], lo: int, hi: int, grid: int = 16) -> int:
+    """The K in [lo, hi] with the largest rate(K): the best of a geometric grid, then a ternary
+    search between its neighbours (rate is unimodal in K: e(K) rises and flattens, t(K) is
+    linear). Ties go to the larger K (more progress per step for the same rate)."""
+    ks = sorted({lo, hi, *np.rint(np.geomspace(lo, hi, grid)).astype(int).tolist()})
+    values = [rate(k) for k in ks]
+    i = max(range(len(ks)), key=lambda j: (values[j], ks[j]))
+    a, b = ks[max(i - 1, 0)], ks[min(i + 1, len(ks) - 1)]
+    seen = dict(zip(ks, values, strict=True))
+
+    def at(k: int) -> float:
+        if k not in seen:
+            seen[k] = rate(k)
+        return seen[k]
+
+    while b - a > 2:
+        m1, m2 = a + (b - a) // 3, b - (b - a) // 3
+        if at(m1) > at(m2):
+            b = m2
+        else:
+            a = m1
+    return max(range(a, b + 1), key=lambda k: (at(k), k))

@@ -32,6 +32,10 @@ class RunConfig(RunConfigSchema):
             raise InvalidArgument(
                 "phase_weighting", "wiener weights the adaptive budget's phases from their "
                 "measured signal and noise: use budget_rule 'auto' (and score 'signal')")
+        if self.budget_objective == "rate" and self.budget_rule != "auto":
+            raise InvalidArgument(
+                "budget_objective", "rate chooses how many chunks the adaptive budget keeps: "
+                "use budget_rule 'auto' (and score 'signal')")
         if self.keep_rule == "paper" and self.mode == "pcm":
             if self.budget_rule == "auto":
                 raise InvalidArgument(

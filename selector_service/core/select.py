@@ -16,6 +16,7 @@ import numpy as np
 from selector_service.core.batch import ChunkBatch
 from selector_service.core.budget import Budget, choose_budget, wiener_weighting
 from selector_service.core.config import RunConfig, check_keep_fraction
+from selector_service.core.costs import StepCost
 from selector_service.core.fold import StateUpdate, batch_update, fold_scores, fold_states
 from selector_service.core.sampling import (
     budgets,
@@ -58,7 +59,10 @@ def select_chunks(
     states: Mapping[str, TaskState],
     request_id: str,
     keep_fraction: float | None = None,
+    cost: StepCost | None = None,
 ) -> Selection:
+    """`cost`: the trainer's step time (core/costs.py), used by budget_objective rate; None
+    until its reports identify it (the budget then keeps target_efficiency)."""
     num_phases = config.phases
     num_tasks = len(batch.task_ids)
     f = _fraction(config, keep_fraction)
@@ -113,7 +117,8 @@ def select_chunks(
     #      budget with the phase keep weights.
     budget = None
     if config.budget_rule == "auto" and config.mode != "grpo":
-        budget = auto_budget(config, batch, informative, scores, keep_fraction, sums)
+        budget = auto_budget(config, batch, informative, scores, keep_fraction, sums,
+                             cost if config.budget_objective == "rate" else None)
         mask, weight, pi = sample_budget(config, batch, budget, rng)
         w = phase_shares(batch, pi, num_phases)
     elif config.budget_rule in ("auto", "fixed"):
@@ -146,6 +151,7 @@ def auto_budget(
     scores: np.ndarray,  # (T, P): the phase scores after this batch (`signal`: ||E S_tp||^2)
     keep_fraction: float | None,  # a request's override: keep round(f M), still by the rule's pi
     sums: np.ndarray | None = None,  # (G, P, D): group phase sums (phase weighting wiener)
+    cost: StepCost | None = None,  # objective rate: the trainer's step time
 ) -> Budget:
     """The auto budget's inclusion probabilities (core/budget.py). S = sum_t G_t^2 sum_p
     max(s_tp, 0), G_t the task's informative groups; random mode draws uniformly (rho = 1)."""
@@ -169,7 +175,7 @@ def auto_budget(
         target=config.target_efficiency, min_fraction=config.min_keep_fraction,
         rate_floor=1.0 if config.mode == "random" else config.rate_floor,
         fixed_fraction=None if keep_fraction is None else check_keep_fraction(keep_fraction),
-        fallback_fraction=config.keep_fraction, weighting=weighting)
+        fallback_fraction=config.keep_fraction, weighting=weighting, cost=cost)
 
 
 def sample_budget(config: RunConfig, batch: ChunkBatch, budget: Budget,

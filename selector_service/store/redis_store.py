@@ -165,10 +165,10 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
 #   8   header JSON (H bytes): state_version and staleness first, each written as 20
 #       characters (right-aligned, so the fold can set them in place: VERSION_AT and
 #       STALENESS_AT), then selection_id, kept_chunks, total_chunks, skipped_trajectories,
-#       keep_probs, keep_fraction, predicted_efficiency (absent in records written before
-#       them: 0 and none), n (trajectories), m (chunks), k (stored weights), digest (of the request;
-#       absent in records written before digests). Records written before staleness have it
-#       elsewhere in the header, or not at all (0).
+#       keep_probs, keep_fraction, predicted_efficiency, predicted_rate (absent in records
+#       written before them: 0, none and none), n (trajectories), m (chunks), k (stored
+#       weights), digest (of the request; absent in records written before digests).
+#       Records written before staleness have it elsewhere in the header, or not at all (0).
 #   W   float64[k] weights, W = 8 + H rounded up to a multiple of 8 (zero padding)
 #       int32[n] lengths C_i
 #       uint8[ceil(m / 8)] masks, np.packbits of the concatenated masks
@@ -214,6 +214,7 @@ def encode_answer(answer: SelectResponse, digest: str = "",
         "keep_probs": answer.keep_probs,
         "keep_fraction": answer.keep_fraction,
         "predicted_efficiency": answer.predicted_efficiency,
+        "predicted_rate": answer.predicted_rate,
         "n": len(lengths),
         "m": total,
         "k": len(weights),

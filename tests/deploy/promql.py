@@ -41,6 +41,7 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "pcm_selection_rate": ("gauge", frozenset({"run"})),
     "pcm_keep_fraction": ("gauge", frozenset({"run"})),
     "pcm_predicted_efficiency": ("gauge", frozenset({"run"})),
+    "pcm_predicted_rate": ("gauge", frozenset({"run"})),
     "pcm_skipped_trajectories_total": ("counter", frozenset({"run"})),
     "pcm_outcome_reports_total": ("counter", frozenset({"run", "status"})),
     "pcm_success_rate": ("gauge", frozenset({"run", "trainer"})),

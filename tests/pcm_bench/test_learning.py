@@ -226,6 +226,8 @@ def test_the_study_algos_build_what_they_name() -> None:
     assert selection["pcm-ht"].phase_weighting == "none"
     assert selection["pcm-ht"].budget_rule == selection["pcm"].budget_rule == "auto"
     assert selection["pcm-e0.8"].target_efficiency == 0.8 > selection["pcm"].target_efficiency
+    assert (selection["pcm-rate"].budget_objective, selection["pcm"].budget_objective) == (
+        "rate", "efficiency")
     # each random is paced by a pcm run that exists among the algos
     for random, pcm in RANDOM_PACED_BY.items():
         assert selection[random].mode == "random" and selection[pcm].mode == "pcm"

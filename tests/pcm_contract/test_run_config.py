@@ -16,6 +16,7 @@ from pcm_contract.errors import InvalidArgument
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.models import RunConfigBody, RunConfigOut
 from pcm_contract.run_config import (
+    BUDGET_OBJECTIVES,
     BUDGET_RULES,
     KEEP_RULES,
     MODES,
@@ -120,4 +121,5 @@ def test_the_trainer_validates_against_the_schemas_choices() -> None:
             config.TrainConfig(selection=RunConfigSchema(**{name: value}))
     assert {f.name: f.metadata["choices"] for f in schema_fields() if f.metadata["choices"]} == {
         "weighting": WEIGHTINGS, "mode": MODES, "score": SCORES, "budget_rule": BUDGET_RULES,
-        "keep_rule": KEEP_RULES, "phase_weighting": PHASE_WEIGHTINGS}
+        "keep_rule": KEEP_RULES, "phase_weighting": PHASE_WEIGHTINGS,
+        "budget_objective": BUDGET_OBJECTIVES}

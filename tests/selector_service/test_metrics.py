@@ -146,6 +146,28 @@ def test_values_agree_with_the_answers(http: httpx.Client,
     assert config == [{"run": RUN, "mode": "pcm", "score": "signal", "weighting": "mean"}]
 
 
+def test_the_budget_gauges_follow_the_last_answer(http: httpx.Client) -> None:
+    """budget_rule auto with budget_objective rate: once the trainer's timings give its step
+    time, the predicted rate is exported beside the kept fraction and predicted efficiency."""
+    run = "metrics-rate"
+    http.delete(f"/v1/runs/{run}")
+    http.put(f"/v1/runs/{run}", json={"feature_dim": 4, "budget_rule": "auto",
+                                      "weighting": "ht", "budget_objective": "rate"})
+    for i, kept in enumerate((20, 30, 25, 35, 22, 28)):
+        ans = http.post(f"/v1/runs/{run}/select", json=batch(f"rate-{i}", seed=i)).json()
+        rep = report(ans["selection_id"], f"rate-rep-{i}", kept_chunks=kept,
+                     timings={"rollout_s": 1.0, "select_s": 0.0, "backward_s": 0.02 * kept})
+        assert http.post(f"/v1/runs/{run}/outcomes", json=rep).json()["accepted"] is True
+    last = http.post(f"/v1/runs/{run}/select", json=batch("rate-last", seed=9)).json()
+    assert last["predicted_rate"] is not None
+    samples, _ = scrape(http)
+    assert value(samples, "pcm_predicted_rate", run=run) == pytest.approx(last["predicted_rate"])
+    assert value(samples, "pcm_predicted_efficiency", run=run) == pytest.approx(
+        last["predicted_efficiency"])
+    assert value(samples, "pcm_keep_fraction", run=run) == pytest.approx(last["keep_fraction"])
+    http.delete(f"/v1/runs/{run}")
+
+
 def test_run_config_info_follows_a_config_change(http: httpx.Client) -> None:
     run = "metrics-config"
     http.delete(f"/v1/runs/{run}")

@@ -189,6 +189,33 @@ def test_the_answer_says_which_budget_the_batch_chose(service: SelectorService) 
         auto.keep_fraction, auto.predicted_efficiency)
 
 
+def test_the_rate_objective_uses_the_trainers_own_reported_timings(
+        service: SelectorService) -> None:
+    """budget_objective rate: the target rule (no predicted rate) until this trainer's reports
+    identify its step time; then the answer says the predicted progress per second."""
+    service.put_run("run-rate", feature_dim=4, budget_rule="auto", weighting="ht",
+                    budget_objective="rate")
+
+    def step(i: int, trainer: str, kept: int) -> Any:
+        ans = service.select("run-rate", {**_request(f"{trainer}/s{i}", n=16, seed=i),
+                                          "trainer_id": trainer})
+        service.report_outcomes("run-rate", {
+            "selection_id": ans.selection_id, "request_id": f"{trainer}/o{i}",
+            "trainer_id": trainer, "step": i, "success_rate": 0.5, "loss": 0.0,
+            "kept_chunks": kept,  # the timings below are of these kept chunks
+            "timings": {"rollout_s": 1.0, "select_s": 0.0, "backward_s": 0.02 * kept}})
+        return ans
+
+    answers = [step(i, "t0", kept) for i, kept in enumerate((40, 60, 50, 70, 45))]
+    assert all(a.predicted_rate is None and a.predicted_efficiency >= 0.6 for a in answers)
+    other = step(5, "t1", 50)  # another trainer's step time is its own, not yet known
+    assert other.predicted_rate is None
+    ans = step(6, "t0", 50)
+    assert ans.predicted_rate is not None and ans.predicted_rate >= 1.0
+    t = [1.0 + 0.02 * k for k in (ans.kept_chunks, 16 * 6)]  # every group is mixed: M = 96
+    assert ans.predicted_rate == pytest.approx(ans.predicted_efficiency * t[1] / t[0])
+
+
 def test_a_memory_stores_run_state_exports_and_imports_whole(service: SelectorService) -> None:
     """What a trainer's checkpoint carries for the embedded selector: a new store given the
     exported state selects the next batch exactly as the old one does; a malformed state is

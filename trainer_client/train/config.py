@@ -269,6 +269,11 @@ class TrainConfig:
         if self.selection.phase_weighting == "wiener" and (
                 self.selection.budget_rule != "auto" or self.algo != "pcm"):
             self.selection = replace(self.selection, phase_weighting="none")
+        if self.selection.budget_objective == "rate" and self.selection.budget_rule != "auto":
+            raise ValueError(
+                "--budget-objective rate chooses how many chunks the adaptive budget keeps: use "
+                "--budget-rule auto (or --budget-objective efficiency)"
+            )
         if (self.selection.budget_rule == "auto" and self.algo != "grpo"
                 and self.selection.score != "signal"):
             raise ValueError(

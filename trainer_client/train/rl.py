@@ -420,6 +420,10 @@ def _budget_words(cfg: TrainConfig) -> str:
         return "every chunk"
     if cfg.keep_schedule:
         return f"keep fractions from {cfg.keep_schedule}"
+    if sel.budget_rule == "auto" and sel.budget_objective == "rate":
+        return (f"budget auto (the most progress per second from the reported timings, keep "
+                f"fraction >= {sel.min_keep_fraction}; target efficiency "
+                f"{sel.target_efficiency} until they give the step time)")
     if sel.budget_rule == "auto":
         return (f"budget auto (target efficiency {sel.target_efficiency}, keep fraction >= "
                 f"{sel.min_keep_fraction})")
@@ -772,6 +776,7 @@ def _step_row(
         "wall_s": wall_s,
         "keep_probs": sel.keep_probs.get(task_id),
         "predicted_efficiency": sel.predicted_efficiency,
+        "predicted_rate": sel.predicted_rate,
         "selection_id": sel.selection_id,
     }
 
@@ -787,6 +792,8 @@ def _format_line(row: dict[str, Any], steps: int, algo: str = "pcm") -> str:
     )
     if row.get("predicted_efficiency") is not None:  # the adaptive budget's prediction
         line += f" | predicted efficiency {row['predicted_efficiency']:.2f}"
+    if row.get("predicted_rate") is not None:  # budget objective rate: progress per second
+        line += f" | predicted rate {row['predicted_rate']:.2f}x"
     if algo == "pcm" and probs:
         line += " | keep probs [" + " ".join(f"{p:.2f}" for p in probs) + "]"
     return line

@@ -131,6 +131,7 @@ class StepSelection:
     skipped_trajectories: int = 0
     select_s: float = 0.0  # the Select call itself (rank 0)
     predicted_efficiency: float | None = None  # budget_rule auto: the answer's prediction
+    predicted_rate: float | None = None  # budget_objective rate: progress per second vs all
 
     @property
     def success_rate(self) -> float:
@@ -186,6 +187,7 @@ def select_global(
             "skipped_trajectories": int(response.skipped_trajectories),
             "select_s": select_s,
             "predicted_efficiency": response.predicted_efficiency,
+            "predicted_rate": response.predicted_rate,
         }
         parts = []
         start = 0

@@ -9,11 +9,14 @@ import pytest
 from pcm_contract.errors import InvalidArgument
 from selector_service.core import RunConfig, select_chunks
 from selector_service.core.budget import (
+    Budget,
     batch_noise,
+    best_rate,
     choose_budget,
     neyman_probabilities,
     sampling_noise,
 )
+from selector_service.core.costs import StepCost
 from tests.selector_service.core.batches import diverging_batch, make_batch
 
 AUTO = dict(phases=4, feature_dim=8, budget_rule="auto", weighting="ht")
@@ -185,3 +188,56 @@ def test_wiener_weighting_needs_the_adaptive_budget() -> None:
     with pytest.raises(InvalidArgument) as err:
         RunConfig(phases=4, feature_dim=8, phase_weighting="wiener")
     assert err.value.field == "phase_weighting"
+
+
+SIGNAL = 300.0  # S: about 5x the noise of 64 unit-norm chunks
+
+
+def _uniform_budget(cost: StepCost | None, m: int = 64,
+                    signal: float = SIGNAL) -> tuple[np.ndarray, Budget]:
+    """A batch of M unit-norm chunks in 8 groups, drawn uniformly (rate floor 1)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(m, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    b = choose_budget(x, np.ones(m, bool), np.repeat(np.arange(8), m // 8), signal,
+                      target=0.6, min_fraction=0.1, rate_floor=1.0, fallback_fraction=0.2,
+                      cost=cost)
+    return x, b
+
+
+def test_the_rate_objective_keeps_the_k_with_the_most_progress_per_second() -> None:
+    cost = StepCost(fixed_s=2.0, per_chunk_s=0.05, reports=5)
+    x, b = _uniform_budget(cost)
+    m = x.shape[0]
+    noise = batch_noise(x, np.repeat(np.arange(8), m // 8), np.ones(m, bool))[0]
+
+    def rate(k: int) -> float:  # uniform draws: N_samp = (M / K - 1) sum ||x||^2, ||x|| = 1
+        total = SIGNAL + noise
+        return total / (total + (m / k - 1) * m) / cost.seconds(k)
+
+    best = max(range(7, m + 1), key=rate)  # f_min M rounded up is 7
+    assert b.kept == best
+    assert b.rate == pytest.approx(b.efficiency * cost.seconds(m) / cost.seconds(b.kept))
+    assert b.rate > 1.0 and b.kept < m  # masking pays here
+    # with no signal, progress per step is proportional to K: masking never pays
+    assert _uniform_budget(cost, signal=0.0)[1].kept == m
+
+
+def test_the_rate_objective_keeps_every_chunk_where_the_update_is_cheap() -> None:
+    x, b = _uniform_budget(StepCost(fixed_s=100.0, per_chunk_s=0.001, reports=5))
+    assert b.kept == x.shape[0] and b.rate == pytest.approx(1.0)
+    # without a cost model the target rule chooses, and there is no rate
+    _, target = _uniform_budget(None)
+    assert target.kept < x.shape[0] and target.rate is None and target.efficiency >= 0.6
+
+
+def test_best_rate_finds_the_peak_of_a_unimodal_rate() -> None:
+    for peak in (1, 2, 17, 50, 99, 100):
+        assert best_rate(lambda k, p=peak: -abs(k - p), 1, 100) == peak
+
+
+def test_the_rate_objective_needs_the_adaptive_budget() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        RunConfig(phases=4, feature_dim=8, budget_objective="rate")
+    assert err.value.field == "budget_objective" and "auto" in str(err.value)
+    RunConfig(**AUTO, budget_objective="rate")

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pcm_contract import codec
 from pcm_contract.gen.pcm.v1 import selector_pb2 as pb
 from pcm_contract.gen.pcm.v1 import selector_pb2_grpc as pb_grpc
-from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest
+from pcm_contract.models import MAX_TRAJECTORIES, OutcomeReport, SelectRequest, SelectResponse
 from tests.fixtures.servers import ServerThread
 from tests.selector_service.conftest import (
     Grpc,
@@ -303,6 +303,20 @@ def test_convert_round_trips(server: ServerThread, grpc_client: Grpc) -> None:
                                         "success_rate": 0.25, "phase_grad_norms": [1.0, 2.0]})
     assert OutcomeReport.model_validate(codec.outcome_report_from_proto(
         codec.outcome_report_to_proto("rt-run", rep))) == rep
+
+
+@pytest.mark.parametrize(("efficiency", "rate"), [(None, None), (0.6, None), (0.8, 1.25)])
+def test_the_budgets_predictions_cross_the_wire(efficiency: float | None,
+                                                rate: float | None) -> None:
+    mask = np.array([True, False, True])
+    answer = SelectResponse(selection_id="sel-1", state_version=3, masks=[mask],
+                            weights=[mask * 2.0], kept_chunks=2, total_chunks=3,
+                            skipped_trajectories=0, keep_probs={"t": [0.5, 0.5]},
+                            keep_fraction=2 / 3, predicted_efficiency=efficiency,
+                            predicted_rate=rate)
+    back = codec.select_response_from_proto(codec.select_response_to_proto(answer))
+    assert back.same_as(answer)
+    assert (back.predicted_efficiency, back.predicted_rate) == (efficiency, rate)
 
 
 def test_inline_selects_answer_as_threaded_ones(server: ServerThread, grpc_client: Grpc) -> None:

@@ -107,12 +107,14 @@ def test_extreme_weights_round_trip() -> None:
 
 def test_the_budget_fields_round_trip() -> None:
     base = response([5, 3], seed=2)
-    for efficiency in (None, 0.6180339887498949):
+    for efficiency, rate in ((None, None), (0.6180339887498949, None), (0.75, 1.2345678901)):
         want = base.model_copy(update={"keep_fraction": 0.4375,
-                                       "predicted_efficiency": efficiency})
+                                       "predicted_efficiency": efficiency,
+                                       "predicted_rate": rate})
         got = decode_answer(encode_answer(want))
         assert_identical(got, want)
-        assert (got.keep_fraction, got.predicted_efficiency) == (0.4375, efficiency)
+        assert (got.keep_fraction, got.predicted_efficiency, got.predicted_rate) == (
+            0.4375, efficiency, rate)
 
 
 def test_full_libero_step_is_cheap_and_small(store: RedisStore) -> None:

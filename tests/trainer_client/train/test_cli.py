@@ -360,6 +360,17 @@ def test_auto_budget_needs_the_signal_score() -> None:
     TrainConfig(selection=RunConfigSchema(budget_rule="fixed", score="action", weighting="mean"))
 
 
+def test_the_rate_objective_needs_the_adaptive_budget() -> None:
+    from trainer_client.cli_options import build
+
+    with pytest.raises(ValueError, match="--budget-rule auto"):
+        build(TrainConfig, {"budget_rule": "fixed", "budget_objective": "rate"})
+    cfg = build(TrainConfig, {"budget_objective": "rate"})  # with pcm-train's adaptive budget
+    from selector_service.core.config import RunConfig
+
+    assert RunConfig.from_dict(cfg.run_config(feature_dim=32)).budget_objective == "rate"
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunConfig(_message.Message):
-    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget", "budget_rule", "target_efficiency", "min_keep_fraction", "rate_floor", "score_window", "keep_rule", "phase_weighting")
+    __slots__ = ("phases", "keep_fraction", "eps", "eta", "weighting", "seed", "feature_dim", "mode", "score", "budget", "budget_rule", "target_efficiency", "min_keep_fraction", "rate_floor", "score_window", "keep_rule", "phase_weighting", "budget_objective")
     PHASES_FIELD_NUMBER: _ClassVar[int]
     KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     EPS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class RunConfig(_message.Message):
     SCORE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     KEEP_RULE_FIELD_NUMBER: _ClassVar[int]
     PHASE_WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     phases: int
     keep_fraction: float
     eps: float
@@ -42,7 +43,8 @@ class RunConfig(_message.Message):
     score_window: int
     keep_rule: str
     phase_weighting: str
-    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ..., budget_rule: _Optional[str] = ..., target_efficiency: _Optional[float] = ..., min_keep_fraction: _Optional[float] = ..., rate_floor: _Optional[float] = ..., score_window: _Optional[int] = ..., keep_rule: _Optional[str] = ..., phase_weighting: _Optional[str] = ...) -> None: ...
+    budget_objective: str
+    def __init__(self, phases: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., eps: _Optional[float] = ..., eta: _Optional[float] = ..., weighting: _Optional[str] = ..., seed: _Optional[int] = ..., feature_dim: _Optional[int] = ..., mode: _Optional[str] = ..., score: _Optional[str] = ..., budget: _Optional[int] = ..., budget_rule: _Optional[str] = ..., target_efficiency: _Optional[float] = ..., min_keep_fraction: _Optional[float] = ..., rate_floor: _Optional[float] = ..., score_window: _Optional[int] = ..., keep_rule: _Optional[str] = ..., phase_weighting: _Optional[str] = ..., budget_objective: _Optional[str] = ...) -> None: ...
 
 class PutRunRequest(_message.Message):
     __slots__ = ("run_id", "config")
@@ -152,7 +154,7 @@ class KeepProbs(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SelectChunksResponse(_message.Message):
-    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch", "staleness", "keep_fraction", "predicted_efficiency")
+    __slots__ = ("selection_id", "state_version", "chunk_counts", "masks", "weights", "kept_chunks", "total_chunks", "skipped_trajectories", "keep_probs", "store_epoch", "staleness", "keep_fraction", "predicted_efficiency", "predicted_rate")
     class KeepProbsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +175,7 @@ class SelectChunksResponse(_message.Message):
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     KEEP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_EFFICIENCY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_RATE_FIELD_NUMBER: _ClassVar[int]
     selection_id: str
     state_version: int
     chunk_counts: _containers.RepeatedScalarFieldContainer[int]
@@ -186,7 +189,8 @@ class SelectChunksResponse(_message.Message):
     staleness: int
     keep_fraction: float
     predicted_efficiency: float
-    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ..., staleness: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., predicted_efficiency: _Optional[float] = ...) -> None: ...
+    predicted_rate: float
+    def __init__(self, selection_id: _Optional[str] = ..., state_version: _Optional[int] = ..., chunk_counts: _Optional[_Iterable[int]] = ..., masks: _Optional[bytes] = ..., weights: _Optional[bytes] = ..., kept_chunks: _Optional[int] = ..., total_chunks: _Optional[int] = ..., skipped_trajectories: _Optional[int] = ..., keep_probs: _Optional[_Mapping[str, KeepProbs]] = ..., store_epoch: _Optional[str] = ..., staleness: _Optional[int] = ..., keep_fraction: _Optional[float] = ..., predicted_efficiency: _Optional[float] = ..., predicted_rate: _Optional[float] = ...) -> None: ...
 
 class StageTimings(_message.Message):
     __slots__ = ("rollout_s", "select_s", "backward_s")
