@@ -4,16 +4,18 @@ outcome reports (budget objective `rate`, core/budget.py).
 A step's time is its rollouts and selection, which do not depend on the mask, plus the update,
 which grows with the kept chunks K:
 
-    t(K) = t_0 + c K,   t_0 = mean(rollout_s + select_s) + a,   backward_s ~ a + c K
+    t(K) = t_0 + c K,   t_0 = median(rollout_s + select_s) + a,   backward_s ~ a + c K
 
-(a and c by least squares over the trainer's newest reports). A masked step then takes
-t(K) / t(M) of a full one, M the informative chunks, and progress per second relative to
+over the trainer's newest reports, with c the Theil-Sen slope (the median of the pairwise
+slopes) and a the median of backward_s - c K: a step stretched by a pause, a checkpoint or a
+busy machine moves neither, where a mean and least squares would follow it. A masked step then
+takes t(K) / t(M) of a full one, M the informative chunks, and progress per second relative to
 keeping every chunk is e(K) t(M) / t(K).
 
 The fit stands only on evidence: it needs `MIN_REPORTS` reports whose kept chunks vary (the
 largest at least `MIN_SPREAD` times the smallest, else the slope is not identified) and a
 positive slope; otherwise there is no cost model and the budget falls back to its target
-efficiency. A negative intercept (noise) is refitted through the origin.
+efficiency. A negative intercept is refitted through the origin (c = median backward_s / K).
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ def fit_step_cost(reports: Sequence[tuple[float, float, int]]) -> StepCost | Non
     kept = np.array([r[2] for r in rows], dtype=np.float64)  # (R,)
     if kept.max() < MIN_SPREAD * kept.min():
         return None
-    dk = kept - kept.mean()
-    slope = float(np.dot(dk, backward - backward.mean()) / np.dot(dk, dk))
-    intercept = float(backward.mean() - slope * kept.mean())
+    i, j = np.triu_indices(len(rows), k=1)
+    pairs = kept[i] != kept[j]
+    slope = float(np.median((backward[j] - backward[i])[pairs] / (kept[j] - kept[i])[pairs]))
+    intercept = float(np.median(backward - slope * kept))
     if intercept < 0:  # through the origin
-        intercept, slope = 0.0, float(np.dot(kept, backward) / np.dot(kept, kept))
+        intercept, slope = 0.0, float(np.median(backward / kept))
     if not slope > 0:
         return None
-    return StepCost(fixed_s=float(other.mean()) + intercept, per_chunk_s=slope,
+    return StepCost(fixed_s=float(np.median(other)) + intercept, per_chunk_s=slope,
                     reports=len(rows))

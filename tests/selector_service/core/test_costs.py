@@ -50,4 +50,14 @@ def test_a_negative_intercept_is_refitted_through_the_origin() -> None:
     cost = fit_step_cost(_reports([80, 120, 95, 150, 60], a=-0.2, c=0.01))
     assert cost is not None and cost.fixed_s == pytest.approx(3.0)  # the rollouts alone
     kept = np.array([80, 120, 95, 150, 60.0])
-    assert cost.per_chunk_s == pytest.approx(np.dot(kept, 0.01 * kept - 0.2) / np.dot(kept, kept))
+    assert cost.per_chunk_s == pytest.approx(np.median((0.01 * kept - 0.2) / kept))
+
+
+def test_a_stretched_step_moves_neither_the_rollouts_nor_the_slope() -> None:
+    """A pause during one step's rollout and another's update (e.g. the machine was busy)."""
+    reports = _reports([80, 120, 95, 150, 60, 110, 70, 130])
+    reports[2] = (reports[2][0] + 600.0, reports[2][1], reports[2][2])
+    reports[5] = (reports[5][0], reports[5][1] + 600.0, reports[5][2])
+    cost = fit_step_cost(reports)
+    assert cost is not None
+    assert cost.per_chunk_s == pytest.approx(0.01) and cost.fixed_s == pytest.approx(3.5)
