@@ -67,6 +67,7 @@ from selector_service.core import (
     phase_keep_weights,
     select_chunks,
 )
+from selector_service.core.costs import MIN_REPORTS
 from selector_service.store import CommitStatus, FlatAnswer, PhaseStore, RunSnapshot
 
 log = logging.getLogger(__name__)
@@ -423,11 +424,13 @@ class SelectorService:
 
     def _step_cost(self, run_id: str, trainer_id: str) -> StepCost | None:
         """The trainer's step time fitted to the timings of its newest outcome reports
-        (core/costs.py); None until they identify it."""
-        reports = [(e["rollout_s"] + e["select_s"], e["backward_s"], e["kept_chunks"])
-                   for e in self._store.history(run_id, COST_HISTORY)
-                   if e.get("type") == "report" and e.get("trainer_id") == trainer_id]
-        return fit_step_cost(reports)
+        (core/costs.py); while it has fewer than MIN_REPORTS, to every trainer's of the run
+        (the replicas of a shared run share a step time). None until they identify it."""
+        reports = [e for e in self._store.history(run_id, COST_HISTORY)
+                   if e.get("type") == "report"]
+        own = [e for e in reports if e.get("trainer_id") == trainer_id]
+        return fit_step_cost([(e["rollout_s"] + e["select_s"], e["backward_s"], e["kept_chunks"])
+                              for e in (own if len(own) >= MIN_REPORTS else reports)])
 
     # -- outcomes -----------------------------------------------------------------------------
 

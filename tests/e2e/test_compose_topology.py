@@ -16,11 +16,15 @@ history stream) holds the batches of all three trainers.
 The "Select error ratio" panel needs Select calls that fail: the test makes two for real (a
 Select for a run the selector does not know, over gRPC like the trainers), one before the
 trainers start and one after they finish, so the error counter increases within the window.
+The predicted rate (budget_objective rate, which the compose trainers do not use) needs a run
+with that objective and five outcome reports: the test drives one over HTTP with set timings,
+checks its gauge, and deletes it before the template variables are checked.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -70,6 +74,44 @@ def bad_select(grpc_url: str) -> None:
     }
     with connect(grpc_url) as client, pytest.raises(NotFound):
         client.select("e2e-no-such-run", request)
+
+
+RATE_RUN = "e2e-rate"
+
+
+def rate_run(http_url: str, scraped: Callable[[], None]) -> float:
+    """A run with budget_objective rate: five select-and-report steps whose timings give the
+    step time, then a select that predicts a rate; that rate. `scraped` returns once the
+    selector was scraped after the first report, so its report counter increases in the
+    window (as a live run's does; else PCMNoOutcomeReports would fire for it)."""
+    with httpx.Client(base_url=http_url, timeout=10) as http:
+        config = {"feature_dim": 4, "budget_rule": "auto", "weighting": "ht",
+                  "budget_objective": "rate"}
+        assert http.put(f"/v1/runs/{RATE_RUN}", json=config).status_code == 200
+
+        def select(i: int) -> dict[str, Any]:
+            body = {"request_id": f"rate-{i}", "trainer_id": "prober", "step": i,
+                    "trajectories": [
+                        {"task_id": TASK_ID, "group_id": f"g{j // 4}", "success": j % 2 == 0,
+                         "phase_ids": [0, 1, 2, 3],
+                         "action_features": [[(i + j + c) % 5 - 2.0 + 0.5 * (j % 2)] * 4
+                                             for c in range(4)]}
+                        for j in range(16)]}
+            r = http.post(f"/v1/runs/{RATE_RUN}/select", json=body)
+            assert r.status_code == 200, r.text
+            return dict(r.json())
+
+        for i, kept in enumerate((20, 30, 25, 35, 22)):
+            report = {"selection_id": select(i)["selection_id"], "request_id": f"rate-o{i}",
+                      "trainer_id": "prober", "step": i, "success_rate": 0.5,
+                      "kept_chunks": kept, "timings": {"rollout_s": 1.0, "select_s": 0.0,
+                                                       "backward_s": 0.02 * kept}}
+            assert http.post(f"/v1/runs/{RATE_RUN}/outcomes", json=report).status_code == 200
+            if i == 0:
+                scraped()
+        rate = select(5)["predicted_rate"]
+    assert rate is not None and rate >= 1.0
+    return float(rate)
 
 
 def _has_finite(result: list[dict[str, Any]]) -> bool:
@@ -133,6 +175,8 @@ def test_compose_topology_monitored_end_to_end(
     three = wave(FIRST_STEPS + 1, resume=True)
     total_steps = sum(t.extra["steps"] for t in three)
     bad_select(grpc_url)
+    rate = rate_run(selector.http_url,
+                    lambda: prom.wait_for_scrapes("pcm-selector", 2, timeout=30))
 
     # Prometheus has the final figures, then a few more scrapes.
     prom.wait_until(
@@ -149,6 +193,8 @@ def test_compose_topology_monitored_end_to_end(
     empty = []
     for values in ({"run": RUN_ID, "task": TASK_ID, "trainer": "|".join(TRAINER_IDS)}, {}):
         for q in dashboard_queries(values=values, intervals=WINDOWS):
+            if values and "pcm_predicted_rate" in q.expr:
+                continue  # the trainers' run keeps the default objective; RATE_RUN has it
             result = prom.query(q.expr)
             if not _has_finite(result):
                 empty.append(
@@ -156,6 +202,11 @@ def test_compose_topology_monitored_end_to_end(
                     f"{q.expr} -> {result}"
                 )
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+    assert prom.values(f'pcm_predicted_rate{{run="{RATE_RUN}"}}') == [pytest.approx(rate)]
+    with httpx.Client(base_url=selector.http_url, timeout=10) as http:
+        assert http.delete(f"/v1/runs/{RATE_RUN}").status_code == 200
+    prom.wait_until(lambda: not prom.values(f'pcm_selection_rate{{run="{RATE_RUN}"}}'),
+                    timeout=30, what="the deleted rate run's series gone")
 
     # Specific panels show what happened.
     ratio = prom.values(

@@ -189,31 +189,43 @@ def test_the_answer_says_which_budget_the_batch_chose(service: SelectorService) 
         auto.keep_fraction, auto.predicted_efficiency)
 
 
-def test_the_rate_objective_uses_the_trainers_own_reported_timings(
-        service: SelectorService) -> None:
-    """budget_objective rate: the target rule (no predicted rate) until this trainer's reports
-    identify its step time; then the answer says the predicted progress per second."""
+def test_the_rate_objective_uses_the_reported_timings(service: SelectorService) -> None:
+    """budget_objective rate: the target rule (no predicted rate) until the reports identify
+    the step time; a trainer's own reports once it has five, the run's before; then the
+    answer says the predicted progress per second against keeping every chunk."""
     service.put_run("run-rate", feature_dim=4, budget_rule="auto", weighting="ht",
                     budget_objective="rate")
+    m = 16 * 6  # every group is mixed: 96 informative chunks
 
-    def step(i: int, trainer: str, kept: int) -> Any:
-        ans = service.select("run-rate", {**_request(f"{trainer}/s{i}", n=16, seed=i),
-                                          "trainer_id": trainer})
+    def select(i: int, trainer: str) -> Any:
+        return service.select("run-rate", {**_request(f"{trainer}/s{i}", n=16, seed=i),
+                                           "trainer_id": trainer})
+
+    def report(ans: Any, i: int, trainer: str, kept: int, rollout_s: float) -> None:
         service.report_outcomes("run-rate", {
             "selection_id": ans.selection_id, "request_id": f"{trainer}/o{i}",
             "trainer_id": trainer, "step": i, "success_rate": 0.5, "loss": 0.0,
             "kept_chunks": kept,  # the timings below are of these kept chunks
-            "timings": {"rollout_s": 1.0, "select_s": 0.0, "backward_s": 0.02 * kept}})
-        return ans
+            "timings": {"rollout_s": rollout_s, "select_s": 0.0, "backward_s": 0.02 * kept}})
 
-    answers = [step(i, "t0", kept) for i, kept in enumerate((40, 60, 50, 70, 45))]
-    assert all(a.predicted_rate is None and a.predicted_efficiency >= 0.6 for a in answers)
-    other = step(5, "t1", 50)  # another trainer's step time is its own, not yet known
-    assert other.predicted_rate is None
-    ans = step(6, "t0", 50)
-    assert ans.predicted_rate is not None and ans.predicted_rate >= 1.0
-    t = [1.0 + 0.02 * k for k in (ans.kept_chunks, 16 * 6)]  # every group is mixed: M = 96
-    assert ans.predicted_rate == pytest.approx(ans.predicted_efficiency * t[1] / t[0])
+    def rate(ans: Any, rollout_s: float) -> float:
+        t = [rollout_s + 0.02 * k for k in (ans.kept_chunks, m)]
+        return float(ans.predicted_efficiency * t[1] / t[0])
+
+    for i, kept in enumerate((40, 60, 50, 70, 45)):
+        ans = select(i, "t0")
+        assert ans.predicted_rate is None and ans.predicted_efficiency >= 0.6
+        report(ans, i, "t0", kept, rollout_s=1.0)
+    # a trainer without five reports of its own: the run's (t0's) step time
+    ans = select(10, "t1")
+    assert ans.predicted_rate == pytest.approx(rate(ans, 1.0)) and ans.predicted_rate >= 1.0
+    # t1's own five reports: rollouts so long that masking cannot save time
+    for i, kept in enumerate((40, 60, 50, 70, 45), start=11):
+        report(select(i, "t1"), i, "t1", kept, rollout_s=1000.0)
+    ans = select(20, "t1")
+    assert (ans.kept_chunks, ans.predicted_rate) == (m, pytest.approx(1.0))
+    ans = select(21, "t0")  # t0 keeps its own
+    assert ans.predicted_rate == pytest.approx(rate(ans, 1.0))
 
 
 def test_a_memory_stores_run_state_exports_and_imports_whole(service: SelectorService) -> None:
