@@ -47,6 +47,7 @@ from tests.e2e.conftest import (
     history_entries,
 )
 from tests.fixtures.prometheus import PrometheusServer
+from tests.selector_service.conftest import batch, report
 from trainer_client import connect
 
 RUN_ID = "e2e-compose"
@@ -90,23 +91,16 @@ def rate_run(http_url: str, scraped: Callable[[], None]) -> float:
         assert http.put(f"/v1/runs/{RATE_RUN}", json=config).status_code == 200
 
         def select(i: int) -> dict[str, Any]:
-            body = {"request_id": f"rate-{i}", "trainer_id": "prober", "step": i,
-                    "trajectories": [
-                        {"task_id": TASK_ID, "group_id": f"g{j // 4}", "success": j % 2 == 0,
-                         "phase_ids": [0, 1, 2, 3],
-                         "action_features": [[(i + j + c) % 5 - 2.0 + 0.5 * (j % 2)] * 4
-                                             for c in range(4)]}
-                        for j in range(16)]}
-            r = http.post(f"/v1/runs/{RATE_RUN}/select", json=body)
+            r = http.post(f"/v1/runs/{RATE_RUN}/select",
+                          json=batch(f"rate-{i}", seed=i, trainer_id="prober"))
             assert r.status_code == 200, r.text
             return dict(r.json())
 
         for i, kept in enumerate((20, 30, 25, 35, 22)):
-            report = {"selection_id": select(i)["selection_id"], "request_id": f"rate-o{i}",
-                      "trainer_id": "prober", "step": i, "success_rate": 0.5,
-                      "kept_chunks": kept, "timings": {"rollout_s": 1.0, "select_s": 0.0,
-                                                       "backward_s": 0.02 * kept}}
-            assert http.post(f"/v1/runs/{RATE_RUN}/outcomes", json=report).status_code == 200
+            rep = report(select(i)["selection_id"], f"rate-o{i}", trainer_id="prober",
+                         kept_chunks=kept, timings={"rollout_s": 1.0, "select_s": 0.0,
+                                                    "backward_s": 0.02 * kept})
+            assert http.post(f"/v1/runs/{RATE_RUN}/outcomes", json=rep).status_code == 200
             if i == 0:
                 scraped()
         rate = select(5)["predicted_rate"]
