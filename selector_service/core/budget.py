@@ -44,10 +44,10 @@ alpha_c ||x_c||, and the rule keeps the fewest chunks with e_a >= target.
 
 Objective `rate`: given the trainer's step time t(K) = t_0 + c K (core/costs.py), the rule keeps
 instead the K in [f_min M, M] that maximises the predicted progress per second e(K) / t(K);
-its value relative to keeping every chunk, e(K) t(M) / t(K), is the budget's `rate`. Where
-the update is a small part of the step or the noise dominates, that is K = M: the full
-batch. With e = K / (K + b M) (uniform draws, noise b M in chunks) and r = t_0 / t(M) the
-optimum is K / M = sqrt(b r / (1 - r)).
+its value relative to keeping every chunk (with the same weights), e(K) t(M) / (e(M) t(K)) >=
+1, is the budget's `rate`. Where the update is a small part of the step or the noise
+dominates, that is K = M: the full batch. With e = K / (K + b M) (uniform draws, noise b M
+in chunks) and r = t_0 / t(M) the optimum is K / M = sqrt(b r / (1 - r)).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Budget:
     sampling_noise: float  # N_samp(pi)
     efficiency: float  # e(pi), the predicted share of the full batch's progress per step
     alpha: np.ndarray | None = None  # float64 (M,): phase weighting wiener's factor per chunk
-    rate: float | None = None  # objective rate: e(K) t(M) / t(K), progress per second vs all
+    rate: float | None = None  # objective rate: e(K) t(M) / (e(M) t(K)), per second vs all
 
     @property
     def keep_fraction(self) -> float:
@@ -235,7 +235,9 @@ def choose_budget(
     e = efficiency(n_samp)
     rate = None
     if cost is not None and fixed_fraction is None and not math.isnan(noise):
-        rate = e * cost.seconds(m) / cost.seconds(k)
+        # against every chunk kept with the same phase weights (e(M): N_samp = 0), so that a
+        # weighting's own gain, which can put e far above 1 where S is small, is not counted
+        rate = e / efficiency(0.0) * cost.seconds(m) / cost.seconds(k)
     return Budget(pi_all, k, m, signal, noise, n_samp, e, alpha_all, rate)
 
 

@@ -10,6 +10,7 @@ from pcm_contract.errors import InvalidArgument
 from selector_service.core import RunConfig, select_chunks
 from selector_service.core.budget import (
     Budget,
+    PhaseWeighting,
     batch_noise,
     best_rate,
     choose_budget,
@@ -229,6 +230,29 @@ def test_the_rate_objective_keeps_every_chunk_where_the_update_is_cheap() -> Non
     # without a cost model the target rule chooses, and there is no rate
     _, target = _uniform_budget(None)
     assert target.kept < x.shape[0] and target.rate is None and target.efficiency >= 0.6
+
+
+def test_the_rate_is_against_every_chunk_under_the_same_phase_weights() -> None:
+    # Wiener weights on two cells, one with signal and one noise only: the weighted update's
+    # e exceeds the raw batch's even at K = M, and the rate must not count that gain
+    m = 64
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(m, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    groups, include = np.repeat(np.arange(8), m // 8), np.ones(m, bool)
+    cell_signal, cell_noise = np.array([200.0, 0.01]), np.array([30.0, 30.0])
+    weighting = PhaseWeighting(cell_signal, cell_noise, cell_signal / (cell_signal + cell_noise),
+                               np.arange(m) % 2)
+    cost = StepCost(fixed_s=2.0, per_chunk_s=0.05, reports=5)
+    kwargs = dict(target=0.6, min_fraction=0.1, rate_floor=1.0, fallback_fraction=0.2,
+                  weighting=weighting)
+    b = choose_budget(x, include, groups, float(cell_signal.sum()), cost=cost, **kwargs)
+    every = choose_budget(x, include, groups, float(cell_signal.sum()), fixed_fraction=1.0,
+                          **kwargs)
+    assert every.kept == m and every.efficiency > 1.1  # the weights' own gain
+    speedup = cost.seconds(m) / cost.seconds(b.kept)
+    assert b.rate == pytest.approx(b.efficiency / every.efficiency * speedup)
+    assert b.kept < m and 1.0 < b.rate <= speedup
 
 
 def test_best_rate_finds_the_peak_of_a_unimodal_rate() -> None:
