@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from pcm_bench.study import StudyError
 from pcm_bench.timemodel import TimeModelConfig, run_time_model_bench
 from trainer_client.cli_options import Body, config_command
 from trainer_client.device import SetupError
+from trainer_client.machine import machine
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 console = Console()
@@ -37,13 +37,6 @@ C = TypeVar("C")
 @app.callback()
 def main() -> None:
     """Benchmarks of PCM's measured claims; ratios are measured side by side in one run."""
-
-
-def _machine() -> dict[str, Any]:
-    import os
-
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count()}
 
 
 @contextlib.contextmanager
@@ -88,7 +81,7 @@ def core(config: CoreConfig) -> None:
                       f"{r['median_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       f"{r['embedded_median_ms']:.2f}", f"{r['embedded_p99_ms']:.2f}")
     console.print(table)
-    _write(config.json_path, {"benchmark": "core", "machine": _machine(), "results": rows})
+    _write(config.json_path, {"benchmark": "core", "machine": machine(), "results": rows})
 
 
 @_config_command("selector", SelectorBenchConfig)
@@ -107,7 +100,7 @@ def selector(config: SelectorBenchConfig) -> None:
     for cells in format_rows(result["rows"]):
         table.add_row(*cells)
     console.print(table)
-    _write(config.json_path, {**result, "machine": _machine()})
+    _write(config.json_path, {**result, "machine": machine()})
 
 
 @_config_command("grad", GradConfig)
@@ -121,7 +114,7 @@ def grad(config: GradConfig) -> None:
     result = run_grad_bench(config, log=console.print)
     # the table is wide: do not fold it into 80 columns when the output is not a terminal
     print_table(result, console if console.is_terminal else Console(width=220))
-    _write(config.json_path, {**result, "machine": _machine()})
+    _write(config.json_path, {**result, "machine": machine()})
 
 
 @_config_command("learning", LearningConfig)
@@ -150,7 +143,7 @@ def rollout(config: RolloutBenchConfig) -> None:
         table.add_row(r["backend"], f"{r['wall_s_median']:.2f}", f"{r['steps_per_s_median']:.0f}",
                       f"{r['wall_vs_first']:.2f}x", str(r["processes"]), f"{r['rss_mib']:.0f}")
     console.print(table)
-    _write(config.json_path, {**result, "machine": _machine()})
+    _write(config.json_path, {**result, "machine": machine()})
 
 
 @_config_command("timemodel", TimeModelConfig)
@@ -216,7 +209,7 @@ def estimator(config: EstimatorConfig) -> None:
     png = plot_estimator(result, (json_path.with_suffix(".png") if json_path
                                   else out / "estimator.png"))
     console.print(f"wrote {png}")
-    _write(json_path, {**result, "machine": _machine()})
+    _write(json_path, {**result, "machine": machine()})
 
 
 @_config_command("replay", ReplayConfig)
@@ -228,11 +221,11 @@ def replay(config: ReplayConfig) -> None:
     if config.runs is not None:
         scored = score_runs(config, log=console.print)
         print_scored_runs(scored)
-        _write(config.json_path, {**scored, "machine": _machine()})
+        _write(config.json_path, {**scored, "machine": machine()})
         return
     result = run_replay_bench(config, log=console.print)
     print_replay(result)
-    _write(config.json_path, {**result, "machine": _machine()})
+    _write(config.json_path, {**result, "machine": machine()})
 
 
 def print_regime(reg: dict[str, Any]) -> None:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +60,7 @@ from pcm_contract.run_config import RunConfigSchema
 from trainer_client.cli_options import build
 from trainer_client.config_fields import check_fields, opt
 from trainer_client.grpo import DEFAULT_RL_LR
+from trainer_client.machine import machine
 from trainer_client.train.checkpoint import latest_checkpoint
 from trainer_client.train.config import DEMO_ENV, SFTConfig, TrainConfig
 from trainer_client.train.metrics import read_metrics
@@ -259,8 +259,7 @@ def run_learning_bench(config: LearningConfig, log: Callable[[str], None] = prin
         "task": env,
         "checkpoint": str(init),
         "config": study_config,
-        "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "cpus": os.cpu_count(), "loadavg_end": list(os.getloadavg())},
+        "machine": machine(loadavg_end=list(os.getloadavg())),
         "policy": {"params": policy.num_params(), "width": policy.config.width,
                    "depth": policy.config.depth},
         "complete": complete(runs, algos, seeds),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from pcm_bench.options import as_paths, json_option
 from trainer_client.cli_options import build
 from trainer_client.config_fields import check_fields, opt
+from trainer_client.machine import machine
 from trainer_client.train.config import DEMO_ENV, TrainConfig
 from trainer_client.train.metrics import read_metrics
 from trainer_client.train.rl import train_rl
@@ -137,10 +137,8 @@ def run_time_model_bench(config: TimeModelConfig, log: Callable[[str], None] = p
         "task": env,
         "checkpoint": str(init),
         "config": {"steps": steps, "init_states": init_states, "group_size": group_size},
-        "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "cpus": os.cpu_count(), "loadavg_before": load_before,
-                    "loadavg_after": list(os.getloadavg()),
-                    "date": time.strftime("%Y-%m-%d")},
+        "machine": machine(loadavg_before=load_before, loadavg_after=list(os.getloadavg()),
+                           date=time.strftime("%Y-%m-%d")),
         "model": model.to_dict(),
         "fit": fit,
         "rows": [{k: r[k] for k in ("step", "env_steps", "kept_chunks", "rollout_s", "select_s",

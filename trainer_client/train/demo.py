@@ -16,8 +16,6 @@ not depend on the machine's speed. Writes OUT/demo.json, OUT/demo.png, OUT/sft, 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
@@ -34,6 +31,7 @@ from pcm_contract.run_config import RunConfigSchema
 from trainer_client.cli_options import build
 from trainer_client.device import resolve_device
 from trainer_client.grpo import GRPOConfig, selective_backward
+from trainer_client.machine import machine
 from trainer_client.memory import SavedTensorMeter
 from trainer_client.policy import DEFAULT_PRESET
 from trainer_client.rollout import collect_groups
@@ -167,8 +165,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict[str, Any]:
     wall_s = time.perf_counter() - t_start
     summary: dict[str, Any] = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": machine(),
         "wall_s": wall_s,
         "sft": sft.summary(),
         "heldout_start": start,
