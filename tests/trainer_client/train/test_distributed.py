@@ -131,10 +131,13 @@ def _worker(
         fresh = _optimizer(trained, optim)
         load_optimizer_state(fresh, state)
         torch.save({"state": state, "reloaded": optimizer_state(fresh)}, f"{out}/opt{rank}.pt")
-    # both ranks done before gloo is torn down: a rank that destroys its group while the other
-    # still sends aborted at exit ("terminate called without an active exception", SIGABRT)
+    # both ranks done, then out without tearing gloo down: a rank tearing down its group or its
+    # interpreter while the other's gloo threads still run aborts now and then ("terminate
+    # called without an active exception", SIGABRT), after a barrier too; the results are saved
     torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _config(aggregation: str, ppo_epochs: int = 1, kl_coef: float = 0.0) -> GRPOConfig:
